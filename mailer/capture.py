@@ -1,0 +1,172 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd, in process) that captures what it receives: the demo's outbox and the
+tests' peer. It can be told to answer 4xx/5xx, drop the connection or hang for chosen recipients.
+
+The only module that imports aiosmtpd. It binds to loopback only and never relays anything anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+
+@dataclass(frozen=True)
+class Captured:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    path: Path | None = None
+
+
+@dataclass
+class Rule:
+    """What the server does for one recipient: at RCPT or at end of DATA answer `code text`, drop, or hang."""
+
+    stage: str = "rcpt"  # rcpt | data
+    code: int = 250
+    text: str = "OK"
+    drop: bool = False
+    hang: float = 0.0
+    times: int | None = None  # apply this many times, then accept (None: always)
+
+
+@dataclass
+class _State:
+    outbox: Path | None
+    rules: dict[str, Rule] = field(default_factory=dict)
+    received: list[Captured] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: int = 0
+    on_message: Callable[[Captured], None] | None = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", text)[:80]
+
+
+class _Handler:
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def _rule(self, address: str, stage: str) -> Rule | None:
+        with self.state.lock:
+            rule = self.state.rules.get(address.lower())
+            if rule is None or rule.stage != stage:
+                return None
+            if rule.times is not None:
+                if rule.times <= 0:
+                    return None
+                rule.times -= 1
+            return rule
+
+    async def _apply(self, server: SMTP, rule: Rule) -> str | None:
+        if rule.hang:
+            await asyncio.sleep(rule.hang)
+        if rule.drop:
+            server.transport.close()
+            return "421 4.4.2 connection dropped (test rule)"
+        if rule.code >= 300:
+            return f"{rule.code} {rule.text}"
+        return None
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        rule = self._rule(address, "rcpt")
+        if rule is not None:
+            answer = await self._apply(server, rule)
+            if answer:
+                return answer
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for rcpt in envelope.rcpt_tos:
+            rule = self._rule(rcpt, "data")
+            if rule is not None:
+                answer = await self._apply(server, rule)
+                if answer:
+                    return answer
+        data = envelope.original_content or envelope.content or b""
+        assert isinstance(data, bytes)
+        state = self.state
+        with state.lock:
+            number = len(state.received) + 1
+            path = None
+            if state.outbox is not None:
+                path = state.outbox / f"{number:05d}-{_safe_name(envelope.rcpt_tos[0])}.eml"
+                path.write_bytes(data)
+            captured = Captured(str(envelope.mail_from), tuple(envelope.rcpt_tos), data, path)
+            state.received.append(captured)
+        if state.on_message:
+            state.on_message(captured)
+        return f"250 2.0.0 Ok: queued as {number:05d}"
+
+
+class _Authenticator:
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            user = auth_data.login.decode()
+            if self.users.get(user) == auth_data.password.decode():
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+
+class CaptureServer:
+    """`with CaptureServer(outbox) as server:` — an SMTP server on 127.0.0.1:`server.port`."""
+
+    def __init__(self, outbox: Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 users: dict[str, str] | None = None) -> None:
+        if not host.startswith("127.") and host != "localhost":
+            raise ValueError("the capture server only listens on loopback")
+        if outbox is not None:
+            outbox.mkdir(parents=True, exist_ok=True)
+        self.state = _State(outbox)
+        self.host = host
+        self.port = port or free_port(host)
+        kwargs: dict[str, Any] = {}
+        if users is not None:
+            kwargs = {"authenticator": _Authenticator(users), "auth_required": True, "auth_require_tls": False}
+        self.controller = Controller(
+            _Handler(self.state), hostname=host, port=self.port, enable_SMTPUTF8=True,
+            data_size_limit=50 * 1024 * 1024, server_hostname="capture.localhost", **kwargs,
+        )
+
+    @property
+    def received(self) -> list[Captured]:
+        with self.state.lock:
+            return list(self.state.received)
+
+    def set_rule(self, address: str, rule: Rule) -> None:
+        with self.state.lock:
+            self.state.rules[address.lower()] = rule
+
+    def start(self) -> CaptureServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def __enter__(self) -> CaptureServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

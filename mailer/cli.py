@@ -1,0 +1,506 @@
+"""The `mailer` command: parse arguments, call one service function, print, map errors to exit codes.
+
+The only module that calls asyncio.run, prints, reads stdin or decides an exit code. Human output goes through rich;
+`--json` / `--csv` machine output goes to stdout alone, progress and diagnostics to stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mailer import __version__
+from mailer.config import Config, ensure_secret, load_config
+from mailer.errors import MailerError
+from mailer.exit_codes import ExitCode
+from mailer.models import DeliveryStatus, SendSummary
+from mailer.store import Store
+
+app = typer.Typer(
+    help="Email newsletters: Markdown issues, subscriber lists, one correct message per recipient.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold passwords
+    add_completion=False,
+    rich_markup_mode=None,
+)
+lists_app = typer.Typer(help="Mailing lists.", no_args_is_help=True)
+subs_app = typer.Typer(help="Subscribers of a list.", no_args_is_help=True)
+campaigns_app = typer.Typer(help="Campaigns (one per issue and list).", no_args_is_help=True)
+app.add_typer(lists_app, name="lists")
+app.add_typer(subs_app, name="subs")
+app.add_typer(campaigns_app, name="campaigns")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
+
+
+def _config(ctx: typer.Context) -> Config:
+    return ctx.obj["config"]  # type: ignore[no-any-return]
+
+
+def _store(ctx: typer.Context) -> Store:
+    return Store.open(_config(ctx).db_path)
+
+
+def _run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None) -> T:
+    """Run a service coroutine; SIGINT/SIGTERM set `stop` so in-flight work finishes before we exit."""
+
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        if stop is not None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _print_json(rows: list[dict[str, Any]]) -> None:
+    sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+
+
+def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    table = Table(*columns, title=title, show_lines=False)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite database (env MAILER_DB, default ./mailer.db).")]
+    = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Email newsletters from Markdown to every inbox.
+
+    Example: mailer demo
+    """
+    if version:
+        out.print(f"mailer {__version__}")
+        raise typer.Exit()
+    ctx.obj = {"config": load_config(db_path=db)}
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create or migrate the database and the signing secret; safe to run again.
+
+    Example: mailer init
+    """
+    config = ensure_secret(_config(ctx))
+    store = Store.open(config.db_path, must_exist=False)
+    created = store.init()
+    store.close()
+    out.print(f"{'created' if created else 'up to date'}: {config.db_path}")
+
+
+# ---- lists -----------------------------------------------------------------------------------------------------
+
+
+@lists_app.command("create")
+def lists_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Short name, e.g. bulletin.")],
+    title: Annotated[str, typer.Option(help="Title shown to subscribers.")] = "",
+    from_: Annotated[str, typer.Option("--from", help='From header, "Name <addr>".')] = "",
+    reply_to: Annotated[str, typer.Option("--reply-to", help="Reply-To address.")] = "",
+    lang: Annotated[str, typer.Option(help="Language of the list's pages and defaults: zh or en.")] = "zh",
+) -> None:
+    """Create a mailing list.
+
+    Example: mailer lists create bulletin --title 知识产权运营简报 --from "简报 <news@example.org>" --lang zh
+    """
+    from mailer.subscriptions import create_list
+
+    store = _store(ctx)
+    created = create_list(store, name, title, from_, reply_to, lang)
+    out.print(f"created list {created.name}")
+
+
+@lists_app.command("ls")
+def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show the lists with their subscriber counts.
+
+    Example: mailer lists ls
+    """
+    rows = _store(ctx).lists_with_counts()
+    if as_json:
+        _print_json(rows)
+        return
+    _table(["name", "title", "from", "lang", "active", "total"],
+           [[r["name"], r["title"], r["from"], r["lang"], r["active"], r["total"]] for r in rows])
+
+
+# ---- subscribers -------------------------------------------------------------------------------------------------
+
+
+@subs_app.command("add")
+def subs_add(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="Email address.")],
+    list_name: ListOpt,
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+) -> None:
+    """Add one subscriber (or update their name).
+
+    Example: mailer subs add wang@example.org --list bulletin --name 王小明
+    """
+    from mailer.subscriptions import add_subscriber
+
+    sub, added = add_subscriber(_store(ctx), list_name, email, name)
+    out.print(f"{'added' if added else 'updated'} {sub.email} ({sub.status})")
+
+
+@subs_app.command("import")
+def subs_import(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV with a header row: email, optional name, other columns.")],
+    list_name: ListOpt,
+) -> None:
+    """Import subscribers from CSV (UTF-8 or GB18030); bad rows are reported, good rows import.
+
+    Example: mailer subs import subscribers/sample.csv --list bulletin
+    """
+    from mailer.subscriptions import import_csv
+
+    result = import_csv(_store(ctx), list_name, file)
+    for problem in result.problems:
+        err.print(f"{file} {problem}", markup=False, highlight=False)
+    out.print(
+        f"imported {file}: {result.added} added, {result.updated} updated, {result.kept} kept as unsubscribed/"
+        f"bounced, {len(result.problems)} rejected"
+    )
+    if result.problems:
+        raise typer.Exit(ExitCode.ERROR)
+
+
+@subs_app.command("ls")
+def subs_ls(
+    ctx: typer.Context,
+    list_name: ListOpt,
+    status: Annotated[str | None, typer.Option(help="Only this status: active, pending, unsubscribed, bounced.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List subscribers.
+
+    Example: mailer subs ls --list bulletin --status active
+    """
+    from mailer.subscriptions import subscribers
+
+    rows = subscribers(_store(ctx), list_name, status)
+    if as_json:
+        _print_json([{"email": s.email, "name": s.name, "status": s.status, "attrs": s.attrs} for s in rows])
+        return
+    _table(["email", "name", "status"], [[s.email, s.name, s.status] for s in rows])
+
+
+@subs_app.command("export")
+def subs_export(
+    ctx: typer.Context,
+    list_name: ListOpt,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (default stdout).")]
+    = None,
+) -> None:
+    """Export a list as CSV (email, name, status, attributes).
+
+    Example: mailer subs export --list bulletin -o bulletin.csv
+    """
+    from mailer.subscriptions import export_csv
+
+    chunks = export_csv(_store(ctx), list_name)
+    if output is None:
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+        return
+    with output.open("w", encoding="utf-8", newline="") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+    err.print(f"wrote {output}")
+
+
+@subs_app.command("remove")
+def subs_remove(ctx: typer.Context, email: Annotated[str, typer.Argument()], list_name: ListOpt) -> None:
+    """Remove a subscriber from a list (kept as unsubscribed if they appear in a delivery log).
+
+    Example: mailer subs remove wang@example.org --list bulletin
+    """
+    from mailer.subscriptions import remove_subscriber
+
+    remove_subscriber(_store(ctx), list_name, email)
+    out.print(f"removed {email}")
+
+
+@app.command()
+def unsubscribe(ctx: typer.Context, email: Annotated[str, typer.Argument()], list_name: ListOpt) -> None:
+    """Unsubscribe someone by hand (recorded as done by ops).
+
+    Example: mailer unsubscribe wang@example.org --list bulletin
+    """
+    from mailer.subscriptions import unsubscribe_by_hand
+
+    changed = unsubscribe_by_hand(_store(ctx), list_name, email)
+    out.print(f"{email} {'unsubscribed' if changed else 'was already unsubscribed'}")
+
+
+# ---- rendering and sending -----------------------------------------------------------------------------------
+
+
+@app.command()
+def render(
+    ctx: typer.Context,
+    issue: Annotated[Path, typer.Argument(help="The issue: Markdown with front matter.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <slug>.html, .txt and .eml.")]
+    = Path("out"),
+    list_name: Annotated[str | None, typer.Option("--list", "-l", help="Render for this list's settings.")] = None,
+) -> None:
+    """Render an issue to HTML, plain text and a sample .eml.
+
+    Example: mailer render issues/sample.md -o out
+    """
+    from mailer.send import render_to_dir
+
+    config = _config(ctx)
+    store = Store.open(config.db_path) if list_name else None
+    for path in render_to_dir(issue, output, config, store, list_name):
+        out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+class _RichProgress:
+    """A progress bar on a TTY; nothing otherwise (the summary line says it all)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.task: Any = None
+        self.counts: dict[str, int] = {}
+
+    def start(self, total: int, done: int) -> None:
+        if not self.enabled:
+            return
+        self.bar = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                            TimeRemainingColumn(), console=err, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("", total=total, completed=done)
+
+    def advance(self, status: DeliveryStatus, email: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=" ".join(f"{k} {v}" for k, v in self.counts.items()))
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary_line(summary: SendSummary) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to send"
+    if summary.dry_run:
+        return f"dry run: would send to {summary.total} recipients; nothing was sent"
+    kind = "test message" if summary.test else f"campaign {summary.campaign_id}"
+    return f"{kind}: {summary.total} recipients: {counts} in {summary.elapsed:.1f}s"
+
+
+def _finish_send(summary: SendSummary) -> None:
+    for warning in summary.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+    out.print(_summary_line(summary), markup=False, highlight=False)
+    if summary.interrupted:
+        err.print("interrupted: run the same command again to resume", markup=False)
+        raise typer.Exit(ExitCode.INTERRUPTED)
+    if summary.failed:
+        raise typer.Exit(ExitCode.SOME_FAILED)
+
+
+@app.command()
+def send(
+    ctx: typer.Context,
+    issue: Annotated[Path, typer.Argument(help="The issue: Markdown with front matter.")],
+    list_name: ListOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and count recipients; send nothing.")] = False,
+    test: Annotated[str | None, typer.Option("--test", help="Send one test message to this address only.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="SMTP sessions at once.")] = 4,
+    rate: Annotated[float | None, typer.Option(min=0.01, help="At most this many messages per second.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
+    smtp_port: Annotated[int | None, typer.Option(help="SMTP port (env MAILER_SMTP_PORT).")] = None,
+) -> None:
+    """Send an issue to a list (running it again resumes the same campaign).
+
+    Example: mailer send issues/sample.md --list bulletin --test me@example.org
+    """
+    from mailer.addresses import normalise_address
+    from mailer.send import SendOptions, count_recipients, send_issue, smtp_settings
+
+    config = _config(ctx)
+    store = _store(ctx)
+    options = SendOptions(dry_run=dry_run, test_email=normalise_address(test) if test else None,
+                          concurrency=concurrency, rate=rate)
+    if not (dry_run or test or yes) and sys.stdin.isatty():
+        total = count_recipients(store, store.get_list(list_name).id)
+        if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
+            raise typer.Exit(ExitCode.ERROR)
+    stop = asyncio.Event()
+    progress = _RichProgress(err.is_terminal and not dry_run)
+    try:
+        summary = _run(send_issue(store, config, issue, list_name, options,
+                                  smtp_settings(config, smtp_host, smtp_port), progress, stop), stop)
+    finally:
+        progress.stop()
+    _finish_send(summary)
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+    due_only: Annotated[bool, typer.Option("--due-only", help="Only those whose backoff time has passed.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    rate: Annotated[float | None, typer.Option(min=0.01)] = None,
+) -> None:
+    """Send again to the deferred recipients of a campaign.
+
+    Example: mailer retry 1
+    """
+    from mailer.send import SendOptions, retry_campaign, smtp_settings
+
+    config = _config(ctx)
+    stop = asyncio.Event()
+    progress = _RichProgress(err.is_terminal)
+    try:
+        summary = _run(retry_campaign(_store(ctx), config, campaign, SendOptions(concurrency=concurrency, rate=rate),
+                                      smtp_settings(config), progress, stop, due_only=due_only), stop)
+    finally:
+        progress.stop()
+    _finish_send(summary)
+
+
+# ---- campaigns and logs --------------------------------------------------------------------------------------
+
+
+@campaigns_app.command("ls")
+def campaigns_ls(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    tests: Annotated[bool, typer.Option("--tests", help="Include test sends.")] = False,
+) -> None:
+    """Each campaign with its delivery counts per status.
+
+    Example: mailer campaigns ls --json
+    """
+    rows = _store(ctx).campaigns_with_counts(include_tests=tests)
+    if as_json:
+        _print_json(rows)
+        return
+    _table(["id", "issue", "list", "created", "counts"],
+           [[r["id"], r["issue"] + (" (test)" if r["test"] else ""), r["list"], r["created"],
+             ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()))] for r in rows])
+
+
+LOG_COLUMNS = ["email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued", "updated"]
+
+
+@app.command()
+def log(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. deferred or failed.")] = None,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+) -> None:
+    """One row per recipient: status, attempts, last SMTP reply, Message-ID, times.
+
+    Example: mailer log 1 --status failed
+    """
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    if status and status not in tuple(DeliveryStatus):
+        raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
+    store = _store(ctx)
+    found = store.get_campaign(campaign)
+    rows = store.delivery_log(found.id, status)
+    if as_json:
+        _print_json([{k: r[k] for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(LOG_COLUMNS)
+        for r in rows:
+            writer.writerow([r[k] for k in LOG_COLUMNS])
+    else:
+        _table(["email", "status", "tries", "code", "reply", "updated"],
+               [[r["email"], r["status"], r["attempts"], r["smtp_code"], r["smtp_reply"][:60], r["updated"]]
+                for r in rows], title=f"campaign {found.id}: {found.subject}")
+
+
+# ---- demo ------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    workdir: Annotated[Path, typer.Option("--dir", help="Working folder (recreated).")] = Path("demo-run"),
+) -> None:
+    """Send the sample issue to the sample list through a local capture server and show the log.
+
+    Example: mailer demo
+    """
+    from mailer.demo import run_demo
+
+    progress = _RichProgress(err.is_terminal)
+    try:
+        result = _run(run_demo(workdir, _config(ctx).base_url, progress))
+    finally:
+        progress.stop()
+    store = Store.open(result.db_path)
+    campaign_id = result.summary.campaign_id
+    rows = list(store.delivery_log(campaign_id or 0))
+    _table(["email", "name", "status", "code", "message-id"],
+           [[r["email"], r["name"], r["status"], r["smtp_code"], r["message_id"]] for r in rows],
+           title=f"delivery log of campaign {campaign_id}")
+    out.print(_summary_line(result.summary), markup=False, highlight=False)
+    out.print(f"imported {result.imported.added} subscribers; database {result.db_path}", highlight=False)
+    if result.messages:
+        first = result.messages[0]
+        out.print(f"{len(result.messages)} messages captured in {result.outbox}/; open one: {first} "
+                  f"({first.stat().st_size:,} bytes)", markup=False, highlight=False)
+    html = next((p for p in result.rendered if p.suffix == ".html"), None)
+    if html:
+        out.print(f"rendered HTML: {html}", markup=False, highlight=False)
+    out.print(f"see it again: mailer --db {result.db_path} log {campaign_id}", markup=False, highlight=False)
+    if result.summary.failed:
+        raise typer.Exit(ExitCode.SOME_FAILED)
+
+
+def main() -> None:
+    """Console entry point: one `error: ...` line and the SPEC exit code for anything a user can cause."""
+    try:
+        code = app(standalone_mode=False)
+    except MailerError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(int(exc.exit_code))
+    except click.exceptions.Abort:
+        err.print("interrupted", markup=False)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.ERROR)
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(code if isinstance(code, int) else 0)

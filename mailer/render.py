@@ -1,0 +1,386 @@
+"""Issue rendering: Markdown + front matter -> Jinja2 layouts -> premailer, done ONCE per issue.
+
+Pure: takes the issue text and list values, returns a RenderedIssue whose HTML and text still hold per-recipient
+placeholders (substituted later by message.py). The only module that imports Jinja2, premailer and markdown-it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import frontmatter
+import jinja2
+import premailer
+import yaml
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markupsafe import Markup
+
+from mailer.errors import TemplateError
+
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+HTML_LAYOUT = "issue.html.j2"
+TEXT_LAYOUT = "issue.txt.j2"
+
+# Per-recipient values are rendered as these markers and substituted after inlining. They are plain ASCII with no
+# Markdown, HTML or URI meaning, so Markdown, Jinja autoescape, lxml and premailer all pass them through unchanged.
+PH_NAME = "@@MAILER_NAME@@"
+PH_EMAIL = "@@MAILER_EMAIL@@"
+PH_UNSUBSCRIBE = "@@MAILER_UNSUBSCRIBE_URL@@"
+_PH_ATTR = "@@MAILER_A{}@@"
+PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|A\d+)@@")
+
+
+@dataclass(frozen=True)
+class ListContext:
+    """What a layout may know about the list an issue goes to."""
+
+    name: str = "sample"
+    title: str = ""
+    lang: str = "zh"
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    anchor: str
+    html: Markup
+    text: str
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """An issue rendered once: subject, inlined HTML and plain text with per-recipient placeholders."""
+
+    slug: str
+    subject: str
+    preheader: str
+    lang: str
+    html: str
+    text: str
+    meta: dict[str, Any]
+    attr_keys: tuple[str, ...] = ()
+    content_hash: str = ""
+    from_addr: str = ""
+    sections: tuple[str, ...] = field(default=())
+
+    def placeholders(self) -> set[str]:
+        return set(PLACEHOLDER_RE.findall(self.html)) | set(PLACEHOLDER_RE.findall(self.text))
+
+
+class _RecipientFields:
+    """Stands in for a subscriber while rendering: every field renders as a placeholder, recorded in `keys`."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return PH_NAME
+
+    @property
+    def email(self) -> str:
+        return PH_EMAIL
+
+    def __getattr__(self, key: str) -> str:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return self[key]
+
+    def __getitem__(self, key: str) -> str:
+        if key == "name":
+            return PH_NAME
+        if key == "email":
+            return PH_EMAIL
+        if key not in self.keys:
+            self.keys.append(key)
+        return _PH_ATTR.format(self.keys.index(key))
+
+
+def _markdown() -> MarkdownIt:
+    return MarkdownIt("gfm-like", {"typographer": False})
+
+
+def split_front_matter(source: str, origin: str) -> tuple[dict[str, Any], str]:
+    """The YAML front matter and the Markdown body; a missing subject or bad YAML is a TemplateError."""
+    try:
+        post = frontmatter.loads(source.lstrip("\ufeff"))
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{origin}: front matter is not valid YAML: {str(exc).splitlines()[0]}") from None
+    meta = {str(k): v for k, v in post.metadata.items()}
+    subject = str(meta.get("subject") or "").strip()
+    if not subject:
+        raise TemplateError(f"{origin}: front matter has no 'subject'")
+    return meta, post.content
+
+
+def slugify(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).strip().lower()
+    text = re.sub(r"[^\w.-]+", "-", text, flags=re.UNICODE).strip("-.")
+    return text[:80] or "issue"
+
+
+def _inline_text(children: Sequence[Token] | None) -> str:
+    """Plain text of an inline token run; links become `text <url>`, images `[alt] <src>`."""
+    out: list[str] = []
+    href_stack: list[tuple[str, int]] = []
+    for tok in children or ():
+        if tok.type in ("text", "code_inline"):
+            out.append(tok.content)
+        elif tok.type == "softbreak" or tok.type == "hardbreak":
+            out.append("\n")
+        elif tok.type == "link_open":
+            href_stack.append((str(tok.attrs.get("href", "")), len(out)))
+        elif tok.type == "link_close" and href_stack:
+            href, start = href_stack.pop()
+            label = "".join(out[start:])
+            target = href.removeprefix("mailto:")
+            if label.strip() and label.strip() not in (href, target):
+                out.append(f" <{href}>")
+            else:
+                del out[start:]
+                out.append(f"<{href}>" if not href.startswith("mailto:") else target)
+        elif tok.type == "image":
+            alt = tok.content or "".join(c.content for c in tok.children or ())
+            out.append(f"[{alt}] <{tok.attrs.get('src', '')}>" if alt else f"<{tok.attrs.get('src', '')}>")
+        elif tok.type == "html_inline":
+            continue
+    return "".join(out)
+
+
+def _display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def tokens_to_text(tokens: Sequence[Token]) -> str:
+    """A readable plain-text rendering of Markdown block tokens: headings, lists, quotes, code, tables."""
+    blocks: list[str] = []
+    list_stack: list[list[int | None]] = []  # per open list: [next number or None for bullets]
+    quote_depth = 0
+    pending_prefix = ""
+    table_row: list[str] = []
+    heading_level = 0
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open":
+            heading_level = int(tok.tag[1])
+        elif tok.type == "inline":
+            text = _inline_text(tok.children)
+            if heading_level:
+                rule = "-" if heading_level >= 3 else "="
+                blocks.append(f"{text}\n{rule * max(4, _display_width(text))}")
+            elif table_row is not None and tokens[i - 1].type in ("th_open", "td_open"):
+                table_row.append(text)
+            else:
+                indent = "   " * max(0, len(list_stack) - 1)
+                prefix = pending_prefix or (indent + "   " if list_stack else "")
+                lines = text.split("\n")
+                body = (prefix + lines[0]) + "".join(
+                    "\n" + (indent + "   " if list_stack else "") + line for line in lines[1:]
+                )
+                if quote_depth:
+                    body = "\n".join("> " * quote_depth + line for line in body.split("\n"))
+                blocks.append(body)
+                pending_prefix = ""
+        elif tok.type == "heading_close":
+            heading_level = 0
+        elif tok.type in ("bullet_list_open", "ordered_list_open"):
+            start = int(tok.attrs.get("start", 1) or 1) if tok.type == "ordered_list_open" else None
+            list_stack.append([start])
+        elif tok.type in ("bullet_list_close", "ordered_list_close"):
+            list_stack.pop()
+        elif tok.type == "list_item_open" and list_stack:
+            indent = "   " * (len(list_stack) - 1)
+            counter = list_stack[-1]
+            if counter[0] is None:
+                pending_prefix = f"{indent}-  "
+            else:
+                pending_prefix = f"{indent}{counter[0]}. "
+                counter[0] += 1
+        elif tok.type == "blockquote_open":
+            quote_depth += 1
+        elif tok.type == "blockquote_close":
+            quote_depth -= 1
+        elif tok.type in ("fence", "code_block"):
+            blocks.append("\n".join("    " + line for line in tok.content.rstrip("\n").split("\n")))
+        elif tok.type == "hr":
+            blocks.append("-" * 20)
+        elif tok.type == "tr_open":
+            table_row = []
+        elif tok.type == "tr_close":
+            blocks.append(" | ".join(cell.strip() for cell in table_row))
+        elif tok.type == "html_block":
+            stripped = re.sub(r"<[^>]+>", "", tok.content).strip()
+            if stripped:
+                blocks.append(stripped)
+    text = _join_blocks(blocks, tokens)
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+
+
+def _join_blocks(blocks: list[str], tokens: Sequence[Token]) -> str:
+    # Tight list items and table rows sit on consecutive lines; everything else is a paragraph apart.
+    out: list[str] = []
+    for block in blocks:
+        if out and _is_tight(block) and _is_tight(out[-1]):
+            out.append("\n" + block)
+        else:
+            out.append(("\n\n" if out else "") + block)
+    return "".join(out)
+
+
+def _is_tight(block: str) -> bool:
+    last_line = block.rsplit("\n", 1)[-1]
+    return bool(block.lstrip().startswith("-  ") or re.match(r"\s*\d+\. ", block) or " | " in last_line)
+
+
+def _slug_anchor(title: str, index: int) -> str:
+    ascii_slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return ascii_slug or f"section-{index}"
+
+
+def split_sections(md: MarkdownIt, tokens: list[Token]) -> tuple[Markup, str, list[Section]]:
+    """Cut the body at its `##` headings: the content before the first one is the intro."""
+    groups: list[tuple[str, list[Token]]] = [("", [])]
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.type == "heading_open" and tok.tag == "h2":
+            title = _inline_text(tokens[i + 1].children)
+            groups.append((title, []))
+            i += 3
+            continue
+        groups[-1][1].append(tok)
+        i += 1
+    intro_tokens = groups[0][1]
+    intro_html = Markup(md.renderer.render(intro_tokens, md.options, {}))
+    intro_text = tokens_to_text(intro_tokens)
+    sections = [
+        Section(title, _slug_anchor(title, n), Markup(md.renderer.render(body, md.options, {})), tokens_to_text(body))
+        for n, (title, body) in enumerate(groups[1:], start=1)
+    ]
+    return intro_html, intro_text, sections
+
+
+def _template_error(origin: str, exc: jinja2.TemplateError) -> TemplateError:
+    where = origin
+    lineno = getattr(exc, "lineno", None)
+    name = getattr(exc, "filename", None) or getattr(exc, "name", None)
+    if name:
+        where = str(name)
+    if lineno:
+        where = f"{where} line {lineno}"
+    message = str(exc.message if getattr(exc, "message", None) else exc).splitlines()[0]
+    return TemplateError(f"{where}: {message}")
+
+
+def _environment(templates_dir: Path, html: bool) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        autoescape=html,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def inline_css(html: str) -> str:
+    """premailer with the network off: rules it cannot inline (media queries) stay in one <style> block."""
+    try:
+        return str(
+            premailer.Premailer(
+                html,
+                allow_network=False,
+                disable_validation=True,
+                remove_classes=False,
+                strip_important=False,
+                cssutils_logging_level=logging.CRITICAL,
+            ).transform()
+        )
+    except Exception as exc:  # premailer raises a grab bag (lxml, cssutils, its own ExternalNotFoundError)
+        raise TemplateError(f"CSS inlining failed: {exc}") from None
+
+
+def render_issue(
+    source: str,
+    origin: str = "issue.md",
+    list_ctx: ListContext | None = None,
+    templates_dir: Path | None = None,
+) -> RenderedIssue:
+    """Render an issue once; raises TemplateError for anything that would break a send."""
+    list_ctx = list_ctx or ListContext()
+    templates_dir = templates_dir or DEFAULT_TEMPLATES
+    meta, body = split_front_matter(source, origin)
+    recipient = _RecipientFields()
+    lang = str(meta.get("lang") or list_ctx.lang or "zh")
+    base_context: dict[str, Any] = {
+        "subject": str(meta["subject"]).strip(),
+        "preheader": str(meta.get("preheader") or "").strip(),
+        "issue_number": str(meta.get("issue") or "").strip(),
+        "date": str(meta.get("date") or "").strip(),
+        "lang": lang,
+        "list_title": list_ctx.title or list_ctx.name,
+        "list_name": list_ctx.name,
+        "meta": meta,
+        "subscriber": recipient,
+        "unsubscribe_url": PH_UNSUBSCRIBE,
+    }
+    body_env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    try:
+        body = body_env.from_string(body).render(**base_context)
+    except jinja2.TemplateError as exc:
+        raise _template_error(origin, exc) from None
+    md = _markdown()
+    intro_html, intro_text, sections = split_sections(md, md.parse(body))
+    context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
+    try:
+        raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
+        text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"layout {exc.name} not found in {templates_dir}") from None
+    except jinja2.TemplateError as exc:
+        raise _template_error(origin, exc) from None
+    html = inline_css(raw_html)
+    text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
+    digest = hashlib.sha256()
+    for part in (source, raw_html, text):
+        digest.update(part.encode("utf-8"))
+    return RenderedIssue(
+        slug=slugify(str(meta.get("slug") or Path(origin).stem)),
+        subject=base_context["subject"],
+        preheader=base_context["preheader"],
+        lang=lang,
+        html=html,
+        text=text,
+        meta={k: _plain(v) for k, v in meta.items()},
+        attr_keys=tuple(recipient.keys),
+        content_hash=digest.hexdigest(),
+        from_addr=str(meta.get("from") or ""),
+        sections=tuple(s.title for s in sections),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Front matter values as JSON-safe data (YAML dates become ISO strings)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def substitute(template: str, values: dict[str, str]) -> str:
+    """Replace placeholders by already-escaped values (unknown ones become empty)."""
+    return PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), template)
+
+
+def attr_placeholder_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Map placeholder codes (A0, A1, ...) to the subscriber attribute names they stand for."""
+    return {f"A{i}": key for i, key in enumerate(keys)}

@@ -1,0 +1,398 @@
+"""The delivery engine: campaign snapshot, SMTP workers, rate limit, per-recipient status, resume.
+
+Service functions only: they take a Store and settings, report progress through a callback and return a
+SendSummary or raise MailerError. They never print or exit; cli.py owns the event loop and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from mailer.config import Config
+from mailer.errors import MailerError, SMTPUnavailable, UsageError
+from mailer.message import BuiltMessage, MessageTemplate, Sender, parse_from
+from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber
+from mailer.render import ListContext, RenderedIssue, render_issue
+from mailer.smtp import Reply, Session, SMTPSettings, probe
+from mailer.store import Outcome, Store, stamp, utcnow
+
+SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
+LEASE_SECONDS = 60.0
+FALLBACK_NAMES = {"zh": "读者", "en": "reader"}
+
+
+class ProgressSink(Protocol):
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, status: DeliveryStatus, email: str) -> None: ...
+
+
+class _NoProgress:
+    def start(self, total: int, done: int) -> None:
+        return None
+
+    def advance(self, status: DeliveryStatus, email: str) -> None:
+        return None
+
+
+@dataclass
+class SendOptions:
+    dry_run: bool = False
+    test_email: str | None = None
+    concurrency: int = 4
+    rate: float | None = None  # messages per second across all sessions
+    session_cap: int = SESSION_MESSAGE_CAP
+
+
+@dataclass
+class PreparedIssue:
+    """An issue rendered for one list, with its message skeleton's inputs."""
+
+    mailing_list: MailingList
+    issue: RenderedIssue
+    sender: Sender
+    issue_path: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+class RateLimiter:
+    """At most `rate` acquisitions per second, spread evenly (a token bucket of depth one)."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.clock = clock
+        self.next_slot = 0.0
+        self.lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if not self.interval:
+            return
+        async with self.lock:
+            now = self.clock()
+            slot = max(self.next_slot, now)
+            self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+def smtp_settings(config: Config, host: str | None = None, port: int | None = None) -> SMTPSettings:
+    return SMTPSettings(
+        host=host or config.smtp_host,
+        port=port or config.smtp_port,
+        tls=config.smtp_tls,
+        user=config.smtp_user,
+        password=config.smtp_password,
+        timeout=config.smtp_timeout,
+    )
+
+
+def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -> Sender:
+    from_value = issue.from_addr or mailing_list.from_addr
+    if not from_value:
+        raise UsageError(f"list {mailing_list.name!r} has no From address; set it with: "
+                         f"mailer lists create {mailing_list.name} --from \"Name <addr>\" (or 'from:' in the issue)")
+    name, addr = parse_from(from_value)
+    return Sender(
+        from_name=name,
+        from_addr=addr,
+        reply_to=mailing_list.reply_to,
+        list_name=mailing_list.name,
+        list_title=mailing_list.title or mailing_list.name,
+        base_url=base_url,
+    )
+
+
+def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str) -> PreparedIssue:
+    """Read and render the issue for the list: every template error surfaces here, before any SMTP."""
+    mailing_list = store.get_list(list_name)
+    source = read_issue_file(issue_path)
+    ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx)
+    return PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url), issue_path)
+
+
+def read_issue_file(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MailerError(f"issue file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise MailerError(f"issue file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise MailerError(f"cannot read issue file {path}: {exc.strerror}") from None
+
+
+def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
+    return {
+        "slug": issue.slug, "subject": issue.subject, "preheader": issue.preheader, "lang": issue.lang,
+        "html": issue.html, "text": issue.text, "meta": issue.meta, "attr_keys": list(issue.attr_keys),
+        "content_hash": issue.content_hash, "from_addr": issue.from_addr, "sections": list(issue.sections),
+    }
+
+
+def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
+    return RenderedIssue(**{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"])})
+
+
+def build_template(prepared: PreparedIssue, campaign_id: int, salt: str, secret: bytes) -> MessageTemplate:
+    if not secret:
+        raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
+    return MessageTemplate(
+        prepared.issue, prepared.sender, secret=secret, campaign_id=campaign_id,
+        list_id=prepared.mailing_list.id, salt=salt,
+        fallback_name=FALLBACK_NAMES.get(prepared.issue.lang, ""),
+    )
+
+
+def sample_subscriber(store: Store, list_id: int) -> Subscriber:
+    for sub in store.iter_subscribers(list_id, "active"):
+        return sub
+    return Subscriber(email="reader@example.org", name="")
+
+
+def count_recipients(store: Store, list_id: int) -> int:
+    return int(store.conn.execute(
+        "SELECT COUNT(*) FROM subscribers s WHERE s.list_id = ? AND s.status = 'active' "
+        "AND s.email NOT IN (SELECT email FROM suppressions)", (list_id,),
+    ).fetchone()[0])
+
+
+def open_campaign(
+    store: Store, prepared: PreparedIssue, options: SendOptions, secret: bytes
+) -> tuple[Campaign, MessageTemplate]:
+    """Find the campaign of this issue and list (resume) or create it with its recipient snapshot."""
+    issue = prepared.issue
+    if options.test_email:
+        sample = sample_subscriber(store, prepared.mailing_list.id)
+        recipient = Subscriber(id=0, email=options.test_email, name=sample.name, attrs=sample.attrs)
+        campaign = store.create_campaign(
+            prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
+            issue_to_json(issue), secrets.token_hex(8), is_test=True, test_recipient=recipient,
+        )
+        _, salt = store.campaign_rendered(campaign.id)
+        return campaign, build_template(prepared, campaign.id, salt, secret)
+    campaign = store.find_campaign(prepared.mailing_list.id, issue.slug)
+    if campaign is None:
+        campaign = store.create_campaign(
+            prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
+            issue_to_json(issue), secrets.token_hex(8),
+        )
+    rendered, salt = store.campaign_rendered(campaign.id)
+    if rendered["content_hash"] != issue.content_hash:
+        prepared.warnings.append(
+            f"{prepared.issue_path} changed since campaign {campaign.id} started; "
+            "resuming with the content that was snapshotted then"
+        )
+        prepared = PreparedIssue(prepared.mailing_list, issue_from_json(rendered), prepared.sender,
+                                 prepared.issue_path, prepared.warnings)
+    return campaign, build_template(prepared, campaign.id, salt, secret)
+
+
+def backoff(attempt: int) -> timedelta:
+    """Postfix-like: 5 minutes, doubling, at most 4 hours between tries."""
+    return timedelta(seconds=min(300 * 2 ** max(0, attempt - 1), 4 * 3600))
+
+
+class Engine:
+    """Runs one campaign's queued deliveries over `concurrency` reused SMTP sessions."""
+
+    def __init__(
+        self, store: Store, template: MessageTemplate, campaign: Campaign, settings: SMTPSettings,
+        options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.template = template
+        self.campaign = campaign
+        self.settings = settings
+        self.options = options
+        self.progress = progress or _NoProgress()
+        self.stop = stop or asyncio.Event()
+        self.clock = clock
+        self.limiter = RateLimiter(options.rate)
+        self.fatal: MailerError | None = None
+
+    async def run(self) -> None:
+        concurrency = max(1, self.options.concurrency)
+        queue: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=concurrency * 4)
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(concurrency)]
+        try:
+            for recipient in self.store.iter_queued(self.campaign.id):
+                if self.stop.is_set() or self.fatal:
+                    break
+                await queue.put(recipient)
+        finally:
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        if self.fatal:
+            raise self.fatal
+
+    async def _worker(self, queue: asyncio.Queue[Recipient | None]) -> None:
+        session = Session(self.settings)
+        try:
+            while (recipient := await queue.get()) is not None:
+                if self.stop.is_set() or self.fatal:
+                    continue  # drain: what was not started stays queued for the next run
+                await self._deliver(session, recipient)
+        finally:
+            await session.close()
+
+    async def _deliver(self, session: Session, recipient: Recipient) -> None:
+        store = self.store
+        if not self.campaign.is_test and not store.subscriber_active(recipient.subscriber_id):
+            store.record(Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None, "unsubscribed or suppressed"))
+            self.progress.advance(DeliveryStatus.SKIPPED, recipient.email)
+            return
+        try:
+            message = self.template.build(recipient, self.clock())
+        except MailerError as exc:
+            store.record(Outcome(recipient.delivery_id, DeliveryStatus.FAILED, None, str(exc)))
+            self.progress.advance(DeliveryStatus.FAILED, recipient.email)
+            return
+        await self.limiter.acquire()
+        if session.sent_on_session >= self.options.session_cap:
+            await session.close()
+        store.mark_sending(recipient.delivery_id, message.message_id)
+        try:
+            reply = await session.send(message)
+        except SMTPUnavailable as exc:
+            # The server went away between messages and will not take us back: put this one back in the queue.
+            store.record(Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)))
+            self.fatal = exc
+            return
+        self._record(recipient, message, reply)
+
+    def _record(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> None:
+        next_attempt = None
+        if reply.status == DeliveryStatus.DEFERRED:
+            attempt = self.store.conn.execute(
+                "SELECT attempts FROM deliveries WHERE id = ?", (recipient.delivery_id,)
+            ).fetchone()[0]
+            next_attempt = stamp(self.clock() + backoff(attempt))
+        plain = reply.stage == "end-of-data" or reply.status == "deferred"
+        text = reply.text if plain else f"{reply.stage}: {reply.text}"
+        self.store.record(
+            Outcome(recipient.delivery_id, reply.status, reply.code, text, message.message_id), next_attempt
+        )
+        self.progress.advance(reply.status, recipient.email)
+
+
+async def send_issue(
+    store: Store, config: Config, issue_path: Path, list_name: str, options: SendOptions,
+    settings: SMTPSettings, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
+) -> SendSummary:
+    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same issue and list."""
+    started = time.monotonic()
+    prepared = prepare_issue(store, config, issue_path, list_name)
+    if options.dry_run:
+        template = build_template(prepared, 0, "dry-run", config.secret)
+        sample = sample_subscriber(store, prepared.mailing_list.id)
+        template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
+        total = count_recipients(store, prepared.mailing_list.id)
+        return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
+    await probe(settings)  # refused / login refused: exit 4 before any state changes
+    campaign, template = open_campaign(store, prepared, options, config.secret)
+    return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
+                                  prepared.warnings)
+
+
+async def deliver_campaign(
+    store: Store, campaign: Campaign, template: MessageTemplate, settings: SMTPSettings, options: SendOptions,
+    progress: ProgressSink | None = None, stop: asyncio.Event | None = None, started: float | None = None,
+    warnings: list[str] | None = None,
+) -> SendSummary:
+    started = time.monotonic() if started is None else started
+    owner = store.acquire_lease(campaign.id, LEASE_SECONDS)
+    stop = stop or asyncio.Event()
+    renew = asyncio.create_task(_keep_lease(store, campaign.id, owner, stop))
+    try:
+        in_doubt = store.requeue(campaign.id, [DeliveryStatus.SENDING])
+        counts = store.counts(campaign.id)
+        total = sum(counts.values())
+        sink = progress or _NoProgress()
+        sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0) - in_doubt)
+        engine = Engine(store, template, campaign, settings, options, sink, stop)
+        await engine.run()
+    finally:
+        renew.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renew
+        store.release_lease(campaign.id, owner)
+    counts = store.counts(campaign.id)
+    interrupted = stop.is_set() and counts.get(DeliveryStatus.QUEUED, 0) > 0
+    if not counts.get(DeliveryStatus.QUEUED):
+        store.finish_campaign(campaign.id)
+    notes = list(warnings or [])
+    if in_doubt:
+        notes.append(f"{in_doubt} recipient(s) left in 'sending' by an interrupted run were sent again")
+    return SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
+                       elapsed=time.monotonic() - started, interrupted=interrupted, warnings=notes)
+
+
+async def _keep_lease(store: Store, campaign_id: int, owner: str, stop: asyncio.Event) -> None:
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        store.renew_lease(campaign_id, owner, LEASE_SECONDS)
+
+
+async def retry_campaign(
+    store: Store, config: Config, campaign_ref: str, options: SendOptions, settings: SMTPSettings,
+    progress: ProgressSink | None = None, stop: asyncio.Event | None = None, *, due_only: bool = False,
+) -> SendSummary:
+    """Send again to deferred recipients (all of them, or only those whose backoff has passed)."""
+    campaign = store.get_campaign(campaign_ref)
+    rendered, salt = store.campaign_rendered(campaign.id)
+    issue = issue_from_json(rendered)
+    mailing_list = store.get_list_by_id(campaign.list_id)
+    prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url),
+                             Path(campaign.issue_path))
+    template = build_template(prepared, campaign.id, salt, config.secret)
+    await probe(settings)
+    sql = "UPDATE deliveries SET status = 'queued' WHERE campaign_id = ? AND status = 'deferred'"
+    args: list[Any] = [campaign.id]
+    if due_only:
+        sql += " AND (next_attempt IS NULL OR next_attempt <= ?)"
+        args.append(stamp())
+    with store.transaction():
+        store.conn.execute(sql, args)
+    return await deliver_campaign(store, campaign, template, settings, options, progress, stop)
+
+
+DEFAULT_LIST = MailingList(id=0, name="sample", title="", from_addr="Newsletter <newsletter@example.org>",
+                           reply_to="", lang="zh")
+
+
+def render_to_dir(
+    issue_path: Path, out_dir: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+) -> list[Path]:
+    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir."""
+    if list_name:
+        if store is None:
+            raise MailerError("--list needs a database; run: mailer init")
+        prepared = prepare_issue(store, config, issue_path, list_name)
+        sample = sample_subscriber(store, prepared.mailing_list.id)
+    else:
+        source = read_issue_file(issue_path)
+        issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"))
+        prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
+        sample = Subscriber(email="reader@example.org", name="")
+    secret = config.secret or secrets.token_bytes(16)  # a preview needs some key; links in it are samples
+    template = build_template(prepared, 0, "preview", secret)
+    message = template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
+    html, text = template.personal_bodies(Recipient(0, sample.id, sample.email, sample.name, sample.attrs),
+                                          message.unsubscribe_url)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = prepared.issue.slug
+    paths = [out_dir / f"{slug}.html", out_dir / f"{slug}.txt", out_dir / f"{slug}.eml"]
+    paths[0].write_text(html, encoding="utf-8")
+    paths[1].write_text(text, encoding="utf-8")
+    paths[2].write_bytes(message.data)
+    return paths

@@ -1,0 +1,542 @@
+"""Everything SQLite, through sqlite-utils: schema and migrations in one place, lists, subscribers, suppressions,
+campaigns, deliveries and their status history.
+
+The only module that imports sqlite-utils. Returns models, never prints; every multi-row change is one transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
+from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
+
+SCHEMA_VERSION = 1
+CHUNK = 500  # recipients read per query: memory stays flat however long the list
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lists (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL DEFAULT '',
+    from_addr TEXT NOT NULL DEFAULT '',
+    reply_to TEXT NOT NULL DEFAULT '',
+    lang TEXT NOT NULL DEFAULT 'zh',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscribers (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    UNIQUE (list_id, email)
+);
+CREATE INDEX IF NOT EXISTS subscribers_status ON subscribers (list_id, status, id);
+CREATE TABLE IF NOT EXISTS suppressions (
+    email TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unsubscribes (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    slug TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    rendered TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    is_test INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    finished TEXT,
+    lease_owner TEXT,
+    lease_until TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS campaigns_issue ON campaigns (list_id, slug) WHERE is_test = 0;
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+    subscriber_id INTEGER NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    smtp_code INTEGER,
+    smtp_reply TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    queued TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    next_attempt TEXT,
+    UNIQUE (campaign_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (campaign_id, status, id);
+CREATE TABLE IF NOT EXISTS delivery_events (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    smtp_code INTEGER,
+    smtp_reply TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_events_delivery ON delivery_events (delivery_id);
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def stamp(moment: datetime | None = None) -> str:
+    return (moment or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    added: int
+    updated: int
+    kept_status: int
+    errors: list[str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one SMTP attempt ended as, ready to be recorded."""
+
+    delivery_id: int
+    status: DeliveryStatus
+    smtp_code: int | None = None
+    smtp_reply: str = ""
+    message_id: str = ""
+
+
+class Store:
+    """One SQLite database file. Open it with `Store.open(path)`; `init()` creates or migrates the schema."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, must_exist: bool = True) -> Store:
+        path = Path(path)
+        if must_exist and not path.exists():
+            raise MailerError(f"database {path} does not exist; run: mailer init (or pass --db)")
+        try:
+            conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as exc:
+            raise MailerError(f"cannot open database {path}: {exc}") from None
+        store = cls(conn, path)
+        if must_exist:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                raise MailerError(f"database {path} is not initialised; run: mailer init")
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def init(self) -> bool:
+        """Create or migrate the schema; returns True when something was created."""
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise MailerError(f"database {self.path} is from a newer mailer (schema {version})")
+        self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        return version < SCHEMA_VERSION
+
+    def transaction(self) -> sqlite3.Connection:
+        return _Transaction(self.conn)  # type: ignore[return-value]
+
+    # ---- lists -------------------------------------------------------------------------------------------------
+
+    def create_list(self, name: str, title: str, from_addr: str, reply_to: str, lang: str) -> MailingList:
+        if self.conn.execute("SELECT 1 FROM lists WHERE name = ?", (name,)).fetchone():
+            raise MailerError(f"list {name!r} already exists")
+        self.db["lists"].insert(
+            {"name": name, "title": title, "from_addr": from_addr, "reply_to": reply_to, "lang": lang,
+             "created": stamp()}
+        )
+        return self.get_list(name)
+
+    def get_list(self, name: str) -> MailingList:
+        row = self.conn.execute("SELECT * FROM lists WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            known = [r[0] for r in self.conn.execute("SELECT name FROM lists ORDER BY name")]
+            hint = f" (lists: {', '.join(known)})" if known else " (create it with: mailer lists create NAME)"
+            raise NotFoundError(f"no list named {name!r}{hint}")
+        return _list(row, self.conn)
+
+    def get_list_by_id(self, list_id: int) -> MailingList:
+        row = self.conn.execute("SELECT * FROM lists WHERE id = ?", (list_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no list with id {list_id}")
+        return _list(row, self.conn)
+
+    def lists_with_counts(self) -> list[dict[str, Any]]:
+        sql = """SELECT l.name, l.title, l.from_addr, l.lang, l.created,
+                        SUM(s.status = 'active') AS active, COUNT(s.id) AS total
+                 FROM lists l LEFT JOIN subscribers s ON s.list_id = l.id GROUP BY l.id ORDER BY l.name"""
+        cols = ["name", "title", "from", "lang", "created", "active", "total"]
+        return [dict(zip(cols, row, strict=True)) | {"active": row[5] or 0} for row in self.conn.execute(sql)]
+
+    # ---- subscribers -------------------------------------------------------------------------------------------
+
+    def upsert_subscribers(self, list_id: int, rows: Iterable[Subscriber], source: str) -> tuple[int, int, int]:
+        """Insert or update; never changes the status of someone unsubscribed or bounced. (added, updated, kept)."""
+        added = updated = kept = 0
+        now = stamp()
+        with self.transaction():
+            for sub in rows:
+                existing = self.conn.execute(
+                    "SELECT id, status FROM subscribers WHERE list_id = ? AND email = ?", (list_id, sub.email)
+                ).fetchone()
+                attrs = json.dumps(sub.attrs, ensure_ascii=False, sort_keys=True)
+                if existing is None:
+                    self.conn.execute(
+                        "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (list_id, sub.email, sub.name, attrs, str(sub.status), source, now, now),
+                    )
+                    added += 1
+                else:
+                    self.conn.execute(
+                        "UPDATE subscribers SET name = ?, attrs = ?, updated = ? WHERE id = ?",
+                        (sub.name, attrs, now, existing[0]),
+                    )
+                    if existing[1] in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED):
+                        kept += 1
+                    else:
+                        updated += 1
+        return added, updated, kept
+
+    def iter_subscribers(self, list_id: int, status: str | None = None) -> Iterator[Subscriber]:
+        last = 0
+        while True:
+            sql = "SELECT id, email, name, attrs, status FROM subscribers WHERE list_id = ? AND id > ?"
+            args: list[Any] = [list_id, last]
+            if status:
+                sql += " AND status = ?"
+                args.append(status)
+            rows = self.conn.execute(sql + f" ORDER BY id LIMIT {CHUNK}", args).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield Subscriber(id=row[0], email=row[1], name=row[2], attrs=json.loads(row[3]), status=row[4],
+                                 list_id=list_id)
+            last = rows[-1][0]
+
+    def get_subscriber(self, list_id: int, email: str) -> Subscriber:
+        row = self.conn.execute(
+            "SELECT id, email, name, attrs, status FROM subscribers WHERE list_id = ? AND email = ?",
+            (list_id, email),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"{email} is not on this list")
+        return Subscriber(id=row[0], email=row[1], name=row[2], attrs=json.loads(row[3]), status=row[4],
+                          list_id=list_id)
+
+    def remove_subscriber(self, list_id: int, email: str) -> None:
+        sub = self.get_subscriber(list_id, email)
+        with self.transaction():
+            in_campaigns = self.conn.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE subscriber_id = ?", (sub.id,)
+            ).fetchone()[0]
+            if in_campaigns:
+                # Delivery history keeps the row: mark it gone instead of deleting what the log refers to.
+                self.conn.execute(
+                    "UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                    (SubscriberStatus.UNSUBSCRIBED, stamp(), sub.id),
+                )
+                self.conn.execute(
+                    "INSERT INTO unsubscribes (subscriber_id, source, at) VALUES (?, 'removed', ?)", (sub.id, stamp())
+                )
+            else:
+                self.conn.execute("DELETE FROM unsubscribes WHERE subscriber_id = ?", (sub.id,))
+                self.conn.execute("DELETE FROM subscribers WHERE id = ?", (sub.id,))
+
+    def unsubscribe(self, subscriber_id: int, source: str) -> bool:
+        """Mark unsubscribed (idempotent); queued deliveries to them are skipped. True if it changed anything."""
+        now = stamp()
+        with self.transaction():
+            row = self.conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+            if row is None:
+                raise NotFoundError("no such subscriber")
+            if row[0] == SubscriberStatus.UNSUBSCRIBED:
+                return False
+            self.conn.execute(
+                "UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                (SubscriberStatus.UNSUBSCRIBED, now, subscriber_id),
+            )
+            self.conn.execute(
+                "INSERT INTO unsubscribes (subscriber_id, source, at) VALUES (?, ?, ?)", (subscriber_id, source, now)
+            )
+        return True
+
+    def suppress(self, email: str, reason: str, detail: str = "") -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO suppressions (email, reason, detail, created) VALUES (?, ?, ?, ?)",
+            (email, reason, detail, stamp()),
+        )
+
+    # ---- campaigns ---------------------------------------------------------------------------------------------
+
+    def find_campaign(self, list_id: int, slug: str) -> Campaign | None:
+        row = self.conn.execute(
+            "SELECT * FROM campaigns WHERE list_id = ? AND slug = ? AND is_test = 0", (list_id, slug)
+        ).fetchone()
+        return _campaign(row, self.conn) if row else None
+
+    def get_campaign(self, ref: str | int) -> Campaign:
+        row = None
+        if str(ref).isdigit():
+            row = self.conn.execute("SELECT * FROM campaigns WHERE id = ?", (int(ref),)).fetchone()
+        if row is None:
+            rows = self.conn.execute("SELECT * FROM campaigns WHERE slug = ? AND is_test = 0", (str(ref),)).fetchall()
+            if len(rows) > 1:
+                raise UsageError(f"{ref!r} names {len(rows)} campaigns; use the id from: mailer campaigns ls")
+            row = rows[0] if rows else None
+        if row is None:
+            raise NotFoundError(f"no campaign {ref!r} (see: mailer campaigns ls)")
+        return _campaign(row, self.conn)
+
+    def campaign_rendered(self, campaign_id: int) -> tuple[dict[str, Any], str]:
+        row = self.conn.execute("SELECT rendered, salt FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        return json.loads(row[0]), row[1]
+
+    def create_campaign(
+        self, list_id: int, slug: str, subject: str, issue_path: str, content_hash: str,
+        rendered: dict[str, Any], salt: str, *, is_test: bool = False,
+        test_recipient: Subscriber | None = None,
+    ) -> Campaign:
+        """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction."""
+        now = stamp()
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, is_test, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (list_id, slug, subject, issue_path, content_hash, json.dumps(rendered, ensure_ascii=False), salt,
+                 int(is_test), now),
+            )
+            campaign_id = int(cur.lastrowid or 0)
+            if test_recipient is not None:
+                self.conn.execute(
+                    "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (campaign_id, test_recipient.id, test_recipient.email, test_recipient.name,
+                     json.dumps(test_recipient.attrs, ensure_ascii=False), now, now),
+                )
+            else:
+                self.conn.execute(
+                    "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "
+                    "SELECT ?, s.id, s.email, s.name, s.attrs, 'queued', ?, ? FROM subscribers s "
+                    "WHERE s.list_id = ? AND s.status = 'active' "
+                    "AND s.email NOT IN (SELECT email FROM suppressions) ORDER BY s.id",
+                    (campaign_id, now, now, list_id),
+                )
+        return self.get_campaign(campaign_id)
+
+    def campaigns_with_counts(self, include_tests: bool = False) -> list[dict[str, Any]]:
+        where = "" if include_tests else "WHERE c.is_test = 0"
+        rows = self.conn.execute(
+            f"SELECT c.id, c.slug, l.name, c.subject, c.created, c.finished, c.is_test, c.issue_path "
+            f"FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id"
+        ).fetchall()
+        out = []
+        for row in rows:
+            out.append({
+                "id": row[0], "issue": row[1], "list": row[2], "subject": row[3], "created": row[4],
+                "finished": row[5], "test": bool(row[6]), "issue_path": row[7], "counts": self.counts(row[0]),
+            })
+        return out
+
+    def counts(self, campaign_id: int) -> dict[str, int]:
+        return {
+            status: n for status, n in self.conn.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,)
+            )
+        }
+
+    def finish_campaign(self, campaign_id: int) -> None:
+        self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (stamp(), campaign_id))
+
+    # ---- leases: one sender per campaign -----------------------------------------------------------------------
+
+    def acquire_lease(self, campaign_id: int, seconds: float = 60.0) -> str:
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        now = utcnow()
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT lease_owner, lease_until FROM campaigns WHERE id = ?", (campaign_id,)
+            ).fetchone()
+            if row and row[0] and row[0] != owner and row[1] and row[1] > stamp(now):
+                raise CampaignBusy(
+                    f"campaign {campaign_id} is being sent by process {row[0]} (lease until {row[1]}); "
+                    "wait for it to finish or stop it first"
+                )
+            self.conn.execute(
+                "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                (owner, stamp(now + timedelta(seconds=seconds)), campaign_id),
+            )
+        return owner
+
+    def renew_lease(self, campaign_id: int, owner: str, seconds: float = 60.0) -> None:
+        self.conn.execute(
+            "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+            (stamp(utcnow() + timedelta(seconds=seconds)), campaign_id, owner),
+        )
+
+    def release_lease(self, campaign_id: int, owner: str) -> None:
+        self.conn.execute(
+            "UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+            (campaign_id, owner),
+        )
+
+    # ---- deliveries ----------------------------------------------------------------------------------------------
+
+    def requeue(self, campaign_id: int, statuses: Iterable[str]) -> int:
+        """Put deliveries in `statuses` back to queued (their Message-ID is derived, so it stays the same)."""
+        marks = ",".join("?" for _ in statuses)
+        with self.transaction():
+            cur = self.conn.execute(
+                f"UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status IN ({marks})",
+                (stamp(), campaign_id, *statuses),
+            )
+        return cur.rowcount
+
+    def iter_queued(self, campaign_id: int) -> Iterator[Recipient]:
+        """Queued recipients in id order, read CHUNK at a time."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, subscriber_id, email, name, attrs FROM deliveries "
+                f"WHERE campaign_id = ? AND status = 'queued' AND id > ? ORDER BY id LIMIT {CHUNK}",
+                (campaign_id, last),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield Recipient(row[0], row[1], row[2], row[3], json.loads(row[4]))
+            last = rows[-1][0]
+
+    def subscriber_active(self, subscriber_id: int) -> bool:
+        row = self.conn.execute(
+            "SELECT s.status, EXISTS (SELECT 1 FROM suppressions WHERE email = s.email) FROM subscribers s "
+            "WHERE s.id = ?", (subscriber_id,),
+        ).fetchone()
+        return bool(row) and row[0] == SubscriberStatus.ACTIVE and not row[1]
+
+    def mark_sending(self, delivery_id: int, message_id: str) -> int:
+        """queued -> sending, committed before the message leaves; returns the attempt number."""
+        now = stamp()
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated = ? "
+                "WHERE id = ?", (message_id, now, delivery_id),
+            )
+            attempt = self.conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, at) VALUES (?, 'sending', ?, ?)",
+                (delivery_id, attempt, now),
+            )
+        return int(attempt)
+
+    def record(self, outcome: Outcome, next_attempt: str | None = None) -> None:
+        now = stamp()
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE deliveries SET status = ?, smtp_code = ?, smtp_reply = ?, updated = ?, next_attempt = ?, "
+                "message_id = CASE WHEN ? = '' THEN message_id ELSE ? END WHERE id = ?",
+                (str(outcome.status), outcome.smtp_code, outcome.smtp_reply, now, next_attempt,
+                 outcome.message_id, outcome.message_id, outcome.delivery_id),
+            )
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
+                "SELECT id, ?, attempts, ?, ?, ? FROM deliveries WHERE id = ?",
+                (str(outcome.status), outcome.smtp_code, outcome.smtp_reply, now, outcome.delivery_id),
+            )
+
+    def delivery_log(self, campaign_id: int, status: str | None = None) -> Iterator[dict[str, Any]]:
+        sql = ("SELECT id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, "
+               "next_attempt FROM deliveries WHERE campaign_id = ? AND id > ?")
+        cols = ["id", "email", "name", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued",
+                "updated", "next_attempt"]
+        last = 0
+        while True:
+            args: list[Any] = [campaign_id, last]
+            extra = ""
+            if status:
+                extra = " AND status = ?"
+                args.append(status)
+            rows = self.conn.execute(sql + extra + f" ORDER BY id LIMIT {CHUNK}", args).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield dict(zip(cols, row, strict=True))
+            last = rows[-1][0]
+
+    def integrity_ok(self) -> bool:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, re-entrant (an inner block joins the outer one)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if not self.outer:
+            return
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def _list(row: sqlite3.Row | tuple[Any, ...], conn: sqlite3.Connection) -> MailingList:
+    return MailingList(id=row[0], name=row[1], title=row[2], from_addr=row[3], reply_to=row[4], lang=row[5],
+                       created=row[6])
+
+
+def _campaign(row: tuple[Any, ...], conn: sqlite3.Connection) -> Campaign:
+    cols = [d[1] for d in conn.execute("PRAGMA table_info(campaigns)")]
+    data = dict(zip(cols, row, strict=True))
+    return Campaign(
+        id=data["id"], list_id=data["list_id"], slug=data["slug"], subject=data["subject"],
+        issue_path=data["issue_path"], content_hash=data["content_hash"], created=data["created"],
+        is_test=bool(data["is_test"]),
+    )

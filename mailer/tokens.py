@@ -1,0 +1,89 @@
+"""HMAC-SHA256 signed tokens for unsubscribe, confirm and VERP bounce addresses.
+
+Pure: the secret is passed in. Tokens are lowercase base32 so they survive URLs and case-folding mail systems."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import StrEnum
+
+_MAC_BYTES = 12  # 96 bits: forging one is out of reach, and a VERP local part stays well under 64 octets
+_CONTEXT = b"mailer-token-v1:"
+
+
+class TokenKind(StrEnum):
+    UNSUBSCRIBE = "u"
+    CONFIRM = "c"
+    BOUNCE = "b"
+
+
+class BadToken(ValueError):
+    """The token is malformed, truncated, tampered with, or of another kind."""
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: TokenKind
+    a: int  # list id (unsubscribe, confirm) or campaign id (bounce)
+    b: int  # subscriber id (unsubscribe, confirm) or delivery id (bounce)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("token fields are non-negative")
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise BadToken("truncated token")
+
+
+def _mac(secret: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, _CONTEXT + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_token(secret: bytes, kind: TokenKind, a: int, b: int) -> str:
+    if not secret:
+        raise ValueError("no signing secret configured")
+    payload = kind.value.encode("ascii") + _varint(a) + _varint(b)
+    raw = payload + _mac(secret, payload)
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def read_token(secret: bytes, token: str, kind: TokenKind) -> Token:
+    """Verify and decode; raises BadToken for anything but an intact token of `kind` signed with `secret`."""
+    if not secret or not token or len(token) > 64 or not token.isascii() or not token.isalnum():
+        raise BadToken("malformed token")
+    padded = token.upper() + "=" * (-len(token) % 8)
+    try:
+        raw = base64.b32decode(padded)
+    except (ValueError, base64.binascii.Error):
+        raise BadToken("malformed token") from None
+    if len(raw) <= _MAC_BYTES + 1:
+        raise BadToken("truncated token")
+    payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+    if not hmac.compare_digest(mac, _mac(secret, payload)):
+        raise BadToken("bad signature")
+    if payload[:1] != kind.value.encode("ascii"):
+        raise BadToken("token of another kind")
+    a, pos = _read_varint(payload, 1)
+    b, pos = _read_varint(payload, pos)
+    if pos != len(payload):
+        raise BadToken("trailing bytes in token")
+    return Token(kind, a, b)
