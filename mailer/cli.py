@@ -488,6 +488,17 @@ def demo(
         raise typer.Exit(ExitCode.SOME_FAILED)
 
 
+def _family(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class `name` and typer's vendored copy of it (typer >= 0.20 ships its own click)."""
+    classes = {getattr(click.exceptions, name)}
+    for probe in (typer.BadParameter, typer.Abort):
+        classes.update(c for c in probe.__mro__ if c.__name__ == name)
+    return tuple(classes)
+
+
+_ABORT, _CLICK_ERROR, _USAGE_ERROR = _family("Abort"), _family("ClickException"), _family("UsageError")
+
+
 def main() -> None:
     """Console entry point: one `error: ...` line and the SPEC exit code for anything a user can cause."""
     try:
@@ -495,12 +506,15 @@ def main() -> None:
     except MailerError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
-    except click.exceptions.Abort:
+    except _ABORT:
         err.print("interrupted", markup=False)
         sys.exit(int(ExitCode.INTERRUPTED))
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.ERROR)
+    except _CLICK_ERROR as exc:
+        message = exc.format_message()  # type: ignore[attr-defined]
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"error: {' '.join(message.split())}{hint}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(ExitCode.USAGE if isinstance(exc, _USAGE_ERROR) else ExitCode.ERROR)
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(code if isinstance(code, int) else 0)
