@@ -105,7 +105,9 @@ def _phrase_atoms(display_name: str) -> list[str]:
         return _encoded_words(text)
     if _ATEXT.match(text) and "=?" not in text:
         return text.split(" ")
-    return ['"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A quoted string cannot be folded: a long one would make a line past 998 octets; encoded words fold.
+    return [quoted] if len(quoted) <= 70 else _encoded_words(text)
 
 
 def address_header(name: str, display_name: str, addr: str) -> str:
@@ -124,12 +126,12 @@ def parse_from(value: str) -> tuple[str, str]:
 
 
 def _cte_for(body: bytes) -> str:
-    """quoted-printable for mostly-ASCII text (readable, and spam filters frown on base64 English); base64 for
-    CJK and other scripts, where it is the shorter one. Chosen once per part per campaign."""
+    """quoted-printable for mostly-ASCII text (readable, and spam filters frown on base64 English); base64 when it
+    is the shorter one, as for CJK. Chosen once per part per campaign, on the whole body."""
     if body.isascii():
         return "quoted-printable"
-    qp = email.quoprimime.body_encode(body[:4000].decode("latin-1"), MAX_LINE)
-    return "base64" if len(qp) > len(base64.b64encode(body[:4000])) * 1.05 else "quoted-printable"
+    qp = email.quoprimime.body_encode(body.decode("latin-1"), MAX_LINE)
+    return "base64" if len(qp) > len(base64.b64encode(body)) * 1.05 else "quoted-printable"
 
 
 class _PartBody:
