@@ -83,6 +83,13 @@ class _Handler:
             return f"{rule.code} {rule.text}"
         return None
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        with self.state.lock:
+            self.state.connections += 1  # one EHLO per plain-text session: counts SMTP sessions
+        session.host_name = hostname
+        return responses
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         rule = self._rule(address, "rcpt")
@@ -153,6 +160,12 @@ class CaptureServer:
     def received(self) -> list[Captured]:
         with self.state.lock:
             return list(self.state.received)
+
+    @property
+    def connections(self) -> int:
+        """SMTP sessions greeted with EHLO so far."""
+        with self.state.lock:
+            return self.state.connections
 
     def set_rule(self, address: str, rule: Rule) -> None:
         with self.state.lock:

@@ -81,20 +81,24 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
     out.print(table)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"mailer {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
     db: Annotated[Path | None, typer.Option("--db", help="SQLite database (env MAILER_DB, default ./mailer.db).")]
     = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_show_version)] = False,  # eager: no command needed
 ) -> None:
     """Email newsletters from Markdown to every inbox.
 
     Example: mailer demo
     """
-    if version:
-        out.print(f"mailer {__version__}")
-        raise typer.Exit()
     ctx.obj = {"config": load_config(db_path=db)}
 
 
@@ -511,6 +515,9 @@ def main() -> None:
         sys.exit(int(ExitCode.INTERRUPTED))
     except _CLICK_ERROR as exc:
         message = exc.format_message()  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `mailer` / `mailer lists` alone: the help, not one line
+            err.print(message, markup=False, highlight=False)
+            sys.exit(ExitCode.USAGE)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         err.print(f"error: {' '.join(message.split())}{hint}", markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,197 @@
+"""The command contract: help and examples for every command, README commands exist, usage errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import typer
+
+from mailer.cli import app
+from tests.conftest import REPO
+
+
+def _walk(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found = [(path, command)]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        found.extend(_walk(sub, (*path, name)))
+    return found
+
+
+ROOT = typer.main.get_command(app)
+COMMANDS = _walk(ROOT)
+LEAVES = [(path, cmd) for path, cmd in COMMANDS if not hasattr(cmd, "commands")]  # typer vendors its own click
+
+
+def _readme_commands() -> list[str]:
+    """Command lines starting with `mailer ` in README's code blocks (also after `&&` or `.venv/bin/`)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", readme, flags=re.S | re.M):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                part = part.strip().removeprefix(".venv/bin/")
+                if part.startswith("mailer "):
+                    lines.append(part)
+    return lines
+
+
+README_COMMANDS = _readme_commands()
+
+
+def _mailer(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "MAILER_DB": str(cwd / "mailer.db"), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "mailer", *args], cwd=cwd, env=full_env, text=True,
+                          capture_output=True, timeout=60)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_the_app_has_the_commands_of_the_spec() -> None:
+    paths = {" ".join(path) for path, _ in LEAVES}
+    assert {"init", "lists create", "lists ls", "subs add", "subs import", "subs ls", "subs export", "subs remove",
+            "render", "send", "campaigns ls", "log", "retry", "unsubscribe", "demo"} <= paths
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "mailer" for p, _ in COMMANDS])
+def test_help_exits_0(tmp_path: Path, path: tuple[str, ...], command: click.Command) -> None:
+    result = _mailer(tmp_path, *path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: ")
+    assert result.stderr == ""
+    assert not (tmp_path / "mailer.db").exists()  # asking for help creates nothing
+    if command in dict(LEAVES).values():
+        assert re.search(r"^\s*Example: mailer \S", result.stdout, flags=re.M), result.stdout
+
+
+@pytest.mark.parametrize(("path", "command"), LEAVES, ids=[" ".join(p) for p, _ in LEAVES])
+def test_every_example_parses_as_its_command(path: tuple[str, ...], command: click.Command) -> None:
+    examples = [line.strip() for line in (command.help or "").splitlines() if line.strip().startswith("Example:")]
+    assert len(examples) == 1, f"{' '.join(path)}: no 'Example:' line in its help"
+    words = shlex.split(examples[0].removeprefix("Example:"))
+    assert words[0] == "mailer"
+    assert tuple(words[1:1 + len(path)]) == path
+    # click's own parser with the example's arguments: unknown options or bad values raise; nothing runs.
+    with command.make_context(" ".join(words[: 1 + len(path)]), words[1 + len(path):]) as ctx:
+        assert ctx.command is command
+
+
+def test_readme_shows_commands() -> None:
+    assert len(README_COMMANDS) >= 10
+    assert any(line.startswith("mailer send ") for line in README_COMMANDS)
+
+
+@pytest.mark.parametrize("line", README_COMMANDS)
+def test_every_readme_command_exists(tmp_path: Path, line: str) -> None:
+    words = shlex.split(line, comments=True)
+    # The whole command line with --help: an unknown command or option fails with exit 2 instead of showing help.
+    result = _mailer(tmp_path, *words[1:], "--help")
+    assert result.returncode == 0, f"{line}: {result.stderr}"
+    assert result.stdout.startswith("Usage: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["frobnicate"], "frobnicate"),
+        (["lists", "frobnicate"], "frobnicate"),
+        (["send"], "issue"),
+        (["send", "issues/sample.md"], "--list"),
+        (["subs", "add", "a@example.org"], "--list"),
+        (["log"], "campaign"),
+        (["send", "issues/sample.md", "--list", "bulletin", "--concurrency", "0"], "--concurrency"),
+        (["log", "1", "--json", "--csv"], "--csv"),
+        (["--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_error_line(tmp_path: Path, args: list[str], says: str) -> None:
+    result = _mailer(tmp_path, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in assert_one_error_line(result)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [[], ["lists"], ["subs"]])
+def test_a_group_alone_shows_its_help(tmp_path: Path, args: list[str]) -> None:
+    result = _mailer(tmp_path, *args)
+    assert result.returncode in (0, 2)
+    assert "Traceback" not in result.stderr
+    shown = result.stdout + result.stderr
+    assert "Usage: " in shown
+    assert "\nCommands:\n" in shown  # the help as help, not flattened into an error line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["lists", "ls"], ["subs", "ls", "--list", "bulletin"], ["campaigns", "ls"], ["log", "1"],
+     ["send", str(REPO / "issues" / "sample.md"), "--list", "bulletin", "--dry-run"]],
+)
+def test_a_missing_database_is_one_error_line(tmp_path: Path, args: list[str]) -> None:
+    result = _mailer(tmp_path, *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = assert_one_error_line(result)
+    assert re.match(r"error: database .*mailer\.db does not exist", line), line
+    assert not (tmp_path / "mailer.db").exists()
+
+
+def test_db_option_overrides_the_environment(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    assert _mailer(tmp_path, "--db", str(other), "init").returncode == 0
+    assert other.exists()
+    assert not (tmp_path / "mailer.db").exists()
+
+
+def test_init_is_idempotent_and_the_secret_is_private(tmp_path: Path) -> None:
+    first = _mailer(tmp_path, "init")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("created")
+    secret_file = tmp_path / "mailer.db.secret"
+    secret = secret_file.read_bytes()
+    assert len(secret.strip()) >= 32
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+    assert _mailer(tmp_path, "lists", "create", "bulletin", "--from", "B <b@example.org>").returncode == 0
+    second = _mailer(tmp_path, "init")
+
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("up to date")
+    assert secret_file.read_bytes() == secret
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert "bulletin" in _mailer(tmp_path, "lists", "ls", "--json").stdout
+
+
+def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    assert _mailer(tmp_path, "init").returncode == 0
+    (tmp_path / "mailer.db.secret").chmod(0o644)
+    result = _mailer(tmp_path, "lists", "ls")
+    assert result.returncode == 1
+    assert "chmod 600" in assert_one_error_line(result)
+
+
+def test_a_password_in_mailer_toml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mailer.toml").write_text('smtp_host = "127.0.0.1"\nsmtp_password = "hunter2-Qx"\n', encoding="utf-8")
+    result = _mailer(tmp_path, "init")
+    assert result.returncode == 1
+    line = assert_one_error_line(result)
+    assert "secret" in line
+    assert "hunter2-Qx" not in result.stdout + result.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    result = _mailer(tmp_path, "--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"mailer \d+\.\d+\.\d+\n", result.stdout)

@@ -1,0 +1,342 @@
+"""The delivery engine end to end: a real aiosmtpd server on 127.0.0.1, a real SQLite file, the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections import Counter
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+
+from mailer.capture import Captured, CaptureServer, Rule, free_port
+from mailer.config import Config
+from mailer.models import DeliveryStatus, Subscriber
+from mailer.send import SendOptions, retry_campaign, send_issue, smtp_settings
+from mailer.store import Store
+from tests.conftest import SAMPLE_ISSUE
+
+THREE = ["wang@example.org", "li@example.com", "zhang@example.net"]
+
+
+def add_subscribers(store: Store, emails: list[str]) -> list[Subscriber]:
+    list_id = store.get_list("bulletin").id
+    store.upsert_subscribers(list_id, [Subscriber(email=e, name=f"读者{i}") for i, e in enumerate(emails)], "test")
+    return [store.get_subscriber(list_id, e) for e in emails]
+
+
+def message_id_of(captured: Captured) -> str:
+    return str(message_from_bytes(captured.data)["Message-ID"]).strip()
+
+
+def log_rows(run_cli, campaign_id: int | str) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    result = run_cli("log", str(campaign_id), "--json")
+    assert result.returncode == 0, result.stderr
+    return {row["email"]: row for row in json.loads(result.stdout)}
+
+
+def campaigns(run_cli, *extra: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    result = run_cli("campaigns", "ls", "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_one_error_line(stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+
+
+async def test_200_subscribers_each_get_exactly_one_message_over_reused_connections(
+    store: Store, config: Config, smtp_server: CaptureServer, run_cli
+) -> None:
+    emails = [f"reader{i:03d}@example.org" for i in range(200)]
+    add_subscribers(store, emails)
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+
+    summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=4), settings)
+
+    assert summary.counts == {"sent": 200}
+    received = smtp_server.received
+    assert len(received) == 200
+    assert all(len(c.rcpt_tos) == 1 for c in received)
+    assert Counter(c.rcpt_tos[0] for c in received) == Counter(emails)
+    assert all(c.mail_from.startswith("bounces+") for c in received)
+    assert len({c.mail_from for c in received}) == 200
+    ids = {c.rcpt_tos[0]: message_id_of(c) for c in received}
+    assert len(set(ids.values())) == 200
+    # 4 sessions reused for ~50 messages each; a session per message would be 200.
+    assert 1 <= smtp_server.connections <= 8
+
+    rows = log_rows(run_cli, summary.campaign_id)
+    assert set(rows) == set(emails)
+    for email, row in rows.items():
+        assert row["status"] == "sent"
+        assert row["smtp_code"] == 250
+        assert row["attempts"] == 1
+        assert row["message_id"] == ids[email]
+
+
+async def test_concurrency_one_uses_a_single_session(store: Store, config: Config, smtp_server: CaptureServer) -> None:
+    add_subscribers(store, [f"r{i}@example.org" for i in range(20)])
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=1), settings)
+    assert summary.counts == {"sent": 20}
+    assert smtp_server.connections == 1  # one session for all 20 (the probe says no EHLO)
+
+
+def test_550_at_rcpt_fails_that_recipient_only_and_exits_3(store: Store, smtp_server: CaptureServer, run_cli) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=550, text="5.1.1 mailbox li does not exist"))
+
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(c.rcpt_tos[0] for c in smtp_server.received) == ["wang@example.org", "zhang@example.net"]
+    (campaign,) = campaigns(run_cli)
+    assert campaign["counts"] == {"sent": 2, "failed": 1}
+    rows = log_rows(run_cli, campaign["id"])
+    failed = rows["li@example.com"]
+    assert failed["status"] == "failed"
+    assert failed["smtp_code"] == 550
+    assert "mailbox li does not exist" in failed["smtp_reply"]
+    assert failed["attempts"] == 1
+    assert [rows[e]["status"] for e in ("wang@example.org", "zhang@example.net")] == ["sent", "sent"]
+
+
+def test_550_at_end_of_data_is_failed_too(store: Store, smtp_server: CaptureServer, run_cli) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("zhang@example.net", Rule(stage="data", code=554, text="5.7.1 message rejected as spam"))
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+    assert result.returncode == 3, result.stdout + result.stderr
+    row = log_rows(run_cli, campaigns(run_cli)[0]["id"])["zhang@example.net"]
+    assert (row["status"], row["smtp_code"]) == ("failed", 554)
+    assert "rejected as spam" in row["smtp_reply"]
+
+
+async def test_451_is_deferred_then_retry_sends_it_with_the_same_message_id(
+    store: Store, config: Config, smtp_server: CaptureServer, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted, try later", times=1))
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+
+    first = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
+
+    assert first.counts == {"sent": 2, "deferred": 1}
+    assert not first.failed
+    deferred = log_rows(run_cli, first.campaign_id)["li@example.com"]
+    assert deferred["status"] == "deferred"
+    assert deferred["smtp_code"] == 451
+    assert "greylisted" in deferred["smtp_reply"]
+    assert deferred["next_attempt"]
+    assert deferred["next_attempt"] > deferred["updated"]
+    assert deferred["message_id"]
+    assert len(smtp_server.received) == 2
+
+    # Its backoff has not passed: a due-only retry leaves it alone.
+    early = await retry_campaign(store, config, str(first.campaign_id), SendOptions(), settings, due_only=True)
+    assert early.counts == {"sent": 2, "deferred": 1}
+    assert len(smtp_server.received) == 2
+
+    second = await retry_campaign(store, config, str(first.campaign_id), SendOptions(), settings)
+
+    assert second.counts == {"sent": 3}
+    received = smtp_server.received
+    assert len(received) == 3  # only the deferred one was sent again
+    assert received[-1].rcpt_tos == ("li@example.com",)
+    row = log_rows(run_cli, first.campaign_id)["li@example.com"]
+    assert row["status"] == "sent"
+    assert row["smtp_code"] == 250
+    assert row["attempts"] == 2
+    assert row["message_id"] == deferred["message_id"] == message_id_of(received[-1])
+    assert all(r["attempts"] == 1 for e, r in log_rows(run_cli, first.campaign_id).items() if e != "li@example.com")
+
+
+def test_retry_command_sends_the_deferred(store: Store, smtp_server: CaptureServer, run_cli) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("wang@example.org", Rule(stage="data", code=452, text="4.2.2 mailbox full", times=1))
+    port = str(smtp_server.port)
+    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", port).returncode == 0
+    campaign_id = campaigns(run_cli)[0]["id"]
+    assert log_rows(run_cli, campaign_id)["wang@example.org"]["status"] == "deferred"
+
+    result = run_cli("retry", str(campaign_id), env={"MAILER_SMTP_PORT": port})
+
+    assert result.returncode == 0, result.stderr
+    assert "3 sent" in result.stdout
+    assert [c.rcpt_tos for c in smtp_server.received].count(("wang@example.org",)) == 1
+    assert log_rows(run_cli, campaign_id)["wang@example.org"]["attempts"] == 2
+
+
+def test_connection_refused_exits_4_and_marks_nobody(store: Store, run_cli) -> None:
+    add_subscribers(store, THREE)
+    closed = free_port()
+
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(closed))
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert_one_error_line(result.stderr)
+    assert str(closed) in result.stderr
+    assert campaigns(run_cli, "--tests") == []
+    failed = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'").fetchone()[0]
+    assert failed == 0
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize(("password", "code"), [("right-pw-Zq7", 0), ("wrong-pw-Xk9", 4)])
+def test_smtp_login(store: Store, tmp_path: Path, run_cli, password: str, code: int) -> None:
+    add_subscribers(store, THREE)
+    with CaptureServer(tmp_path / "auth-outbox", users={"u": "right-pw-Zq7"}) as server:
+        result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(server.port),
+                         env={"MAILER_SMTP_USER": "u", "MAILER_SMTP_PASSWORD": password})
+        received = server.received
+    assert result.returncode == code, result.stdout + result.stderr
+    assert password not in result.stdout + result.stderr
+    if code == 4:
+        assert_one_error_line(result.stderr)
+        assert "login" in result.stderr
+        assert received == []
+        assert campaigns(run_cli) == []
+    else:
+        assert len(received) == 3
+
+
+def test_sending_again_resumes_and_never_resends(store: Store, smtp_server: CaptureServer, run_cli) -> None:
+    add_subscribers(store, THREE)
+    send = ("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+    first = run_cli(*send)
+    assert first.returncode == 0, first.stderr
+    assert len(smtp_server.received) == 3
+
+    again = run_cli(*send)
+
+    assert again.returncode == 0, again.stderr
+    assert len(smtp_server.received) == 3
+    assert "3 recipients: 3 sent" in again.stdout
+    assert len(campaigns(run_cli)) == 1
+
+    # The recipient list is the snapshot taken when the campaign was created.
+    add_subscribers(store, ["late@example.org"])
+    late = run_cli(*send)
+    assert late.returncode == 0, late.stderr
+    assert len(smtp_server.received) == 3
+    assert "late@example.org" not in log_rows(run_cli, campaigns(run_cli)[0]["id"])
+
+
+async def test_unsubscribed_while_queued_is_skipped(store: Store, config: Config, smtp_server: CaptureServer) -> None:
+    subs = add_subscribers(store, THREE)
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    stop = asyncio.Event()
+    stop.set()  # stopped before the first message: the campaign and its snapshot exist, everyone is queued
+
+    halted = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings, stop=stop)
+
+    assert halted.interrupted
+    assert halted.counts == {"queued": 3}
+    assert smtp_server.received == []
+    assert store.unsubscribe(subs[1].id, source="test")
+
+    resumed = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
+
+    assert resumed.campaign_id == halted.campaign_id
+    assert resumed.counts == {"sent": 2, "skipped": 1}
+    assert sorted(c.rcpt_tos[0] for c in smtp_server.received) == ["wang@example.org", "zhang@example.net"]
+    status = dict(store.conn.execute("SELECT email, status FROM deliveries WHERE campaign_id = ?",
+                                     (resumed.campaign_id,)).fetchall())
+    assert status["li@example.com"] == DeliveryStatus.SKIPPED
+
+
+def test_template_error_stops_before_anything_is_sent(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+    issue = tmp_path / "broken-issue.md"
+    issue.write_text('---\nsubject: "第1期"\n---\n你好 {{ nope }}\n\n## 一\n正文\n', encoding="utf-8")
+
+    result = run_cli("send", str(issue), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_one_error_line(result.stderr)
+    assert "broken-issue.md" in result.stderr
+    assert smtp_server.received == []
+    assert smtp_server.connections == 0
+    assert campaigns(run_cli, "--tests") == []
+
+
+def test_dry_run_sends_nothing_and_counts_recipients(store: Store, smtp_server: CaptureServer, run_cli) -> None:
+    add_subscribers(store, [*THREE, "zhao@example.org"])
+    store.unsubscribe(store.get_subscriber(store.get_list("bulletin").id, "zhao@example.org").id, "test")
+
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--dry-run",
+                     "--smtp-port", str(smtp_server.port))
+
+    assert result.returncode == 0, result.stderr
+    assert "would send to 3 recipients" in result.stdout
+    assert smtp_server.received == []
+    assert campaigns(run_cli, "--tests") == []
+
+
+def test_test_send_goes_to_one_address_and_is_marked_test(
+    store: Store, smtp_server: CaptureServer, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--test", "me@example.org",
+                     "--smtp-port", str(smtp_server.port))
+
+    assert result.returncode == 0, result.stderr
+    assert "test message" in result.stdout
+    (captured,) = smtp_server.received
+    assert captured.rcpt_tos == ("me@example.org",)
+    assert captured.mail_from.startswith("bounces+")
+    assert campaigns(run_cli) == []
+    (test_campaign,) = campaigns(run_cli, "--tests")
+    assert test_campaign["test"] is True
+    assert test_campaign["counts"] == {"sent": 1}
+    # The real send afterwards still goes to everyone on the list.
+    real = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+    assert real.returncode == 0, real.stderr
+    assert sorted(c.rcpt_tos[0] for c in smtp_server.received[1:]) == sorted(THREE)
+
+
+def test_machine_output_of_log_and_campaigns(store: Store, smtp_server: CaptureServer, run_cli) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=550, text="5.1.1 no such user"))
+    run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+
+    (campaign,) = campaigns(run_cli)
+    assert {"id", "issue", "list", "created", "counts"} <= set(campaign)
+    assert campaign["list"] == "bulletin"
+    assert campaign["issue"] == "sample"
+    assert campaign["counts"] == {"sent": 2, "failed": 1}
+
+    as_json = run_cli("log", str(campaign["id"]), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)
+    assert isinstance(rows, list)
+    assert len(rows) == 3
+    for row in rows:
+        assert {"email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "updated"} <= set(row)
+    assert sorted(r["email"] for r in rows) == sorted(THREE)
+
+    failed_only = json.loads(run_cli("log", str(campaign["id"]), "--json", "--status", "failed").stdout)
+    assert [r["email"] for r in failed_only] == ["li@example.com"]
+
+    as_csv = run_cli("log", str(campaign["id"]), "--csv")
+    assert as_csv.returncode == 0, as_csv.stderr
+    table = list(csv.reader(io.StringIO(as_csv.stdout)))
+    assert {"email", "status", "attempts", "smtp_code", "smtp_reply", "message_id"} <= set(table[0])
+    assert len(table) == 4
+    by_email = {r[table[0].index("email")]: r for r in table[1:]}
+    assert by_email["li@example.com"][table[0].index("smtp_code")] == "550"
+
+    missing = run_cli("log", "999", "--json")
+    assert missing.returncode == 1
+    assert_one_error_line(missing.stderr)
+    assert missing.stdout == ""

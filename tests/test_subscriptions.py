@@ -1,0 +1,294 @@
+"""Lists and subscribers: CSV import (encodings, bad rows, re-import), listing, export, removal, unsubscribe."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailer.errors import MailerError
+from mailer.models import Subscriber, SubscriberStatus
+from mailer.store import Store
+from mailer.subscriptions import add_subscriber, create_list, import_csv, subscribers
+from tests.conftest import SAMPLE_CSV
+
+CHINESE = [
+    ("wang@example.org", "王小明", "北京"),
+    ("li@example.com", "李静", "临江"),
+    ("gu@example.net", "顾清远", "龍泉"),
+]
+
+
+def write_csv(path: Path, rows: list[tuple[str, ...]], encoding: str = "utf-8") -> Path:
+    text = "".join(",".join(row) + "\r\n" for row in [("email", "name", "city"), *rows])
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def listed(run_cli, *extra: str) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    result = run_cli("subs", "ls", "--list", "bulletin", "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    return {row["email"]: row for row in json.loads(result.stdout)}
+
+
+def on_list(store: Store, status: str | None = None) -> dict[str, Subscriber]:
+    """What the database holds now (the CLI wrote it from another process)."""
+    return {s.email: s for s in subscribers(store, "bulletin", status)}
+
+
+def assert_one_error_line(stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+
+
+def test_import_the_sample_csv(store: Store, run_cli) -> None:
+    result = run_cli("subs", "import", str(SAMPLE_CSV), "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert "20 added" in result.stdout
+    rows = listed(run_cli)
+    assert len(rows) == 20
+    assert rows["wang.xiaoming@example.org"]["name"] == "王小明"
+    assert rows["wang.xiaoming@example.org"]["status"] == "active"
+    assert rows["wang.xiaoming@example.org"]["attrs"] == {"organisation": "星河知识产权运营服务中心", "city": "北京"}
+
+
+def test_utf8_with_bom(store: Store, tmp_path: Path, run_cli) -> None:
+    path = write_csv(tmp_path / "bom.csv", CHINESE, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+
+    assert result.returncode == 0, result.stderr
+    rows = on_list(store)
+    assert {e: r.name for e, r in rows.items()} == {e: n for e, n, _ in CHINESE}
+    assert rows["gu@example.net"].attrs == {"city": "龍泉"}
+
+
+def test_gb18030_file_keeps_chinese_names(store: Store, tmp_path: Path, run_cli) -> None:
+    path = write_csv(tmp_path / "gbk.csv", CHINESE, encoding="gb18030")
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")
+
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+
+    assert result.returncode == 0, result.stderr
+    assert "3 added" in result.stdout
+    rows = on_list(store)
+    assert {e: (r.name, r.attrs["city"]) for e, r in rows.items()} == {e: (n, c) for e, n, c in CHINESE}
+
+
+def test_bad_rows_are_reported_by_line_and_good_rows_import(store: Store, tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "email,name,city\n"                      # line 1
+        "good.one@Example.ORG,张三,北京\n"        # 2
+        "bob@,Bob,x\n"                           # 3: not an address
+        ",Nobody,x\n"                            # 4: empty email
+        "short@example.org,Short\n"              # 5: two fields, the header has three
+        "\n"                                     # 6: blank, ignored
+        "good.one@example.org,Again,y\n"         # 7: duplicate of line 2 once the domain is lowercased
+        'two@example.org,"李, 四","多\n行"\n'     # 8-9: one record over two lines
+        "bad address@example.org,X,y\n"          # 10
+        "three@example.org,王五,z\n",             # 11
+        encoding="utf-8",
+    )
+
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    problems = result.stderr.strip().splitlines()
+    assert len(problems) == 5, result.stderr
+    assert all(line.startswith(f"{path} line ") for line in problems)
+    numbers = [int(line.split(" line ")[1].split(":")[0]) for line in problems]
+    assert numbers == [3, 4, 5, 7, 10]
+    assert "'bob@'" in problems[0]
+    assert "empty" in problems[1]
+    assert "2 fields" in problems[2]
+    assert "line 2" in problems[3]
+    assert "3 added" in result.stdout
+    assert "5 rejected" in result.stdout
+    rows = on_list(store)
+    assert set(rows) == {"good.one@example.org", "two@example.org", "three@example.org"}
+    assert rows["good.one@example.org"].name == "张三"  # the first row wins, the duplicate is skipped
+    assert rows["two@example.org"].name == "李, 四"
+
+
+def test_import_service_returns_problems_and_counts(store: Store, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv", [("a@Example.COM", "A", "x"), ("bob@", "B", "y"), ("b@example.com", "B", "z")])
+    result = import_csv(store, "bulletin", path)
+    assert (result.added, result.updated, result.kept) == (2, 0, 0)
+    assert [(p.line, str(p).startswith("line 3: ")) for p in result.problems] == [(3, True)]
+    assert sorted(s.email for s in subscribers(store, "bulletin")) == ["a@example.com", "b@example.com"]
+
+
+def test_reimport_updates_and_never_duplicates(store: Store, tmp_path: Path, run_cli) -> None:
+    first = write_csv(tmp_path / "one.csv", CHINESE)
+    assert run_cli("subs", "import", str(first), "--list", "bulletin").returncode == 0
+
+    again = run_cli("subs", "import", str(first), "--list", "bulletin")
+    assert again.returncode == 0, again.stderr
+    assert "0 added, 3 updated" in again.stdout
+    assert len(on_list(store)) == 3
+
+    renamed = write_csv(tmp_path / "two.csv", [("wang@EXAMPLE.org", "王晓明", "上海"),
+                                               ("new@example.org", "新人", "x")])
+    result = run_cli("subs", "import", str(renamed), "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert "1 added, 1 updated" in result.stdout
+    rows = on_list(store)
+    assert len(rows) == 4
+    assert rows["wang@example.org"].name == "王晓明"
+    assert rows["wang@example.org"].attrs == {"city": "上海"}
+
+
+def test_reimport_never_resubscribes(store: Store, tmp_path: Path, run_cli) -> None:
+    path = write_csv(tmp_path / "list.csv", CHINESE)
+    assert run_cli("subs", "import", str(path), "--list", "bulletin").returncode == 0
+    gone = run_cli("unsubscribe", "li@example.com", "--list", "bulletin")
+    assert gone.returncode == 0, gone.stderr
+    assert "li@example.com unsubscribed" in gone.stdout
+
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+
+    assert result.returncode == 0, result.stderr
+    assert "1 kept" in result.stdout
+    assert on_list(store)["li@example.com"].status == "unsubscribed"
+    assert set(on_list(store, "active")) == {"wang@example.org", "gu@example.net"}
+    assert run_cli("subs", "add", "li@example.com", "--list", "bulletin").returncode == 0
+    assert on_list(store)["li@example.com"].status == "unsubscribed"
+
+
+def test_unsubscribe_by_hand_is_recorded_and_idempotent(store: Store, tmp_path: Path, run_cli) -> None:
+    add_subscriber(store, "bulletin", "wang@example.org", "王小明")
+
+    assert run_cli("unsubscribe", "wang@example.org", "--list", "bulletin").returncode == 0
+    again = run_cli("unsubscribe", "wang@example.org", "--list", "bulletin")
+
+    assert again.returncode == 0, again.stderr
+    assert "already unsubscribed" in again.stdout
+    with sqlite3.connect(tmp_path / "mailer.db") as conn:
+        events = conn.execute(
+            "SELECT u.source FROM unsubscribes u JOIN subscribers s ON s.id = u.subscriber_id WHERE s.email = ?",
+            ("wang@example.org",),
+        ).fetchall()
+    assert events == [("ops",)]
+    unknown = run_cli("unsubscribe", "nobody@example.org", "--list", "bulletin")
+    assert unknown.returncode == 1
+    assert_one_error_line(unknown.stderr)
+
+
+def test_subs_add_rejects_a_bad_address(store: Store, run_cli) -> None:
+    result = run_cli("subs", "add", "bob@", "--list", "bulletin")
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr)
+    assert "bob@" in result.stderr
+    assert on_list(store) == {}
+
+
+def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -> None:
+    import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
+    store.unsubscribe(on_list(store)["gu@example.net"].id, "test")
+
+    rows = listed(run_cli)
+    assert all({"email", "name", "status"} <= set(row) for row in rows.values())
+    assert {e: r["status"] for e, r in rows.items()} == {
+        "wang@example.org": "active", "li@example.com": "active", "gu@example.net": "unsubscribed"}
+    assert set(listed(run_cli, "--status", "unsubscribed")) == {"gu@example.net"}
+    bad = run_cli("subs", "ls", "--list", "bulletin", "--status", "nonsense")
+    assert bad.returncode in (1, 2)
+    assert_one_error_line(bad.stderr)
+
+
+def test_subs_export_to_a_file(store: Store, tmp_path: Path, run_cli) -> None:
+    import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
+    target = tmp_path / "export.csv"
+
+    result = run_cli("subs", "export", "--list", "bulletin", "-o", str(target))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    table = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    assert [(r["email"], r["name"], r["status"], r["city"]) for r in table] == [
+        (e, n, "active", c) for e, n, c in CHINESE]
+    to_stdout = run_cli("subs", "export", "--list", "bulletin")
+    assert to_stdout.stdout == target.read_text(encoding="utf-8")
+
+
+def test_subs_remove(store: Store, tmp_path: Path, run_cli) -> None:
+    import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
+
+    result = run_cli("subs", "remove", "li@example.com", "--list", "bulletin")
+
+    assert result.returncode == 0, result.stderr
+    assert set(on_list(store)) == {"wang@example.org", "gu@example.net"}
+    again = run_cli("subs", "remove", "li@example.com", "--list", "bulletin")
+    assert again.returncode == 1
+    assert_one_error_line(again.stderr)
+
+
+def test_removing_someone_in_a_delivery_log_keeps_them_as_unsubscribed(store: Store, tmp_path: Path) -> None:
+    import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
+    list_id = store.get_list("bulletin").id
+    store.create_campaign(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
+
+    store.remove_subscriber(list_id, "wang@example.org")
+
+    assert store.get_subscriber(list_id, "wang@example.org").status == SubscriberStatus.UNSUBSCRIBED
+    kept = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE email = 'wang@example.org'").fetchone()[0]
+    assert kept == 1
+
+
+def test_lists_create_and_ls(store: Store, run_cli) -> None:
+    created = run_cli("lists", "create", "weekly", "--title", "Weekly", "--from", "Weekly <weekly@example.org>",
+                      "--lang", "en")
+    assert created.returncode == 0, created.stderr
+    listing = run_cli("lists", "ls", "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert {r["name"]: r["lang"] for r in json.loads(listing.stdout)} == {"bulletin": "zh", "weekly": "en"}
+
+
+def test_lists_create_duplicate_is_an_error(store: Store, run_cli) -> None:
+    result = run_cli("lists", "create", "bulletin")
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr)
+    assert "bulletin" in result.stderr
+    assert "already exists" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--lang", "fr"], ["--from", "not an address"]])
+def test_lists_create_bad_option(store: Store, run_cli, args: list[str]) -> None:
+    result = run_cli("lists", "create", "weekly", *args)
+    assert result.returncode in (1, 2), result.stdout + result.stderr
+    assert_one_error_line(result.stderr)
+    assert "weekly" not in {r["name"] for r in json.loads(run_cli("lists", "ls", "--json").stdout)}
+
+
+def test_create_list_service_rejects_bad_names(store: Store) -> None:
+    for name in ("", "has space", "简报"):
+        with pytest.raises(MailerError):
+            create_list(store, name, "", "", "", "zh")
+
+
+def test_import_to_a_missing_list_or_file(store: Store, tmp_path: Path, run_cli) -> None:
+    path = write_csv(tmp_path / "l.csv", CHINESE)
+    no_list = run_cli("subs", "import", str(path), "--list", "nope")
+    assert no_list.returncode == 1
+    assert_one_error_line(no_list.stderr)
+    assert "nope" in no_list.stderr
+    no_file = run_cli("subs", "import", str(tmp_path / "missing.csv"), "--list", "bulletin")
+    assert no_file.returncode == 1
+    assert_one_error_line(no_file.stderr)
+    assert "missing.csv" in no_file.stderr
+    no_header = tmp_path / "noheader.csv"
+    no_header.write_text("name,city\nA,B\n", encoding="utf-8")
+    result = run_cli("subs", "import", str(no_header), "--list", "bulletin")
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr)
+    assert "email" in result.stderr
