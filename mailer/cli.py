@@ -28,15 +28,17 @@ from mailer.models import DeliveryStatus, SendSummary
 from mailer.store import Store
 
 app = typer.Typer(
-    help="Email newsletters: Markdown issues, subscriber lists, one correct message per recipient.",
+    help="Email newsletters: Markdown issues, subscriber lists, one correct message per recipient.\n\n"
+    "Example: mailer demo",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold passwords
     add_completion=False,
     rich_markup_mode=None,
 )
-lists_app = typer.Typer(help="Mailing lists.", no_args_is_help=True)
-subs_app = typer.Typer(help="Subscribers of a list.", no_args_is_help=True)
-campaigns_app = typer.Typer(help="Campaigns (one per issue and list).", no_args_is_help=True)
+lists_app = typer.Typer(help="Mailing lists.\n\nExample: mailer lists ls", no_args_is_help=True)
+subs_app = typer.Typer(help="Subscribers of a list.\n\nExample: mailer subs ls --list bulletin", no_args_is_help=True)
+campaigns_app = typer.Typer(help="Campaigns (one per issue and list).\n\nExample: mailer campaigns ls",
+                           no_args_is_help=True)
 app.add_typer(lists_app, name="lists")
 app.add_typer(subs_app, name="subs")
 app.add_typer(campaigns_app, name="campaigns")

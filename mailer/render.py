@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import traceback
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -266,16 +267,30 @@ def split_sections(md: MarkdownIt, tokens: list[Token]) -> tuple[Markup, str, li
     return intro_html, intro_text, sections
 
 
-def _template_error(origin: str, exc: jinja2.TemplateError) -> TemplateError:
+def _template_error(origin: str, exc: jinja2.TemplateError, line_offset: int = 0) -> TemplateError:
     where = origin
     lineno = getattr(exc, "lineno", None)
     name = getattr(exc, "filename", None) or getattr(exc, "name", None)
+    if not lineno:
+        # Render-time errors (StrictUndefined) carry no lineno; Jinja rewrites the traceback so that each template
+        # line that ran appears as a frame whose filename is the template's (or "<template>" for a string).
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if not frame.filename.endswith(".py"):
+                lineno = frame.lineno
+                name = None if frame.filename == "<template>" else frame.filename
     if name:
         where = str(name)
+    elif lineno:
+        lineno += line_offset  # the body's line numbers, counted from the top of the issue file
     if lineno:
         where = f"{where} line {lineno}"
     message = str(exc.message if getattr(exc, "message", None) else exc).splitlines()[0]
     return TemplateError(f"{where}: {message}")
+
+
+def _body_line_offset(source: str, body: str) -> int:
+    start = source.find(body) if body else -1
+    return source[:start].count("\n") if start > 0 else 0
 
 
 def _environment(templates_dir: Path, html: bool) -> jinja2.Environment:
@@ -334,7 +349,7 @@ def render_issue(
     try:
         body = body_env.from_string(body).render(**base_context)
     except jinja2.TemplateError as exc:
-        raise _template_error(origin, exc) from None
+        raise _template_error(origin, exc, _body_line_offset(source, body)) from None
     md = _markdown()
     intro_html, intro_text, sections = split_sections(md, md.parse(body))
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}

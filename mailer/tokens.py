@@ -75,6 +75,8 @@ def read_token(secret: bytes, token: str, kind: TokenKind) -> Token:
         raw = base64.b32decode(padded)
     except (ValueError, base64.binascii.Error):
         raise BadToken("malformed token") from None
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != token.upper():
+        raise BadToken("malformed token")  # non-zero trailing bits: another spelling of the same bytes
     if len(raw) <= _MAC_BYTES + 1:
         raise BadToken("truncated token")
     payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
