@@ -250,7 +250,7 @@ class MessageTemplate:
         self.head_post = (
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
             "MIME-Version: 1.0\r\n"
-            f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n'
+            f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"\r\n'
         )
         self.text = _PartBody(issue.text, escape=False)
         self.html = _PartBody(issue.html, escape=True)

@@ -17,7 +17,6 @@ from typing import Any
 
 import frontmatter
 import jinja2
-import premailer
 import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -306,6 +305,8 @@ def _environment(templates_dir: Path, html: bool) -> jinja2.Environment:
 
 def inline_css(html: str) -> str:
     """premailer with the network off: rules it cannot inline (media queries) stay in one <style> block."""
+    import premailer  # lxml + cssutils take ~0.25 s to import; commands that never render should not pay it
+
     try:
         return str(
             premailer.Premailer(
