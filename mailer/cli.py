@@ -43,7 +43,8 @@ app.add_typer(lists_app, name="lists")
 app.add_typer(subs_app, name="subs")
 app.add_typer(campaigns_app, name="campaigns")
 
-out = Console(soft_wrap=True)
+# Piped output is not cut to 80 columns: a log's addresses and Message-IDs stay whole.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
@@ -344,6 +345,8 @@ def send(
     test: Annotated[str | None, typer.Option("--test", help="Send one test message to this address only.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="SMTP sessions at once.")] = 4,
     rate: Annotated[float | None, typer.Option(min=0.01, help="At most this many messages per second.")] = None,
+    max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait in this run for deferred recipients' "
+                                            "retry times (the rest: mailer retry).")] = 300.0,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
     smtp_port: Annotated[int | None, typer.Option(help="SMTP port (env MAILER_SMTP_PORT).")] = None,
@@ -353,12 +356,13 @@ def send(
     Example: mailer send issues/sample.md --list bulletin --test me@example.org
     """
     from mailer.addresses import normalise_address
-    from mailer.send import SendOptions, count_recipients, send_issue, smtp_settings
+    from mailer.send import RetryPolicy, SendOptions, count_recipients, send_issue, smtp_settings
 
     config = _config(ctx)
     store = _store(ctx)
     options = SendOptions(dry_run=dry_run, test_email=normalise_address(test) if test else None,
-                          concurrency=concurrency, rate=rate)
+                          concurrency=concurrency, rate=rate, max_wait=max_wait,
+                          retry=RetryPolicy.from_config(config))
     if not (dry_run or test or yes) and sys.stdin.isatty():
         total = count_recipients(store, store.get_list(list_name).id)
         if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
@@ -380,18 +384,20 @@ def retry(
     due_only: Annotated[bool, typer.Option("--due-only", help="Only those whose backoff time has passed.")] = False,
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
     rate: Annotated[float | None, typer.Option(min=0.01)] = None,
+    max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for further retries in this run.")] = 300.0,
 ) -> None:
     """Send again to the deferred recipients of a campaign.
 
     Example: mailer retry 1
     """
-    from mailer.send import SendOptions, retry_campaign, smtp_settings
+    from mailer.send import RetryPolicy, SendOptions, retry_campaign, smtp_settings
 
     config = _config(ctx)
     stop = asyncio.Event()
     progress = _RichProgress(err.is_terminal)
+    options = SendOptions(concurrency=concurrency, rate=rate, max_wait=max_wait, retry=RetryPolicy.from_config(config))
     try:
-        summary = _run(retry_campaign(_store(ctx), config, campaign, SendOptions(concurrency=concurrency, rate=rate),
+        summary = _run(retry_campaign(_store(ctx), config, campaign, options,
                                       smtp_settings(config), progress, stop, due_only=due_only), stop)
     finally:
         progress.stop()

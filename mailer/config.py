@@ -34,6 +34,9 @@ class Config:
     dkim_selector: str = ""
     dkim_domain: str = ""
     concurrency: int = 4
+    retry_base: float = 60.0  # first backoff after a 4xx; doubles per attempt (Postfix: minimal_backoff_time)
+    retry_max: float = 4 * 3600.0  # longest backoff (Postfix: maximal_backoff_time)
+    retry_expiry: float = 3 * 86400.0  # give up on a recipient this long after its first try
 
     @property
     def secret_path(self) -> Path:
@@ -50,6 +53,10 @@ _ENV = {
     "MAILER_SMTP_USER": ("smtp_user", str),
     "MAILER_SMTP_PASSWORD": ("smtp_password", str),
     "MAILER_SMTP_TLS": ("smtp_tls", str),
+    "MAILER_SMTP_TIMEOUT": ("smtp_timeout", float),
+    "MAILER_RETRY_BASE": ("retry_base", float),
+    "MAILER_RETRY_MAX": ("retry_max", float),
+    "MAILER_RETRY_EXPIRY": ("retry_expiry", float),
     "MAILER_BASE_URL": ("base_url", str),
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
@@ -68,6 +75,9 @@ _TOML = {
     "dkim_selector": ("dkim_selector", str),
     "dkim_domain": ("dkim_domain", str),
     "concurrency": ("concurrency", int),
+    "retry_base": ("retry_base", float),
+    "retry_max": ("retry_max", float),
+    "retry_expiry": ("retry_expiry", float),
 }
 
 

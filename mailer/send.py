@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,8 @@ class SendOptions:
     concurrency: int = 4
     rate: float | None = None  # messages per second across all sessions
     session_cap: int = SESSION_MESSAGE_CAP
+    max_wait: float = 0.0  # how long a run waits for deferred recipients' retry times (the CLI: 300 s)
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
 
 
 @dataclass
@@ -82,15 +85,43 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
-def smtp_settings(config: Config, host: str | None = None, port: int | None = None) -> SMTPSettings:
-    return SMTPSettings(
-        host=host or config.smtp_host,
-        port=port or config.smtp_port,
-        tls=config.smtp_tls,
-        user=config.smtp_user,
-        password=config.smtp_password,
-        timeout=config.smtp_timeout,
-    )
+def smtp_settings(config: Config, host: str | None = None, port: int | None = None) -> list[SMTPSettings]:
+    """One SMTPSettings per relay: MAILER_SMTP_HOST (or --smtp-host) may list several as `host[:port],...`."""
+    relays = []
+    for item in filter(None, (part.strip() for part in (host or config.smtp_host).split(","))):
+        # host:port; an IPv6 literal (more than one colon) takes the default port
+        name, relay_port = item.split(":") if item.count(":") == 1 else (item, "")
+        if relay_port and not relay_port.isdigit():
+            raise UsageError(f"SMTP relay {item!r}: the port must be a number")
+        relays.append(SMTPSettings(
+            host=name,
+            port=port or (int(relay_port) if relay_port else config.smtp_port),
+            tls=config.smtp_tls,
+            user=config.smtp_user,
+            password=config.smtp_password,
+            timeout=config.smtp_timeout,
+        ))
+    if not relays:
+        raise UsageError("no SMTP host configured")
+    return relays
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for 4xx replies, and when to give up (Postfix-like defaults)."""
+
+    base: float = 60.0
+    maximum: float = 4 * 3600.0
+    expiry: float = 3 * 86400.0
+    jitter: float = 0.2
+
+    @classmethod
+    def from_config(cls, config: Config) -> RetryPolicy:
+        return cls(config.retry_base, config.retry_max, config.retry_expiry)
+
+    def delay(self, attempt: int) -> float:
+        raw = min(self.base * 2 ** max(0, attempt - 1), self.maximum)
+        return raw * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
 def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -> Sender:
@@ -195,23 +226,18 @@ def open_campaign(
     return campaign, build_template(prepared, campaign.id, salt, secret)
 
 
-def backoff(attempt: int) -> timedelta:
-    """Postfix-like: 5 minutes, doubling, at most 4 hours between tries."""
-    return timedelta(seconds=min(300 * 2 ** max(0, attempt - 1), 4 * 3600))
-
-
 class Engine:
-    """Runs one campaign's queued deliveries over `concurrency` reused SMTP sessions."""
+    """Runs one campaign's queued deliveries over `concurrency` reused SMTP sessions spread over the relays."""
 
     def __init__(
-        self, store: Store, template: MessageTemplate, campaign: Campaign, settings: SMTPSettings,
+        self, store: Store, template: MessageTemplate, campaign: Campaign, relays: Sequence[SMTPSettings],
         options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.template = template
         self.campaign = campaign
-        self.settings = settings
+        self.relays = list(relays)
         self.options = options
         self.progress = progress or _NoProgress()
         self.stop = stop or asyncio.Event()
@@ -220,9 +246,29 @@ class Engine:
         self.fatal: MailerError | None = None
 
     async def run(self) -> None:
+        """Deliver the queue, then wait (up to max_wait) for deferred recipients' retry times and go again."""
+        await self._drain_queue()
+        deadline = time.monotonic() + self.options.max_wait
+        while not (self.stop.is_set() or self.fatal):
+            earliest = self.store.next_retry(self.campaign.id)
+            if earliest is None:
+                return
+            wait = (_parse_stamp(earliest) - self.clock()).total_seconds()
+            if time.monotonic() + max(wait, 0) > deadline:
+                return  # left deferred, with next_attempt set, for `mailer retry`
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=wait)
+                if self.stop.is_set():
+                    return
+            self.store.requeue_due(self.campaign.id, stamp(self.clock()))
+            await self._drain_queue()
+
+    async def _drain_queue(self) -> None:
         concurrency = max(1, self.options.concurrency)
         queue: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=concurrency * 4)
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(concurrency)]
+        workers = [asyncio.create_task(self._worker(queue, self.relays[i % len(self.relays)]))
+                   for i in range(concurrency)]
         try:
             for recipient in self.store.iter_queued(self.campaign.id):
                 if self.stop.is_set() or self.fatal:
@@ -235,8 +281,8 @@ class Engine:
         if self.fatal:
             raise self.fatal
 
-    async def _worker(self, queue: asyncio.Queue[Recipient | None]) -> None:
-        session = Session(self.settings)
+    async def _worker(self, queue: asyncio.Queue[Recipient | None], relay: SMTPSettings) -> None:
+        session = Session(relay)
         try:
             while (recipient := await queue.get()) is not None:
                 if self.stop.is_set() or self.fatal:
@@ -258,6 +304,8 @@ class Engine:
             self.progress.advance(DeliveryStatus.FAILED, recipient.email)
             return
         await self.limiter.acquire()
+        if self.stop.is_set():
+            return  # stopped while waiting for the rate limit: still queued
         if session.sent_on_session >= self.options.session_cap:
             await session.close()
         store.mark_sending(recipient.delivery_id, message.message_id)
@@ -271,23 +319,35 @@ class Engine:
         self._record(recipient, message, reply)
 
     def _record(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> None:
-        next_attempt = None
-        if reply.status == DeliveryStatus.DEFERRED:
-            attempt = self.store.conn.execute(
-                "SELECT attempts FROM deliveries WHERE id = ?", (recipient.delivery_id,)
-            ).fetchone()[0]
-            next_attempt = stamp(self.clock() + backoff(attempt))
-        plain = reply.stage == "end-of-data" or reply.status == "deferred"
-        text = reply.text if plain else f"{reply.stage}: {reply.text}"
-        self.store.record(
-            Outcome(recipient.delivery_id, reply.status, reply.code, text, message.message_id), next_attempt
-        )
-        self.progress.advance(reply.status, recipient.email)
+        status, text, next_attempt = reply.status, reply.text, None
+        if status == DeliveryStatus.FAILED and reply.stage not in ("end-of-data",):
+            text = f"{reply.stage}: {reply.text}"
+        if status == DeliveryStatus.DEFERRED:
+            attempts, first = self.store.attempt_info(recipient.delivery_id)
+            now = self.clock()
+            retry = self.options.retry
+            if first and (now - _parse_stamp(first)).total_seconds() >= retry.expiry:
+                status = DeliveryStatus.FAILED
+                text = f"expired after {attempts} attempts; last reply: {reply.text}"
+            else:
+                next_attempt = stamp(now + timedelta(seconds=retry.delay(attempts)))
+        self.store.record(Outcome(recipient.delivery_id, status, reply.code, text, message.message_id), next_attempt)
+        self.progress.advance(status, recipient.email)
+
+
+def _parse_stamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def probe_relays(relays: Sequence[SMTPSettings]) -> None:
+    """Every relay must answer (and accept our login) before any state changes: otherwise exit 4."""
+    for relay in relays:
+        await probe(relay)
 
 
 async def send_issue(
     store: Store, config: Config, issue_path: Path, list_name: str, options: SendOptions,
-    settings: SMTPSettings, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
+    settings: Sequence[SMTPSettings], progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
 ) -> SendSummary:
     """Render once, snapshot the campaign, then deliver; resumes the campaign of the same issue and list."""
     started = time.monotonic()
@@ -298,53 +358,55 @@ async def send_issue(
         template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
         total = count_recipients(store, prepared.mailing_list.id)
         return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
-    await probe(settings)  # refused / login refused: exit 4 before any state changes
+    await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
     campaign, template = open_campaign(store, prepared, options, config.secret)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
                                   prepared.warnings)
 
 
 async def deliver_campaign(
-    store: Store, campaign: Campaign, template: MessageTemplate, settings: SMTPSettings, options: SendOptions,
-    progress: ProgressSink | None = None, stop: asyncio.Event | None = None, started: float | None = None,
-    warnings: list[str] | None = None,
+    store: Store, campaign: Campaign, template: MessageTemplate, settings: Sequence[SMTPSettings],
+    options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
+    started: float | None = None, warnings: list[str] | None = None,
 ) -> SendSummary:
     started = time.monotonic() if started is None else started
     owner = store.acquire_lease(campaign.id, LEASE_SECONDS)
     stop = stop or asyncio.Event()
-    renew = asyncio.create_task(_keep_lease(store, campaign.id, owner, stop))
+    renew = asyncio.create_task(_keep_lease(store, campaign.id, owner))
     try:
         in_doubt = store.requeue(campaign.id, [DeliveryStatus.SENDING])
         counts = store.counts(campaign.id)
         total = sum(counts.values())
         sink = progress or _NoProgress()
-        sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0) - in_doubt)
-        engine = Engine(store, template, campaign, settings, options, sink, stop)
-        await engine.run()
+        sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0))
+        await Engine(store, template, campaign, settings, options, sink, stop).run()
     finally:
         renew.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renew
         store.release_lease(campaign.id, owner)
     counts = store.counts(campaign.id)
-    interrupted = stop.is_set() and counts.get(DeliveryStatus.QUEUED, 0) > 0
-    if not counts.get(DeliveryStatus.QUEUED):
+    unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
+    if not unfinished:
         store.finish_campaign(campaign.id)
     notes = list(warnings or [])
     if in_doubt:
         notes.append(f"{in_doubt} recipient(s) left in 'sending' by an interrupted run were sent again")
+    if counts.get(DeliveryStatus.DEFERRED):
+        notes.append(f"{counts[DeliveryStatus.DEFERRED]} recipient(s) deferred; see: mailer log {campaign.id} "
+                     f"--status deferred, and send again later with: mailer retry {campaign.id}")
     return SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
-                       elapsed=time.monotonic() - started, interrupted=interrupted, warnings=notes)
+                       elapsed=time.monotonic() - started, interrupted=stop.is_set(), warnings=notes)
 
 
-async def _keep_lease(store: Store, campaign_id: int, owner: str, stop: asyncio.Event) -> None:
+async def _keep_lease(store: Store, campaign_id: int, owner: str) -> None:
     while True:
         await asyncio.sleep(LEASE_SECONDS / 3)
         store.renew_lease(campaign_id, owner, LEASE_SECONDS)
 
 
 async def retry_campaign(
-    store: Store, config: Config, campaign_ref: str, options: SendOptions, settings: SMTPSettings,
+    store: Store, config: Config, campaign_ref: str, options: SendOptions, settings: Sequence[SMTPSettings],
     progress: ProgressSink | None = None, stop: asyncio.Event | None = None, *, due_only: bool = False,
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or only those whose backoff has passed)."""
@@ -355,14 +417,8 @@ async def retry_campaign(
     prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url),
                              Path(campaign.issue_path))
     template = build_template(prepared, campaign.id, salt, config.secret)
-    await probe(settings)
-    sql = "UPDATE deliveries SET status = 'queued' WHERE campaign_id = ? AND status = 'deferred'"
-    args: list[Any] = [campaign.id]
-    if due_only:
-        sql += " AND (next_attempt IS NULL OR next_attempt <= ?)"
-        args.append(stamp())
-    with store.transaction():
-        store.conn.execute(sql, args)
+    await probe_relays(settings)
+    store.requeue_due(campaign.id, stamp() if due_only else None)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop)
 
 

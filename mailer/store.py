@@ -20,7 +20,7 @@ import sqlite_utils
 from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 
 _SCHEMA = """
@@ -105,6 +105,12 @@ CREATE INDEX IF NOT EXISTS delivery_events_delivery ON delivery_events (delivery
 """
 
 
+# Each entry takes the schema from version N-1 to N; fresh databases get _SCHEMA and then every step.
+_MIGRATIONS: dict[int, str] = {
+    2: "ALTER TABLE deliveries ADD COLUMN first_attempt TEXT;",
+}
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -168,7 +174,8 @@ class Store:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise MailerError(f"database {self.path} is from a newer mailer (schema {version})")
-        self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        steps = "".join(_MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1))
+        self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{steps}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         return version < SCHEMA_VERSION
 
     def transaction(self) -> sqlite3.Connection:
@@ -335,9 +342,16 @@ class Store:
         rendered: dict[str, Any], salt: str, *, is_test: bool = False,
         test_recipient: Subscriber | None = None,
     ) -> Campaign:
-        """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction."""
+        """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction.
+
+        For a real send, if another process created the campaign of this issue and list first, that one is
+        returned: the check and the insert share one write transaction, so two senders never make two."""
         now = stamp()
         with self.transaction():
+            if not is_test:
+                existing = self.find_campaign(list_id, slug)
+                if existing is not None:
+                    return existing
             cur = self.conn.execute(
                 "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, is_test, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -395,7 +409,7 @@ class Store:
             row = self.conn.execute(
                 "SELECT lease_owner, lease_until FROM campaigns WHERE id = ?", (campaign_id,)
             ).fetchone()
-            if row and row[0] and row[0] != owner and row[1] and row[1] > stamp(now):
+            if row and row[0] and row[0] != owner and row[1] and row[1] > stamp(now) and _alive(row[0]):
                 raise CampaignBusy(
                     f"campaign {campaign_id} is being sent by process {row[0]} (lease until {row[1]}); "
                     "wait for it to finish or stop it first"
@@ -430,6 +444,30 @@ class Store:
             )
         return cur.rowcount
 
+    def next_retry(self, campaign_id: int) -> str | None:
+        """The earliest next_attempt among the campaign's deferred deliveries."""
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt) FROM deliveries WHERE campaign_id = ? AND status = 'deferred'", (campaign_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def requeue_due(self, campaign_id: int, now: str | None = None) -> int:
+        """deferred -> queued for the deliveries whose retry time has come (all of them when `now` is None)."""
+        sql = "UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status = 'deferred'"
+        args: list[Any] = [stamp(), campaign_id]
+        if now is not None:
+            sql += " AND (next_attempt IS NULL OR next_attempt <= ?)"
+            args.append(now)
+        with self.transaction():
+            return self.conn.execute(sql, args).rowcount
+
+    def attempt_info(self, delivery_id: int) -> tuple[int, str | None]:
+        """(attempts so far, time of the first attempt) of one delivery."""
+        row = self.conn.execute(
+            "SELECT attempts, first_attempt FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        return int(row[0]), row[1]
+
     def iter_queued(self, campaign_id: int) -> Iterator[Recipient]:
         """Queued recipients in id order, read CHUNK at a time."""
         last = 0
@@ -457,8 +495,8 @@ class Store:
         now = stamp()
         with self.transaction():
             self.conn.execute(
-                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated = ? "
-                "WHERE id = ?", (message_id, now, delivery_id),
+                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated = ?, "
+                "first_attempt = COALESCE(first_attempt, ?) WHERE id = ?", (message_id, now, now, delivery_id),
             )
             attempt = self.conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
             self.conn.execute(
@@ -503,6 +541,20 @@ class Store:
 
     def integrity_ok(self) -> bool:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _alive(owner: str) -> bool:
+    """Whether a lease owner `host:pid` may still be running (a dead process on this host holds nothing)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Transaction:
