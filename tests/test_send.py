@@ -162,7 +162,8 @@ def test_retry_command_sends_the_deferred(store: Store, smtp_server: CaptureServ
     add_subscribers(store, THREE)
     smtp_server.set_rule("wang@example.org", Rule(stage="data", code=452, text="4.2.2 mailbox full", times=1))
     port = str(smtp_server.port)
-    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--max-wait", "0", "--smtp-port", port).returncode == 0
+    sent = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--max-wait", "0", "--smtp-port", port)
+    assert sent.returncode == 0
     campaign_id = campaigns(run_cli)[0]["id"]
     assert log_rows(run_cli, campaign_id)["wang@example.org"]["status"] == "deferred"
 
