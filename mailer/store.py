@@ -494,11 +494,11 @@ class Store:
         """queued -> sending, committed before the message leaves; returns the attempt number."""
         now = stamp()
         with self.transaction():
-            self.conn.execute(
+            attempt = self.conn.execute(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated = ?, "
-                "first_attempt = COALESCE(first_attempt, ?) WHERE id = ?", (message_id, now, now, delivery_id),
-            )
-            attempt = self.conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+                "first_attempt = COALESCE(first_attempt, ?) WHERE id = ? RETURNING attempts",
+                (message_id, now, now, delivery_id),
+            ).fetchone()[0]
             self.conn.execute(
                 "INSERT INTO delivery_events (delivery_id, status, attempt, at) VALUES (?, 'sending', ?, ?)",
                 (delivery_id, attempt, now),
