@@ -38,7 +38,7 @@ from mailer.config import Config, ensure_secret  # noqa: E402
 from mailer.message import MessageTemplate, Sender  # noqa: E402
 from mailer.models import Recipient, Subscriber  # noqa: E402
 from mailer.render import ListContext, render_issue, substitute  # noqa: E402
-from mailer.send import SendOptions, send_issue, smtp_settings  # noqa: E402
+from mailer.send import SendOptions, run_event_loop, send_issue, smtp_settings  # noqa: E402
 from mailer.store import Store  # noqa: E402
 from mailer.subscriptions import create_list  # noqa: E402
 
@@ -117,10 +117,10 @@ def prepare_db(folder: Path, n: int, port: int) -> Config:
     return config
 
 
-async def mailer_send(config: Config, sessions: int) -> tuple[float, int]:
+async def mailer_send(config: Config, sessions: int, workers: int = 1) -> tuple[float, int]:
     store = Store.open(config.db_path)
     started = time.perf_counter()
-    summary = await send_issue(store, config, ISSUE, "bench", SendOptions(concurrency=sessions),
+    summary = await send_issue(store, config, ISSUE, "bench", SendOptions(concurrency=sessions, workers=workers),
                                smtp_settings(config))
     elapsed = time.perf_counter() - started
     store.close()
@@ -173,7 +173,7 @@ def rss_child(n: int) -> None:
     """Run in a fresh process: send to n recipients through a sink and print the peak RSS in KiB."""
     with tempfile.TemporaryDirectory() as tmp, smtp_sink() as port:
         config = prepare_db(Path(tmp), n, port)
-        asyncio.run(mailer_send(config, 4))
+        run_event_loop(mailer_send(config, 4))
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--mailmerge-n", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes for the workers column")
     parser.add_argument("--rss", default="10000,100000", help="two list sizes for the peak-RSS comparison ('' skips)")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,24 +195,28 @@ def main() -> None:
     ours, reference = build_cost(template)
     print(f"build per recipient: mailer {ours * 1e6:.0f} us, EmailMessage {reference * 1e6:.0f} us "
           f"-> {reference / ours:.1f}x less CPU")
-    print("\n| sessions | smtp-source msg/s | bare aiosmtplib msg/s | mailer msg/s | mailer/bare "
-          "| mailer/smtp-source |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| sessions | smtp-source msg/s | bare aiosmtplib msg/s | mailer msg/s | mailer/bare "
+          f"| mailer/smtp-source | mailer --workers {args.workers} msg/s | workers/smtp-source |")
+    print("|---|---|---|---|---|---|---|---|")
     with smtp_sink() as port:
         for sessions in (int(c) for c in args.concurrency.split(",")):
             wire = run_smtp_source(port, args.n, sessions, len(data))
-            bare = asyncio.run(bare_aiosmtplib(port, args.n, sessions, data))
+            bare = run_event_loop(bare_aiosmtplib(port, args.n, sessions, data))
             with tempfile.TemporaryDirectory() as tmp:
                 config = prepare_db(Path(tmp), args.n, port)
-                rate, sent = asyncio.run(mailer_send(config, sessions))
+                rate, sent = run_event_loop(mailer_send(config, sessions))
             assert sent == args.n, f"mailer sent {sent} of {args.n}"
-            print(f"| {sessions} | {wire:,.0f} | {bare:,.0f} | {rate:,.0f} | {rate / bare:.2f} | {rate / wire:.2f} |",
-                  flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                config = prepare_db(Path(tmp), args.n, port)
+                multi, sent = run_event_loop(mailer_send(config, max(sessions, args.workers), args.workers))
+            assert sent == args.n, f"mailer --workers sent {sent} of {args.n}"
+            print(f"| {sessions} | {wire:,.0f} | {bare:,.0f} | {rate:,.0f} | {rate / bare:.2f} | {rate / wire:.2f} "
+                  f"| {multi:,.0f} | {multi / wire:.2f} |", flush=True)
         if args.mailmerge_n:
             with tempfile.TemporaryDirectory() as tmp:
                 peer = run_mailmerge(port, args.mailmerge_n, Path(tmp), data)
                 config = prepare_db(Path(tmp), args.mailmerge_n, port)
-                rate, _ = asyncio.run(mailer_send(config, 4))
+                rate, _ = run_event_loop(mailer_send(config, 4))
             print(f"\nmailmerge ({args.mailmerge_n:,} messages, one connection each): {peer:,.0f} msg/s; "
                   f"mailer (4 sessions, same list): {rate:,.0f} msg/s -> {rate / peer:.1f}x")
     if args.rss:

@@ -70,7 +70,9 @@ def _run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None) -> T:
                 loop.add_signal_handler(sig, stop.set)
         return await coro
 
-    return asyncio.run(main())
+    from mailer.send import run_event_loop
+
+    return run_event_loop(main())
 
 
 def _print_json(rows: list[dict[str, Any]]) -> None:
@@ -347,6 +349,7 @@ def send(
     rate: Annotated[float | None, typer.Option(min=0.01, help="At most this many messages per second.")] = None,
     max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait in this run for deferred recipients' "
                                             "retry times (the rest: mailer retry).")] = 300.0,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Sending processes (one per core is plenty).")] = 1,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
     smtp_port: Annotated[int | None, typer.Option(help="SMTP port (env MAILER_SMTP_PORT).")] = None,
@@ -362,7 +365,7 @@ def send(
     store = _store(ctx)
     options = SendOptions(dry_run=dry_run, test_email=normalise_address(test) if test else None,
                           concurrency=concurrency, rate=rate, max_wait=max_wait,
-                          retry=RetryPolicy.from_config(config))
+                          retry=RetryPolicy.from_config(config), workers=workers)
     if not (dry_run or test or yes) and sys.stdin.isatty():
         total = count_recipients(store, store.get_list(list_name).id)
         if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):

@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
 import random
 import secrets
+import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mailer.config import Config
 from mailer.errors import MailerError, SMTPUnavailable, UsageError
+from mailer.exit_codes import ExitCode
 from mailer.message import BuiltMessage, MessageTemplate, Sender, parse_from
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber
 from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.smtp import Reply, Session, SMTPSettings, probe
-from mailer.store import Outcome, Store, stamp, utcnow
+from mailer.store import Outcome, Partition, Store, stamp, utcnow
 
+T = TypeVar("T")
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
 LEASE_SECONDS = 60.0
 FALLBACK_NAMES = {"zh": "读者", "en": "reader"}
@@ -52,6 +57,7 @@ class SendOptions:
     session_cap: int = SESSION_MESSAGE_CAP
     max_wait: float = 0.0  # how long a run waits for deferred recipients' retry times (the CLI: 300 s)
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
+    workers: int = 1  # processes; each takes the deliveries whose id % workers == k, with its share of sessions
 
 
 @dataclass
@@ -232,8 +238,9 @@ class Engine:
     def __init__(
         self, store: Store, template: MessageTemplate, campaign: Campaign, relays: Sequence[SMTPSettings],
         options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1),
     ) -> None:
+        self.part = part
         self.store = store
         self.template = template
         self.campaign = campaign
@@ -250,7 +257,7 @@ class Engine:
         await self._drain_queue()
         deadline = time.monotonic() + self.options.max_wait
         while not (self.stop.is_set() or self.fatal):
-            earliest = self.store.next_retry(self.campaign.id)
+            earliest = self.store.next_retry(self.campaign.id, self.part)
             if earliest is None:
                 return
             wait = (_parse_stamp(earliest) - self.clock()).total_seconds()
@@ -261,7 +268,7 @@ class Engine:
                     await asyncio.wait_for(self.stop.wait(), timeout=wait)
                 if self.stop.is_set():
                     return
-            self.store.requeue_due(self.campaign.id, stamp(self.clock()))
+            self.store.requeue_due(self.campaign.id, stamp(self.clock()), self.part)
             await self._drain_queue()
 
     async def _drain_queue(self) -> None:
@@ -270,7 +277,7 @@ class Engine:
         workers = [asyncio.create_task(self._worker(queue, self.relays[i % len(self.relays)]))
                    for i in range(concurrency)]
         try:
-            for recipient in self.store.iter_queued(self.campaign.id):
+            for recipient in self.store.iter_queued(self.campaign.id, self.part):
                 if self.stop.is_set() or self.fatal:
                     break
                 await queue.put(recipient)
@@ -379,7 +386,10 @@ async def deliver_campaign(
         total = sum(counts.values())
         sink = progress or _NoProgress()
         sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0))
-        await Engine(store, template, campaign, settings, options, sink, stop).run()
+        if options.workers > 1:
+            await _run_workers(store, campaign, template, settings, options, sink, stop)
+        else:
+            await Engine(store, template, campaign, settings, options, sink, stop).run()
     finally:
         renew.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -399,6 +409,102 @@ async def deliver_campaign(
                        elapsed=time.monotonic() - started, interrupted=stop.is_set(), warnings=notes)
 
 
+def template_for_campaign(store: Store, campaign: Campaign, base_url: str, secret: bytes) -> MessageTemplate:
+    """The message skeleton of an existing campaign, from the issue as it was snapshotted."""
+    rendered, salt = store.campaign_rendered(campaign.id)
+    issue = issue_from_json(rendered)
+    mailing_list = store.get_list_by_id(campaign.list_id)
+    prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url),
+                             Path(campaign.issue_path))
+    return build_template(prepared, campaign.id, salt, secret)
+
+
+async def _run_workers(
+    store: Store, campaign: Campaign, template: MessageTemplate, relays: Sequence[SMTPSettings],
+    options: SendOptions, sink: ProgressSink, stop: asyncio.Event,
+) -> None:
+    """Deliver with `options.workers` processes (one per core), each on its partition of the deliveries.
+
+    Every process commits `sending` before each message, so the crash bound stays the total session count.
+    Progress is read back from SQLite; a stop is passed on to the workers as SIGTERM."""
+    n = options.workers
+    shares = [max(1, options.concurrency // n + (1 if k < options.concurrency % n else 0)) for k in range(n)]
+    context = multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(
+            target=_worker_process,
+            args=(store.path, campaign.id, (k, n), list(relays),
+                  replace(options, concurrency=shares[k], workers=1, rate=options.rate / n if options.rate else None),
+                  template.sender.base_url, template.secret),
+            daemon=False,
+        )
+        for k in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    seen = store.counts(campaign.id)
+    loop = asyncio.get_running_loop()
+    stopping = False
+    while any(proc.is_alive() for proc in procs):
+        if stop.is_set() and not stopping:
+            stopping = True
+            for proc in procs:
+                if proc.pid and proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+        await asyncio.sleep(0.25)
+        seen = _report_progress(store, campaign.id, seen, sink)
+    await loop.run_in_executor(None, lambda: [proc.join() for proc in procs])
+    _report_progress(store, campaign.id, seen, sink)
+    if any(proc.exitcode == ExitCode.SMTP_UNAVAILABLE for proc in procs):
+        raise SMTPUnavailable("a worker lost the SMTP server and could not reconnect; run the same command to resume")
+    if any(proc.exitcode not in (0, ExitCode.INTERRUPTED) for proc in procs):
+        raise MailerError(f"a worker process failed (exit codes {[proc.exitcode for proc in procs]}); "
+                          "run the same command to resume")
+
+
+def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink: ProgressSink) -> dict[str, int]:
+    counts = store.counts(campaign_id)
+    for status in (DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
+        for _ in range(max(0, counts.get(status, 0) - seen.get(status, 0))):
+            sink.advance(status, "")
+    return counts
+
+
+def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: list[SMTPSettings],
+                    options: SendOptions, base_url: str, secret: bytes) -> None:
+    """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        store = Store.open(db_path)
+        try:
+            campaign = store.get_campaign(campaign_id)
+            template = template_for_campaign(store, campaign, base_url, secret)
+            await Engine(store, template, campaign, relays, options, None, stop, part=part).run()
+        finally:
+            store.close()
+        if stop.is_set():
+            raise SystemExit(ExitCode.INTERRUPTED)
+
+    try:
+        run_event_loop(main())
+    except SMTPUnavailable:
+        raise SystemExit(ExitCode.SMTP_UNAVAILABLE) from None
+
+
+def run_event_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop when it is installed (about a third less CPU per message on this workload)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 async def _keep_lease(store: Store, campaign_id: int, owner: str) -> None:
     while True:
         await asyncio.sleep(LEASE_SECONDS / 3)
@@ -411,12 +517,7 @@ async def retry_campaign(
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or only those whose backoff has passed)."""
     campaign = store.get_campaign(campaign_ref)
-    rendered, salt = store.campaign_rendered(campaign.id)
-    issue = issue_from_json(rendered)
-    mailing_list = store.get_list_by_id(campaign.list_id)
-    prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url),
-                             Path(campaign.issue_path))
-    template = build_template(prepared, campaign.id, salt, config.secret)
+    template = template_for_campaign(store, campaign, config.base_url, config.secret)
     await probe_relays(settings)
     store.requeue_due(campaign.id, stamp() if due_only else None)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop)

@@ -22,6 +22,7 @@ from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subs
 
 SCHEMA_VERSION = 2
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
+Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lists (
@@ -444,17 +445,19 @@ class Store:
             )
         return cur.rowcount
 
-    def next_retry(self, campaign_id: int) -> str | None:
-        """The earliest next_attempt among the campaign's deferred deliveries."""
+    def next_retry(self, campaign_id: int, part: Partition = (0, 1)) -> str | None:
+        """The earliest next_attempt among the campaign's deferred deliveries (of one partition)."""
         row = self.conn.execute(
-            "SELECT MIN(next_attempt) FROM deliveries WHERE campaign_id = ? AND status = 'deferred'", (campaign_id,)
+            "SELECT MIN(next_attempt) FROM deliveries WHERE campaign_id = ? AND status = 'deferred' AND id % ? = ?",
+            (campaign_id, part[1], part[0]),
         ).fetchone()
         return row[0] if row else None
 
-    def requeue_due(self, campaign_id: int, now: str | None = None) -> int:
+    def requeue_due(self, campaign_id: int, now: str | None = None, part: Partition = (0, 1)) -> int:
         """deferred -> queued for the deliveries whose retry time has come (all of them when `now` is None)."""
-        sql = "UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status = 'deferred'"
-        args: list[Any] = [stamp(), campaign_id]
+        sql = ("UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status = 'deferred' "
+               "AND id % ? = ?")
+        args: list[Any] = [stamp(), campaign_id, part[1], part[0]]
         if now is not None:
             sql += " AND (next_attempt IS NULL OR next_attempt <= ?)"
             args.append(now)
@@ -468,14 +471,14 @@ class Store:
         ).fetchone()
         return int(row[0]), row[1]
 
-    def iter_queued(self, campaign_id: int) -> Iterator[Recipient]:
-        """Queued recipients in id order, read CHUNK at a time."""
+    def iter_queued(self, campaign_id: int, part: Partition = (0, 1)) -> Iterator[Recipient]:
+        """Queued recipients in id order, read CHUNK at a time; `part` (k, n) keeps those with id % n == k."""
         last = 0
         while True:
             rows = self.conn.execute(
-                "SELECT id, subscriber_id, email, name, attrs FROM deliveries "
-                f"WHERE campaign_id = ? AND status = 'queued' AND id > ? ORDER BY id LIMIT {CHUNK}",
-                (campaign_id, last),
+                "SELECT id, subscriber_id, email, name, attrs FROM deliveries WHERE campaign_id = ? "
+                f"AND status = 'queued' AND id > ? AND id % ? = ? ORDER BY id LIMIT {CHUNK}",
+                (campaign_id, last, part[1], part[0]),
             ).fetchall()
             if not rows:
                 return
