@@ -1,0 +1,410 @@
+"""Delivery semantics under failure: kill -9, SIGTERM, 4xx/5xx, dropped and hung sessions, expiry, two senders,
+rate, several relays. Real `python -m mailer` processes, a real aiosmtpd server on 127.0.0.1, real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from contextlib import closing
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Any
+
+from mailer.capture import Captured, CaptureServer, Rule
+from mailer.store import Store
+from tests.conftest import SAMPLE_ISSUE
+from tests.test_send import add_subscribers, assert_one_error_line
+
+SEND = ("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes")
+FAST_RETRY = {"MAILER_RETRY_BASE": "0.2"}
+
+
+def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update({"MAILER_DB": str(tmp_path / "mailer.db"), "NO_COLOR": "1", "COLUMNS": "200"})
+    env.update(extra or {})
+    return env
+
+
+def spawn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`python -m mailer ARGS` started in tmp_path, not waited for."""
+    return subprocess.Popen([sys.executable, "-m", "mailer", *args], cwd=tmp_path, env=cli_env(tmp_path, env),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"mailer still running after {timeout}s\n{stdout}\n{stderr}") from None
+    return proc.returncode, stdout, stderr
+
+
+def run_send(tmp_path: Path, port: int | None, *extra: str, env: dict[str, str] | None = None,
+             timeout: float = 60) -> tuple[int, str, str, float]:
+    """One `mailer send` of the sample issue to `bulletin`; (exit code, stdout, stderr, seconds it took)."""
+    port_args = ("--smtp-port", str(port)) if port else ()
+    started = time.monotonic()
+    code, out, err = finish(spawn(tmp_path, *SEND, *port_args, *extra, env=env), timeout)
+    return code, out, err, time.monotonic() - started
+
+
+def header_message_id(data: bytes) -> str:
+    return str(BytesHeaderParser().parsebytes(data)["Message-ID"]).strip()
+
+
+def copies_by_recipient(received: list[Captured]) -> dict[str, list[str]]:
+    """Recipient -> the Message-ID of each copy the server accepted, in arrival order."""
+    copies: dict[str, list[str]] = defaultdict(list)
+    for captured in received:
+        assert len(captured.rcpt_tos) == 1
+        copies[captured.rcpt_tos[0]].append(header_message_id(captured.data))
+    return copies
+
+
+def record_data_attempts(server: CaptureServer) -> list[tuple[str, str]]:
+    """(recipient, Message-ID) of every DATA the server reads, also those a rule then refuses or hangs on.
+
+    aiosmtpd reads the handler's hooks when a session opens, so call this before the first connection."""
+    attempts: list[tuple[str, str]] = []
+    handler = server.controller.handler
+    accept = handler.handle_DATA
+
+    async def handle_DATA(smtp: Any, session: Any, envelope: Any) -> str:
+        data = envelope.original_content or envelope.content or b""
+        attempts.append((envelope.rcpt_tos[0], header_message_id(data)))
+        return str(await accept(smtp, session, envelope))
+
+    handler.handle_DATA = handle_DATA
+    return attempts
+
+
+def deliveries(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    with closing(sqlite3.connect(tmp_path / "mailer.db")) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute(
+            "SELECT id, campaign_id, subscriber_id, email, status, attempts, smtp_code, smtp_reply, message_id, "
+            "next_attempt FROM deliveries WHERE campaign_id IN (SELECT id FROM campaigns WHERE is_test = 0)"
+        ).fetchall()
+    return {row["email"]: dict(row) for row in rows}
+
+
+def events(tmp_path: Path, delivery_id: int) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(tmp_path / "mailer.db")) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute(
+            "SELECT status, attempt, smtp_code, smtp_reply, at FROM delivery_events WHERE delivery_id = ? ORDER BY id",
+            (delivery_id,),
+        ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def outcomes(tmp_path: Path, delivery_id: int) -> list[dict[str, Any]]:
+    """The events that ended an attempt, without the 'sending' marks between them."""
+    return [e for e in events(tmp_path, delivery_id) if e["status"] != "sending"]
+
+
+def by_status(rows: dict[str, dict[str, Any]]) -> Counter[str]:
+    return Counter(row["status"] for row in rows.values())
+
+
+def readers(n: int) -> list[str]:
+    return [f"reader{i:03d}@example.org" for i in range(n)]
+
+
+def when(moment: str) -> datetime:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+
+# ---- crash safety and interruption ----------------------------------------------------------------------------
+
+
+def test_kill_9_mid_run_then_resume_repeats_at_most_concurrency_messages(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(400)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--concurrency", "4")
+    killed_during: list[str] = []
+
+    def kill_before_the_250(captured: Captured) -> None:
+        # The worst moment (~1 s in): the server has the whole message, the sender has not heard "250" yet.
+        if len(smtp_server.received) >= 100 and not killed_during:
+            killed_during.append(captured.rcpt_tos[0])
+            os.kill(proc.pid, signal.SIGKILL)
+
+    smtp_server.state.on_message = kill_before_the_250
+    proc = spawn(tmp_path, *command)
+    finish(proc, timeout=30)
+    smtp_server.state.on_message = None
+    assert proc.returncode == -signal.SIGKILL, "the send finished before it could be killed"
+    time.sleep(0.2)  # let the server finish reading what was on the wire
+    before_resume = len(smtp_server.received)
+    assert before_resume < 400
+
+    with closing(sqlite3.connect(tmp_path / "mailer.db")) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = deliveries(tmp_path)
+    in_sending = by_status(rows)["sending"]
+    assert 1 <= in_sending <= 4
+    assert rows[killed_during[0]]["status"] == "sending"
+    recorded_sent = {email for email, row in rows.items() if row["status"] == "sent"}
+    assert recorded_sent <= {c.rcpt_tos[0] for c in smtp_server.received}
+
+    code, out, err = finish(spawn(tmp_path, *command))
+
+    assert code == 0, out + err
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) == set(emails)
+    duplicates = sum(len(ids) - 1 for ids in copies.values())
+    print(f"\nkill -9 after {before_resume} messages: {in_sending} row(s) left in 'sending', "
+          f"{duplicates} duplicate message(s) after resume")
+    assert 1 <= duplicates <= 4
+    assert len(copies[killed_during[0]]) == 2  # in doubt, so sent again
+    for email, ids in copies.items():
+        assert len(set(ids)) == 1, f"{email} got copies with different Message-IDs: {ids}"
+    assert all(len(copies[email]) == 1 for email in recorded_sent)  # nobody recorded sent was sent again
+    rows = deliveries(tmp_path)
+    assert by_status(rows) == {"sent": 400}
+    for email, row in rows.items():
+        assert row["message_id"] in copies[email]
+
+
+def test_sigterm_finishes_in_flight_exits_130_and_the_rerun_sends_the_rest_once(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(400)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--concurrency", "4")
+    stopped: list[bool] = []
+
+    def stop_at_100(_: Captured) -> None:
+        if len(smtp_server.received) >= 100 and not stopped:
+            stopped.append(True)
+            os.kill(proc.pid, signal.SIGTERM)
+
+    smtp_server.state.on_message = stop_at_100
+    proc = spawn(tmp_path, *command)
+    code, out, err = finish(proc, timeout=30)
+    smtp_server.state.on_message = None
+
+    assert stopped, "the send finished before it could be stopped"
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    rows = deliveries(tmp_path)
+    statuses = by_status(rows)
+    assert statuses["sending"] == 0
+    assert statuses["queued"] > 0
+    # In-flight messages were finished and recorded: the rows marked sent are exactly what the server took.
+    assert {e for e, row in rows.items() if row["status"] == "sent"} == {c.rcpt_tos[0] for c in smtp_server.received}
+
+    code, out, err = finish(spawn(tmp_path, *command))
+
+    assert code == 0, out + err
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)
+    assert by_status(deliveries(tmp_path)) == {"sent": 400}
+
+
+# ---- SMTP replies and retries in the same run -----------------------------------------------------------------
+
+
+def test_451_once_is_retried_in_the_same_run_with_the_same_message_id(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    greylisted = emails[1]
+    smtp_server.set_rule(greylisted, Rule(stage="data", code=451, text="4.7.1 greylisted, try later", times=1))
+    data_attempts = record_data_attempts(smtp_server)
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, env=FAST_RETRY)
+
+    assert code == 0, out + err
+    rows = deliveries(tmp_path)
+    assert by_status(rows) == {"sent": 3}
+    row = rows[greylisted]
+    assert (row["attempts"], row["smtp_code"]) == (2, 250)
+    assert [mid for rcpt, mid in data_attempts if rcpt == greylisted] == [row["message_id"]] * 2
+    assert copies_by_recipient(smtp_server.received)[greylisted] == [row["message_id"]]
+    history = [(e["status"], e["attempt"], e["smtp_code"]) for e in outcomes(tmp_path, row["id"])]
+    assert history == [("deferred", 1, 451), ("sent", 2, 250)]
+    assert all(rows[e]["attempts"] == 1 for e in emails if e != greylisted)
+
+
+def test_5xx_is_failed_once_and_never_retried(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    unknown = emails[0]
+    # Only the first RCPT is refused: a second attempt, in this run or by `mailer retry`, would be delivered.
+    smtp_server.set_rule(unknown, Rule(stage="rcpt", code=550, text="5.1.1 no such mailbox", times=1))
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, env=FAST_RETRY)
+
+    assert code == 3, out + err
+    row = deliveries(tmp_path)[unknown]
+    assert (row["status"], row["attempts"], row["smtp_code"]) == ("failed", 1, 550)
+
+    retried = run_cli("retry", str(row["campaign_id"]), env={"MAILER_SMTP_PORT": str(smtp_server.port), **FAST_RETRY})
+
+    assert retried.returncode == 3, retried.stdout + retried.stderr
+    assert unknown not in {c.rcpt_tos[0] for c in smtp_server.received}
+    row = deliveries(tmp_path)[unknown]
+    assert (row["status"], row["attempts"], row["smtp_code"]) == ("failed", 1, 550)
+    assert [e["status"] for e in outcomes(tmp_path, row["id"])] == ["failed"]
+
+
+def test_421_and_a_dropped_connection_reconnect_and_carry_on(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(10)
+    add_subscribers(store, emails)
+    dropped = emails[2]
+    smtp_server.set_rule(dropped, Rule(stage="rcpt", code=421, text="4.4.2 closing", drop=True, times=1))
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "1", env=FAST_RETRY)
+
+    assert code == 0, out + err
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)
+    rows = deliveries(tmp_path)
+    assert by_status(rows) == {"sent": 10}
+    assert rows[dropped]["attempts"] == 2
+    assert [e["status"] for e in outcomes(tmp_path, rows[dropped]["id"])] == ["deferred", "sent"]
+    assert smtp_server.connections > 1  # the one session was dropped, the engine opened another
+
+
+def test_timeout_after_data_is_deferred_in_doubt_then_sent_with_the_same_message_id(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    slow = emails[1]
+    smtp_server.set_rule(slow, Rule(stage="data", hang=3, times=1))
+    data_attempts = record_data_attempts(smtp_server)
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, env={"MAILER_SMTP_TIMEOUT": "1", **FAST_RETRY})
+
+    assert code == 0, out + err
+    rows = deliveries(tmp_path)
+    assert by_status(rows) == {"sent": 3}
+    row = rows[slow]
+    assert row["attempts"] == 2
+    history = outcomes(tmp_path, row["id"])
+    assert [e["status"] for e in history] == ["deferred", "sent"]
+    assert "in doubt" in history[0]["smtp_reply"]
+    assert [mid for rcpt, mid in data_attempts if rcpt == slow] == [row["message_id"]] * 2
+    assert set(copies_by_recipient(smtp_server.received)[slow]) == {row["message_id"]}
+
+
+def test_a_recipient_deferred_past_the_expiry_fails_as_expired(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    stuck = emails[2]
+    smtp_server.set_rule(stuck, Rule(stage="rcpt", code=451, text="4.3.0 try again later"))
+
+    code, out, err, took = run_send(tmp_path, smtp_server.port, "--max-wait", "5",
+                                    env={**FAST_RETRY, "MAILER_RETRY_EXPIRY": "1"}, timeout=30)
+
+    assert code == 3, out + err
+    row = deliveries(tmp_path)[stuck]
+    assert row["status"] == "failed"
+    assert "expired" in row["smtp_reply"]
+    assert row["attempts"] >= 2  # retried in the run before it expired
+    history = [e["status"] for e in outcomes(tmp_path, row["id"])]
+    assert history[-1] == "failed"
+    assert set(history[:-1]) == {"deferred"}
+    assert took < 15
+
+
+def test_deferred_beyond_max_wait_is_left_for_mailer_retry(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    stuck = emails[0]
+    smtp_server.set_rule(stuck, Rule(stage="rcpt", code=451, text="4.7.1 greylisted"))
+
+    code, out, err, took = run_send(tmp_path, smtp_server.port, "--max-wait", "0",
+                                    env={"MAILER_RETRY_BASE": "30"}, timeout=30)
+
+    assert code == 0, out + err
+    assert took < 10  # it did not wait 30 s for the retry time
+    rows = deliveries(tmp_path)
+    assert by_status(rows) == {"sent": 2, "deferred": 1}
+    row = rows[stuck]
+    assert (row["status"], row["attempts"], row["smtp_code"]) == ("deferred", 1, 451)
+    assert row["next_attempt"]
+    deferred_at = when(outcomes(tmp_path, row["id"])[-1]["at"])
+    backoff = (when(row["next_attempt"]) - deferred_at).total_seconds()
+    assert 24 <= backoff <= 36  # MAILER_RETRY_BASE ± 20 % jitter
+
+    shown = run_cli("log", str(row["campaign_id"]), "--status", "deferred", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (logged,) = json.loads(shown.stdout)
+    assert (logged["email"], logged["status"], logged["smtp_code"]) == (stuck, "deferred", 451)
+
+
+# ---- one sender per campaign, rate, relays --------------------------------------------------------------------
+
+
+def test_two_senders_on_one_campaign_one_refuses_and_nobody_gets_two(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(200)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100")
+
+    procs = [spawn(tmp_path, *command), spawn(tmp_path, *command)]
+    results = [finish(p) for p in procs]
+
+    assert sorted(code for code, _, _ in results) == [0, 1], results
+    winner = 0 if results[0][0] == 0 else 1
+    loser_err = results[1 - winner][2]
+    assert_one_error_line(loser_err)
+    assert "campaign" in loser_err.lower()
+    assert str(procs[winner].pid) in loser_err  # names the process that holds the lease
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)
+    assert by_status(deliveries(tmp_path)) == {"sent": 200}
+
+
+def test_rate_limits_messages_per_second_across_sessions(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(81))
+    arrivals: list[float] = []
+    smtp_server.state.on_message = lambda _: arrivals.append(time.monotonic())
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, "--rate", "40", "--concurrency", "4")
+
+    assert code == 0, out + err
+    assert len(arrivals) == 81
+    span = max(arrivals) - min(arrivals)
+    assert 1.8 <= span <= 2.2, f"81 messages at 40/s took {span:.2f}s from first to last"
+
+
+def test_sessions_are_spread_over_several_relays(store: Store, tmp_path: Path) -> None:
+    emails = readers(100)
+    add_subscribers(store, emails)
+    with CaptureServer(tmp_path / "relay-a") as relay_a, CaptureServer(tmp_path / "relay-b") as relay_b:
+        hosts = f"127.0.0.1:{relay_a.port},127.0.0.1:{relay_b.port}"
+
+        code, out, err, _ = run_send(tmp_path, None, "--concurrency", "4", env={"MAILER_SMTP_HOST": hosts})
+
+        a, b = relay_a.received, relay_b.received
+    assert code == 0, out + err
+    assert a and b, f"relay a got {len(a)}, relay b got {len(b)}"
+    assert len(a) + len(b) == 100
+    assert Counter(c.rcpt_tos[0] for c in a + b) == Counter(emails)
+    assert by_status(deliveries(tmp_path)) == {"sent": 100}
