@@ -473,6 +473,7 @@ def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink:
 def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: list[SMTPSettings],
                     options: SendOptions, base_url: str, secret: bytes) -> None:
     """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions."""
+    _die_with_parent()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -493,6 +494,18 @@ def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: li
         run_event_loop(main())
     except SMTPUnavailable:
         raise SystemExit(ExitCode.SMTP_UNAVAILABLE) from None
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive its parent: after a kill -9 of `mailer send`, a resumed run takes the lease
+    over, and an orphan still sending would break the duplicate bound. Linux delivers SIGKILL to us then."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(int(ExitCode.INTERRUPTED))
 
 
 def run_event_loop(coro: Coroutine[Any, Any, T]) -> T:

@@ -408,3 +408,43 @@ def test_sessions_are_spread_over_several_relays(store: Store, tmp_path: Path) -
     assert len(a) + len(b) == 100
     assert Counter(c.rcpt_tos[0] for c in a + b) == Counter(emails)
     assert by_status(deliveries(tmp_path)) == {"sent": 100}
+
+
+# ---- several worker processes ----------------------------------------------------------------------------------
+
+
+def test_workers_send_each_recipient_once_and_die_with_a_killed_parent(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(300)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--concurrency", "4", "--workers", "2")
+    killed: list[int] = []
+
+    def kill_parent_at_100(_: Captured) -> None:
+        if len(smtp_server.received) >= 100 and not killed:
+            killed.append(len(smtp_server.received))
+            os.kill(proc.pid, signal.SIGKILL)
+
+    smtp_server.state.on_message = kill_parent_at_100
+    proc = spawn(tmp_path, *command)
+    finish(proc, timeout=30)
+    smtp_server.state.on_message = None
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(1.0)
+    settled = len(smtp_server.received)
+    time.sleep(1.0)
+    assert len(smtp_server.received) == settled, "a worker outlived its killed parent and kept sending"
+    assert settled < 300
+    in_sending = by_status(deliveries(tmp_path))["sending"]
+    assert in_sending <= 4
+
+    code, out, err = finish(spawn(tmp_path, *command))
+
+    assert code == 0, out + err
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) == set(emails)
+    duplicates = sum(len(ids) - 1 for ids in copies.values())
+    assert duplicates <= 4
+    assert all(len(set(ids)) == 1 for ids in copies.values())
+    assert by_status(deliveries(tmp_path)) == {"sent": 300}
