@@ -448,3 +448,34 @@ def test_workers_send_each_recipient_once_and_die_with_a_killed_parent(
     assert duplicates <= 4
     assert all(len(set(ids)) == 1 for ids in copies.values())
     assert by_status(deliveries(tmp_path)) == {"sent": 300}
+
+
+# ---- TLS policy ------------------------------------------------------------------------------------------------
+
+
+def test_starttls_required_but_not_offered_exits_4_and_marks_nobody(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(3))
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, env={"MAILER_SMTP_TLS": "starttls"})
+
+    assert code == 4, out + err
+    assert_one_error_line(err)
+    assert smtp_server.received == []
+    assert "failed" not in by_status(deliveries(tmp_path))
+
+
+def test_a_password_is_never_sent_in_plain_text_to_a_remote_host(store: Store, tmp_path: Path) -> None:
+    add_subscribers(store, readers(3))
+    # Refused by policy before any connection is attempted, so no traffic leaves this machine.
+    env = {"MAILER_SMTP_HOST": "smtp.example.org", "MAILER_SMTP_USER": "u", "MAILER_SMTP_PASSWORD": "s3cret-pw",
+           "MAILER_SMTP_TLS": "none"}
+
+    code, out, err, _ = run_send(tmp_path, None, env=env)
+
+    assert code == 1, out + err
+    assert_one_error_line(err)
+    assert "plain text" in err
+    assert "s3cret-pw" not in out + err
+    assert deliveries(tmp_path) == {}
