@@ -195,10 +195,7 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
 
 
 def count_recipients(store: Store, list_id: int) -> int:
-    return int(store.conn.execute(
-        "SELECT COUNT(*) FROM subscribers s WHERE s.list_id = ? AND s.status = 'active' "
-        "AND s.email NOT IN (SELECT email FROM suppressions)", (list_id,),
-    ).fetchone()[0])
+    return store.count_recipients(list_id)
 
 
 def open_campaign(

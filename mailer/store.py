@@ -260,6 +260,13 @@ class Store:
                                  list_id=list_id)
             last = rows[-1][0]
 
+    def count_recipients(self, list_id: int) -> int:
+        """How many a campaign snapshot of this list would hold: active and not suppressed."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM subscribers s WHERE s.list_id = ? AND s.status = 'active' "
+            "AND s.email NOT IN (SELECT email FROM suppressions)", (list_id,),
+        ).fetchone()[0])
+
     def get_subscriber(self, list_id: int, email: str) -> Subscriber:
         row = self.conn.execute(
             "SELECT id, email, name, attrs, status FROM subscribers WHERE list_id = ? AND email = ?",
