@@ -18,8 +18,6 @@ from mailer.errors import ConfigError, SMTPUnavailable
 from mailer.message import BuiltMessage
 from mailer.models import DeliveryStatus
 
-TRANSIENT_CODES = {421, 450, 451, 452, 454}
-
 
 class Stage(StrEnum):
     CONNECT = "connect"

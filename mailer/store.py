@@ -199,13 +199,13 @@ class Store:
             known = [r[0] for r in self.conn.execute("SELECT name FROM lists ORDER BY name")]
             hint = f" (lists: {', '.join(known)})" if known else " (create it with: mailer lists create NAME)"
             raise NotFoundError(f"no list named {name!r}{hint}")
-        return _list(row, self.conn)
+        return _list(row)
 
     def get_list_by_id(self, list_id: int) -> MailingList:
         row = self.conn.execute("SELECT * FROM lists WHERE id = ?", (list_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no list with id {list_id}")
-        return _list(row, self.conn)
+        return _list(row)
 
     def lists_with_counts(self) -> list[dict[str, Any]]:
         sql = """SELECT l.name, l.title, l.from_addr, l.lang, l.created,
@@ -549,9 +549,6 @@ class Store:
                 yield dict(zip(cols, row, strict=True))
             last = rows[-1][0]
 
-    def integrity_ok(self) -> bool:
-        return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
 
 def _alive(owner: str) -> bool:
     """Whether a lease owner `host:pid` may still be running (a dead process on this host holds nothing)."""
@@ -589,7 +586,7 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
-def _list(row: sqlite3.Row | tuple[Any, ...], conn: sqlite3.Connection) -> MailingList:
+def _list(row: tuple[Any, ...]) -> MailingList:
     return MailingList(id=row[0], name=row[1], title=row[2], from_addr=row[3], reply_to=row[4], lang=row[5],
                        created=row[6])
 
