@@ -464,6 +464,33 @@ def log(
                 for r in rows], title=f"campaign {found.id}: {found.subject}")
 
 
+# ---- subscriber side: web endpoints, returned mail ----------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    trusted_proxies: Annotated[str, typer.Option(
+        "--trusted-proxies", envvar="MAILER_TRUSTED_PROXIES",
+        help="Comma-separated proxy addresses whose X-Forwarded-For is believed.")] = "127.0.0.1",
+) -> None:
+    """Serve the subscriber pages: unsubscribe (with RFC 8058 one-click), sign-up with double opt-in, confirm.
+
+    Links in mail point at MAILER_BASE_URL; run this behind a reverse proxy that terminates HTTPS there.
+
+    Example: mailer serve --port 8025
+    """
+    from mailer.web import serve as run_server
+
+    config = _config(ctx)
+    Store.open(config.db_path).close()  # a missing or uninitialised database is one clear line, before binding
+    err.print(f"serving on http://{host}:{port} (links in mail use {config.base_url}); Ctrl-C stops",
+              markup=False, highlight=False)
+    run_server(config, host, port, trusted_proxies)
+
+
 # ---- demo ------------------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ placeholders (substituted later by message.py). The only module that imports Jin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -400,3 +401,20 @@ def substitute(template: str, values: dict[str, str]) -> str:
 def attr_placeholder_keys(keys: Iterable[str]) -> dict[str, str]:
     """Map placeholder codes (A0, A1, ...) to the subscriber attribute names they stand for."""
     return {f"A{i}": key for i, key in enumerate(keys)}
+
+
+WEB_TEMPLATES = DEFAULT_TEMPLATES / "web"
+
+
+def render_page(name: str, context: dict[str, Any], templates_dir: Path | None = None) -> str:
+    """One page of `mailer serve` (autoescaped HTML, StrictUndefined): a missing value is a bug, not a blank."""
+    env = _page_environment(str(templates_dir or WEB_TEMPLATES))
+    return env.get_template(name).render(**context)
+
+
+@functools.lru_cache(maxsize=4)
+def _page_environment(templates_dir: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir), autoescape=True, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )

@@ -563,3 +563,19 @@ def render_to_dir(
     paths[1].write_text(text, encoding="utf-8")
     paths[2].write_bytes(message.data)
     return paths
+
+
+async def send_one(relays: Sequence[SMTPSettings], message: BuiltMessage) -> Reply:
+    """One message outside any campaign (a sign-up confirmation): the first relay that answers takes it.
+
+    Raises SMTPUnavailable when none can be used; any SMTP reply (sent, deferred, failed) is returned."""
+    unavailable: SMTPUnavailable | None = None
+    for relay in relays:
+        session = Session(relay)
+        try:
+            return await session.send(message)
+        except SMTPUnavailable as exc:
+            unavailable = exc
+        finally:
+            await session.close()
+    raise unavailable or SMTPUnavailable("no SMTP relay configured")

@@ -20,7 +20,7 @@ import sqlite_utils
 from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
 
@@ -109,6 +109,36 @@ CREATE INDEX IF NOT EXISTS delivery_events_delivery ON delivery_events (delivery
 # Each entry takes the schema from version N-1 to N; fresh databases get _SCHEMA and then every step.
 _MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE deliveries ADD COLUMN first_attempt TEXT;",
+    # Issue 5: sign-up requests (rate limits, double opt-in), returned mail (bounces, complaints, mailto
+    # unsubscribes) read once each, and Message-ID lookups for DSNs that carry no VERP address.
+    3: """
+CREATE TABLE IF NOT EXISTS signup_requests (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signup_requests_email ON signup_requests (email, at);
+CREATE INDEX IF NOT EXISTS signup_requests_client ON signup_requests (client, at);
+CREATE TABLE IF NOT EXISTS returned_mail (
+    id INTEGER PRIMARY KEY,
+    report_key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    campaign_id INTEGER,
+    delivery_id INTEGER,
+    status TEXT NOT NULL DEFAULT '',
+    diagnostic TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    UNIQUE (report_key, email)
+);
+CREATE INDEX IF NOT EXISTS returned_mail_email ON returned_mail (email, kind);
+CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id);
+ALTER TABLE subscribers ADD COLUMN confirmed TEXT;
+""",
 }
 
 
@@ -319,6 +349,152 @@ class Store:
             "INSERT OR IGNORE INTO suppressions (email, reason, detail, created) VALUES (?, ?, ?, ?)",
             (email, reason, detail, stamp()),
         )
+
+    def subscriber_by_id(self, subscriber_id: int) -> Subscriber:
+        row = self.conn.execute(
+            "SELECT id, email, name, attrs, status, list_id FROM subscribers WHERE id = ?", (subscriber_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("no such subscriber")
+        return Subscriber(id=row[0], email=row[1], name=row[2], attrs=json.loads(row[3]), status=row[4],
+                          list_id=row[5])
+
+    def subscriber_updated(self, subscriber_id: int) -> str:
+        row = self.conn.execute("SELECT updated FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        return str(row[0]) if row else ""
+
+    def is_suppressed(self, email: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (email,)).fetchone() is not None
+
+    def suppression(self, email: str) -> tuple[str, str] | None:
+        row = self.conn.execute("SELECT reason, detail FROM suppressions WHERE email = ?", (email,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    # ---- sign-up (double opt-in) ---------------------------------------------------------------------------------
+
+    def signup_counts(self, email: str, client: str, since: str) -> tuple[int, int]:
+        """(confirmation mails sent to `email`, requests made from `client`) since a time."""
+        mailed = self.conn.execute(
+            "SELECT COUNT(*) FROM signup_requests WHERE email = ? AND mailed = 1 AND at >= ?", (email, since)
+        ).fetchone()[0]
+        asked = self.conn.execute(
+            "SELECT COUNT(*) FROM signup_requests WHERE client = ? AND at >= ?", (client, since)
+        ).fetchone()[0]
+        return int(mailed), int(asked)
+
+    def last_confirmation_mail(self, email: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT MAX(at) FROM signup_requests WHERE email = ? AND mailed = 1", (email,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def log_signup(self, list_id: int, email: str, client: str, mailed: bool, at: str | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (?, ?, ?, ?, ?)",
+            (list_id, email, client, int(mailed), at or stamp()),
+        )
+
+    def forget_confirmation_mail(self, email: str) -> None:
+        """The latest confirmation mail to `email` could not be sent: it does not count against the address."""
+        self.conn.execute(
+            "UPDATE signup_requests SET mailed = 0 WHERE id = (SELECT MAX(id) FROM signup_requests WHERE email = ?)",
+            (email,),
+        )
+
+    def upsert_pending(self, list_id: int, email: str, name: str) -> Subscriber:
+        """A web sign-up: new or unsubscribed addresses become pending; active and bounced ones are left alone."""
+        now = stamp()
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT id, status FROM subscribers WHERE list_id = ? AND email = ?", (list_id, email)
+            ).fetchone()
+            if row is None:
+                self.conn.execute(
+                    "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
+                    "VALUES (?, ?, ?, '{}', 'pending', 'web', ?, ?)",
+                    (list_id, email, name, now, now),
+                )
+            elif row[1] in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
+                self.conn.execute(
+                    "UPDATE subscribers SET status = 'pending', name = CASE WHEN ? = '' THEN name ELSE ? END, "
+                    "updated = ? WHERE id = ?", (name, name, now, row[0]),
+                )
+        return self.get_subscriber(list_id, email)
+
+    def confirm_subscriber(self, subscriber_id: int) -> bool:
+        """pending -> active (double opt-in done); True if it changed anything."""
+        now = stamp()
+        cur = self.conn.execute(
+            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ? WHERE id = ? AND status = 'pending'",
+            (now, now, subscriber_id),
+        )
+        return cur.rowcount > 0
+
+    def unsubscribe_source(self, subscriber_id: int) -> tuple[str, str] | None:
+        """(source, time) of the latest unsubscribe of a subscriber."""
+        row = self.conn.execute(
+            "SELECT source, at FROM unsubscribes WHERE subscriber_id = ? ORDER BY id DESC LIMIT 1", (subscriber_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    # ---- returned mail: bounces, complaints, mailto unsubscribes -------------------------------------------------
+
+    def delivery_ref(self, delivery_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, campaign_id, subscriber_id, email, status, message_id FROM deliveries WHERE id = ?",
+            (delivery_id,),
+        ).fetchone()
+        return _delivery_ref(row)
+
+    def delivery_by_message_id(self, message_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, campaign_id, subscriber_id, email, status, message_id FROM deliveries WHERE message_id = ? "
+            "ORDER BY id DESC LIMIT 1", (message_id,),
+        ).fetchone()
+        return _delivery_ref(row)
+
+    def record_returned(
+        self, report_key: str, email: str, kind: str, campaign_id: int | None, delivery_id: int | None,
+        status: str, diagnostic: str, origin: str,
+    ) -> bool:
+        """Remember one report about one address; False when this report was read before (it counts once)."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO returned_mail (report_key, email, kind, campaign_id, delivery_id, status, "
+            "diagnostic, origin, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (report_key, email, kind, campaign_id, delivery_id, status, diagnostic, origin, stamp()),
+        )
+        return cur.rowcount > 0
+
+    def soft_bounce_count(self, email: str) -> int:
+        """Distinct deliveries (or reports, when unmatched to one) that soft-bounced for this address."""
+        return int(self.conn.execute(
+            "SELECT COUNT(DISTINCT COALESCE(delivery_id, report_key)) FROM returned_mail "
+            "WHERE email = ? AND kind = 'soft'", (email,),
+        ).fetchone()[0])
+
+    def mark_bounced(self, delivery_id: int, code: str, text: str) -> None:
+        """The delivery ends `bounced`, with the DSN's status and diagnostic recorded as an event."""
+        now = stamp()
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE deliveries SET status = 'bounced', smtp_reply = ?, updated = ?, next_attempt = NULL "
+                "WHERE id = ?", (text, now, delivery_id),
+            )
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
+                "SELECT id, 'bounced', attempts, ?, ? FROM deliveries WHERE id = ?",
+                (f"{code} {text}".strip(), now, delivery_id),
+            )
+
+    def suppress_address(self, email: str, reason: str, detail: str = "") -> None:
+        """Never mail this address again, on any list: suppressed, and marked bounced where it is subscribed."""
+        with self.transaction():
+            self.suppress(email, reason, detail)
+            if reason != "unsubscribed":
+                self.conn.execute(
+                    "UPDATE subscribers SET status = 'bounced', updated = ? WHERE email = ? "
+                    "AND status IN ('active', 'pending')", (stamp(), email),
+                )
 
     # ---- campaigns ---------------------------------------------------------------------------------------------
 
@@ -584,6 +760,12 @@ class _Transaction:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
+
+
+def _delivery_ref(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return dict(zip(("id", "campaign_id", "subscriber_id", "email", "status", "message_id"), row, strict=True))
 
 
 def _list(row: tuple[Any, ...]) -> MailingList:

@@ -5,16 +5,22 @@ Called by cli.py; they take a Store and values, return results and raise MailerE
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 from mailer.addresses import CsvProblem, decode_csv, normalise_address, read_subscribers_csv
 from mailer.errors import MailerError, UsageError
-from mailer.message import clean_header_text, parse_from
-from mailer.models import Lang, MailingList, Subscriber, SubscriberStatus
-from mailer.store import Store
+from mailer.message import BuiltMessage, MessageTemplate, Sender, clean_header_text, parse_from
+from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
+from mailer.render import ListContext, RenderedIssue, render_issue
+from mailer.store import Store, stamp
+from mailer.tokens import BadToken, TokenKind, make_token, read_token
 
 _BATCH = 1000
 
@@ -111,3 +117,159 @@ def unsubscribe_by_hand(store: Store, list_name: str, email: str) -> bool:
     mailing_list = store.get_list(list_name)
     sub = store.get_subscriber(mailing_list.id, normalise_address(email))
     return store.unsubscribe(sub.id, source="ops")
+
+
+# ---- the subscriber's own side: links in mail, the sign-up form ---------------------------------------------------
+
+CONFIRM_TTL = timedelta(days=7)  # a confirmation link older than this asks the person to sign up again
+
+
+@dataclass(frozen=True)
+class SignupLimits:
+    """How often the sign-up form may mail one address, and how often one client may use it."""
+
+    address_interval: timedelta = timedelta(minutes=10)  # at most one confirmation mail per address per interval
+    address_per_day: int = 3
+    client_window: timedelta = timedelta(hours=1)
+    client_max: int = 10
+
+
+class SignupOutcome(StrEnum):
+    MAIL = "mail"  # send a confirmation mail
+    QUIET = "quiet"  # say "check your inbox" but send nothing (already subscribed, bounced, address limit, bot)
+    LIMITED = "limited"  # this client asked too often: 429
+
+
+@dataclass(frozen=True)
+class LinkTarget:
+    """Whom a signed link in a mail speaks for."""
+
+    mailing_list: MailingList
+    subscriber: Subscriber
+
+
+def mask_address(email: str) -> str:
+    """Enough of an address for its owner to recognise it, not enough to harvest: zh***@example.org."""
+    local, _, domain = email.rpartition("@")
+    keep = 1 if len(local) <= 3 else 2
+    return f"{local[:keep]}***@{domain}"
+
+
+def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> LinkTarget:
+    """Verify an unsubscribe or confirm token; BadToken for anything forged, truncated, of another kind or list."""
+    parsed = read_token(secret, token, kind)
+    try:
+        subscriber = store.subscriber_by_id(parsed.b)
+        mailing_list = store.get_list_by_id(parsed.a)
+    except MailerError:
+        raise BadToken("no such subscriber") from None
+    if subscriber.list_id != mailing_list.id:
+        raise BadToken("token for another list")
+    return LinkTarget(mailing_list, subscriber)
+
+
+def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: str) -> tuple[LinkTarget, bool]:
+    """RFC 8058 one-click or the page's button: unsubscribe now (idempotent); True if it changed anything."""
+    target = link_target(store, secret, token, TokenKind.UNSUBSCRIBE)
+    return target, store.unsubscribe(target.subscriber.id, source=source)
+
+
+def request_signup(
+    store: Store, list_name: str, email: str, name: str, client: str, now: datetime,
+    limits: SignupLimits | None = None,
+) -> tuple[SignupOutcome, Subscriber | None]:
+    """The sign-up form: record a pending subscriber and decide whether to mail a confirmation.
+
+    Every answer the form shows is the same whether the address is new, pending, active or bounced, so the form
+    cannot be used to learn who is subscribed; the limits stop it being used to mail-bomb an address."""
+    limits = limits or SignupLimits()
+    mailing_list = store.get_list(list_name)
+    address = normalise_address(email)
+    if store.signup_counts(address, client, stamp(now - limits.client_window))[1] >= limits.client_max:
+        return SignupOutcome.LIMITED, None
+    mailed_today = store.signup_counts(address, client, stamp(now - timedelta(days=1)))[0]
+    last = store.last_confirmation_mail(address)
+    too_soon = last is not None and last > stamp(now - limits.address_interval)
+    subscriber = None
+    outcome = SignupOutcome.QUIET
+    if not store.is_suppressed(address):
+        subscriber = store.upsert_pending(mailing_list.id, address, clean_header_text(name)[:200])
+        if subscriber.status == SubscriberStatus.PENDING and not too_soon and mailed_today < limits.address_per_day:
+            outcome = SignupOutcome.MAIL
+    store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now))
+    return outcome, subscriber
+
+
+class ConfirmState(StrEnum):
+    READY = "ready"  # pending: the page shows the button; POST activates
+    CONFIRMED = "confirmed"  # active now (or already)
+    EXPIRED = "expired"  # pending for longer than CONFIRM_TTL
+    GONE = "gone"  # unsubscribed or bounced since: the link no longer applies
+
+
+def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool) -> tuple[
+        LinkTarget, ConfirmState]:
+    """GET (apply=False) only looks; POST (apply=True) activates a pending subscriber."""
+    target = link_target(store, secret, token, TokenKind.CONFIRM)
+    status = target.subscriber.status
+    if status == SubscriberStatus.ACTIVE:
+        return target, ConfirmState.CONFIRMED
+    if status != SubscriberStatus.PENDING or store.is_suppressed(target.subscriber.email):
+        return target, ConfirmState.GONE
+    if store.subscriber_updated(target.subscriber.id) < stamp(now - CONFIRM_TTL):
+        return target, ConfirmState.EXPIRED
+    if apply:
+        store.confirm_subscriber(target.subscriber.id)
+        return target, ConfirmState.CONFIRMED
+    return target, ConfirmState.READY
+
+
+_CONFIRM_SOURCE = {
+    "zh": """---
+subject: 请确认订阅「{title}」
+preheader: 点击邮件中的链接即可完成订阅
+---
+{{{{ subscriber.email }}}} 刚刚申请订阅「{title}」。请点击下面的链接确认：
+
+[确认订阅]({{{{ subscriber.confirm_url }}}})
+
+如果不是您本人申请，请忽略本邮件：不确认就不会收到任何邮件。链接 7 天内有效。
+""",
+    "en": """---
+subject: "Please confirm your subscription to {title}"
+preheader: One click and you are subscribed
+---
+Someone, hopefully you, asked to subscribe {{{{ subscriber.email }}}} to {title}. Please confirm:
+
+[Confirm my subscription]({{{{ subscriber.confirm_url }}}})
+
+If it was not you, ignore this message: nothing will be sent unless you confirm. The link works for 7 days.
+""",
+}
+
+
+@functools.lru_cache(maxsize=32)
+def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
+    """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
+    source = _CONFIRM_SOURCE.get(lang, _CONFIRM_SOURCE["en"]).format(title=title.replace('"', "'"))
+    return render_issue(source, origin="confirmation.md", list_ctx=ListContext(name=name, title=title, lang=lang))
+
+
+def build_confirmation(
+    mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
+) -> BuiltMessage:
+    """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me")."""
+    if not mailing_list.from_addr:
+        raise MailerError(f"list {mailing_list.name!r} has no From address; cannot send confirmations")
+    from_name, from_addr = parse_from(mailing_list.from_addr)
+    title = mailing_list.title or mailing_list.name
+    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang)
+    sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
+    # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
+    template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
+                               salt=secrets.token_hex(8))
+    token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id)
+    confirm_url = f"{base_url.rstrip('/')}/c/{token}"
+    recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, subscriber.name,
+                          {"confirm_url": confirm_url})
+    return template.build(recipient, now)

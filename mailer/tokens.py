@@ -89,3 +89,25 @@ def read_token(secret: bytes, token: str, kind: TokenKind) -> Token:
     if pos != len(payload):
         raise BadToken("trailing bytes in token")
     return Token(kind, a, b)
+
+
+# ---- form tokens: signed double-submit CSRF protection for the sign-up form ---------------------------------------
+
+
+def make_form_token(secret: bytes, scope: str, issued: int, nonce: str) -> str:
+    """A hidden-field value binding the form to `scope` (the list), its issue time and the cookie's nonce."""
+    mac = hmac.new(secret, f"mailer-form-v1:{scope}:{issued}:{nonce}".encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{issued}.{nonce}.{mac}"
+
+
+def check_form_token(secret: bytes, scope: str, value: str, cookie_nonce: str, now: int, max_age: int) -> bool:
+    """True when `value` was made by make_form_token for this scope, is not older than max_age seconds, and its
+    nonce is the one in the visitor's cookie (another site can post the form but cannot read or set the cookie)."""
+    issued, _, rest = value.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not (issued.isdigit() and nonce and mac and cookie_nonce) or not secret:
+        return False
+    if not hmac.compare_digest(nonce, cookie_nonce) or not 0 <= now - int(issued) <= max_age:
+        return False
+    expected = make_form_token(secret, scope, int(issued), nonce)
+    return hmac.compare_digest(expected, value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,41 @@ def run_cli(tmp_path: Path):  # type: ignore[no-untyped-def]
                               capture_output=True, input=input, timeout=timeout)
 
     return run
+
+
+class LiveWeb:
+    """`mailer serve`'s app on uvicorn in a thread, on a free port of 127.0.0.1 (real HTTP, real sockets)."""
+
+    def __init__(self, make_app: Callable[[str], Any]) -> None:
+        import threading
+
+        import uvicorn
+
+        from mailer.capture import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = make_app(self.url)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveWeb:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def web_config(config: Config, smtp: CaptureServer, url: str) -> Config:
+    """The test config pointed at the capture SMTP server, with links to the live web server."""
+    return config.with_overrides(smtp_host="127.0.0.1", smtp_port=smtp.port, base_url=url)

@@ -1,0 +1,338 @@
+"""`mailer serve` through real HTTP: httpx against uvicorn on 127.0.0.1, confirmation mail through aiosmtpd."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mailer.capture import CaptureServer, Rule
+from mailer.config import Config
+from mailer.models import SubscriberStatus
+from mailer.store import Store, utcnow
+from mailer.subscriptions import SignupLimits, add_subscriber, create_list
+from mailer.tokens import TokenKind, make_token
+from mailer.web import create_app
+from tests.conftest import LiveWeb, web_config
+
+CHECK_EML = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_eml.py"
+
+
+@dataclass
+class Site:
+    url: str
+    config: Config
+    store: Store
+    smtp: CaptureServer
+    clock: list[datetime]
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, follow_redirects=False, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def unsub_token(self, email: str, list_name: str = "bulletin") -> str:
+        sub = self.store.get_subscriber(self.store.get_list(list_name).id, email)
+        return make_token(self.config.secret, TokenKind.UNSUBSCRIBE, sub.list_id, sub.id)
+
+    def status(self, email: str, list_name: str = "bulletin") -> str:
+        return self.store.get_subscriber(self.store.get_list(list_name).id, email).status
+
+
+@pytest.fixture
+def site(config: Config, store: Store, smtp_server: CaptureServer) -> Iterator[Site]:
+    create_list(store, "weekly", "Weekly Notes", "Notes <notes@example.org>", "", "en")
+    add_subscriber(store, "bulletin", "zhang.wei@example.org", "张伟")
+    add_subscriber(store, "weekly", "ann@example.org", "Ann")
+    clock = [utcnow()]
+    holder: dict[str, Config] = {}
+
+    def make(url: str) -> object:
+        holder["config"] = web_config(config, smtp_server, url)
+        return create_app(holder["config"], SignupLimits(client_max=6), clock=lambda: clock[0])
+
+    with LiveWeb(make) as live:
+        yield Site(live.url, holder["config"], store, smtp_server, clock)
+
+
+def unsubscribe_rows(store: Store, email: str) -> list[tuple[str, str]]:
+    return store.conn.execute(
+        "SELECT u.source, u.at FROM unsubscribes u JOIN subscribers s ON s.id = u.subscriber_id WHERE s.email = ?",
+        (email,),
+    ).fetchall()
+
+
+# ---- unsubscribe -------------------------------------------------------------------------------------------------
+
+
+def test_get_shows_a_page_in_the_lists_language_and_changes_nothing(site: Site) -> None:
+    token = site.unsub_token("zhang.wei@example.org")
+    with site.client() as http:
+        for _ in range(3):  # link scanners may fetch it several times
+            page = http.get(f"/u/{token}")
+            assert page.status_code == 200
+    assert 'lang="zh-CN"' in page.text
+    assert "退订「知识产权运营简报」" in page.text
+    assert "zh***@example.org" in page.text and "zhang.wei@" not in page.text
+    assert f'action="/u/{token}"' in page.text and "确认退订" in page.text
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
+    assert unsubscribe_rows(site.store, "zhang.wei@example.org") == []
+
+
+def test_english_list_gets_an_english_page(site: Site) -> None:
+    with site.client() as http:
+        page = http.get(f"/u/{site.unsub_token('ann@example.org', 'weekly')}")
+    assert page.status_code == 200 and 'lang="en"' in page.text
+    assert "Unsubscribe from Weekly Notes" in page.text and "a***@example.org" in page.text
+
+
+def test_rfc8058_one_click_post_without_cookies(site: Site) -> None:
+    token = site.unsub_token("zhang.wei@example.org")
+    with site.client() as http:
+        first = http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+        again = http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+        assert not http.cookies
+    assert first.status_code == 200 and again.status_code == 200  # no redirect, idempotent
+    assert "已退订" in first.text
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.UNSUBSCRIBED
+    rows = unsubscribe_rows(site.store, "zhang.wei@example.org")
+    assert [source for source, _ in rows] == ["one-click"]  # recorded once, with its source
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rows[0][1])
+
+
+def test_one_click_as_multipart_form_data(site: Site) -> None:
+    """RFC 8058 allows either form encoding; mail providers use both."""
+    token = site.unsub_token("ann@example.org", "weekly")
+    with site.client() as http:
+        reply = http.post(f"/u/{token}", files={"List-Unsubscribe": (None, "One-Click")})
+    assert reply.status_code == 200
+    assert site.status("ann@example.org", "weekly") == SubscriberStatus.UNSUBSCRIBED
+
+
+def test_the_pages_button_records_page_as_source(site: Site) -> None:
+    token = site.unsub_token("zhang.wei@example.org")
+    with site.client() as http:
+        assert http.post(f"/u/{token}", data={}).status_code == 200
+        after = http.get(f"/u/{token}")
+    assert [s for s, _ in unsubscribe_rows(site.store, "zhang.wei@example.org")] == ["page"]
+    assert "已经退订" in after.text and "<form" not in after.text
+
+
+def forged_tokens(site: Site) -> dict[str, str]:
+    good = site.unsub_token("zhang.wei@example.org")
+    sub = site.store.get_subscriber(site.store.get_list("bulletin").id, "zhang.wei@example.org")
+    weekly = site.store.get_list("weekly")
+    flipped = good[:5] + ("a" if good[5] != "a" else "b") + good[6:]
+    return {
+        "tampered": flipped,
+        "truncated": good[:-3],
+        "other secret": make_token(b"not-our-secret", TokenKind.UNSUBSCRIBE, sub.list_id, sub.id),
+        "other list": make_token(site.config.secret, TokenKind.UNSUBSCRIBE, weekly.id, sub.id),
+        "confirm kind": make_token(site.config.secret, TokenKind.CONFIRM, sub.list_id, sub.id),
+        "bounce kind": make_token(site.config.secret, TokenKind.BOUNCE, 1, sub.id),
+        "no such subscriber": make_token(site.config.secret, TokenKind.UNSUBSCRIBE, sub.list_id, 99999),
+        "garbage": "not-a-token",
+    }
+
+
+def test_forged_tokens_get_400_and_a_page_that_reveals_nothing(site: Site) -> None:
+    with site.client() as http:
+        tokens = forged_tokens(site)
+        for why, token in tokens.items():
+            replies = [http.get(f"/u/{token}"), http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})]
+            # a confirm token is fine at /c/; an unsubscribe token is the wrong kind there
+            confirm_token = site.unsub_token("zhang.wei@example.org") if why == "confirm kind" else token
+            replies += [http.get(f"/c/{confirm_token}"), http.post(f"/c/{confirm_token}")]
+            for reply in replies:
+                assert reply.status_code == 400, why
+                assert "链接无效" in reply.text
+                for secret_word in ("zh***", "zhang", "知识产权", "Weekly", "bulletin"):
+                    assert secret_word not in reply.text, (why, secret_word)
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
+
+
+def test_every_response_carries_the_security_headers(site: Site) -> None:
+    with site.client() as http:
+        for reply in (http.get(f"/u/{site.unsub_token('zhang.wei@example.org')}"), http.get("/u/bad"),
+                      http.get("/s/bulletin"), http.get("/s/nope")):
+            assert reply.headers["referrer-policy"] == "no-referrer"  # the token must not leak via Referer
+            assert "default-src 'none'" in reply.headers["content-security-policy"]
+            assert reply.headers["cache-control"] == "no-store"
+            assert reply.headers["x-frame-options"] == "DENY"
+            assert "<script" not in reply.text
+
+
+# ---- sign-up and double opt-in -----------------------------------------------------------------------------------
+
+
+def form_token(page: str) -> str:
+    match = re.search(r'name="form_token" value="([^"]+)"', page)
+    assert match, "no form token in the page"
+    return match.group(1)
+
+
+def sign_up(http: httpx.Client, list_name: str, email: str, name: str = "", **extra: str) -> httpx.Response:
+    page = http.get(f"/s/{list_name}")
+    assert page.status_code == 200
+    data = {"email": email, "name": name, "form_token": form_token(page.text), "website": "", **extra}
+    return http.post(f"/s/{list_name}", data=data)
+
+
+def confirm_link(message: bytes) -> str:
+    parsed = BytesParser(policy=policy.default).parsebytes(message)
+    text = parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(r"https?://\S+/c/[a-z0-9]+", text)
+    assert match, text
+    return match.group(0)
+
+
+def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> None:
+    with site.client() as http:
+        page = http.get("/s/bulletin")
+        assert "订阅「知识产权运营简报」" in page.text and 'name="website"' in page.text
+        answer = sign_up(http, "bulletin", "li.na@example.org", "李娜")
+    assert answer.status_code == 200 and "请查收确认邮件" in answer.text
+    assert site.status("li.na@example.org") == SubscriberStatus.PENDING
+    assert site.store.count_recipients(site.store.get_list("bulletin").id) == 1  # pending is not a recipient
+    [mail] = site.smtp.received
+    assert mail.rcpt_tos == ("li.na@example.org",)
+    assert mail.mail_from.startswith("bounces+") and mail.mail_from.endswith("@example.org")
+    parsed = BytesParser(policy=policy.default).parsebytes(mail.data)
+    assert parsed["Subject"] == "请确认订阅「知识产权运营简报」"
+    assert str(parsed["To"]) == "李娜 <li.na@example.org>"
+    eml = tmp_path / "confirm.eml"
+    eml.write_bytes(mail.data)
+    check = subprocess.run([sys.executable, str(CHECK_EML), str(eml)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+
+    link = confirm_link(mail.data)
+    assert link.startswith(site.url + "/c/")
+    path = link[len(site.url):]
+    with site.client() as http:
+        look = http.get(path)
+        assert look.status_code == 200 and "确认订阅" in look.text and "li***@example.org" in look.text
+        assert site.status("li.na@example.org") == SubscriberStatus.PENDING  # GET changes nothing
+        done = http.post(path)
+        twice = http.post(path)
+    assert done.status_code == 200 and "订阅成功" in done.text and twice.status_code == 200
+    assert site.status("li.na@example.org") == SubscriberStatus.ACTIVE
+    assert site.store.count_recipients(site.store.get_list("bulletin").id) == 2
+
+
+def test_same_answer_for_new_active_and_bounced_addresses(site: Site) -> None:
+    site.store.suppress("gone@example.org", "bounced")
+    with site.client() as http:
+        answers = [sign_up(http, "bulletin", email) for email in
+                   ("new@example.org", "zhang.wei@example.org", "gone@example.org")]
+    assert {a.status_code for a in answers} == {200}
+    assert {re.sub(r"\w\w?\*\*\*@example\.org", "X", a.text) for a in answers} == {
+        re.sub(r"\w\w?\*\*\*@example\.org", "X", answers[0].text)}
+    assert [m.rcpt_tos for m in site.smtp.received] == [("new@example.org",)]  # only the new one is mailed
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
+
+
+def test_an_address_is_mailed_once_however_often_the_form_is_sent(site: Site) -> None:
+    with site.client() as http:
+        for _ in range(4):
+            assert sign_up(http, "bulletin", "victim@example.org").status_code == 200
+    assert len(site.smtp.received) == 1
+    site.clock[0] += timedelta(minutes=11)  # after the interval, one more is allowed
+    with site.client() as http:
+        sign_up(http, "bulletin", "victim@example.org")
+    assert len(site.smtp.received) == 2
+
+
+def test_one_client_is_limited(site: Site) -> None:
+    with site.client() as http:
+        codes = [sign_up(http, "bulletin", f"p{i}@example.org").status_code for i in range(8)]
+    assert codes[:6] == [200] * 6 and codes[6:] == [429, 429]
+    assert len(site.smtp.received) == 6
+
+
+def test_honeypot_filled_looks_fine_but_does_nothing(site: Site) -> None:
+    with site.client() as http:
+        answer = sign_up(http, "bulletin", "bot@example.org", website="http://spam.example")
+    assert answer.status_code == 200 and "请查收确认邮件" in answer.text
+    assert site.smtp.received == []
+    assert not site.store.conn.execute("SELECT 1 FROM subscribers WHERE email = 'bot@example.org'").fetchone()
+
+
+def test_cross_site_or_replayed_forms_are_refused(site: Site) -> None:
+    with site.client() as http:
+        token = form_token(http.get("/s/bulletin").text)
+        other_origin = http.post("/s/bulletin", data={"email": "a@example.org", "form_token": token},
+                                 headers={"Origin": "https://evil.example"})
+        assert other_origin.status_code == 403
+        other_list = http.post("/s/weekly", data={"email": "a@example.org", "form_token": token})
+        assert other_list.status_code == 403
+        forged = http.post("/s/bulletin", data={"email": "a@example.org", "form_token": token[:-1] + "0"})
+        assert forged.status_code == 403
+    with site.client() as fresh:  # a form token without its cookie (another site posting our form)
+        no_cookie = fresh.post("/s/bulletin", data={"email": "a@example.org", "form_token": token})
+    assert no_cookie.status_code == 403 and "表单已过期" in no_cookie.text
+    assert site.smtp.received == []
+
+
+def test_bad_address_shows_the_form_again_with_an_error(site: Site) -> None:
+    with site.client() as http:
+        answer = sign_up(http, "bulletin", "not-an-address", "王")
+    assert answer.status_code == 400 and "请填写有效的邮箱地址" in answer.text
+    assert 'value="not-an-address"' in answer.text and 'value="王"' in answer.text
+
+
+def test_html_in_the_name_is_escaped(site: Site) -> None:
+    with site.client() as http:
+        answer = sign_up(http, "weekly", "bad@", "<script>alert(1)</script>")
+    assert "<script>alert" not in answer.text and "&lt;script&gt;" in answer.text
+
+
+def test_unknown_list_is_404(site: Site) -> None:
+    with site.client() as http:
+        assert http.get("/s/nope").status_code == 404
+        assert http.post("/s/nope", data={"email": "a@example.org"}).status_code == 404
+
+
+def test_confirm_link_expires_after_seven_days(site: Site) -> None:
+    with site.client() as http:
+        sign_up(http, "weekly", "late@example.org")
+    path = confirm_link(site.smtp.received[0].data).split(str(site.config.base_url), 1)[1]
+    site.clock[0] += timedelta(days=8)
+    with site.client() as http:
+        answer = http.post(path)
+    assert answer.status_code == 400 and "expired" in answer.text
+    assert site.status("late@example.org", "weekly") == SubscriberStatus.PENDING
+
+
+def test_smtp_down_gives_503_and_the_next_try_mails(site: Site) -> None:
+    site.smtp.set_rule("retry@example.org", Rule(stage="rcpt", code=451, text="try later", times=1))
+    with site.client() as http:
+        first = sign_up(http, "bulletin", "retry@example.org")
+        second = sign_up(http, "bulletin", "retry@example.org")
+    assert first.status_code == 503
+    assert second.status_code == 200
+    assert [m.rcpt_tos for m in site.smtp.received] == [("retry@example.org",)]
+
+
+def test_unsubscribed_person_can_sign_up_again_through_double_opt_in(site: Site) -> None:
+    token = site.unsub_token("zhang.wei@example.org")
+    with site.client() as http:
+        http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+        sign_up(http, "bulletin", "zhang.wei@example.org")
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.PENDING
+    path = confirm_link(site.smtp.received[0].data).split(site.url, 1)[1]
+    with site.client() as http:
+        http.post(path)
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
+
+
+def test_serve_without_a_database_is_one_error_line(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("serve", "--port", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: database") and len(result.stderr.strip().splitlines()) == 1
