@@ -491,6 +491,42 @@ def serve(
     run_server(config, host, port, trusted_proxies)
 
 
+bounces_app = typer.Typer(help="Returned mail: bounces, complaints, mailto unsubscribes.\n\n"
+                          "Example: mailer bounces scan bounces.mbox", no_args_is_help=True)
+app.add_typer(bounces_app, name="bounces")
+
+
+@bounces_app.command("scan")
+def bounces_scan(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="An mbox file, a Maildir, a folder of .eml files or one .eml file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Read DSNs (RFC 3464 and common non-standard bounces), complaint reports and mails to the List-Unsubscribe
+    mailto address; record each once. Hard bounces and complaints suppress the address; soft bounces are counted
+    (MAILER_SOFT_BOUNCE_LIMIT, default 3, then suppressed). Reading the same mail again changes nothing.
+
+    Example: mailer bounces scan /var/mail/bounces
+    """
+    from mailer.inbox import scan
+
+    config = _config(ctx)
+    store = _store(ctx)
+    try:
+        rows = scan(store, config.secret, path, config.soft_bounce_limit)
+    finally:
+        store.close()
+    if as_json:
+        _print_json([{"origin": r.origin, "kind": r.kind, "email": r.email, "campaign": r.campaign,
+                      "status": r.status, "result": r.result, "matched": r.matched} for r in rows])
+        return
+    _table(["read from", "kind", "email", "campaign", "status", "result"],
+           [[r.origin, r.kind, r.email, r.campaign if r.campaign is not None else "", r.status, r.result]
+            for r in rows], title=f"returned mail in {path}")
+    matched = sum(r.matched for r in rows)
+    err.print(f"{len(rows)} report(s): {matched} matched, {len(rows) - matched} not", markup=False, highlight=False)
+
+
 # ---- demo ------------------------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ class Config:
     retry_base: float = 60.0  # first backoff after a 4xx; doubles per attempt (Postfix: minimal_backoff_time)
     retry_max: float = 4 * 3600.0  # longest backoff (Postfix: maximal_backoff_time)
     retry_expiry: float = 3 * 86400.0  # give up on a recipient this long after its first try
+    soft_bounce_limit: int = 3  # soft bounces (of distinct deliveries) before an address is suppressed
 
     @property
     def secret_path(self) -> Path:
@@ -58,6 +59,7 @@ _ENV = {
     "MAILER_RETRY_MAX": ("retry_max", float),
     "MAILER_RETRY_EXPIRY": ("retry_expiry", float),
     "MAILER_BASE_URL": ("base_url", str),
+    "MAILER_SOFT_BOUNCE_LIMIT": ("soft_bounce_limit", int),
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
     "MAILER_DKIM_DOMAIN": ("dkim_domain", str),
@@ -71,6 +73,7 @@ _TOML = {
     "smtp_tls": ("smtp_tls", str),
     "smtp_timeout": ("smtp_timeout", float),
     "base_url": ("base_url", str),
+    "soft_bounce_limit": ("soft_bounce_limit", int),
     "dkim_key": ("dkim_key", str),
     "dkim_selector": ("dkim_selector", str),
     "dkim_domain": ("dkim_domain", str),

@@ -1,0 +1,192 @@
+"""Returned mail -> what it says: delivery status notifications (RFC 3464, and the non-standard ones flufl.bounce
+knows), complaint feedback reports (RFC 5965) and `mailto:` unsubscribe requests (RFC 2369).
+
+Pure: bytes in, a ReturnedMail out. Matching it to deliveries and recording it is inbox.py's job."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser, Parser
+from enum import StrEnum
+
+VERP_RE = re.compile(rb"\bbounces\+([a-z2-7]{16,64})@", re.IGNORECASE)
+UNSUBSCRIBE_RE = re.compile(r"\bunsubscribe\+([a-z2-7]{16,64})@", re.IGNORECASE)
+STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+SMTP_CODE_RE = re.compile(r"\b([245])\d\d\b")
+MESSAGE_ID_RE = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+@[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+# Headers that name the address the report was sent to: our VERP bounce or mailto-unsubscribe address.
+ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "x-rcpt-to")
+BOUNCE_SUBJECT_RE = re.compile(
+    r"undeliver|delivery (status notification|failure|has failed)|returned mail|mail delivery (failed|failure)"
+    r"|failure notice|退信|无法投递|投递失败", re.IGNORECASE)
+
+
+class Kind(StrEnum):
+    HARD = "hard"  # permanent failure (5.x.x): bounced, the address is suppressed
+    SOFT = "soft"  # transient failure or delay (4.x.x): counted
+    COMPLAINT = "complaint"  # the recipient marked it as spam: suppressed
+    UNSUBSCRIBE = "unsubscribe"  # a mail to the List-Unsubscribe mailto address
+    OTHER = "other"  # not a report we act on (auto-reply, success DSN, unknown)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One address a report is about, and what happened to it."""
+
+    kind: Kind
+    email: str = ""
+    status: str = ""  # enhanced status code, e.g. 5.1.1
+    diagnostic: str = ""
+
+
+@dataclass(frozen=True)
+class ReturnedMail:
+    key: str  # the same report read twice has the same key
+    subject: str
+    findings: list[Finding] = field(default_factory=list)
+    verp_tokens: list[str] = field(default_factory=list)  # from bounces+TOKEN@ addresses, envelope headers first
+    unsubscribe_tokens: list[str] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)  # Message-IDs of the original message
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    return " ".join(str(text or "").split())[:limit]
+
+
+def _address(value: str) -> str:
+    """`rfc822; user@example.org` or `<user@example.org>` -> user@example.org."""
+    value = value.split(";", 1)[1] if ";" in value else value
+    return value.strip().strip("<>").strip()
+
+
+def _status_of(status: str, diagnostic: str) -> str:
+    match = STATUS_RE.search(status) or STATUS_RE.search(diagnostic)
+    if match:
+        return ".".join(match.groups())
+    code = SMTP_CODE_RE.search(diagnostic)
+    return f"{code.group(1)}.0.0" if code else ""
+
+
+def _kind_of(action: str, status: str) -> Kind:
+    action = action.lower()
+    if action in ("delivered", "relayed", "expanded"):
+        return Kind.OTHER
+    if action == "delayed" or status.startswith("4"):
+        return Kind.SOFT
+    if status.startswith("5") or action == "failed":
+        return Kind.HARD
+    return Kind.OTHER
+
+
+def _dsn_findings(part: Message) -> list[Finding]:
+    """The per-recipient blocks of a message/delivery-status part."""
+    blocks = part.get_payload()
+    if not isinstance(blocks, list):
+        return []
+    findings = []
+    for block in blocks[1:]:  # the first block is about the message, the others about one recipient each
+        recipient = _address(str(block.get("Final-Recipient") or block.get("Original-Recipient") or ""))
+        diagnostic = _one_line(block.get("Diagnostic-Code", ""))
+        diagnostic = diagnostic.split(";", 1)[1].strip() if ";" in diagnostic[:12] else diagnostic
+        status = _status_of(str(block.get("Status", "")), diagnostic)
+        kind = _kind_of(str(block.get("Action", "")).strip(), status)
+        findings.append(Finding(kind, recipient.lower(), status, diagnostic))
+    return findings
+
+
+def _original_headers(msg: Message) -> list[Message]:
+    """The returned original's headers: a message/rfc822 or text/rfc822-headers part."""
+    found = []
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                found.append(payload[0])
+        elif ctype == "text/rfc822-headers":
+            raw = part.get_payload(decode=True) or b""
+            found.append(BytesParser(policy=policy.default).parsebytes(raw, headersonly=True))
+    return found
+
+
+def _text_of(msg: Message) -> str:
+    pieces = []
+    for part in msg.walk():
+        if part.get_content_maintype() == "text":
+            raw = part.get_payload(decode=True) or b""
+            pieces.append(raw.decode(part.get_content_charset() or "utf-8", "replace"))
+    return "\n".join(pieces)
+
+
+def _fallback_findings(msg: Message, text: str) -> list[Finding]:
+    """Bounces that are not RFC 3464: flufl.bounce's detectors, then X-Failed-Recipients and the status in the text."""
+    from flufl.bounce import all_failures  # ~40 heuristics for MTAs old and new, from GNU Mailman's authors
+
+    temporary, permanent = all_failures(msg)
+    match = STATUS_RE.search(text)
+    status = ".".join(match.groups()) if match else ""
+    line = next((ln for ln in text.splitlines() if status and status in ln), "")
+    findings = [Finding(Kind.HARD, a.decode("utf-8", "replace").lower(), status if status[:1] != "4" else "5.0.0",
+                        _one_line(line)) for a in sorted(permanent)]
+    findings += [Finding(Kind.SOFT, a.decode("utf-8", "replace").lower(), status if status[:1] == "4" else "4.0.0",
+                         _one_line(line)) for a in sorted(temporary - permanent)]
+    if findings:
+        return findings
+    failed = [_address(a).lower() for a in str(msg.get("X-Failed-Recipients", "")).split(",") if a.strip()]
+    if not failed and not BOUNCE_SUBJECT_RE.search(str(msg.get("Subject", ""))):
+        return []
+    kind = Kind.SOFT if status.startswith("4") else Kind.HARD if status.startswith("5") else Kind.OTHER
+    return [Finding(kind, email, status, _one_line(line)) for email in failed or [""]]
+
+
+def report_key(msg: Message, raw: bytes) -> str:
+    message_id = str(msg.get("Message-ID", "")).strip()
+    if message_id:
+        return f"mid:{message_id}"
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def parse_returned(raw: bytes) -> ReturnedMail:
+    """Read one returned message: which of our messages it is about and what it says about which address."""
+    msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[assignment]
+    key = report_key(msg, raw)
+    subject = _one_line(msg.get("Subject", ""), 200)
+    envelope = " ".join(str(v) for h in ENVELOPE_HEADERS for v in (msg.get_all(h) or []))
+    originals = _original_headers(msg)
+    # Our VERP address is where the report was sent; failing that, the original's Return-Path names it.
+    tokens = [t.decode().lower() for t in VERP_RE.findall(envelope.encode("utf-8", "replace"))]
+    for original in originals:
+        tokens += [t.decode().lower() for t in VERP_RE.findall(str(original.get("Return-Path", "")).encode())]
+    tokens += [t.decode().lower() for t in VERP_RE.findall(raw)]
+    message_ids = [str(o.get("Message-ID", "")).strip() for o in originals if o.get("Message-ID")]
+    text = _text_of(msg)
+    message_ids += [m for m in MESSAGE_ID_RE.findall(text) if m not in message_ids]
+    unsubscribe = list(dict.fromkeys(t.lower() for t in UNSUBSCRIBE_RE.findall(envelope)))
+
+    findings: list[Finding] = []
+    report_type = str(msg.get_param("report-type", "") or "").lower() if msg.get_content_type() == \
+        "multipart/report" else ""
+    if report_type == "feedback-report":
+        feedback = next((p for p in msg.walk() if p.get_content_type() == "message/feedback-report"), None)
+        email = ""
+        if feedback is not None:
+            body = feedback.get_payload()
+            fields = body[0] if isinstance(body, list) and body else Parser(policy=policy.default).parsestr(
+                str(body).lstrip(), headersonly=True)
+            email = _address(str(fields.get("Original-Rcpt-To", ""))).lower()
+        if not email and originals:
+            email = _address(str(originals[0].get("To", "")).rpartition("<")[2]).lower()
+        findings.append(Finding(Kind.COMPLAINT, email, "", _one_line(msg.get("Subject", ""))))
+    else:
+        for part in msg.walk():
+            if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
+                findings += _dsn_findings(part)
+        if not findings and not unsubscribe:
+            findings = _fallback_findings(msg, text)
+    if unsubscribe and not findings:
+        findings.append(Finding(Kind.UNSUBSCRIBE, "", "", subject))
+    return ReturnedMail(key, subject, findings, list(dict.fromkeys(tokens)), unsubscribe, message_ids)

@@ -1,0 +1,155 @@
+"""`mailer bounces scan`: read returned mail from an mbox, a Maildir, a folder of .eml files or one .eml file, match
+each report to its delivery (VERP address, else the original Message-ID) and record it once.
+
+A service: it reads files and writes through Store, and returns rows for cli.py to print. It never deletes mail."""
+
+from __future__ import annotations
+
+import mailbox
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailer.bounces import Finding, Kind, ReturnedMail, parse_returned
+from mailer.errors import MailerError
+from mailer.store import Store
+from mailer.tokens import BadToken, TokenKind, read_token
+
+
+@dataclass(frozen=True)
+class ScanRow:
+    origin: str  # where the report was read: file, mbox#n or Maildir key
+    kind: str
+    email: str
+    campaign: int | None
+    status: str
+    result: str  # what was done, or why nothing was
+
+    @property
+    def matched(self) -> bool:
+        return not self.result.startswith(("unmatched", "ignored"))
+
+
+def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(origin, raw bytes) for every message at `path`: Maildir, folder of .eml files, mbox or one .eml file."""
+    path = Path(path)
+    if not path.exists():
+        raise MailerError(f"{path} does not exist")
+    if path.is_dir():
+        if all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
+            box = mailbox.Maildir(str(path), factory=None, create=False)
+            for key in sorted(box.keys()):
+                yield f"{path.name}/{key}", box.get_bytes(key)
+            return
+        files = sorted(p for p in path.rglob("*.eml") if p.is_file())
+        if not files:
+            raise MailerError(f"{path} is neither a Maildir nor a folder with .eml files")
+        for file in files:
+            yield str(file.relative_to(path)), file.read_bytes()
+        return
+    with path.open("rb") as fh:
+        is_mbox = fh.read(5) == b"From "
+    if is_mbox:
+        box = mailbox.mbox(str(path), create=False)
+        for n, key in enumerate(box.keys(), start=1):
+            yield f"{path.name}#{n}", box.get_bytes(key)
+        return
+    yield path.name, path.read_bytes()
+
+
+class _Matcher:
+    """Finds the delivery a report is about and records what it says."""
+
+    def __init__(self, store: Store, secret: bytes, soft_limit: int) -> None:
+        self.store = store
+        self.secret = secret
+        self.soft_limit = soft_limit
+
+    def delivery(self, report: ReturnedMail) -> tuple[dict[str, Any] | None, str]:
+        for token in report.verp_tokens:
+            try:
+                parsed = read_token(self.secret, token, TokenKind.BOUNCE)
+            except BadToken:
+                continue
+            if parsed.a == 0:  # a sign-up confirmation: the "delivery" is the subscriber
+                try:
+                    sub = self.store.subscriber_by_id(parsed.b)
+                except MailerError:
+                    continue
+                return {"id": None, "campaign_id": 0, "subscriber_id": sub.id, "email": sub.email}, "verp"
+            ref = self.store.delivery_ref(parsed.b)
+            if ref is not None and ref["campaign_id"] == parsed.a:
+                return ref, "verp"
+        for message_id in report.message_ids:
+            ref = self.store.delivery_by_message_id(message_id)
+            if ref is not None:
+                return ref, "message-id"
+        return None, ""
+
+    def record(self, origin: str, report: ReturnedMail) -> list[ScanRow]:
+        if any(f.kind == Kind.UNSUBSCRIBE for f in report.findings):
+            return [self._unsubscribe(origin, report)]
+        acted = [f for f in report.findings if f.kind != Kind.OTHER]
+        if not acted:
+            return [ScanRow(origin, Kind.OTHER, "", None, "", f"ignored: not a bounce ({report.subject[:60]})")]
+        ref, how = self.delivery(report)
+        if ref is None:
+            return [ScanRow(origin, f.kind, f.email, None, f.status,
+                            "unmatched: no VERP address or known Message-ID") for f in acted]
+        # With VERP one report is about one delivery; the report may name an alias, our log names the recipient.
+        finding = next((f for f in acted if f.email == ref["email"].lower()), acted[0])
+        return [self._apply(origin, report, finding, ref, how)]
+
+    def _apply(self, origin: str, report: ReturnedMail, finding: Finding, ref: dict[str, Any], how: str) -> ScanRow:
+        store = self.store
+        email = ref["email"]
+        campaign = ref["campaign_id"]
+        if not store.record_returned(report.key, email, finding.kind, campaign, ref["id"], finding.status,
+                                     finding.diagnostic, origin):
+            return ScanRow(origin, finding.kind, email, campaign, finding.status, "duplicate: already counted")
+        detail = f"{finding.status} {finding.diagnostic}".strip()
+        if finding.kind == Kind.HARD:
+            if ref["id"] is not None:
+                store.mark_bounced(ref["id"], finding.status, finding.diagnostic)
+            store.suppress_address(email, "bounced", detail)
+            result = f"bounced and suppressed (matched by {how})"
+        elif finding.kind == Kind.COMPLAINT:
+            store.suppress_address(email, "complained", detail)
+            store.unsubscribe(ref["subscriber_id"], source="complaint")
+            result = f"complaint: unsubscribed and suppressed (matched by {how})"
+        else:
+            count = store.soft_bounce_count(email)
+            if count >= self.soft_limit:
+                store.suppress_address(email, "soft-bounces", f"{count} soft bounces; last: {detail}")
+                result = f"soft bounce {count}/{self.soft_limit}: suppressed (matched by {how})"
+            else:
+                result = f"soft bounce {count}/{self.soft_limit} counted (matched by {how})"
+        return ScanRow(origin, finding.kind, email, campaign, finding.status, result)
+
+    def _unsubscribe(self, origin: str, report: ReturnedMail) -> ScanRow:
+        for token in report.unsubscribe_tokens:
+            try:
+                parsed = read_token(self.secret, token, TokenKind.UNSUBSCRIBE)
+                sub = self.store.subscriber_by_id(parsed.b)
+            except (BadToken, MailerError):
+                continue
+            if sub.list_id != parsed.a:
+                continue
+            if not self.store.record_returned(report.key, sub.email, Kind.UNSUBSCRIBE, None, None, "", "", origin):
+                return ScanRow(origin, Kind.UNSUBSCRIBE, sub.email, None, "", "duplicate: already counted")
+            changed = self.store.unsubscribe(sub.id, source="mailto")
+            return ScanRow(origin, Kind.UNSUBSCRIBE, sub.email, None, "",
+                           "unsubscribed (mailto)" if changed else "already unsubscribed")
+        return ScanRow(origin, Kind.UNSUBSCRIBE, "", None, "", "unmatched: the unsubscribe address is not valid")
+
+
+def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[ScanRow]:
+    """Read every message at `path` and record the bounces, complaints and unsubscribe requests in it."""
+    if not secret:
+        raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
+    matcher = _Matcher(store, secret, soft_limit)
+    rows: list[ScanRow] = []
+    for origin, raw in read_messages(path):
+        rows += matcher.record(origin, parse_returned(raw))
+    return rows

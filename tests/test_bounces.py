@@ -1,0 +1,262 @@
+"""Returned mail: DSN fixtures (RFC 3464 5.1.1 and 4.2.2, Gmail, Exchange, qmail, unknown message, the same DSN
+twice), complaints and mailto unsubscribes, read from a Maildir, an mbox and .eml files by the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mailbox
+from dataclasses import dataclass
+from email import message_from_bytes
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mailer.bounces import Kind, parse_returned
+from mailer.capture import CaptureServer
+from mailer.config import Config
+from mailer.models import DeliveryStatus, Subscriber, SubscriberStatus
+from mailer.send import SendOptions, send_issue, smtp_settings
+from mailer.store import Store
+from mailer.web import create_app
+from tests.conftest import SAMPLE_ISSUE, LiveWeb, web_config
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "returned"
+READERS = [f"reader{i}@example.net" for i in range(8)]
+
+
+@dataclass(frozen=True)
+class Sent:
+    email: str
+    verp: str
+    message_id: str
+    unsubscribe: str  # the mailto address of List-Unsubscribe
+
+
+def fill(name: str, sent: Sent) -> bytes:
+    text = (FIXTURES / name).read_text(encoding="utf-8")
+    for marker, value in (("@@VERP@@", sent.verp), ("@@RCPT@@", sent.email), ("@@MSGID@@", sent.message_id),
+                          ("@@UNSUB@@", sent.unsubscribe)):
+        text = text.replace(marker, value)
+    return text.encode("utf-8")
+
+
+def sent_messages(smtp: CaptureServer) -> dict[str, Sent]:
+    out = {}
+    for captured in smtp.received:
+        msg = message_from_bytes(captured.data)
+        mailto = str(msg["List-Unsubscribe"]).split("<mailto:", 1)[1].split("?", 1)[0]
+        out[captured.rcpt_tos[0]] = Sent(captured.rcpt_tos[0], captured.mail_from, str(msg["Message-ID"]).strip(),
+                                         mailto)
+    return out
+
+
+@pytest.fixture
+async def campaign(store: Store, config: Config, smtp_server: CaptureServer) -> dict[str, Sent]:
+    list_id = store.get_list("bulletin").id
+    store.upsert_subscribers(list_id, [Subscriber(email=e, name="读者") for e in READERS], "test")
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=2), settings)
+    assert summary.counts == {"sent": len(READERS)}
+    return sent_messages(smtp_server)
+
+
+def delivery_status(store: Store, email: str) -> str:
+    return str(store.conn.execute(
+        "SELECT status FROM deliveries WHERE email = ? ORDER BY id DESC LIMIT 1", (email,)).fetchone()[0])
+
+
+def scan_json(run_cli, path: Path, env: dict[str, str] | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
+    result = run_cli("bounces", "scan", str(path), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# ---- parsing (pure) ----------------------------------------------------------------------------------------------
+
+SAMPLE = Sent("li.na@example.net", "bounces+aaaabbbbccccddddeeee@example.org", "<m.1.2.abc@example.org>",
+              "unsubscribe+ffffgggghhhhiiiijjjj@example.org")
+
+
+@pytest.mark.parametrize(("fixture", "kind", "status"), [
+    ("rfc3464-5.1.1.eml", Kind.HARD, "5.1.1"),
+    ("rfc3464-4.2.2.eml", Kind.SOFT, "4.2.2"),
+    ("gmail.eml", Kind.HARD, "5.1.1"),
+    ("exchange.eml", Kind.HARD, "5.1.10"),
+    ("qmail.eml", Kind.HARD, "5.1.1"),
+    ("complaint-arf.eml", Kind.COMPLAINT, ""),
+    ("mailto-unsubscribe.eml", Kind.UNSUBSCRIBE, ""),
+])
+def test_each_kind_of_report_is_read(fixture: str, kind: Kind, status: str) -> None:
+    report = parse_returned(fill(fixture, SAMPLE))
+    assert [f.kind for f in report.findings] == [kind]
+    finding = report.findings[0]
+    assert finding.status == status
+    if kind in (Kind.HARD, Kind.SOFT, Kind.COMPLAINT):
+        assert finding.email == SAMPLE.email
+    if kind == Kind.UNSUBSCRIBE:
+        assert report.unsubscribe_tokens == ["ffffgggghhhhiiiijjjj"]
+    elif fixture != "exchange.eml":  # Exchange answers the From address: no VERP, only the Message-ID
+        assert report.verp_tokens[0] == "aaaabbbbccccddddeeee"
+    if kind != Kind.UNSUBSCRIBE:
+        assert SAMPLE.message_id in report.message_ids
+
+
+def test_diagnostic_is_one_line_and_the_key_is_the_dsn_message_id() -> None:
+    report = parse_returned(fill("gmail.eml", SAMPLE))
+    assert "\n" not in report.findings[0].diagnostic and "does not exist" in report.findings[0].diagnostic
+    assert report.key == "mid:<67456f0b.050a0220.1c2d3e.8f9aGMR@mx.google.com>"
+
+
+def test_an_auto_reply_is_not_a_bounce() -> None:
+    report = parse_returned(fill("out-of-office.eml", SAMPLE))
+    assert all(f.kind == Kind.OTHER for f in report.findings)
+
+
+# ---- scanning a mailbox: matching and recording --------------------------------------------------------------------
+
+
+def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent], store: Store, tmp_path: Path,
+                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+    r = [campaign[e] for e in READERS]
+    box = mailbox.Maildir(str(tmp_path / "Maildir"), create=True)
+    for raw in (fill("rfc3464-5.1.1.eml", r[0]), fill("gmail.eml", r[1]), fill("exchange.eml", r[2]),
+                fill("qmail.eml", r[3]), fill("rfc3464-4.2.2.eml", r[4]), fill("unknown-message.eml", r[0]),
+                fill("rfc3464-5.1.1.eml", r[0]),  # the same DSN twice
+                fill("out-of-office.eml", r[5])):
+        box.add(raw)
+
+    rows = scan_json(run_cli, tmp_path / "Maildir")
+    by_result = sorted((row["email"], row["kind"], row["result"].split(" (")[0]) for row in rows)
+    assert by_result == sorted([
+        (r[0].email, "hard", "bounced and suppressed"),
+        (r[0].email, "hard", "duplicate: already counted"),
+        (r[1].email, "hard", "bounced and suppressed"),
+        (r[2].email, "hard", "bounced and suppressed"),
+        (r[3].email, "hard", "bounced and suppressed"),
+        (r[4].email, "soft", "soft bounce 1/3 counted"),
+        ("stranger@example.net", "hard", "unmatched: no VERP address or known Message-ID"),
+        ("", "other", "ignored: not a bounce"),
+    ])
+    exchange = next(row for row in rows if row["email"] == r[2].email)
+    assert "matched by message-id" in exchange["result"]
+    for email in (r[0].email, r[1].email, r[2].email, r[3].email):
+        assert delivery_status(store, email) == DeliveryStatus.BOUNCED
+        assert store.suppression(email)[0] == "bounced"
+        assert store.get_subscriber(store.get_list("bulletin").id, email).status == SubscriberStatus.BOUNCED
+    assert delivery_status(store, r[4].email) == DeliveryStatus.SENT and not store.is_suppressed(r[4].email)
+    assert store.suppression(r[0].email)[1].startswith("5.1.1 ")
+
+    again = scan_json(run_cli, tmp_path / "Maildir")  # reading the mailbox again changes nothing
+    assert {row["result"] for row in again if row["email"] in {x.email for x in r[:5]}} == \
+        {"duplicate: already counted"}
+    assert store.soft_bounce_count(r[4].email) == 1
+
+    log = json.loads(run_cli("log", "1", "--status", "bounced", "--json").stdout)
+    assert sorted(row["email"] for row in log) == sorted(x.email for x in r[:4])
+
+
+def test_soft_bounces_suppress_after_the_limit(store: Store, config: Config, smtp_server: CaptureServer,
+                                               tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    list_id = store.get_list("bulletin").id
+    store.upsert_subscribers(list_id, [Subscriber(email="full@example.net")], "test")
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    issues = []
+    for n in range(2):
+        issue = tmp_path / f"issue{n}.md"
+        issue.write_text(f"---\nsubject: 第{n}期\n---\n\n## 行业动态\n\n第{n}期正文。\n", encoding="utf-8")
+        issues.append(issue)
+    for n, issue in enumerate(issues):
+        asyncio.run(send_issue(store, config, issue, "bulletin", SendOptions(), settings))
+        sent = sent_messages(smtp_server)["full@example.net"]
+        raw = fill("rfc3464-4.2.2.eml", sent).replace(b"<20261125031540.7Yc3@", f"<dsn{n}@".encode())
+        (tmp_path / f"dsn{n}.eml").write_bytes(raw)
+        rows = scan_json(run_cli, tmp_path / f"dsn{n}.eml", env={"MAILER_SOFT_BOUNCE_LIMIT": "2"})
+        assert rows[0]["result"].startswith(f"soft bounce {n + 1}/2"), rows
+        assert store.is_suppressed("full@example.net") == (n == 1)
+    assert store.suppression("full@example.net")[0] == "soft-bounces"
+
+
+def test_complaint_and_mailto_unsubscribe_from_an_mbox(campaign: dict[str, Sent], store: Store, tmp_path: Path,
+                                                       run_cli) -> None:  # type: ignore[no-untyped-def]
+    r = [campaign[e] for e in READERS]
+    box = mailbox.mbox(str(tmp_path / "returned.mbox"), create=True)
+    for raw in (fill("complaint-arf.eml", r[5]), fill("mailto-unsubscribe.eml", r[6]),
+                fill("mailto-unsubscribe.eml", r[6]).replace(b"unsub-request-1", b"unsub-request-2")):
+        box.add(raw)
+    box.flush()
+    rows = scan_json(run_cli, tmp_path / "returned.mbox")
+    assert [(row["kind"], row["email"], row["result"].split(" (")[0]) for row in rows] == [
+        ("complaint", r[5].email, "complaint: unsubscribed and suppressed"),
+        ("unsubscribe", r[6].email, "unsubscribed"),
+        ("unsubscribe", r[6].email, "already unsubscribed"),
+    ]
+    list_id = store.get_list("bulletin").id
+    assert store.get_subscriber(list_id, r[6].email).status == SubscriberStatus.UNSUBSCRIBED
+    sub6 = store.get_subscriber(list_id, r[6].email)
+    assert store.unsubscribe_source(sub6.id)[0] == "mailto"
+    assert store.suppression(r[5].email)[0] == "complained"
+
+
+def test_a_folder_of_eml_files_and_a_forged_unsubscribe(campaign: dict[str, Sent], store: Store, tmp_path: Path,
+                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "returned"
+    folder.mkdir()
+    r = campaign[READERS[7]]
+    forged = Sent(r.email, r.verp, r.message_id, "unsubscribe+" + "a" * 24 + "@example.org")
+    (folder / "1.eml").write_bytes(fill("mailto-unsubscribe.eml", forged))
+    rows = scan_json(run_cli, folder)
+    assert rows[0]["result"].startswith("unmatched") and not rows[0]["matched"]
+    assert store.get_subscriber(store.get_list("bulletin").id, r.email).status == SubscriberStatus.ACTIVE
+
+
+def test_scan_of_a_missing_path_is_one_error_line(store: Store, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("bounces", "scan", str(tmp_path / "nope"))
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "does not exist" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("bounces", "scan", str(empty))
+    assert result.returncode == 1 and "neither a Maildir nor a folder with .eml files" in result.stderr
+
+
+# ---- end to end: one-click unsubscribe + hard bounce, then the next issue reaches neither ------------------------
+
+
+def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path, run_cli,  # type: ignore[no-untyped-def]
+) -> None:
+    list_id = store.get_list("bulletin").id
+    store.upsert_subscribers(list_id, [Subscriber(email=e) for e in READERS[:4]], "test")
+    holder: dict[str, Config] = {}
+
+    def make(url: str) -> object:
+        holder["config"] = web_config(config, smtp_server, url)
+        return create_app(holder["config"])
+
+    with LiveWeb(make):
+        web = holder["config"]
+        settings = smtp_settings(web)
+        asyncio.run(send_issue(store, web, SAMPLE_ISSUE, "bulletin", SendOptions(), settings))
+        first = sent_messages(smtp_server)
+        leaving = message_from_bytes(next(c.data for c in smtp_server.received if c.rcpt_tos[0] == READERS[0]))
+        url = str(leaving["List-Unsubscribe"]).split("<", 1)[1].split(">", 1)[0]
+        assert url.startswith(web.base_url + "/u/")
+        reply = httpx.post(url, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
+        assert reply.status_code == 200
+    (tmp_path / "dsn.eml").write_bytes(fill("rfc3464-5.1.1.eml", first[READERS[1]]))
+    assert scan_json(run_cli, tmp_path / "dsn.eml")[0]["result"].startswith("bounced")
+
+    next_issue = tmp_path / "next.md"
+    next_issue.write_text("---\nsubject: 知识产权运营简报 第13期\n---\n\n## 行业动态\n\n下一期。\n", encoding="utf-8")
+    before = len(smtp_server.received)
+    summary = asyncio.run(send_issue(store, web, next_issue, "bulletin", SendOptions(), settings))
+    got = sorted(c.rcpt_tos[0] for c in smtp_server.received[before:])
+    assert got == sorted(READERS[2:4])
+    assert summary.counts == {"sent": 2}
+
+    # Re-importing them from a CSV does not bring them back.
+    csv_path = tmp_path / "again.csv"
+    csv_path.write_text("email\n" + "\n".join(READERS[:4]) + "\n", encoding="utf-8")
+    assert run_cli("subs", "import", str(csv_path), "--list", "bulletin").returncode == 0
+    assert store.count_recipients(list_id) == 2
