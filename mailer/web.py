@@ -56,8 +56,9 @@ SECURITY_HEADERS = {
     "frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    # The token in the URL must not leak to another site through the Referer header.
-    "referrer-policy": "no-referrer",
+    # The token in the URL must not leak to another site through the Referer header. Not "no-referrer": with it
+    # browsers send `Origin: null` on our own form posts, and the sign-up form's origin check needs the real one.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
