@@ -370,6 +370,21 @@ class Store:
         row = self.conn.execute("SELECT reason, detail FROM suppressions WHERE email = ?", (email,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def suppressions(self) -> list[dict[str, Any]]:
+        cols = ["email", "reason", "detail", "created"]
+        return [dict(zip(cols, row, strict=True)) for row in self.conn.execute(
+            "SELECT email, reason, detail, created FROM suppressions ORDER BY created, email")]
+
+    def unsuppress(self, email: str) -> None:
+        """Lift a suppression (ops judged the address good again): its bounced subscriptions become active."""
+        with self.transaction():
+            if not self.conn.execute("DELETE FROM suppressions WHERE email = ?", (email,)).rowcount:
+                raise NotFoundError(f"{email} is not suppressed (see: mailer suppressions ls)")
+            self.conn.execute(
+                "UPDATE subscribers SET status = 'active', updated = ? WHERE email = ? AND status = 'bounced'",
+                (stamp(), email),
+            )
+
     # ---- sign-up (double opt-in) ---------------------------------------------------------------------------------
 
     def signup_counts(self, email: str, client: str, since: str) -> tuple[int, int]:

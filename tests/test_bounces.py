@@ -260,3 +260,20 @@ def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
     csv_path.write_text("email\n" + "\n".join(READERS[:4]) + "\n", encoding="utf-8")
     assert run_cli("subs", "import", str(csv_path), "--list", "bulletin").returncode == 0
     assert store.count_recipients(list_id) == 2
+
+
+def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp_path: Path,
+                                    run_cli) -> None:  # type: ignore[no-untyped-def]
+    bounced = campaign[READERS[0]]
+    (tmp_path / "dsn.eml").write_bytes(fill("rfc3464-5.1.1.eml", bounced))
+    scan_json(run_cli, tmp_path / "dsn.eml")
+    listed = json.loads(run_cli("suppressions", "ls", "--json").stdout)
+    assert [(r["email"], r["reason"]) for r in listed] == [(bounced.email, "bounced")]
+    list_id = store.get_list("bulletin").id
+    before = store.count_recipients(list_id)
+    result = run_cli("suppressions", "remove", bounced.email)
+    assert result.returncode == 0, result.stderr
+    assert store.get_subscriber(list_id, bounced.email).status == SubscriberStatus.ACTIVE
+    assert store.count_recipients(list_id) == before + 1
+    again = run_cli("suppressions", "remove", bounced.email)
+    assert again.returncode == 1 and again.stderr.startswith("error: ") and "not suppressed" in again.stderr
