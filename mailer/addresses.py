@@ -21,7 +21,7 @@ class AddressError(MailerError):
 
 
 def normalise_address(raw: str) -> str:
-    """A syntactically valid address with its domain lowercased; internationalised addresses allowed."""
+    """A syntactically valid address, lower-cased; internationalised addresses allowed."""
     text = raw.strip()
     if not text:
         raise AddressError("empty email address")
@@ -32,7 +32,9 @@ def normalise_address(raw: str) -> str:
                                 test_environment=True)
     except EmailNotValidError as exc:
         raise AddressError(f"{raw!r} is not an email address ({exc})") from None
-    return f"{result.local_part}@{result.domain.lower()}"
+    # Lower case throughout (as listmonk does): nearly every mail system ignores case before the @, and one spelling
+    # per person is what keeps suppressions, sign-up limits and duplicate checks from being dodged by `Ann@` vs `ann@`.
+    return f"{result.local_part.lower()}@{result.domain.lower()}"
 
 
 def decode_csv(data: bytes, origin: str) -> str:

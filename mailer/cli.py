@@ -471,7 +471,7 @@ def log(
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8025,
     trusted_proxies: Annotated[str, typer.Option(
         "--trusted-proxies", envvar="MAILER_TRUSTED_PROXIES",
         help="Comma-separated proxy addresses whose X-Forwarded-For is believed.")] = "127.0.0.1",
@@ -486,9 +486,8 @@ def serve(
 
     config = _config(ctx)
     Store.open(config.db_path).close()  # a missing or uninitialised database is one clear line, before binding
-    err.print(f"serving on http://{host}:{port} (links in mail use {config.base_url}); Ctrl-C stops",
-              markup=False, highlight=False)
-    run_server(config, host, port, trusted_proxies)
+    run_server(config, host, port, trusted_proxies, ready=lambda url: err.print(
+        f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False))
 
 
 bounces_app = typer.Typer(help="Returned mail: bounces, complaints, mailto unsubscribes.\n\n"

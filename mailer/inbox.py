@@ -96,7 +96,7 @@ class _Matcher:
         ref, how = self.delivery(report)
         if ref is None:
             return [ScanRow(origin, f.kind, f.email, None, f.status,
-                            "unmatched: no VERP address or known Message-ID") for f in acted]
+                            "unmatched: no valid VERP address or known Message-ID") for f in acted]
         # With VERP one report is about one delivery; the report may name an alias, our log names the recipient.
         finding = next((f for f in acted if f.email == ref["email"].lower()), acted[0])
         return [self._apply(origin, report, finding, ref, how)]
@@ -116,7 +116,6 @@ class _Matcher:
             result = f"bounced and suppressed (matched by {how})"
         elif finding.kind == Kind.COMPLAINT:
             store.suppress_address(email, "complained", detail)
-            store.unsubscribe(ref["subscriber_id"], source="complaint")
             result = f"complaint: unsubscribed and suppressed (matched by {how})"
         else:
             count = store.soft_bounce_count(email)
@@ -151,5 +150,12 @@ def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[S
     matcher = _Matcher(store, secret, soft_limit)
     rows: list[ScanRow] = []
     for origin, raw in read_messages(path):
-        rows += matcher.record(origin, parse_returned(raw))
+        if not raw.strip():
+            continue
+        try:
+            report = parse_returned(raw)
+        except Exception as exc:  # one broken message must not stop a cron job at it on every run
+            rows.append(ScanRow(origin, Kind.OTHER, "", None, "", f"ignored: unreadable ({type(exc).__name__})"))
+            continue
+        rows += matcher.record(origin, report)
     return rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ import sqlite_utils
 from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
 
@@ -138,6 +139,13 @@ CREATE TABLE IF NOT EXISTS returned_mail (
 CREATE INDEX IF NOT EXISTS returned_mail_email ON returned_mail (email, kind);
 CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id);
 ALTER TABLE subscribers ADD COLUMN confirmed TEXT;
+""",
+    # Addresses are compared in lower case from now on; a row whose lower-case twin exists is left as it was.
+    4: """
+UPDATE OR IGNORE subscribers SET email = lower(email) WHERE email <> lower(email);
+UPDATE OR IGNORE suppressions SET email = lower(email) WHERE email <> lower(email);
+UPDATE OR IGNORE returned_mail SET email = lower(email) WHERE email <> lower(email);
+UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
 """,
 }
 
@@ -397,10 +405,14 @@ class Store:
         ).fetchone()[0]
         return int(mailed), int(asked)
 
-    def last_confirmation_mail(self, email: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT MAX(at) FROM signup_requests WHERE email = ? AND mailed = 1", (email,)
-        ).fetchone()
+    def last_confirmation_mail(self, email: str, list_id: int | None = None) -> str | None:
+        """When a confirmation mail last went to `email` (for one list, or any)."""
+        sql = "SELECT MAX(at) FROM signup_requests WHERE email = ? AND mailed = 1"
+        args: list[Any] = [email]
+        if list_id is not None:
+            sql += " AND list_id = ?"
+            args.append(list_id)
+        row = self.conn.execute(sql, args).fetchone()
         return row[0] if row else None
 
     def log_signup(self, list_id: int, email: str, client: str, mailed: bool, at: str | None = None) -> None:
@@ -417,7 +429,8 @@ class Store:
         )
 
     def upsert_pending(self, list_id: int, email: str, name: str) -> Subscriber:
-        """A web sign-up: new or unsubscribed addresses become pending; active and bounced ones are left alone."""
+        """A web sign-up: a new address becomes pending; anyone already known keeps their status (someone who
+        unsubscribed stays so until they confirm: a stranger typing their address changes nothing)."""
         now = stamp()
         with self.transaction():
             row = self.conn.execute(
@@ -429,19 +442,16 @@ class Store:
                     "VALUES (?, ?, ?, '{}', 'pending', 'web', ?, ?)",
                     (list_id, email, name, now, now),
                 )
-            elif row[1] in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
-                self.conn.execute(
-                    "UPDATE subscribers SET status = 'pending', name = CASE WHEN ? = '' THEN name ELSE ? END, "
-                    "updated = ? WHERE id = ?", (name, name, now, row[0]),
-                )
+            elif row[1] == SubscriberStatus.PENDING and name:
+                self.conn.execute("UPDATE subscribers SET name = ?, updated = ? WHERE id = ?", (name, now, row[0]))
         return self.get_subscriber(list_id, email)
 
     def confirm_subscriber(self, subscriber_id: int) -> bool:
-        """pending -> active (double opt-in done); True if it changed anything."""
+        """pending or unsubscribed -> active (double opt-in done); True if it changed anything."""
         now = stamp()
         cur = self.conn.execute(
-            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ? WHERE id = ? AND status = 'pending'",
-            (now, now, subscriber_id),
+            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ? WHERE id = ? "
+            "AND status IN ('pending', 'unsubscribed')", (now, now, subscriber_id),
         )
         return cur.rowcount > 0
 
@@ -491,25 +501,34 @@ class Store:
         """The delivery ends `bounced`, with the DSN's status and diagnostic recorded as an event."""
         now = stamp()
         with self.transaction():
+            # The log shows the receiver's reply from the DSN (e.g. 550), not the 250 our relay gave at send time.
+            reply_code = re.search(r"\b([45]\d\d)\b", text)
+            smtp_code = int(reply_code.group(1)) if reply_code else None
             self.conn.execute(
-                "UPDATE deliveries SET status = 'bounced', smtp_reply = ?, updated = ?, next_attempt = NULL "
-                "WHERE id = ?", (text, now, delivery_id),
+                "UPDATE deliveries SET status = 'bounced', smtp_code = ?, smtp_reply = ?, updated = ?, "
+                "next_attempt = NULL WHERE id = ?", (smtp_code, f"{code} {text}".strip(), now, delivery_id),
             )
             self.conn.execute(
-                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
-                "SELECT id, 'bounced', attempts, ?, ? FROM deliveries WHERE id = ?",
-                (f"{code} {text}".strip(), now, delivery_id),
+                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
+                "SELECT id, 'bounced', attempts, ?, ?, ? FROM deliveries WHERE id = ?",
+                (smtp_code, f"{code} {text}".strip(), now, delivery_id),
             )
 
     def suppress_address(self, email: str, reason: str, detail: str = "") -> None:
-        """Never mail this address again, on any list: suppressed, and marked bounced where it is subscribed."""
+        """Never mail this address again, on any list: suppressed, and its subscriptions marked so `subs ls` shows
+        why (bounced for a failing mailbox, unsubscribed for a complaint: the person said no)."""
+        status = SubscriberStatus.UNSUBSCRIBED if reason == "complained" else SubscriberStatus.BOUNCED
+        now = stamp()
         with self.transaction():
             self.suppress(email, reason, detail)
-            if reason != "unsubscribed":
-                self.conn.execute(
-                    "UPDATE subscribers SET status = 'bounced', updated = ? WHERE email = ? "
-                    "AND status IN ('active', 'pending')", (stamp(), email),
-                )
+            ids = [row[0] for row in self.conn.execute(
+                "SELECT id FROM subscribers WHERE email = ? AND status IN ('active', 'pending')", (email,))]
+            for subscriber_id in ids:
+                self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                                  (str(status), now, subscriber_id))
+                if status == SubscriberStatus.UNSUBSCRIBED:
+                    self.conn.execute("INSERT INTO unsubscribes (subscriber_id, source, at) VALUES (?, ?, ?)",
+                                      (subscriber_id, "complaint", now))
 
     # ---- campaigns ---------------------------------------------------------------------------------------------
 

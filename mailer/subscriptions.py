@@ -194,7 +194,8 @@ def request_signup(
     outcome = SignupOutcome.QUIET
     if not store.is_suppressed(address):
         subscriber = store.upsert_pending(mailing_list.id, address, clean_header_text(name)[:200])
-        if subscriber.status == SubscriberStatus.PENDING and not too_soon and mailed_today < limits.address_per_day:
+        can_join = subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
+        if can_join and not too_soon and mailed_today < limits.address_per_day:
             outcome = SignupOutcome.MAIL
     store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now))
     return outcome, subscriber
@@ -209,17 +210,24 @@ class ConfirmState(StrEnum):
 
 def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool) -> tuple[
         LinkTarget, ConfirmState]:
-    """GET (apply=False) only looks; POST (apply=True) activates a pending subscriber."""
+    """GET (apply=False) only looks; POST (apply=True) activates. The link proves the person reads that mailbox;
+    it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent."""
     target = link_target(store, secret, token, TokenKind.CONFIRM)
-    status = target.subscriber.status
-    if status == SubscriberStatus.ACTIVE:
+    sub = target.subscriber
+    if sub.status == SubscriberStatus.ACTIVE:
         return target, ConfirmState.CONFIRMED
-    if status != SubscriberStatus.PENDING or store.is_suppressed(target.subscriber.email):
+    requested = store.last_confirmation_mail(sub.email, target.mailing_list.id)
+    if sub.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED) or requested is None \
+            or store.is_suppressed(sub.email):
         return target, ConfirmState.GONE
-    if store.subscriber_updated(target.subscriber.id) < stamp(now - CONFIRM_TTL):
+    if sub.status == SubscriberStatus.UNSUBSCRIBED:
+        left = store.unsubscribe_source(sub.id)
+        if left is not None and left[1] >= requested:
+            return target, ConfirmState.GONE
+    if requested < stamp(now - CONFIRM_TTL):
         return target, ConfirmState.EXPIRED
     if apply:
-        store.confirm_subscriber(target.subscriber.id)
+        store.confirm_subscriber(sub.id)
         return target, ConfirmState.CONFIRMED
     return target, ConfirmState.READY
 
@@ -248,6 +256,9 @@ If it was not you, ignore this message: nothing will be sent unless you confirm.
 }
 
 
+_READER = {"zh": "读者", "en": "reader"}
+
+
 @functools.lru_cache(maxsize=32)
 def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
@@ -267,9 +278,10 @@ def build_confirmation(
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
-                               salt=secrets.token_hex(8))
+                               salt=secrets.token_hex(8), fallback_name=_READER.get(mailing_list.lang, "reader"))
     token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"
-    recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, subscriber.name,
-                          {"confirm_url": confirm_url})
+    # The name typed into the form is not in the mail: a stranger could otherwise put their words into a mail to
+    # any address. It is kept for the issues that follow confirmation.
+    recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, "", {"confirm_url": confirm_url})
     return template.build(recipient, now)

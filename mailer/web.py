@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -25,6 +27,7 @@ from starlette.routing import Route
 from mailer.addresses import AddressError
 from mailer.config import Config
 from mailer.errors import MailerError, NotFoundError
+from mailer.message import BuiltMessage
 from mailer.models import MailingList, SubscriberStatus
 from mailer.render import render_page
 from mailer.send import send_one, smtp_settings
@@ -85,8 +88,6 @@ TEXT: dict[str, dict[str, str]] = {
         "back_to_form": "返回订阅页面",
         "limited_heading": "请求过于频繁",
         "limited": "这台设备提交订阅的次数太多了，请过一会儿再试。",
-        "smtp_heading": "暂时无法发送确认邮件",
-        "smtp": "邮件服务器暂时不可用，请稍后再试。",
         "confirm_heading": "确认订阅「{title}」",
         "confirm_ask": "点击下面的按钮，{addr} 将开始收到「{title}」。",
         "confirm_button": "确认订阅",
@@ -121,8 +122,6 @@ TEXT: dict[str, dict[str, str]] = {
         "back_to_form": "Back to the sign-up page",
         "limited_heading": "Too many requests",
         "limited": "Too many sign-ups came from this device. Please try again later.",
-        "smtp_heading": "We could not send the confirmation mail",
-        "smtp": "The mail server is unavailable right now. Please try again later.",
         "confirm_heading": "Confirm your subscription to {title}",
         "confirm_ask": "Press the button and {addr} will start receiving {title}.",
         "confirm_button": "Confirm subscription",
@@ -155,6 +154,7 @@ class WebApp:
         self.limits = limits or SignupLimits()
         self.clock = clock
         self.secure_cookie = config.base_url.startswith("https://")
+        self.pending = 0  # confirmation mails handed to the background and not yet sent
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 
@@ -193,6 +193,15 @@ class WebApp:
     def _signup_url(self, mailing_list: MailingList) -> str:
         return f"{self.config.base_url}/s/{mailing_list.name}"
 
+    @staticmethod
+    async def _form(request: Request) -> FormData | None:
+        """The posted form, or None when the body is not a form we can read (broken multipart, too large)."""
+        try:
+            return await request.form(max_files=0, max_fields=20)
+        except Exception as exc:  # Starlette raises MultiPartException, HTTPException or a decoding error
+            log.info("unreadable form posted to %s: %s", TOKEN_IN_PATH.sub(r"/\1/…", request.url.path), exc)
+            return None
+
     # ---- unsubscribe -------------------------------------------------------------------------------------------
 
     async def unsubscribe_page(self, request: Request) -> Response:
@@ -214,7 +223,9 @@ class WebApp:
     async def unsubscribe(self, request: Request) -> Response:
         """RFC 8058: a POST with `List-Unsubscribe=One-Click` (no cookies, no redirect) or the page's button."""
         token = request.path_params["token"]
-        form = await request.form()
+        form = await self._form(request)
+        if form is None:
+            return self._bad_link()
         one_click = str(form.get("List-Unsubscribe", "")) == "One-Click"
         try:
             target, _ = await self._with_store(lambda store: unsubscribe_with_token(
@@ -277,7 +288,9 @@ class WebApp:
             return self._page("zh", NO_LIST[0], NO_LIST[1], status=404)
         words = self._words(mailing_list)
         title = mailing_list.title or mailing_list.name
-        form = await request.form()
+        form = await self._form(request)
+        if form is None:
+            return self._signup_form(mailing_list, status=400, error=words["signup_bad_email"])
         email = str(form.get("email", "")).strip()[:254]
         name = str(form.get("name", "")).strip()[:200]
         valid_form = self._same_origin(request) and check_form_token(
@@ -306,18 +319,27 @@ class WebApp:
             return self._page(mailing_list.lang, words["limited_heading"], [words["limited"]], status=429,
                               list_title=title)
         if outcome == SignupOutcome.MAIL and subscriber is not None:
+            # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
+            # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
             message = build_confirmation(mailing_list, subscriber, self.config.secret, self.config.base_url, now)
+            self.pending += 1
+            sent_page.background = BackgroundTask(self._send_confirmation, subscriber.email, message)
+        return sent_page
+
+    async def _send_confirmation(self, email: str, message: BuiltMessage) -> None:
+        try:
             try:
                 reply = await send_one(smtp_settings(self.config), message)
                 delivered = reply.code is not None and 200 <= reply.code < 300
+                problem = f"{reply.code} {reply.text}"
             except MailerError as exc:
-                log.warning("confirmation to %s not sent: %s", subscriber.email, exc)
-                delivered = False
+                delivered, problem = False, str(exc)
             if not delivered:
-                await self._with_store(lambda store: store.forget_confirmation_mail(subscriber.email))
-                return self._page(mailing_list.lang, words["smtp_heading"], [words["smtp"]], status=503,
-                                  list_title=title)
-        return sent_page
+                # Not counted against the address: the person can simply send the form again.
+                log.warning("confirmation mail to %s not sent: %s", mask_address(email), problem)
+                await self._with_store(lambda store: store.forget_confirmation_mail(email))
+        finally:
+            self.pending -= 1
 
     # ---- confirm -----------------------------------------------------------------------------------------------
 
@@ -359,12 +381,9 @@ def create_app(config: Config, limits: SignupLimits | None = None,
                clock: Callable[[], datetime] = utcnow) -> Starlette:
     web = WebApp(config, limits, clock)
     routes = [
-        Route("/u/{token}", web.unsubscribe_page, methods=["GET"]),
-        Route("/u/{token}", web.unsubscribe, methods=["POST"]),
-        Route("/s/{list}", web.signup_page, methods=["GET"]),
-        Route("/s/{list}", web.signup, methods=["POST"]),
-        Route("/c/{token}", web.confirm_page, methods=["GET"]),
-        Route("/c/{token}", web.confirm, methods=["POST"]),
+        Route("/u/{token}", _by_method(web.unsubscribe_page, web.unsubscribe), methods=["GET", "POST"]),
+        Route("/s/{list}", _by_method(web.signup_page, web.signup), methods=["GET", "POST"]),
+        Route("/c/{token}", _by_method(web.confirm_page, web.confirm), methods=["GET", "POST"]),
         Route("/healthz", web.health, methods=["GET"]),
     ]
 
@@ -378,17 +397,44 @@ def create_app(config: Config, limits: SignupLimits | None = None,
         log.info("%s %s %s %.0fms", request.method, path, response.status_code, (time.monotonic() - started) * 1000)
         return response
 
-    return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=harden)])
+    app = Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=harden)])
+    app.router.redirect_slashes = False  # its redirect is built from the Host header, which a client chooses
+    app.state.web = web
+    return app
 
 
-def serve(config: Config, host: str, port: int, trusted_proxies: str) -> None:
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _by_method(get: Endpoint, post: Endpoint) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        return await (post(request) if request.method == "POST" else get(request))
+
+    return endpoint
+
+
+def serve(config: Config, host: str, port: int, trusted_proxies: str, ready: Callable[[str], None] | None = None,
+          ) -> None:
     """Run the app on uvicorn until interrupted. Behind a reverse proxy, the client address comes from
     X-Forwarded-For only when the proxy is in `trusted_proxies` (the per-client sign-up limit relies on it)."""
+    import socket
+
     import uvicorn
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))  # bound here, so "in use" is one clear line and not uvicorn's exit status 3
+    except OSError as exc:
+        sock.close()
+        raise MailerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(config), host=host, port=port, proxy_headers=True, forwarded_allow_ips=trusted_proxies,
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), proxy_headers=True, forwarded_allow_ips=trusted_proxies,
         access_log=False,  # uvicorn's access log would write unsubscribe tokens; ours redacts them
-        server_header=False, log_level="info",
-    )
+        server_header=False, log_level="warning",
+    ))
+    if ready:
+        ready(f"http://{host}:{sock.getsockname()[1]}")
+    server.run(sockets=[sock])

@@ -136,7 +136,7 @@ def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent
         (r[2].email, "hard", "bounced and suppressed"),
         (r[3].email, "hard", "bounced and suppressed"),
         (r[4].email, "soft", "soft bounce 1/3 counted"),
-        ("stranger@example.net", "hard", "unmatched: no VERP address or known Message-ID"),
+        ("stranger@example.net", "hard", "unmatched: no valid VERP address or known Message-ID"),
         ("", "other", "ignored: not a bounce"),
     ])
     exchange = next(row for row in rows if row["email"] == r[2].email)
@@ -146,6 +146,9 @@ def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent
         assert store.suppression(email)[0] == "bounced"
         assert store.get_subscriber(store.get_list("bulletin").id, email).status == SubscriberStatus.BOUNCED
     assert delivery_status(store, r[4].email) == DeliveryStatus.SENT and not store.is_suppressed(r[4].email)
+    code, reply = store.conn.execute("SELECT smtp_code, smtp_reply FROM deliveries WHERE email = ?",
+                                     (r[0].email,)).fetchone()
+    assert code == 550 and reply.startswith("5.1.1 ")  # the receiver's answer, not our relay's 250
     assert store.suppression(r[0].email)[1].startswith("5.1.1 ")
 
     again = scan_json(run_cli, tmp_path / "Maildir")  # reading the mailbox again changes nothing
@@ -209,6 +212,20 @@ def test_a_folder_of_eml_files_and_a_forged_unsubscribe(campaign: dict[str, Sent
     rows = scan_json(run_cli, folder)
     assert rows[0]["result"].startswith("unmatched") and not rows[0]["matched"]
     assert store.get_subscriber(store.get_list("bulletin").id, r.email).status == SubscriberStatus.ACTIVE
+
+
+def test_a_broken_message_is_skipped_and_the_rest_is_read(campaign: dict[str, Sent], store: Store,
+                                                          tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    box = mailbox.mbox(str(tmp_path / "mixed.mbox"), create=True)
+    box.add(b"Subject: no sender at all\n\nnot a bounce, no From: header\n")
+    box.add(bytes(range(256)) * 4)
+    box.add(fill("rfc3464-5.1.1.eml", campaign[READERS[2]]))
+    box.flush()
+    rows = scan_json(run_cli, tmp_path / "mixed.mbox")
+    assert rows[-1]["result"].startswith("bounced") and rows[-1]["email"] == READERS[2]
+    assert all(row["result"].startswith("ignored") for row in rows[:-1])
+    (tmp_path / "empty.mbox").write_bytes(b"")
+    assert scan_json(run_cli, tmp_path / "empty.mbox") == []
 
 
 def test_scan_of_a_missing_path_is_one_error_line(store: Store, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
