@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,10 +138,14 @@ class _Authenticator:
 
 
 class CaptureServer:
-    """`with CaptureServer(outbox) as server:` — an SMTP server on 127.0.0.1:`server.port`."""
+    """`with CaptureServer(outbox) as server:` — an SMTP server on 127.0.0.1:`server.port`.
+
+    With `tls` (a server-side SSLContext) it requires STARTTLS, or with `implicit_tls` speaks TLS from the first
+    byte; with STARTTLS, AUTH is refused until the session is encrypted."""
 
     def __init__(self, outbox: Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None, tls: ssl.SSLContext | None = None,
+                 implicit_tls: bool = False) -> None:
         if not host.startswith("127.") and host != "localhost":
             raise ValueError("the capture server only listens on loopback")
         if outbox is not None:
@@ -150,7 +155,11 @@ class CaptureServer:
         self.port = port or free_port(host)
         kwargs: dict[str, Any] = {}
         if users is not None:
-            kwargs = {"authenticator": _Authenticator(users), "auth_required": True, "auth_require_tls": False}
+            # aiosmtpd counts only STARTTLS as TLS for AUTH; with implicit TLS every byte is encrypted anyway.
+            kwargs = {"authenticator": _Authenticator(users), "auth_required": True,
+                      "auth_require_tls": tls is not None and not implicit_tls}
+        if tls is not None:
+            kwargs.update({"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": True})
         self.controller = Controller(
             _Handler(self.state), hostname=host, port=self.port, enable_SMTPUTF8=True,
             data_size_limit=50 * 1024 * 1024, server_hostname="capture.localhost", **kwargs,

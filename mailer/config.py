@@ -28,6 +28,7 @@ class Config:
     smtp_password: str = field(default="", repr=False)
     smtp_tls: str = "none"
     smtp_timeout: float = 30.0
+    smtp_ca: str = ""  # PEM CA bundle that verifies the relay's TLS certificate instead of the system's
     base_url: str = "http://127.0.0.1:8025"
     secret: bytes = field(default=b"", repr=False)
     dkim_key: str = ""
@@ -55,6 +56,7 @@ _ENV = {
     "MAILER_SMTP_PASSWORD": ("smtp_password", str),
     "MAILER_SMTP_TLS": ("smtp_tls", str),
     "MAILER_SMTP_TIMEOUT": ("smtp_timeout", float),
+    "MAILER_SMTP_CA": ("smtp_ca", str),
     "MAILER_RETRY_BASE": ("retry_base", float),
     "MAILER_RETRY_MAX": ("retry_max", float),
     "MAILER_RETRY_EXPIRY": ("retry_expiry", float),
@@ -72,6 +74,7 @@ _TOML = {
     "smtp_user": ("smtp_user", str),
     "smtp_tls": ("smtp_tls", str),
     "smtp_timeout": ("smtp_timeout", float),
+    "smtp_ca": ("smtp_ca", str),
     "base_url": ("base_url", str),
     "soft_bounce_limit": ("soft_bounce_limit", int),
     "dkim_key": ("dkim_key", str),

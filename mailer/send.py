@@ -6,6 +6,7 @@ SendSummary or raise MailerError. They never print or exit; cli.py owns the even
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import multiprocessing
 import os
@@ -13,18 +14,18 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from mailer.config import Config
-from mailer.errors import MailerError, SMTPUnavailable, UsageError
+from mailer.errors import MailerError, SMTPUnavailable, TemplateError, UsageError
 from mailer.exit_codes import ExitCode
-from mailer.message import BuiltMessage, MessageTemplate, Sender, parse_from
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber
-from mailer.render import ListContext, RenderedIssue, render_issue
+from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
 from mailer.smtp import Reply, Session, SMTPSettings, probe
 from mailer.store import Outcome, Partition, Store, stamp, utcnow
 
@@ -106,6 +107,7 @@ def smtp_settings(config: Config, host: str | None = None, port: int | None = No
             user=config.smtp_user,
             password=config.smtp_password,
             timeout=config.smtp_timeout,
+            ca_file=config.smtp_ca,
         ))
     if not relays:
         raise UsageError("no SMTP host configured")
@@ -151,7 +153,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     mailing_list = store.get_list(list_name)
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
-    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx)
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path))
     return PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url), issue_path)
 
 
@@ -166,26 +168,60 @@ def read_issue_file(path: Path) -> str:
         raise MailerError(f"cannot read issue file {path}: {exc.strerror}") from None
 
 
+def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
+    """Reads files the issue names (its `images: cid` images), relative to its folder and never outside it."""
+    folder = Path(issue_path).resolve().parent
+
+    def read(name: str) -> bytes:
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder):
+            raise TemplateError(f"{issue_path}: {name} is outside the issue's folder {folder}")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise TemplateError(f"{issue_path}: {name} does not exist (looked for {path})") from None
+        except OSError as exc:
+            raise TemplateError(f"{issue_path}: cannot read {name}: {exc.strerror}") from None
+
+    return read
+
+
 def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
     return {
         "slug": issue.slug, "subject": issue.subject, "preheader": issue.preheader, "lang": issue.lang,
         "html": issue.html, "text": issue.text, "meta": issue.meta, "attr_keys": list(issue.attr_keys),
         "content_hash": issue.content_hash, "from_addr": issue.from_addr, "sections": list(issue.sections),
+        "images": [{"cid": i.cid, "filename": i.filename, "content_type": i.content_type,
+                    "data": base64.b64encode(i.data).decode("ascii")} for i in issue.images],
     }
 
 
 def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
-    return RenderedIssue(**{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"])})
+    images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
+    return RenderedIssue(**{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]),
+                            "images": images})
 
 
-def build_template(prepared: PreparedIssue, campaign_id: int, salt: str, secret: bytes) -> MessageTemplate:
+def build_template(
+    prepared: PreparedIssue, campaign_id: int, salt: str, secret: bytes, *,
+    signer: MessageSigner | None = None, test: bool = False,
+) -> MessageTemplate:
     if not secret:
         raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
     return MessageTemplate(
         prepared.issue, prepared.sender, secret=secret, campaign_id=campaign_id,
         list_id=prepared.mailing_list.id, salt=salt,
-        fallback_name=FALLBACK_NAMES.get(prepared.issue.lang, ""),
+        fallback_name=FALLBACK_NAMES.get(prepared.issue.lang, ""), signer=signer, test=test,
     )
+
+
+def dkim_signer(config: Config) -> MessageSigner | None:
+    """The DKIM signer of MAILER_DKIM_* (key read and parsed once), or None when DKIM is not configured."""
+    if not (config.dkim_key or config.dkim_selector or config.dkim_domain):
+        return None
+    from mailer.dkim import load_signer  # cryptography is imported only when DKIM is configured
+
+    return load_signer(config)
 
 
 def sample_subscriber(store: Store, list_id: int) -> Subscriber:
@@ -199,7 +235,7 @@ def count_recipients(store: Store, list_id: int) -> int:
 
 
 def open_campaign(
-    store: Store, prepared: PreparedIssue, options: SendOptions, secret: bytes
+    store: Store, prepared: PreparedIssue, options: SendOptions, secret: bytes, signer: MessageSigner | None = None,
 ) -> tuple[Campaign, MessageTemplate]:
     """Find the campaign of this issue and list (resume) or create it with its recipient snapshot."""
     issue = prepared.issue
@@ -211,7 +247,7 @@ def open_campaign(
             issue_to_json(issue), secrets.token_hex(8), is_test=True, test_recipient=recipient,
         )
         _, salt = store.campaign_rendered(campaign.id)
-        return campaign, build_template(prepared, campaign.id, salt, secret)
+        return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
     campaign = store.find_campaign(prepared.mailing_list.id, issue.slug)
     if campaign is None:
         campaign = store.create_campaign(
@@ -226,7 +262,7 @@ def open_campaign(
         )
         prepared = PreparedIssue(prepared.mailing_list, issue_from_json(rendered), prepared.sender,
                                  prepared.issue_path, prepared.warnings)
-    return campaign, build_template(prepared, campaign.id, salt, secret)
+    return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
 
 
 class Engine:
@@ -269,60 +305,79 @@ class Engine:
             await self._drain_queue()
 
     async def _drain_queue(self) -> None:
-        concurrency = max(1, self.options.concurrency)
-        queue: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=concurrency * 4)
-        workers = [asyncio.create_task(self._worker(queue, self.relays[i % len(self.relays)]))
-                   for i in range(concurrency)]
+        # The sessions share one iterator, each taking the next recipient when it is free: reading it never awaits
+        # (SQLite hands out CHUNK rows at a time), so no producer task and queue hand-over per recipient is needed.
+        recipients = self.store.iter_queued(self.campaign.id, self.part)
+        # A TaskGroup: should one session fail unexpectedly, the others are cancelled rather than left sending.
         try:
-            for recipient in self.store.iter_queued(self.campaign.id, self.part):
-                if self.stop.is_set() or self.fatal:
-                    break
-                await queue.put(recipient)
-        finally:
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
+            async with asyncio.TaskGroup() as sessions:
+                for i in range(max(1, self.options.concurrency)):
+                    sessions.create_task(self._worker(recipients, self.relays[i % len(self.relays)]))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from failed  # as the session raised it (cli.py maps MailerError to one line)
         if self.fatal:
             raise self.fatal
 
-    async def _worker(self, queue: asyncio.Queue[Recipient | None], relay: SMTPSettings) -> None:
+    async def _worker(self, recipients: Iterator[Recipient], relay: SMTPSettings) -> None:
         session = Session(relay)
+        unrecorded: list[tuple[Outcome, str | None]] = []  # outcomes this session knows but has not committed
         try:
-            while (recipient := await queue.get()) is not None:
-                if self.stop.is_set() or self.fatal:
-                    continue  # drain: what was not started stays queued for the next run
-                await self._deliver(session, recipient)
+            # Stopping: what was not started stays queued for the next run.
+            while not (self.stop.is_set() or self.fatal) and (recipient := next(recipients, None)) is not None:
+                await self._deliver(session, recipient, unrecorded)
         finally:
+            if unrecorded:
+                self._commit(unrecorded)
             await session.close()
 
-    async def _deliver(self, session: Session, recipient: Recipient) -> None:
-        store = self.store
-        if not self.campaign.is_test and not store.subscriber_active(recipient.subscriber_id):
-            store.record(Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None, "unsubscribed or suppressed"))
+    def _commit(self, unrecorded: list[tuple[Outcome, str | None]], sending: tuple[int, str] | None = None) -> None:
+        """One transaction: the outcomes this session has learnt since its last commit and, when it is about to
+        send, the next recipient marked `sending`. That saves a commit per message (~35 µs) without widening the
+        crash bound: `sending` is still committed before the message leaves, and a session never has more than one
+        row in `sending` (the previous message's outcome is in the same commit)."""
+        with self.store.transaction():
+            for outcome, next_attempt in unrecorded:
+                self.store.record(outcome, next_attempt)
+            if sending is not None:
+                self.store.mark_sending(*sending)
+        unrecorded.clear()
+
+    async def _deliver(
+        self, session: Session, recipient: Recipient, unrecorded: list[tuple[Outcome, str | None]]
+    ) -> None:
+        if not self.campaign.is_test and not self.store.subscriber_active(recipient.subscriber_id):
+            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None,
+                                       "unsubscribed or suppressed"), None))
             self.progress.advance(DeliveryStatus.SKIPPED, recipient.email)
             return
         try:
             message = self.template.build(recipient, self.clock())
         except MailerError as exc:
-            store.record(Outcome(recipient.delivery_id, DeliveryStatus.FAILED, None, str(exc)))
+            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.FAILED, None, str(exc)), None))
             self.progress.advance(DeliveryStatus.FAILED, recipient.email)
             return
-        await self.limiter.acquire()
-        if self.stop.is_set():
-            return  # stopped while waiting for the rate limit: still queued
+        if self.limiter.interval:
+            if unrecorded:
+                self._commit(unrecorded)  # the rate limit may make us wait: record what is known first
+            await self.limiter.acquire()
+            if self.stop.is_set():
+                return  # stopped while waiting for the rate limit: still queued
+        self._commit(unrecorded, (recipient.delivery_id, message.message_id))
         if session.sent_on_session >= self.options.session_cap:
             await session.close()
-        store.mark_sending(recipient.delivery_id, message.message_id)
         try:
             reply = await session.send(message)
-        except SMTPUnavailable as exc:
-            # The server went away between messages and will not take us back: put this one back in the queue.
-            store.record(Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)))
+        except MailerError as exc:
+            # The server went away between messages and will not take us back (SMTPUnavailable, exit 4), or the
+            # settings cannot work: put this one back in the queue and stop the campaign, marking nobody failed.
+            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+            self._commit(unrecorded)
             self.fatal = exc
             return
-        self._record(recipient, message, reply)
+        unrecorded.append(self._outcome(recipient, message, reply))
 
-    def _record(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> None:
+    def _outcome(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> tuple[Outcome, str | None]:
+        """What to record for one SMTP reply, and the retry time of a deferral."""
         status, text, next_attempt = reply.status, reply.text, None
         if status == DeliveryStatus.FAILED and reply.stage not in ("end-of-data",):
             text = f"{reply.stage}: {reply.text}"
@@ -335,8 +390,8 @@ class Engine:
                 text = f"expired after {attempts} attempts; last reply: {reply.text}"
             else:
                 next_attempt = stamp(now + timedelta(seconds=retry.delay(attempts)))
-        self.store.record(Outcome(recipient.delivery_id, status, reply.code, text, message.message_id), next_attempt)
         self.progress.advance(status, recipient.email)
+        return Outcome(recipient.delivery_id, status, reply.code, text, message.message_id), next_attempt
 
 
 def _parse_stamp(value: str) -> datetime:
@@ -356,14 +411,15 @@ async def send_issue(
     """Render once, snapshot the campaign, then deliver; resumes the campaign of the same issue and list."""
     started = time.monotonic()
     prepared = prepare_issue(store, config, issue_path, list_name)
+    signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
-        template = build_template(prepared, 0, "dry-run", config.secret)
+        template = build_template(prepared, 0, "dry-run", config.secret, signer=signer)
         sample = sample_subscriber(store, prepared.mailing_list.id)
         template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
         total = count_recipients(store, prepared.mailing_list.id)
         return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
     await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
-    campaign, template = open_campaign(store, prepared, options, config.secret)
+    campaign, template = open_campaign(store, prepared, options, config.secret, signer)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
                                   prepared.warnings)
 
@@ -406,14 +462,16 @@ async def deliver_campaign(
                        elapsed=time.monotonic() - started, interrupted=stop.is_set(), warnings=notes)
 
 
-def template_for_campaign(store: Store, campaign: Campaign, base_url: str, secret: bytes) -> MessageTemplate:
+def template_for_campaign(
+    store: Store, campaign: Campaign, base_url: str, secret: bytes, signer: MessageSigner | None = None,
+) -> MessageTemplate:
     """The message skeleton of an existing campaign, from the issue as it was snapshotted."""
     rendered, salt = store.campaign_rendered(campaign.id)
     issue = issue_from_json(rendered)
     mailing_list = store.get_list_by_id(campaign.list_id)
     prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url),
                              Path(campaign.issue_path))
-    return build_template(prepared, campaign.id, salt, secret)
+    return build_template(prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test)
 
 
 async def _run_workers(
@@ -432,7 +490,7 @@ async def _run_workers(
             target=_worker_process,
             args=(store.path, campaign.id, (k, n), list(relays),
                   replace(options, concurrency=shares[k], workers=1, rate=options.rate / n if options.rate else None),
-                  template.sender.base_url, template.secret),
+                  template.sender.base_url, template.secret, template.signer),
             daemon=False,
         )
         for k in range(n)
@@ -468,7 +526,7 @@ def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink:
 
 
 def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: list[SMTPSettings],
-                    options: SendOptions, base_url: str, secret: bytes) -> None:
+                    options: SendOptions, base_url: str, secret: bytes, signer: MessageSigner | None = None) -> None:
     """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions."""
     _die_with_parent()
 
@@ -480,7 +538,7 @@ def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: li
         store = Store.open(db_path)
         try:
             campaign = store.get_campaign(campaign_id)
-            template = template_for_campaign(store, campaign, base_url, secret)
+            template = template_for_campaign(store, campaign, base_url, secret, signer)
             await Engine(store, template, campaign, relays, options, None, stop, part=part).run()
         finally:
             store.close()
@@ -527,7 +585,7 @@ async def retry_campaign(
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or only those whose backoff has passed)."""
     campaign = store.get_campaign(campaign_ref)
-    template = template_for_campaign(store, campaign, config.base_url, config.secret)
+    template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     await probe_relays(settings)
     store.requeue_due(campaign.id, stamp() if due_only else None)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop)
@@ -548,11 +606,12 @@ def render_to_dir(
         sample = sample_subscriber(store, prepared.mailing_list.id)
     else:
         source = read_issue_file(issue_path)
-        issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"))
+        issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
+                             read_file=issue_file_reader(issue_path))
         prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
         sample = Subscriber(email="reader@example.org", name="")
     secret = config.secret or secrets.token_bytes(16)  # a preview needs some key; links in it are samples
-    template = build_template(prepared, 0, "preview", secret)
+    template = build_template(prepared, 0, "preview", secret, signer=dkim_signer(config))
     message = template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
     html, text = template.personal_bodies(Recipient(0, sample.id, sample.email, sample.name, sample.attrs),
                                           message.unsubscribe_url)

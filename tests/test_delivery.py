@@ -1,5 +1,6 @@
 """Delivery semantics under failure: kill -9, SIGTERM, 4xx/5xx, dropped and hung sessions, expiry, two senders,
-rate, several relays. Real `python -m mailer` processes, a real aiosmtpd server on 127.0.0.1, real SQLite files."""
+rate, several relays, TLS (STARTTLS and implicit, verified against MAILER_SMTP_CA). Real `python -m mailer`
+processes, a real aiosmtpd server on 127.0.0.1, real SQLite files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -17,7 +19,10 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
-from mailer.capture import Captured, CaptureServer, Rule
+import pytest
+import trustme
+
+from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.store import Store
 from tests.conftest import SAMPLE_ISSUE
 from tests.test_send import add_subscribers, assert_one_error_line
@@ -128,12 +133,15 @@ def when(moment: str) -> datetime:
 # ---- crash safety and interruption ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rate", ["100", "unlimited"])
 def test_kill_9_mid_run_then_resume_repeats_at_most_concurrency_messages(
-    store: Store, smtp_server: CaptureServer, tmp_path: Path
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, rate: str
 ) -> None:
     emails = readers(400)
     add_subscribers(store, emails)
-    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--concurrency", "4")
+    # Unlimited, a session commits each outcome together with its next `sending` mark; rate-limited, apart.
+    rate_args = ("--rate", rate) if rate != "unlimited" else ()
+    command = (*SEND, "--smtp-port", str(smtp_server.port), *rate_args, "--concurrency", "4")
     killed_during: list[str] = []
 
     def kill_before_the_250(captured: Captured) -> None:
@@ -177,6 +185,33 @@ def test_kill_9_mid_run_then_resume_repeats_at_most_concurrency_messages(
     assert by_status(rows) == {"sent": 400}
     for email, row in rows.items():
         assert row["message_id"] in copies[email]
+
+
+def test_at_every_moment_each_session_has_at_most_one_row_in_sending_and_sent_rows_were_received(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(300)
+    add_subscribers(store, emails)
+    seen: list[tuple[int, str, bool]] = []
+
+    def look_at_the_database(captured: Captured) -> None:
+        # Called by the server with the message in hand and its 250 not yet sent; the server waits meanwhile.
+        received = {c.rcpt_tos[0] for c in smtp_server.received}
+        with closing(sqlite3.connect(tmp_path / "mailer.db")) as conn:
+            statuses = dict(conn.execute("SELECT email, status FROM deliveries"))
+        sent = {email for email, status in statuses.items() if status == "sent"}
+        in_sending = sum(status == "sending" for status in statuses.values())
+        seen.append((in_sending, statuses[captured.rcpt_tos[0]], sent <= received))
+
+    smtp_server.state.on_message = look_at_the_database
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "4")
+
+    assert code == 0, out + err
+    assert len(seen) == 300
+    assert max(in_sending for in_sending, _, _ in seen) <= 4
+    assert {status for _, status, _ in seen} == {"sending"}  # committed before the message left
+    assert all(ok for _, _, ok in seen)  # nothing recorded sent that the server had not taken
+    assert by_status(deliveries(tmp_path)) == {"sent": 300}
 
 
 def test_sigterm_finishes_in_flight_exits_130_and_the_rerun_sends_the_rest_once(
@@ -479,3 +514,79 @@ def test_a_password_is_never_sent_in_plain_text_to_a_remote_host(store: Store, t
     assert "plain text" in err
     assert "s3cret-pw" not in out + err
     assert deliveries(tmp_path) == {}
+
+
+# aiosmtpd warns about AUTH without TLS when the TLS is implicit (it only counts STARTTLS): a false alarm here.
+IMPLICIT_TLS_AUTH = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+
+def _server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    """A server-side context with a certificate for 127.0.0.1 and localhost, issued by `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def relay_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@IMPLICIT_TLS_AUTH
+@pytest.mark.parametrize("user", ["", "mailer"])
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_tls_relay_verified_by_mailer_smtp_ca_gets_every_message(
+    store: Store, tmp_path: Path, relay_ca: trustme.CA, mode: str, user: str
+) -> None:
+    emails = readers(5)
+    add_subscribers(store, emails)
+    relay_ca.cert_pem.write_to_path(str(tmp_path / "relay-ca.pem"))
+    env = {"MAILER_SMTP_TLS": mode, "MAILER_SMTP_CA": str(tmp_path / "relay-ca.pem")}
+    if user:
+        env.update({"MAILER_SMTP_USER": user, "MAILER_SMTP_PASSWORD": "tls-pw-Hq3"})
+    # STARTTLS mode: the server refuses MAIL (and AUTH) before STARTTLS; tls mode: TLS from the first byte.
+    with CaptureServer(tmp_path / "tls-outbox", tls=_server_tls(relay_ca), implicit_tls=mode == "tls",
+                       users={user: "tls-pw-Hq3"} if user else None) as server:
+        code, out, err, _ = run_send(tmp_path, server.port, "--concurrency", "2", env=env)
+        received = server.received
+
+    assert code == 0, out + err
+    assert Counter(c.rcpt_tos[0] for c in received) == Counter(emails)
+    assert by_status(deliveries(tmp_path)) == {"sent": 5}
+    assert "tls-pw-Hq3" not in out + err
+
+
+@IMPLICIT_TLS_AUTH
+@pytest.mark.parametrize("trusted", ["another CA", "system CAs"])
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_a_relay_certificate_the_configured_cas_did_not_sign_exits_4_and_marks_nobody(
+    store: Store, tmp_path: Path, relay_ca: trustme.CA, mode: str, trusted: str
+) -> None:
+    add_subscribers(store, readers(3))
+    env = {"MAILER_SMTP_TLS": mode, "MAILER_SMTP_USER": "mailer", "MAILER_SMTP_PASSWORD": "tls-pw-Hq3"}
+    if trusted == "another CA":
+        trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+        env["MAILER_SMTP_CA"] = str(tmp_path / "other-ca.pem")
+    with CaptureServer(tmp_path / "tls-outbox", tls=_server_tls(relay_ca), implicit_tls=mode == "tls",
+                       users={"mailer": "tls-pw-Hq3"}) as server:
+        code, out, err, _ = run_send(tmp_path, server.port, env=env)
+        received = server.received
+
+    assert code == 4, out + err
+    assert_one_error_line(err)
+    assert "certificate" in err.lower()
+    assert ("other-ca.pem" if trusted == "another CA" else "MAILER_SMTP_CA") in err  # says what to change
+    assert "tls-pw-Hq3" not in out + err
+    assert received == []
+    assert "failed" not in by_status(deliveries(tmp_path))
+
+
+def test_an_unreadable_mailer_smtp_ca_is_a_one_line_error(store: Store, tmp_path: Path) -> None:
+    add_subscribers(store, readers(1))
+
+    code, out, err, _ = run_send(tmp_path, free_port(), env={"MAILER_SMTP_TLS": "starttls",
+                                                              "MAILER_SMTP_CA": str(tmp_path / "missing.pem")})
+
+    assert code == 1, out + err
+    assert_one_error_line(err)
+    assert "MAILER_SMTP_CA" in err and "missing.pem" in err
