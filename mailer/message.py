@@ -17,24 +17,29 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from mailer.errors import HeaderError
 from mailer.models import Recipient
-from mailer.render import PLACEHOLDER_RE, RenderedIssue, attr_placeholder_keys, substitute
+from mailer.render import PLACEHOLDER_RE, InlineImage, RenderedIssue, attr_placeholder_keys, substitute
 from mailer.tokens import TokenKind, make_token
 
 CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322 2.1.1 SHOULD; the MUST is 998, which nothing here can exceed
 _EW_BYTES = 42  # UTF-8 octets per encoded word: 56 base64 chars + 12 of wrapping keeps each line under 78
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Bidi embeddings, overrides and isolates: in a name they can make a mail client show text in another order than
+# it is (the "Trojan Source" trick); a person's name never needs them.
+_BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$")
 _ADDR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\\\"]")
 
 
 def clean_header_text(value: object) -> str:
-    """Header-safe text: every control character (CR, LF, NUL, U+2028 ...) becomes a space, runs of space fold."""
+    """Header-safe text: every control character (CR, LF, NUL, U+2028 ...) becomes a space, runs of space fold,
+    bidi overrides go."""
     text = unicodedata.normalize("NFC", str(value))
-    text = _CONTROL.sub(" ", text)
+    text = _CONTROL.sub(" ", _BIDI_CONTROL.sub("", text))
     return " ".join(text.split())
 
 
@@ -197,6 +202,15 @@ class Sender:
         return self.domain or self.from_addr.rpartition("@")[2].lower()
 
 
+class MessageSigner(Protocol):
+    """What MessageTemplate needs of a DKIM signer (mailer.dkim.Signer): the message with its signature first."""
+
+    def sign(self, data: bytes, timestamp: int | None = None) -> bytes: ...
+
+
+TEST_SUBJECT_PREFIX = "[TEST] "
+
+
 @dataclass(frozen=True)
 class BuiltMessage:
     mail_from: str
@@ -217,6 +231,20 @@ def unsubscribe_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/u/{token}"
 
 
+def _image_part(boundary: str, image: InlineImage) -> bytes:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", image.filename) or "image"
+    encoded = binascii.b2a_base64(image.data, newline=False)
+    lines = b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    head = (
+        f"\r\n--{boundary}\r\n"
+        f'Content-Type: {image.content_type}; name="{name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f"Content-ID: <{check_address(image.cid)}>\r\n"
+        f'Content-Disposition: inline; filename="{name}"\r\n\r\n'
+    )
+    return head.encode("ascii") + lines + b"\r\n"
+
+
 class MessageTemplate:
     """The MIME skeleton of one campaign's messages, built once; `build` personalises it for one recipient."""
 
@@ -231,8 +259,12 @@ class MessageTemplate:
         salt: str,
         boundary: str | None = None,
         fallback_name: str = "",
+        signer: MessageSigner | None = None,
+        test: bool = False,
     ) -> None:
         self.issue = issue
+        self.signer = signer  # DKIM: signs each finished message, the key loaded once per campaign
+        self.test = test  # a test send: the subject says so, whatever the mail client shows
         self.sender = sender
         self.secret = secret
         self.campaign_id = campaign_id
@@ -245,15 +277,13 @@ class MessageTemplate:
         self.boundary = boundary or f"==mailer-{hashlib.sha256(f'{salt}:{campaign_id}'.encode()).hexdigest()[:24]}=="
         list_slug = re.sub(r"[^a-z0-9-]+", "-", sender.list_name.lower()).strip("-") or "list"
         self.head_before_to = address_header("From", sender.from_name, sender.from_addr)
-        self.head_subject = unstructured_header("Subject", issue.subject)
+        self.head_subject = unstructured_header("Subject", (TEST_SUBJECT_PREFIX if test else "") + issue.subject)
         tail = [address_header("Reply-To", "", sender.reply_to)] if sender.reply_to else []
         tail.append(_fold("List-Id", [*_phrase_atoms(sender.list_title), f"<{list_slug}.{domain}>"]))
         self.head_tail = "".join(tail)
-        self.head_post = (
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-            "MIME-Version: 1.0\r\n"
-            f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"\r\n'
-        )
+        alternative = f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"\r\n'
+        self.opening = b""
+        self.head_post = "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nMIME-Version: 1.0\r\n" + alternative
         self.text = _PartBody(issue.text, escape=False)
         self.html = _PartBody(issue.html, escape=True)
         # The blank line before each delimiter mirrors the email package's generator byte for byte.
@@ -263,6 +293,17 @@ class MessageTemplate:
             for sep, kind, part in (("", "plain", self.text), ("\r\n", "html", self.html))
         ]
         self.closing = f"\r\n--{self.boundary}--\r\n".encode("ascii")
+        if issue.images:
+            # Embedded images: multipart/related around the alternative, as Outlook sends it (the wire check wants
+            # text/html last inside the alternative), each image once per campaign, encoded here.
+            related = self.boundary.replace("==mailer-", "==mailer-rel-")
+            self.head_post = (
+                "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nMIME-Version: 1.0\r\n"
+                f'Content-Type: multipart/related;\r\n type="multipart/alternative";\r\n boundary="{related}"\r\n'
+            )
+            self.opening = f"--{related}\r\n{alternative}\r\n".encode("ascii")
+            self.closing += b"".join(_image_part(related, image) for image in issue.images)
+            self.closing += f"\r\n--{related}--\r\n".encode("ascii")
         self.bounce_domain = domain
 
     def values_for(self, recipient: Recipient, unsub_url: str) -> dict[str, str]:
@@ -297,6 +338,7 @@ class MessageTemplate:
         data = b"".join(
             (
                 head.encode("utf-8"),
+                self.opening,
                 self.part_heads[0],
                 self.text.encode(values),
                 self.part_heads[1],
@@ -304,6 +346,8 @@ class MessageTemplate:
                 self.closing,
             )
         )
+        if self.signer is not None:
+            data = self.signer.sign(data, int(now.timestamp()))
         return BuiltMessage(f"bounces+{btoken}@{domain}", rcpt, message_id, data, smtputf8, url)
 
     def personal_bodies(self, recipient: Recipient, unsub_url: str) -> tuple[str, str]:
