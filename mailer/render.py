@@ -9,9 +9,10 @@ import functools
 import hashlib
 import logging
 import re
+import struct
 import traceback
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ PH_UNSUBSCRIBE = "@@MAILER_UNSUBSCRIBE_URL@@"
 _PH_ATTR = "@@MAILER_A{}@@"
 PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|A\d+)@@")
 
+IMAGE_MODES = ("url", "cid")
+CONTENT_WIDTH = 536  # the layout's 600 px column less its 2 x 32 px padding: the widest an image is shown
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:|^//")
+ReadFile = Callable[[str], bytes]
+
 
 @dataclass(frozen=True)
 class ListContext:
@@ -56,6 +62,16 @@ class Section:
 
 
 @dataclass(frozen=True)
+class InlineImage:
+    """A local image embedded in the message (multipart/related) and shown through `cid:` in the HTML."""
+
+    cid: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class RenderedIssue:
     """An issue rendered once: subject, inlined HTML and plain text with per-recipient placeholders."""
 
@@ -70,6 +86,7 @@ class RenderedIssue:
     content_hash: str = ""
     from_addr: str = ""
     sections: tuple[str, ...] = field(default=())
+    images: tuple[InlineImage, ...] = field(default=())
 
     def placeholders(self) -> set[str]:
         return set(PLACEHOLDER_RE.findall(self.html)) | set(PLACEHOLDER_RE.findall(self.text))
@@ -149,7 +166,11 @@ def _inline_text(children: Sequence[Token] | None) -> str:
                 out.append(f"<{href}>" if not href.startswith("mailto:") else target)
         elif tok.type == "image":
             alt = tok.content or "".join(c.content for c in tok.children or ())
-            out.append(f"[{alt}] <{tok.attrs.get('src', '')}>" if alt else f"<{tok.attrs.get('src', '')}>")
+            src = str(tok.attrs.get("src", ""))
+            if src.startswith("cid:"):  # embedded: the text part names it, the image travels with the message
+                out.append(f"[{alt}]" if alt else "")
+            else:
+                out.append(f"[{alt}] <{src}>" if alt else f"<{src}>")
         elif tok.type == "html_inline":
             continue
     return "".join(out)
@@ -288,6 +309,67 @@ def _template_error(origin: str, exc: jinja2.TemplateError, line_offset: int = 0
     return TemplateError(f"{where}: {message}")
 
 
+def image_type(data: bytes) -> tuple[str, str, tuple[int, int] | None]:
+    """(MIME type, file extension, (width, height) or None) of a PNG, JPEG, GIF or WebP image, from its bytes."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        return "image/png", "png", struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return "image/gif", "gif", struct.unpack("<HH", data[6:10])
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg", "jpg", _jpeg_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp", "webp", None
+    raise ValueError("not a PNG, JPEG, GIF or WebP image")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame: height, width
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def is_local_src(src: str) -> bool:
+    """A path next to the issue (`images/chart.png`), not a URL of any scheme."""
+    return bool(src) and not _URL_SCHEME.match(src)
+
+
+def embed_images(tokens: Sequence[Token], read_file: ReadFile | None, origin: str) -> tuple[InlineImage, ...]:
+    """`images: cid`: point each local Markdown image at a `cid:` part carrying its bytes, with a width attribute
+    (Outlook sizes images by it, not by CSS) no wider than the layout's column."""
+    images: dict[str, InlineImage] = {}
+    widths: dict[str, str] = {}
+    for tok in tokens:
+        for child in tok.children or ():
+            src = str(child.attrs.get("src", "")) if child.type == "image" else ""
+            if not is_local_src(src):
+                continue
+            if src not in images:
+                if read_file is None:
+                    raise TemplateError(f"{origin}: images: cid needs the issue's folder to read {src}")
+                data = read_file(src)
+                try:
+                    content_type, ext, size = image_type(data)
+                except ValueError as exc:
+                    raise TemplateError(f"{origin}: image {src}: {exc}") from None
+                digest = hashlib.sha256(data).hexdigest()[:16]
+                stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(src).stem).strip("-")[:40] or "image"
+                images[src] = InlineImage(f"{stem}.{digest}@mailer", f"{stem}.{ext}", content_type, data)
+                if size and size[0]:
+                    widths[src] = str(min(size[0], CONTENT_WIDTH))
+            child.attrs["src"] = f"cid:{images[src].cid}"
+            if src in widths and "width" not in child.attrs:
+                child.attrs["width"] = widths[src]
+    return tuple(images.values())
+
+
 def _body_line_offset(source: str, body: str) -> int:
     start = source.find(body) if body else -1
     return source[:start].count("\n") if start > 0 else 0
@@ -328,8 +410,11 @@ def render_issue(
     origin: str = "issue.md",
     list_ctx: ListContext | None = None,
     templates_dir: Path | None = None,
+    read_file: ReadFile | None = None,
 ) -> RenderedIssue:
-    """Render an issue once; raises TemplateError for anything that would break a send."""
+    """Render an issue once; raises TemplateError for anything that would break a send.
+
+    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`."""
     list_ctx = list_ctx or ListContext()
     templates_dir = templates_dir or DEFAULT_TEMPLATES
     meta, body = split_front_matter(source, origin)
@@ -353,7 +438,12 @@ def render_issue(
     except jinja2.TemplateError as exc:
         raise _template_error(origin, exc, _body_line_offset(source, body)) from None
     md = _markdown()
-    intro_html, intro_text, sections = split_sections(md, md.parse(body))
+    tokens = md.parse(body)
+    image_mode = str(meta.get("images") or "url").strip().lower()
+    if image_mode not in IMAGE_MODES:
+        raise TemplateError(f"{origin}: front matter 'images' must be url or cid, not {meta['images']!r}")
+    images = embed_images(tokens, read_file, origin) if image_mode == "cid" else ()
+    intro_html, intro_text, sections = split_sections(md, tokens)
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
     try:
         raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
@@ -367,6 +457,8 @@ def render_issue(
     digest = hashlib.sha256()
     for part in (source, raw_html, text):
         digest.update(part.encode("utf-8"))
+    for image in images:
+        digest.update(image.data)
     return RenderedIssue(
         slug=slugify(str(meta.get("slug") or Path(origin).stem)),
         subject=base_context["subject"],
@@ -379,6 +471,7 @@ def render_issue(
         content_hash=digest.hexdigest(),
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),
+        images=images,
     )
 
 

@@ -537,3 +537,10 @@ def test_unusable_addresses_are_refused_never_encoded(addr: str) -> None:
         address_header("To", "Name", addr)
     with pytest.raises(HeaderError):
         template(en_issue()).build(Recipient(1, 1, addr, "Name"), NOW)
+
+
+def test_bidi_overrides_are_removed_from_names() -> None:
+    """U+202E would show 'gpj.exe' as 'exe.jpg'-style reversed text in a client; a name never needs it."""
+    assert clean_header_text("Bob\u202egpj.exe\u202c") == "Bobgpj.exe"
+    assert clean_header_text("\u2067李娜\u2069") == "李娜"
+    assert clean_header_text("עברית and English") == "עברית and English"  # right-to-left text itself stays

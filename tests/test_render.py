@@ -135,7 +135,7 @@ def test_body_syntax_error_names_the_file_line() -> None:
     ("layout", "old", "new"),
     [
         ("issue.html.j2", "{{ list_title }}</h1>", "{{ list_titel }}</h1>"),
-        ("issue.txt.j2", "{{ subscriber.email }}", "{{ subscribr.email }}"),
+        ("issue.txt.j2", "{{ list_title }}", "{{ list_titel }}"),
     ],
 )
 def test_misspelt_variable_in_layout_names_layout_and_line(tmp_path: Path, layout: str, old: str, new: str) -> None:
