@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mailer.addresses import CsvProblem, decode_csv, normalise_address, read_subscribers_csv
 from mailer.errors import MailerError, UsageError
-from mailer.message import BuiltMessage, MessageTemplate, Sender, clean_header_text, parse_from
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
 from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
 from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.store import Store, stamp
@@ -236,6 +236,7 @@ _CONFIRM_SOURCE = {
     "zh": """---
 subject: 请确认订阅「{title}」
 preheader: 点击邮件中的链接即可完成订阅
+why: 您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。
 ---
 {{{{ subscriber.email }}}} 刚刚申请订阅「{title}」。请点击下面的链接确认：
 
@@ -246,6 +247,7 @@ preheader: 点击邮件中的链接即可完成订阅
     "en": """---
 subject: "Please confirm your subscription to {title}"
 preheader: One click and you are subscribed
+why: "You receive this because this address was entered on the sign-up page of {title}."
 ---
 Someone, hopefully you, asked to subscribe {{{{ subscriber.email }}}} to {title}. Please confirm:
 
@@ -268,6 +270,7 @@ def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
 
 def build_confirmation(
     mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
+    signer: MessageSigner | None = None,
 ) -> BuiltMessage:
     """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me")."""
     if not mailing_list.from_addr:
@@ -278,7 +281,8 @@ def build_confirmation(
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
-                               salt=secrets.token_hex(8), fallback_name=_READER.get(mailing_list.lang, "reader"))
+                               salt=secrets.token_hex(8), fallback_name=_READER.get(mailing_list.lang, "reader"),
+                               signer=signer)
     token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"
     # The name typed into the form is not in the mail: a stranger could otherwise put their words into a mail to

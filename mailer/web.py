@@ -30,7 +30,7 @@ from mailer.errors import MailerError, NotFoundError
 from mailer.message import BuiltMessage
 from mailer.models import MailingList, SubscriberStatus
 from mailer.render import render_page
-from mailer.send import send_one, smtp_settings
+from mailer.send import dkim_signer, send_one, smtp_settings
 from mailer.store import Store, utcnow
 from mailer.subscriptions import (
     ConfirmState,
@@ -155,6 +155,7 @@ class WebApp:
         self.clock = clock
         self.secure_cookie = config.base_url.startswith("https://")
         self.pending = 0  # confirmation mails handed to the background and not yet sent
+        self.signer = dkim_signer(config)  # confirmations are DKIM-signed like issues; the key is read once
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 
@@ -321,7 +322,8 @@ class WebApp:
         if outcome == SignupOutcome.MAIL and subscriber is not None:
             # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
             # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
-            message = build_confirmation(mailing_list, subscriber, self.config.secret, self.config.base_url, now)
+            message = build_confirmation(mailing_list, subscriber, self.config.secret, self.config.base_url, now,
+                                         self.signer)
             self.pending += 1
             sent_page.background = BackgroundTask(self._send_confirmation, subscriber.email, message)
         return sent_page

@@ -418,3 +418,38 @@ def test_serve_on_a_port_in_use_or_out_of_range(store: Store, run_cli) -> None: 
     assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{taken}: Address already in use"
     result = run_cli("serve", "--port", "99999")
     assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(config: Config, store: Store,
+                                                                     smtp_server: CaptureServer,
+                                                                     tmp_path: Path) -> None:
+    import dkim as dkimpy
+
+    from mailer.dkim import Signer, generate_key
+
+    generate_key("news2026", "example.org", tmp_path / "keys")
+    key = tmp_path / "keys" / "news2026._domainkey.example.org.pem"
+    signer = Signer.from_file(key, "news2026", "example.org")
+    holder: list[Any] = []
+
+    def make(url: str) -> object:
+        signed = web_config(config, smtp_server, url).with_overrides(
+            dkim_key=str(key), dkim_selector="news2026", dkim_domain="example.org")
+        holder.append(create_app(signed))
+        return holder[0]
+
+    with LiveWeb(make) as live, httpx.Client(base_url=live.url, timeout=10) as http:
+        page = http.get("/s/bulletin")
+        http.post("/s/bulletin", data={"email": "signed@example.org", "form_token": form_token(page.text)})
+        deadline = time.monotonic() + 10
+        while holder[0].state.web.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+    [mail] = smtp_server.received
+    assert mail.data.startswith(b"DKIM-Signature:")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        if name.decode().rstrip(".") == "news2026._domainkey.example.org":
+            return f"v=DKIM1; k=rsa; p={signer.public_key}".encode()
+        return None
+
+    assert dkimpy.verify(mail.data, dnsfunc=dns)
