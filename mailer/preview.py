@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import html as html_lib
-import ipaddress
 import json
 import re
 import secrets
@@ -28,18 +27,10 @@ from starlette.routing import Route
 
 from mailer.config import Config
 from mailer.errors import MailerError
-from mailer.models import Recipient, Subscriber
-from mailer.render import DEFAULT_TEMPLATES, InlineImage, ListContext, render_issue
-from mailer.send import (
-    DEFAULT_LIST,
-    PreparedIssue,
-    build_template,
-    issue_file_reader,
-    prepare_issue,
-    read_issue_file,
-    sample_subscriber,
-    sender_for,
-)
+from mailer.models import Recipient
+from mailer.render import DEFAULT_TEMPLATES, InlineImage
+from mailer.send import build_template, prepare_sample
+from mailer.smtp import is_loopback
 from mailer.store import Store, utcnow
 
 CHROMIUM = "/usr/bin/chromium"
@@ -79,17 +70,7 @@ def render_sample(issue_path: Path, config: Config, store: Store | None = None,
                   list_name: str | None = None) -> SampleMessage:
     """The issue rendered and personalised for the list's first active subscriber (or a sample reader), exactly as
     `mailer render` and `mailer send` would build it."""
-    if list_name:
-        if store is None:
-            raise MailerError("--list needs a database; run: mailer init")
-        prepared = prepare_issue(store, config, issue_path, list_name)
-        sample = sample_subscriber(store, prepared.mailing_list.id)
-    else:
-        source = read_issue_file(issue_path)
-        issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
-                             read_file=issue_file_reader(issue_path))
-        prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
-        sample = Subscriber(email="reader@example.org", name="")
+    prepared, sample = prepare_sample(issue_path, config, store, list_name)
     secret = config.secret or secrets.token_bytes(16)  # links in a preview are samples
     template = build_template(prepared, 0, "preview", secret)
     recipient = Recipient(0, sample.id, sample.email, sample.name, sample.attrs)
@@ -159,13 +140,7 @@ def _describe(src: str, limit: int = 60) -> str:
 
 
 def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 def check_html(html: str) -> list[str]:

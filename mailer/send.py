@@ -595,21 +595,28 @@ DEFAULT_LIST = MailingList(id=0, name="sample", title="", from_addr="Newsletter 
                            reply_to="", lang="zh")
 
 
-def render_to_dir(
-    issue_path: Path, out_dir: Path, config: Config, store: Store | None = None, list_name: str | None = None,
-) -> list[Path]:
-    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir."""
+def prepare_sample(
+    issue_path: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+) -> tuple[PreparedIssue, Subscriber]:
+    """The issue rendered for a list and that list's first active subscriber, or, with no list, for a sample
+    Chinese list and reader (what `mailer render` and `mailer preview` show)."""
     if list_name:
         if store is None:
             raise MailerError("--list needs a database; run: mailer init")
         prepared = prepare_issue(store, config, issue_path, list_name)
-        sample = sample_subscriber(store, prepared.mailing_list.id)
-    else:
-        source = read_issue_file(issue_path)
-        issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
-                             read_file=issue_file_reader(issue_path))
-        prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
-        sample = Subscriber(email="reader@example.org", name="")
+        return prepared, sample_subscriber(store, prepared.mailing_list.id)
+    source = read_issue_file(issue_path)
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
+                         read_file=issue_file_reader(issue_path))
+    prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
+    return prepared, Subscriber(email="reader@example.org", name="")
+
+
+def render_to_dir(
+    issue_path: Path, out_dir: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+) -> list[Path]:
+    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir."""
+    prepared, sample = prepare_sample(issue_path, config, store, list_name)
     secret = config.secret or secrets.token_bytes(16)  # a preview needs some key; links in it are samples
     template = build_template(prepared, 0, "preview", secret, signer=dkim_signer(config))
     message = template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
