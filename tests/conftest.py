@@ -19,6 +19,10 @@ from mailer.subscriptions import create_list
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_ISSUE = REPO / "issues" / "sample.md"
 SAMPLE_CSV = REPO / "subscribers" / "sample.csv"
+# The wire checker of ../shared (beside the clone in CI; /work/shared on the development machine).
+CHECK_EML = next((p for p in (REPO.parent / "shared" / "tools" / "check_eml.py",
+                              Path("/work/shared/tools/check_eml.py")) if p.exists()),
+                 REPO.parent / "shared" / "tools" / "check_eml.py")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

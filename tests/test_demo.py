@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CHECK_EML = Path("/work/shared/tools/check_eml.py")
+from tests.conftest import CHECK_EML
 
 
 def test_demo_sends_20_messages_that_pass_the_wire_checks(tmp_path: Path, run_cli) -> None:

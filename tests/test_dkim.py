@@ -36,7 +36,7 @@ from mailer.errors import ConfigError
 from mailer.message import MessageTemplate, Sender
 from mailer.models import Recipient
 from mailer.render import ListContext, render_issue
-from tests.conftest import SAMPLE_CSV, SAMPLE_ISSUE
+from tests.conftest import CHECK_EML, SAMPLE_CSV, SAMPLE_ISSUE
 
 REQUIRED = {"from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post"}
 NOW = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
@@ -284,7 +284,7 @@ def test_mailer_send_with_dkim_configured_signs_every_message(
     assert len(received) == 20
     assert all(verify(c.data, signer) for c in received)
     assert all(c.data.startswith(b"DKIM-Signature: ") for c in received)
-    check = subprocess.run([sys.executable, "/work/shared/tools/check_eml.py", *(str(c.path) for c in received)],
+    check = subprocess.run([sys.executable, str(CHECK_EML), *(str(c.path) for c in received)],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
 

@@ -35,9 +35,9 @@ from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.send import build_template, prepare_issue, render_to_dir
 from mailer.store import Store
 from mailer.tokens import BadToken, Token, TokenKind, make_token, read_token
+from tests.conftest import CHECK_EML
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-CHECK_EML = Path("/work/shared/tools/check_eml.py")
 SECRET = b"k" * 32
 NOW = datetime(2026, 11, 15, 8, 30, tzinfo=UTC)
 CAMPAIGN_ID = 42

@@ -33,9 +33,7 @@ from mailer.preview import (
 )
 from mailer.send import issue_from_json, issue_to_json
 from mailer.store import Store
-from tests.conftest import SAMPLE_CSV, SAMPLE_ISSUE
-
-CHECK_EML = "/work/shared/tools/check_eml.py"
+from tests.conftest import CHECK_EML, SAMPLE_CSV, SAMPLE_ISSUE
 
 
 def add_sample_subscribers(store: Store) -> None:

@@ -24,9 +24,7 @@ from mailer.store import Store, utcnow
 from mailer.subscriptions import SignupLimits, add_subscriber, create_list
 from mailer.tokens import TokenKind, make_token
 from mailer.web import WebApp, create_app
-from tests.conftest import LiveWeb, web_config
-
-CHECK_EML = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_eml.py"
+from tests.conftest import CHECK_EML, LiveWeb, web_config
 
 
 @dataclass
