@@ -12,6 +12,7 @@ import re
 import struct
 import traceback
 import unicodedata
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,13 +355,14 @@ def embed_images(tokens: Sequence[Token], read_file: ReadFile | None, origin: st
             if src not in images:
                 if read_file is None:
                     raise TemplateError(f"{origin}: images: cid needs the issue's folder to read {src}")
-                data = read_file(src)
+                # markdown-it percent-encodes the link (图表.png -> %E5%9B%BE...): the file has the written name
+                data = read_file(urllib.parse.unquote(src))
                 try:
                     content_type, ext, size = image_type(data)
                 except ValueError as exc:
                     raise TemplateError(f"{origin}: image {src}: {exc}") from None
                 digest = hashlib.sha256(data).hexdigest()[:16]
-                stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(src).stem).strip("-")[:40] or "image"
+                stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(urllib.parse.unquote(src)).stem).strip("-")[:40] or "image"
                 images[src] = InlineImage(f"{stem}.{digest}@mailer", f"{stem}.{ext}", content_type, data)
                 if size and size[0]:
                     widths[src] = str(min(size[0], CONTENT_WIDTH))

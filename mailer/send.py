@@ -154,7 +154,28 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path))
-    return PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url), issue_path)
+    warnings = check_attributes(store, mailing_list, issue, issue_path)
+    return PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url), issue_path, warnings)
+
+
+def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIssue, issue_path: Path) -> list[str]:
+    """`{{ subscriber.cty }}` renders (attributes are per person, any name goes), but if no active subscriber of
+    the list has it, it is a misspelling: stop before the first message rather than mail everyone a blank."""
+    if not issue.attr_keys:
+        return []
+    have = store.attribute_counts(mailing_list.id, issue.attr_keys)
+    active = store.count_recipients(mailing_list.id)
+    if not active:
+        return []
+    unknown = [key for key in issue.attr_keys if not have.get(key)]
+    if unknown:
+        known = store.attribute_counts(mailing_list.id, None)
+        hint = f" (its subscribers have: {', '.join(sorted(known))})" if known else " (its subscribers have none)"
+        raise TemplateError(
+            f"{issue_path}: {', '.join('{{ subscriber.' + k + ' }}' for k in unknown)} is not an attribute of any "
+            f"subscriber of list {mailing_list.name!r}{hint}")
+    return [f"{active - have[key]} of {active} subscribers have no '{key}'; it will be blank for them"
+            for key in issue.attr_keys if have[key] < active]
 
 
 def read_issue_file(path: Path) -> str:

@@ -305,6 +305,16 @@ class Store:
             "AND s.email NOT IN (SELECT email FROM suppressions)", (list_id,),
         ).fetchone()[0])
 
+    def attribute_counts(self, list_id: int, keys: Iterable[str] | None) -> dict[str, int]:
+        """How many active subscribers of a list have each attribute (with a non-empty value); every attribute
+        when `keys` is None."""
+        rows = self.conn.execute(
+            "SELECT j.key, COUNT(*) FROM subscribers s, json_each(s.attrs) j WHERE s.list_id = ? "
+            "AND s.status = 'active' AND j.value <> '' GROUP BY j.key", (list_id,),
+        ).fetchall()
+        counts = {str(key): int(n) for key, n in rows}
+        return counts if keys is None else {key: counts.get(key, 0) for key in keys}
+
     def get_subscriber(self, list_id: int, email: str) -> Subscriber:
         row = self.conn.execute(
             "SELECT id, email, name, attrs, status FROM subscribers WHERE list_id = ? AND email = ?",

@@ -350,3 +350,13 @@ def test_preheader_masthead_and_readable_plain_text(tmp_path: Path) -> None:
     assert ("-  跨区域知识产权质押融资协作备忘录（全文） <https://example.org/bulletin/2026/memo-ip-pledge>"
             in sample.text)
     assert all(len(line.encode()) < 998 for line in sample.text.splitlines())
+
+
+def test_images_cid_with_chinese_and_spaced_file_names(tmp_path: Path) -> None:
+    write_png(tmp_path / "issue" / "images" / "图表 一.png")
+    issue = tmp_path / "issue" / "zh.md"
+    issue.write_text("---\nsubject: 图\nimages: cid\n---\n\n![图表](<images/图表 一.png>)\n", encoding="utf-8")
+    sample = render_sample(issue, Config(base_url="https://news.example.org"))
+    message = message_from_bytes(sample.data, policy=policy.default)
+    image = list(message.iter_parts())[1]
+    assert image.get_content() == (tmp_path / "issue" / "images" / "图表 一.png").read_bytes()

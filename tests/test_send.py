@@ -17,7 +17,7 @@ from mailer.config import Config
 from mailer.models import DeliveryStatus, Subscriber
 from mailer.send import SendOptions, retry_campaign, send_issue, smtp_settings
 from mailer.store import Store
-from tests.conftest import SAMPLE_ISSUE
+from tests.conftest import SAMPLE_CSV, SAMPLE_ISSUE
 
 THREE = ["wang@example.org", "li@example.com", "zhang@example.net"]
 
@@ -341,3 +341,25 @@ def test_machine_output_of_log_and_campaigns(store: Store, smtp_server: CaptureS
     assert missing.returncode == 1
     assert_one_error_line(missing.stderr)
     assert missing.stdout == ""
+
+
+def test_an_attribute_no_subscriber_has_stops_the_send_before_any_message(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    assert run_cli("subs", "import", str(SAMPLE_CSV), "--list", "bulletin").returncode == 0
+    issue = tmp_path / "typo.md"
+    issue.write_text("---\nsubject: 测试\n---\n\n{{ subscriber.name }}（{{ subscriber.cty }}）您好。\n\n"
+                     "## 正文\n\n内容。\n", encoding="utf-8")
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    result = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {issue}: {{{{ subscriber.cty }}}} is not an attribute of any subscriber of list 'bulletin' "
+        "(its subscribers have: city, organisation)")
+    assert smtp_server.received == []
+    # An attribute some subscribers lack is fine, and said.
+    run_cli("subs", "add", "new@example.org", "--list", "bulletin")
+    issue.write_text(issue.read_text(encoding="utf-8").replace("cty", "city"), encoding="utf-8")
+    result = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 21 subscribers have no 'city'; it will be blank for them" in result.stderr
