@@ -584,7 +584,7 @@ def preview(
                                                   "first subscriber.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Serve the issue on 127.0.0.1 with live reload instead, "
                                         "re-rendering on every save, until Ctrl-C.")] = False,
-    port: Annotated[int, typer.Option(help="Port of --watch.")] = 8026,
+    port: Annotated[int, typer.Option(help="Port of --watch.", min=1, max=65535)] = 8026,
     offline: Annotated[bool, typer.Option("--offline", help="Load no remote images (as a client that blocks "
                                           "them shows the issue).")] = False,
 ) -> None:
@@ -607,9 +607,8 @@ def preview(
         live = live_preview(issue, config, store, list_name, report)
         if live.message is None:
             raise MailerError(live.error)
-        err.print(f"previewing on http://127.0.0.1:{port}/ (updates when {issue} changes); Ctrl-C stops",
-                  markup=False, highlight=False)
-        serve_live_preview(live, port)
+        serve_live_preview(live, port, ready=lambda url: err.print(
+            f"previewing on {url} (updates when {issue} changes); Ctrl-C stops", markup=False, highlight=False))
         return
     result = preview_issue(issue, output, config, store, list_name, offline=offline)
     assert result.screenshots is not None

@@ -96,10 +96,15 @@ class GeneratedKey:
 def generate_key(selector: str, domain: str, directory: Path, bits: int = KEY_BITS) -> GeneratedKey:
     """Write a new RSA private key (PKCS#1 PEM, mode 0600, never over an existing file) and return its TXT record."""
     path = default_key_path(directory, selector, domain)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DKIMError(f"cannot create the folder {directory}: {exc.strerror}") from None
+    if path.exists():
+        raise DKIMError(f"{path} already exists; remove it or choose another selector")
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                             serialization.NoEncryption())
-    directory.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -382,10 +382,16 @@ def live_preview(issue_path: Path, config: Config, store: Store | None = None, l
     return live
 
 
-def serve_live_preview(live: LivePreview, port: int, host: str = "127.0.0.1") -> None:
+def serve_live_preview(live: LivePreview, port: int, host: str = "127.0.0.1",
+                       ready: Callable[[str], None] | None = None) -> None:
     """Serve the live preview until Ctrl-C (loopback only: a draft is not for the network)."""
     import uvicorn
 
     if not _is_loopback_url(f"http://{host}/"):
         raise MailerError(f"the live preview only listens on this machine, not on {host}")
-    uvicorn.Server(uvicorn.Config(live.app(), host=host, port=port, log_level="warning", access_log=False)).run()
+    from mailer.web import listen_socket
+
+    sock = listen_socket(host, port)
+    if ready:
+        ready(f"http://{host}:{sock.getsockname()[1]}/")
+    uvicorn.Server(uvicorn.Config(live.app(), log_level="warning", access_log=False)).run(sockets=[sock])

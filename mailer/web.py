@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -37,6 +38,7 @@ from mailer.subscriptions import (
     LinkTarget,
     SignupLimits,
     SignupOutcome,
+    TestLink,
     build_confirmation,
     confirm_with_token,
     link_target,
@@ -74,6 +76,9 @@ TEXT: dict[str, dict[str, str]] = {
         "unsub_done": "{addr} 不会再收到「{title}」的邮件。",
         "unsub_already": "{addr} 已经退订「{title}」，不会再收到它的邮件。",
         "unsub_undo": "退订错了？重新订阅",
+        "test_heading": "测试邮件中的链接",
+        "test_link": "这是测试邮件里的退订链接，它不对应任何读者，什么也不会改变。"
+        "正式发送时，每位读者邮件中的链接只退订其本人。",
         "signup_heading": "订阅「{title}」",
         "signup_intro": "填写邮箱，我们会发一封确认邮件；点击其中的链接后订阅才生效。",
         "email_label": "邮箱",
@@ -106,6 +111,9 @@ TEXT: dict[str, dict[str, str]] = {
         "unsub_done": "{addr} will no longer receive {title}.",
         "unsub_already": "{addr} is already unsubscribed from {title} and will receive nothing more.",
         "unsub_undo": "Unsubscribed by mistake? Subscribe again",
+        "test_heading": "A link from a test message",
+        "test_link": "This is the unsubscribe link of a test message: it belongs to no reader and changes nothing. In "
+        "the real issue, the link in each reader's message unsubscribes that reader.",
         "signup_heading": "Subscribe to {title}",
         "signup_intro": "Enter your address and we will send you a confirmation mail; your subscription starts "
         "when you click the link in it.",
@@ -178,7 +186,11 @@ class WebApp:
         })
         return HTMLResponse(html, status_code=status)
 
-    def _bad_link(self) -> HTMLResponse:
+    def _bad_link(self, problem: BadToken | None = None) -> HTMLResponse:
+        if isinstance(problem, TestLink):
+            words = self._words(problem.mailing_list)
+            return self._page(problem.mailing_list.lang, words["test_heading"], [words["test_link"]],
+                              list_title=problem.mailing_list.title or problem.mailing_list.name)
         return self._page("zh", BAD_LINK[0], BAD_LINK[1], status=400)
 
     @staticmethod
@@ -210,8 +222,8 @@ class WebApp:
         try:
             target = await self._with_store(
                 lambda store: link_target(store, self.config.secret, token, TokenKind.UNSUBSCRIBE))
-        except BadToken:
-            return self._bad_link()
+        except BadToken as problem:
+            return self._bad_link(problem)
         words = self._words(target.mailing_list)
         title = target.mailing_list.title or target.mailing_list.name
         if target.subscriber.status == SubscriberStatus.UNSUBSCRIBED:
@@ -231,8 +243,8 @@ class WebApp:
         try:
             target, _ = await self._with_store(lambda store: unsubscribe_with_token(
                 store, self.config.secret, token, "one-click" if one_click else "page"))
-        except BadToken:
-            return self._bad_link()
+        except BadToken as problem:
+            return self._bad_link(problem)
         words = self._words(target.mailing_list)
         return self._page(target.mailing_list.lang, words["unsub_done_heading"], [self._say(target, "unsub_done")],
                           list_title=target.mailing_list.title or target.mailing_list.name,
@@ -415,22 +427,26 @@ def _by_method(get: Endpoint, post: Endpoint) -> Endpoint:
     return endpoint
 
 
-def serve(config: Config, host: str, port: int, trusted_proxies: str, ready: Callable[[str], None] | None = None,
-          ) -> None:
-    """Run the app on uvicorn until interrupted. Behind a reverse proxy, the client address comes from
-    X-Forwarded-For only when the proxy is in `trusted_proxies` (the per-client sign-up limit relies on it)."""
-    import socket
-
-    import uvicorn
-
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for uvicorn: bound here, so a port in use is one clear line (uvicorn would exit with 3)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))  # bound here, so "in use" is one clear line and not uvicorn's exit status 3
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise MailerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise MailerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(config: Config, host: str, port: int, trusted_proxies: str, ready: Callable[[str], None] | None = None,
+          ) -> None:
+    """Run the app on uvicorn until interrupted. Behind a reverse proxy, the client address comes from
+    X-Forwarded-For only when the proxy is in `trusted_proxies` (the per-client sign-up limit relies on it)."""
+    import uvicorn
+
+    sock = listen_socket(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = uvicorn.Server(uvicorn.Config(
         create_app(config), proxy_headers=True, forwarded_allow_ips=trusted_proxies,

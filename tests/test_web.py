@@ -451,3 +451,15 @@ def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(config: Con
         return None
 
     assert dkimpy.verify(mail.data, dnsfunc=dns)
+
+
+def test_the_unsubscribe_link_of_a_test_send_explains_itself(site: Site) -> None:
+    list_id = site.store.get_list("bulletin").id
+    token = make_token(site.config.secret, TokenKind.UNSUBSCRIBE, list_id, 0)  # what --test messages carry
+    with site.client() as http:
+        page = http.get(f"/u/{token}")
+        post = http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert page.status_code == 200 and "测试邮件中的链接" in page.text and "<form" not in page.text
+    assert post.status_code == 200
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
+    assert site.store.conn.execute("SELECT COUNT(*) FROM unsubscribes").fetchone()[0] == 0
