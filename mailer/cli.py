@@ -323,8 +323,11 @@ def _summary_line(summary: SendSummary) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to send"
     if summary.dry_run:
         return f"dry run: would send to {summary.total} recipients; nothing was sent"
-    kind = "test message" if summary.test else f"campaign {summary.campaign_id}"
-    return f"{kind}: {summary.total} recipients: {counts} in {summary.elapsed:.1f}s"
+    if summary.test:
+        return (f"test message (campaign {summary.campaign_id}, not counted in the issue's): {counts} in "
+                f"{summary.elapsed:.1f}s; see: mailer log {summary.campaign_id}")
+    recipients = "1 recipient" if summary.total == 1 else f"{summary.total} recipients"
+    return f"campaign {summary.campaign_id}: {recipients}: {counts} in {summary.elapsed:.1f}s"
 
 
 def _finish_send(summary: SendSummary) -> None:

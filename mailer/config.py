@@ -136,7 +136,8 @@ def read_secret_file(path: Path) -> bytes:
         return b""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise ConfigError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+        who = "others" if mode & 0o007 else "its group"
+        raise ConfigError(f"{path} is readable by {who} (mode {mode:o}); run: chmod 600 {path}")
     return path.read_bytes().strip()
 
 

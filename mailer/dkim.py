@@ -134,7 +134,8 @@ def read_key_file(path: Path) -> bytes:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise ConfigError(f"DKIM key {path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+            who = "others" if mode & 0o007 else "its group"
+            raise ConfigError(f"DKIM key {path} is readable by {who} (mode {mode:o}); run: chmod 600 {path}")
         return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"DKIM key {path} does not exist; create one with: mailer dkim keygen") from None

@@ -78,6 +78,10 @@ def check_secret(config: Config) -> Finding:
 def check_base_url(config: Config) -> Finding:
     url = config.base_url
     host = urlsplit(url).hostname or ""
+    if url == Config().base_url:
+        return warning(f"MAILER_BASE_URL is not set (the default {url} is this machine): unsubscribe and "
+                       "confirmation links will not work for subscribers; set it to the public https address of "
+                       "'mailer serve'")
     if is_loopback(host):
         return warning(f"MAILER_BASE_URL {url} is this machine: unsubscribe and confirmation links will not work for "
                        "subscribers; set it to the public https address of 'mailer serve'")

@@ -29,7 +29,7 @@ from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.models import Recipient
 from mailer.render import DEFAULT_TEMPLATES, InlineImage
-from mailer.send import build_template, prepare_sample
+from mailer.send import GMAIL_CLIP_BYTES, build_template, prepare_sample
 from mailer.smtp import is_loopback
 from mailer.store import Store, utcnow
 
@@ -40,7 +40,6 @@ DESKTOP_WIDTH = 1200
 MOBILE_WIDTH = 390
 VIEWPORT_HEIGHT = 900
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
-GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML, hiding the unsubscribe link
 SAFE_SCHEMES = ("https:", "mailto:", "tel:", "cid:", "#")
 _CONDITIONAL_COMMENT = re.compile(r"<!--\[if.*?<!\[endif\]-->", re.S | re.I)
 _CSS_COMMENT = re.compile(r"/\*.*?\*/", re.S)
@@ -150,7 +149,7 @@ def check_html(html: str) -> list[str]:
     warnings = []
     for image in collector.images:
         src = _describe(image.get("src") or "")
-        if image.get("alt") is None:
+        if not (image.get("alt") or "").strip():
             warnings.append(f"image {src} has no alt text: clients that block images show nothing in its place")
         if not image.get("width"):
             warnings.append(f"image {src} has no width attribute: Outlook shows it at its full size")
@@ -167,10 +166,11 @@ def check_html(html: str) -> list[str]:
                         "app and Outlook.com drop it; style the element inline instead")
     seen = set()
     for href in collector.links:
-        if href.startswith(SAFE_SCHEMES) or href in seen:
+        scheme_lower = href[:8].lower() + href[8:]  # HTTPS://EXAMPLE.ORG is as good as https://example.org
+        if scheme_lower.startswith(SAFE_SCHEMES) or href in seen:
             continue
         seen.add(href)
-        if href.startswith("http:"):
+        if scheme_lower.startswith("http:"):
             where = " (this machine: subscribers cannot open it)" if _is_loopback_url(href) else ""
             warnings.append(f"link {_describe(href)} is not https{where}")
         else:

@@ -30,6 +30,7 @@ from mailer.smtp import Reply, Session, SMTPSettings, probe
 from mailer.store import Outcome, Partition, Store, stamp, utcnow
 
 T = TypeVar("T")
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
 LEASE_SECONDS = 60.0
 FALLBACK_NAMES = {"zh": "读者", "en": "reader"}
@@ -155,7 +156,18 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path))
     warnings = check_attributes(store, mailing_list, issue, issue_path)
-    return PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, config.base_url), issue_path, warnings)
+    sender = sender_for(mailing_list, issue, config.base_url)
+    size = len(issue.html.encode("utf-8"))
+    if size > GMAIL_CLIP_BYTES:
+        warnings.append(f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages over 102 KB, hiding the rest "
+                        "and the unsubscribe link (see: mailer preview)")
+    if config.dkim_domain:
+        from mailer.dkim import alignment
+
+        if alignment(sender.mail_domain, config.dkim_domain) is None:
+            warnings.append(f"From domain {sender.mail_domain} is not aligned with DKIM d={config.dkim_domain}: "
+                            "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)")
+    return PreparedIssue(mailing_list, issue, sender, issue_path, warnings)
 
 
 def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIssue, issue_path: Path) -> list[str]:
@@ -457,6 +469,7 @@ async def deliver_campaign(
     try:
         in_doubt = store.requeue(campaign.id, [DeliveryStatus.SENDING])
         counts = store.counts(campaign.id)
+        already_done = not counts.get(DeliveryStatus.QUEUED) and not counts.get(DeliveryStatus.DEFERRED)
         total = sum(counts.values())
         sink = progress or _NoProgress()
         sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0))
@@ -474,6 +487,9 @@ async def deliver_campaign(
     if not unfinished:
         store.finish_campaign(campaign.id)
     notes = list(warnings or [])
+    if already_done and not campaign.is_test:
+        notes.append(f"campaign {campaign.id} of this issue and list was already complete: nothing was sent now "
+                     f"(the counts below are the campaign's; see: mailer log {campaign.id})")
     if in_doubt:
         notes.append(f"{in_doubt} recipient(s) left in 'sending' by an interrupted run were sent again")
     if counts.get(DeliveryStatus.DEFERRED):

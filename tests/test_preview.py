@@ -4,6 +4,7 @@ test sends, and the layout's conveniences (embedded images, preheader, masthead,
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from mailer.capture import CaptureServer, free_port
 from mailer.config import Config
 from mailer.dkim import Signer, generate_key
 from mailer.errors import TemplateError
+from mailer.models import Subscriber
 from mailer.preview import (
     GMAIL_CLIP_BYTES,
     LivePreview,
@@ -231,7 +233,8 @@ def test_a_test_send_is_one_signed_message_marked_test_with_a_sample_recipients_
                      "--smtp-port", str(smtp_server.port), env=env)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("test message: 1 recipients: 1 sent")
+    assert re.match(r"test message \(campaign (\d+), not counted in the issue's\): 1 sent in [\d.]+s; "
+                    r"see: mailer log \1$", result.stdout.strip()), result.stdout
     (captured,) = smtp_server.received
     assert captured.rcpt_tos == ("me@example.org",)
     message = message_from_bytes(captured.data, policy=policy.default)
@@ -360,3 +363,28 @@ def test_images_cid_with_chinese_and_spaced_file_names(tmp_path: Path) -> None:
     message = message_from_bytes(sample.data, policy=policy.default)
     image = list(message.iter_parts())[1]
     assert image.get_content() == (tmp_path / "issue" / "images" / "图表 一.png").read_bytes()
+
+
+def test_empty_alt_counts_as_missing_and_an_upper_case_scheme_is_fine() -> None:
+    html = ('<html><body><img src="https://cdn.example.org/a.png" alt="" width="100">'
+            '<a href="HTTPS://EXAMPLE.ORG/x">x</a><a href="HTTP://EXAMPLE.ORG/y">y</a></body></html>')
+    warnings = check_html(html)
+    assert any("has no alt text" in w for w in warnings)
+    assert not any("EXAMPLE.ORG/x" in w for w in warnings)
+    assert any("HTTP://EXAMPLE.ORG/y is not https" in w for w in warnings)
+    assert not any("no https:// host" in w for w in warnings)
+
+
+def test_send_warns_about_clipping_and_dkim_misalignment(store: Store, smtp_server: CaptureServer,
+                                                         tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    big = tmp_path / "big.md"
+    big.write_text("---\nsubject: Big\n---\n\n## One\n\n" + "这是一段很长的正文。" * 4000 + "\n", encoding="utf-8")
+    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email="a@example.org")], "test")
+    from mailer.dkim import generate_key
+
+    key = generate_key("s1", "other.example", tmp_path / "keys").path
+    env = {"MAILER_DKIM_KEY": str(key), "MAILER_DKIM_SELECTOR": "s1", "MAILER_DKIM_DOMAIN": "other.example"}
+    result = run_cli("send", str(big), "--list", "bulletin", "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Gmail clips messages over 102 KB" in result.stderr
+    assert "From domain example.org is not aligned with DKIM d=other.example" in result.stderr

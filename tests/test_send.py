@@ -363,3 +363,15 @@ def test_an_attribute_no_subscriber_has_stops_the_send_before_any_message(
     result = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
     assert result.returncode == 0, result.stderr
     assert "1 of 21 subscribers have no 'city'; it will be blank for them" in result.stderr
+
+
+def test_sending_a_complete_campaign_again_says_nothing_was_sent(
+    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    add_subscribers(store, THREE)
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", env=env).returncode == 0
+    again = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", env=env)
+    assert again.returncode == 0
+    assert "was already complete: nothing was sent now" in again.stderr
+    assert len(smtp_server.received) == 3
