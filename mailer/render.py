@@ -131,7 +131,13 @@ def split_front_matter(source: str, origin: str) -> tuple[dict[str, Any], str]:
     try:
         post = frontmatter.loads(source.lstrip("\ufeff"))
     except yaml.YAMLError as exc:
-        raise TemplateError(f"{origin}: front matter is not valid YAML: {str(exc).splitlines()[0]}") from None
+        # Where the trouble started (an unclosed quote) rather than where YAML gave up (the end of the block).
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
+        # +1: the mark counts lines from 0, and the block handed to YAML starts with the opening line's newline
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
+            or str(exc).splitlines()[0]
+        raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
     meta = {str(k): v for k, v in post.metadata.items()}
     subject = str(meta.get("subject") or "").strip()
     if not subject:

@@ -172,7 +172,7 @@ def test_missing_subject_is_a_template_error(source: str) -> None:
 
 
 def test_bad_front_matter_yaml_is_a_template_error() -> None:
-    with pytest.raises(TemplateError, match=r"^issues/x\.md: front matter is not valid YAML"):
+    with pytest.raises(TemplateError, match=r"^issues/x\.md line 2: front matter is not valid YAML: while parsing"):
         render_issue("---\nsubject: [unclosed\n---\n\nBody.\n", "issues/x.md", list_ctx())
 
 
