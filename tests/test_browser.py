@@ -17,6 +17,7 @@ import pytest
 from mailer.capture import CaptureServer
 from mailer.config import Config
 from mailer.models import Subscriber, SubscriberStatus
+from mailer.preview import CHROMIUM_ARGS
 from mailer.send import SendOptions, send_issue, smtp_settings
 from mailer.store import Store
 from mailer.subscriptions import create_list
@@ -36,10 +37,8 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    args = ["--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--disable-quic"]
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")
+    # The flags `mailer preview` uses (no sandbox: CI may run as root, or in a container without user namespaces).
+    args = [*CHROMIUM_ARGS, "--disable-quic"]
     with playwright_sync.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         yield chromium
