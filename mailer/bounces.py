@@ -13,11 +13,17 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
 from enum import StrEnum
 
+from mailer.message import clean_header_text
+
 VERP_RE = re.compile(rb"\bbounces\+([a-z2-7]{16,64})@", re.IGNORECASE)
 UNSUBSCRIBE_RE = re.compile(r"\bunsubscribe\+([a-z2-7]{16,64})@", re.IGNORECASE)
 STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 SMTP_CODE_RE = re.compile(r"\b([245])\d\d\b")
-MESSAGE_ID_RE = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+@[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+# A msg-id as mailer writes it (RFC 5322 3.6.4): <left@right>, printable ASCII without angle brackets. It is never
+# RFC 2047 encoded, so it is read as written; a blank, an encoded word or a bare word names no message we sent.
+_MSG_ID = r"<[!-;=?-~]+@[!-;=?-~]+>"
+MSG_ID_RE = re.compile(_MSG_ID)
+MESSAGE_ID_RE = re.compile(rf"^[ \t]*Message-ID:[ \t]*({_MSG_ID})", re.IGNORECASE | re.MULTILINE)
 # Headers that name the address the report was sent to: our VERP bounce or mailto-unsubscribe address.
 ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "x-rcpt-to")
 BOUNCE_SUBJECT_RE = re.compile(
@@ -54,13 +60,24 @@ class ReturnedMail:
 
 
 def _one_line(text: object, limit: int = 300) -> str:
-    return " ".join(str(text or "").split())[:limit]
+    """Report text as it may be stored and printed: one line, no control characters or terminal escapes (a
+    Diagnostic-Code is whatever the remote server, or whoever wrote the mail, chose to put there)."""
+    return clean_header_text(text or "")[:limit]
+
+
+def _message_id(headers: Message) -> str:
+    """The original's Message-ID exactly as written, or "" when it is absent or not a msg-id."""
+    for name, value in headers.raw_items():
+        if name.lower() == "message-id":
+            match = MSG_ID_RE.fullmatch(str(value).strip())
+            return match.group(0) if match else ""
+    return ""
 
 
 def _address(value: str) -> str:
     """`rfc822; user@example.org` or `<user@example.org>` -> user@example.org."""
     value = value.split(";", 1)[1] if ";" in value else value
-    return value.strip().strip("<>").strip()
+    return _one_line(value.strip().strip("<>"), 254)
 
 
 def _status_of(status: str, diagnostic: str) -> str:
@@ -130,10 +147,10 @@ def _fallback_findings(msg: Message, text: str) -> list[Finding]:
     match = STATUS_RE.search(text)
     status = ".".join(match.groups()) if match else ""
     line = next((ln for ln in text.splitlines() if status and status in ln), "")
-    findings = [Finding(Kind.HARD, a.decode("utf-8", "replace").lower(), status if status[:1] != "4" else "5.0.0",
-                        _one_line(line)) for a in sorted(permanent)]
-    findings += [Finding(Kind.SOFT, a.decode("utf-8", "replace").lower(), status if status[:1] == "4" else "4.0.0",
-                         _one_line(line)) for a in sorted(temporary - permanent)]
+    hard = [_one_line(a.decode("utf-8", "replace"), 254).lower() for a in sorted(permanent)]
+    soft = [_one_line(a.decode("utf-8", "replace"), 254).lower() for a in sorted(temporary - permanent)]
+    findings = [Finding(Kind.HARD, a, status if status[:1] != "4" else "5.0.0", _one_line(line)) for a in hard]
+    findings += [Finding(Kind.SOFT, a, status if status[:1] == "4" else "4.0.0", _one_line(line)) for a in soft]
     if findings:
         return findings
     failed = [_address(a).lower() for a in str(msg.get("X-Failed-Recipients", "")).split(",") if a.strip()]
@@ -162,7 +179,7 @@ def parse_returned(raw: bytes) -> ReturnedMail:
     for original in originals:
         tokens += [t.decode().lower() for t in VERP_RE.findall(str(original.get("Return-Path", "")).encode())]
     tokens += [t.decode().lower() for t in VERP_RE.findall(raw)]
-    message_ids = [str(o.get("Message-ID", "")).strip() for o in originals if o.get("Message-ID")]
+    message_ids = [m for m in (_message_id(o) for o in originals) if m]
     text = _text_of(msg)
     message_ids += [m for m in MESSAGE_ID_RE.findall(text) if m not in message_ids]
     unsubscribe = list(dict.fromkeys(t.lower() for t in UNSUBSCRIBE_RE.findall(envelope)))

@@ -19,11 +19,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from mailer import __version__
 from mailer.config import Config, ensure_secret, load_config
 from mailer.errors import MailerError
 from mailer.exit_codes import ExitCode
+from mailer.message import clean_header_text
 from mailer.models import DeliveryStatus, SendSummary
 from mailer.store import Store
 
@@ -80,9 +82,11 @@ def _print_json(rows: list[dict[str, Any]]) -> None:
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    table = Table(*columns, title=title, show_lines=False)
+    """Cells are data, never rich markup (a name like `[/]` would crash the table, `[link=…]` would make one), and
+    what came from outside (names, SMTP replies, bounce reports) loses control characters and terminal escapes."""
+    table = Table(*columns, title=Text(clean_header_text(title)) if title else None, show_lines=False)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else clean_header_text(v)) for v in row))
     out.print(table)
 
 

@@ -28,6 +28,9 @@ CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322 2.1.1 SHOULD; the MUST is 998, which nothing here can exceed
 _EW_BYTES = 42  # UTF-8 octets per encoded word: 56 base64 chars + 12 of wrapping keeps each line under 78
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Terminal escape sequences (CSI such as ESC [ 2 J, OSC such as ESC ] 0 ; title BEL, and two-character ones) go
+# whole: with only the ESC removed, text read from a bounce or a form would still show as "[31m" debris.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-~]")
 # Bidi embeddings, overrides and isolates: in a name they can make a mail client show text in another order than
 # it is (the "Trojan Source" trick); a person's name never needs them.
 _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
@@ -36,10 +39,10 @@ _ADDR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\\\"]")
 
 
 def clean_header_text(value: object) -> str:
-    """Header-safe text: every control character (CR, LF, NUL, U+2028 ...) becomes a space, runs of space fold,
-    bidi overrides go."""
+    """Header-safe (and terminal-safe) text: escape sequences go, every other control character (CR, LF, NUL,
+    U+2028 ...) becomes a space, runs of space fold, bidi overrides go."""
     text = unicodedata.normalize("NFC", str(value))
-    text = _CONTROL.sub(" ", _BIDI_CONTROL.sub("", text))
+    text = _CONTROL.sub(" ", _BIDI_CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text)))
     return " ".join(text.split())
 
 

@@ -482,9 +482,15 @@ class Store:
         return _delivery_ref(row)
 
     def delivery_by_message_id(self, message_id: str) -> dict[str, Any] | None:
+        """The delivery whose message went out with this Message-ID. Only an attempted delivery qualifies:
+        mark_sending sets the Message-ID and counts the attempt in one transaction, so `attempts > 0` is what says a
+        message with that ID was handed to the relay (sent, bounced, deferred or in doubt). A delivery still queued
+        for its first attempt has no mail anywhere to bounce, and a blank ID names nothing."""
+        if not message_id.strip():
+            return None
         row = self.conn.execute(
             "SELECT id, campaign_id, subscriber_id, email, status, message_id FROM deliveries WHERE message_id = ? "
-            "ORDER BY id DESC LIMIT 1", (message_id,),
+            "AND attempts > 0 ORDER BY id DESC LIMIT 1", (message_id,),
         ).fetchone()
         return _delivery_ref(row)
 

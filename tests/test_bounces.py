@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mailbox
+import re
 from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
@@ -37,7 +38,7 @@ class Sent:
 def fill(name: str, sent: Sent) -> bytes:
     text = (FIXTURES / name).read_text(encoding="utf-8")
     for marker, value in (("@@VERP@@", sent.verp), ("@@RCPT@@", sent.email), ("@@MSGID@@", sent.message_id),
-                          ("@@UNSUB@@", sent.unsubscribe)):
+                          ("@@UNSUB@@", sent.unsubscribe), ("@@ESC@@", "\x1b"), ("@@BEL@@", "\x07")):
         text = text.replace(marker, value)
     return text.encode("utf-8")
 
@@ -294,3 +295,59 @@ def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp
     assert store.count_recipients(list_id) == before + 1
     again = run_cli("suppressions", "remove", bounced.email)
     assert again.returncode == 1 and again.stderr.startswith("error: ") and "not suppressed" in again.stderr
+
+
+# ---- forged reports: what arrives by mail is untrusted ----------------------------------------------------------
+
+
+def interrupted_campaign(store: Store) -> int:
+    """A second campaign whose snapshot was written and whose run stopped before anyone was mailed: every delivery
+    queued, none with a Message-ID yet."""
+    list_id = store.get_list("bulletin").id
+    campaign = store.create_campaign(list_id, "interrupted", "第13期", "interrupted.md", "h", {}, "salt")
+    assert store.counts(campaign.id) == {"queued": len(READERS)}
+    return campaign.id
+
+
+@pytest.mark.parametrize("fixture", ["forged-blank-message-id.eml", "forged-complaint.eml"])
+def test_a_blank_message_id_matches_no_delivery(fixture: str, campaign: dict[str, Sent], store: Store,
+                                                tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    interrupted_campaign(store)
+    victim = campaign[READERS[7]]
+    forged = Sent(victim.email, "bounces+" + "a" * 26 + "@example.org", "", victim.unsubscribe)  # no valid VERP
+    assert parse_returned(fill(fixture, forged)).message_ids == []
+    (tmp_path / "forged.eml").write_bytes(fill(fixture, forged))
+    rows = scan_json(run_cli, tmp_path / "forged.eml")
+    assert [row["result"].split(":")[0] for row in rows] == ["unmatched"], rows
+    assert not store.is_suppressed(victim.email)
+    assert store.get_subscriber(store.get_list("bulletin").id, victim.email).status == SubscriberStatus.ACTIVE
+
+
+def test_a_message_id_matches_only_a_delivery_that_was_sent_with_it(campaign: dict[str, Sent],
+                                                                    store: Store) -> None:
+    interrupted = interrupted_campaign(store)
+    assert store.delivery_by_message_id("") is None
+    sent = campaign[READERS[0]]
+    assert store.delivery_by_message_id(sent.message_id)["email"] == READERS[0]
+    # A Message-ID the engine may know before the first attempt names no mail that exists.
+    store.conn.execute("UPDATE deliveries SET message_id = '<mailer.x.1.abc@example.org>' WHERE campaign_id = ?",
+                       (interrupted,))
+    assert store.delivery_by_message_id("<mailer.x.1.abc@example.org>") is None
+
+
+def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: dict[str, Sent], store: Store,
+                                                                     tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    reader = campaign[READERS[1]]
+    raw = fill("forged-blank-message-id.eml", reader).replace(b"=?utf-8?q?_?=", reader.message_id.encode())
+    finding = parse_returned(raw).findings[0]
+    assert finding.diagnostic == "550 5.1.1 User unknown"
+    (tmp_path / "dsn.eml").write_bytes(raw)
+    assert scan_json(run_cli, tmp_path / "dsn.eml")[0]["result"].startswith("bounced")
+    assert store.suppression(reader.email) == ("bounced", "5.1.1 550 5.1.1 User unknown")
+    # Rows stored before this check (or a relay's reply) are cleaned where they are printed too.
+    store.conn.execute("UPDATE deliveries SET smtp_reply = '550 \x1b[2Jgone\x07' WHERE email = ?", (READERS[2],))
+    for args in (("suppressions", "ls"), ("log", "1")):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.stdout), (args, result.stdout)
+    assert "gone" in run_cli("log", "1").stdout

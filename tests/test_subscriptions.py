@@ -206,6 +206,16 @@ def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -
     assert_one_error_line(bad.stderr)
 
 
+def test_names_are_shown_as_written_never_as_markup(store: Store, run_cli) -> None:
+    # Anyone can type a name into the sign-up form; rich would read "[/]" as a closing tag and crash the table.
+    store.upsert_subscribers(store.get_list("bulletin").id, [
+        Subscriber(email="mark@example.org", name="[/]Mark [bold]Up[link=https://evil.test]x"),
+    ], "test")
+    result = run_cli("subs", "ls", "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert "[/]Mark [bold]Up[link=https://evil.test]x" in result.stdout
+
+
 def test_subs_export_to_a_file(store: Store, tmp_path: Path, run_cli) -> None:
     import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
     target = tmp_path / "export.csv"
