@@ -21,7 +21,7 @@ import sqlite_utils
 from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
 
@@ -147,6 +147,9 @@ UPDATE OR IGNORE suppressions SET email = lower(email) WHERE email <> lower(emai
 UPDATE OR IGNORE returned_mail SET email = lower(email) WHERE email <> lower(email);
 UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
 """,
+    # The name typed into the sign-up form stays with its request until the mailbox owner confirms that request:
+    # a stranger re-posting the form for someone's address must not change what later mail calls them.
+    5: "ALTER TABLE signup_requests ADD COLUMN name TEXT NOT NULL DEFAULT '';",
 }
 
 
@@ -425,11 +428,22 @@ class Store:
         row = self.conn.execute(sql, args).fetchone()
         return row[0] if row else None
 
-    def log_signup(self, list_id: int, email: str, client: str, mailed: bool, at: str | None = None) -> None:
-        self.conn.execute(
-            "INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (?, ?, ?, ?, ?)",
-            (list_id, email, client, int(mailed), at or stamp()),
+    def log_signup(self, list_id: int, email: str, client: str, mailed: bool, at: str | None = None,
+                   name: str = "") -> int:
+        """Record one sign-up request (with the name it asks for); returns its id."""
+        cur = self.conn.execute(
+            "INSERT INTO signup_requests (list_id, email, client, mailed, at, name) VALUES (?, ?, ?, ?, ?, ?)",
+            (list_id, email, client, int(mailed), at or stamp(), name),
         )
+        return int(cur.lastrowid or 0)
+
+    def signup_request_name(self, request_id: int, list_id: int, email: str) -> str | None:
+        """The name a mailed sign-up request of `email` to this list asked for; None when there is no such request."""
+        row = self.conn.execute(
+            "SELECT name FROM signup_requests WHERE id = ? AND list_id = ? AND email = ? AND mailed = 1",
+            (request_id, list_id, email),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def forget_confirmation_mail(self, email: str) -> None:
         """The latest confirmation mail to `email` could not be sent: it does not count against the address."""
@@ -438,30 +452,25 @@ class Store:
             (email,),
         )
 
-    def upsert_pending(self, list_id: int, email: str, name: str) -> Subscriber:
-        """A web sign-up: a new address becomes pending; anyone already known keeps their status (someone who
-        unsubscribed stays so until they confirm: a stranger typing their address changes nothing)."""
+    def upsert_pending(self, list_id: int, email: str) -> Subscriber:
+        """A web sign-up: a new address becomes pending (nameless: the name waits with the request for the
+        confirmation); anyone already known keeps their status and name (someone who unsubscribed stays so until
+        they confirm: a stranger typing their address changes nothing)."""
         now = stamp()
-        with self.transaction():
-            row = self.conn.execute(
-                "SELECT id, status FROM subscribers WHERE list_id = ? AND email = ?", (list_id, email)
-            ).fetchone()
-            if row is None:
-                self.conn.execute(
-                    "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
-                    "VALUES (?, ?, ?, '{}', 'pending', 'web', ?, ?)",
-                    (list_id, email, name, now, now),
-                )
-            elif row[1] == SubscriberStatus.PENDING and name:
-                self.conn.execute("UPDATE subscribers SET name = ?, updated = ? WHERE id = ?", (name, now, row[0]))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
+            "VALUES (?, ?, '', '{}', 'pending', 'web', ?, ?)", (list_id, email, now, now),
+        )
         return self.get_subscriber(list_id, email)
 
-    def confirm_subscriber(self, subscriber_id: int) -> bool:
-        """pending or unsubscribed -> active (double opt-in done); True if it changed anything."""
+    def confirm_subscriber(self, subscriber_id: int, name: str = "") -> bool:
+        """pending or unsubscribed -> active (double opt-in done), taking the confirmed request's name unless it is
+        blank; True if it changed anything."""
         now = stamp()
         cur = self.conn.execute(
-            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ? WHERE id = ? "
-            "AND status IN ('pending', 'unsubscribed')", (now, now, subscriber_id),
+            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ?, "
+            "name = CASE WHEN ? = '' THEN name ELSE ? END WHERE id = ? AND status IN ('pending', 'unsubscribed')",
+            (now, now, name, name, subscriber_id),
         )
         return cur.rowcount > 0
 

@@ -187,31 +187,43 @@ def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: str)
     return target, store.unsubscribe(target.subscriber.id, source=source)
 
 
+@dataclass(frozen=True)
+class Signup:
+    """What the sign-up form decided: the outcome, and for a mail, who gets it and which request it confirms."""
+
+    outcome: SignupOutcome
+    subscriber: Subscriber | None = None
+    request_id: int = 0
+
+
 def request_signup(
     store: Store, list_name: str, email: str, name: str, client: str, now: datetime,
     limits: SignupLimits | None = None,
-) -> tuple[SignupOutcome, Subscriber | None]:
+) -> Signup:
     """The sign-up form: record a pending subscriber and decide whether to mail a confirmation.
 
     Every answer the form shows is the same whether the address is new, pending, active or bounced, so the form
-    cannot be used to learn who is subscribed; the limits stop it being used to mail-bomb an address."""
+    cannot be used to learn who is subscribed; the limits stop it being used to mail-bomb an address. The name is
+    kept with the request, not the subscriber: only the confirmation of that request (by whoever reads the
+    mailbox) may put it into later mail."""
     limits = limits or SignupLimits()
     mailing_list = store.get_list(list_name)
     address = normalise_address(email)
     if store.signup_counts(address, client, stamp(now - limits.client_window))[1] >= limits.client_max:
-        return SignupOutcome.LIMITED, None
+        return Signup(SignupOutcome.LIMITED)
     mailed_today = store.signup_counts(address, client, stamp(now - timedelta(days=1)))[0]
     last = store.last_confirmation_mail(address)
     too_soon = last is not None and last > stamp(now - limits.address_interval)
     subscriber = None
     outcome = SignupOutcome.QUIET
     if not store.is_suppressed(address):
-        subscriber = store.upsert_pending(mailing_list.id, address, clean_header_text(name)[:200])
+        subscriber = store.upsert_pending(mailing_list.id, address)
         can_join = subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
         if can_join and not too_soon and mailed_today < limits.address_per_day:
             outcome = SignupOutcome.MAIL
-    store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now))
-    return outcome, subscriber
+    request_id = store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now),
+                                  clean_header_text(name)[:200])
+    return Signup(outcome, subscriber, request_id)
 
 
 class ConfirmState(StrEnum):
@@ -221,10 +233,21 @@ class ConfirmState(StrEnum):
     GONE = "gone"  # unsubscribed or bounced since: the link no longer applies
 
 
-def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool) -> tuple[
-        LinkTarget, ConfirmState]:
+def requested_name(store: Store, secret: bytes, token: str) -> str:
+    """The name the sign-up request behind a confirm link asked for ("" for links older than kept requests)."""
+    target = link_target(store, secret, token, TokenKind.CONFIRM)
+    request_id = read_token(secret, token, TokenKind.CONFIRM).c
+    if not request_id:
+        return ""
+    return store.signup_request_name(request_id, target.mailing_list.id, target.subscriber.email) or ""
+
+
+def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool,
+                       name: str | None = None) -> tuple[LinkTarget, ConfirmState]:
     """GET (apply=False) only looks; POST (apply=True) activates. The link proves the person reads that mailbox;
-    it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent."""
+    it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent.
+    Confirming sets the name `name` (what the owner left in the confirm page's field), else the one the confirmed
+    request asked for; a blank one keeps the name already known."""
     target = link_target(store, secret, token, TokenKind.CONFIRM)
     sub = target.subscriber
     if sub.status == SubscriberStatus.ACTIVE:
@@ -240,7 +263,8 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     if requested < stamp(now - CONFIRM_TTL):
         return target, ConfirmState.EXPIRED
     if apply:
-        store.confirm_subscriber(sub.id)
+        chosen = requested_name(store, secret, token) if name is None else name
+        store.confirm_subscriber(sub.id, clean_header_text(chosen)[:200])
         return target, ConfirmState.CONFIRMED
     return target, ConfirmState.READY
 
@@ -283,7 +307,7 @@ def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
 
 def build_confirmation(
     mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
-    signer: MessageSigner | None = None,
+    signer: MessageSigner | None = None, request_id: int = 0,
 ) -> BuiltMessage:
     """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me")."""
     if not mailing_list.from_addr:
@@ -296,9 +320,9 @@ def build_confirmation(
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
                                salt=secrets.token_hex(8), fallback_name=_READER.get(mailing_list.lang, "reader"),
                                signer=signer)
-    token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id)
+    token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id, request_id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"
     # The name typed into the form is not in the mail: a stranger could otherwise put their words into a mail to
-    # any address. It is kept for the issues that follow confirmation.
+    # any address. It waits with the request (the link names it) for the issues that follow confirmation.
     recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, "", {"confirm_url": confirm_url})
     return template.build(recipient, now)

@@ -44,6 +44,7 @@ from mailer.subscriptions import (
     link_target,
     mask_address,
     request_signup,
+    requested_name,
     unsubscribe_with_token,
 )
 from mailer.tokens import BadToken, TokenKind, check_form_token, make_form_token
@@ -323,21 +324,21 @@ class WebApp:
         client = request.client.host if request.client else "unknown"
         now = self.clock()
         try:
-            outcome, subscriber = await self._with_store(
+            signup = await self._with_store(
                 lambda store: request_signup(store, mailing_list.name, email, name, client, now, self.limits))
         except AddressError:
             return self._signup_form(mailing_list, status=400, error=words["signup_bad_email"], email=email,
                                      name=name)
-        if outcome == SignupOutcome.LIMITED:
+        if signup.outcome == SignupOutcome.LIMITED:
             return self._page(mailing_list.lang, words["limited_heading"], [words["limited"]], status=429,
                               list_title=title)
-        if outcome == SignupOutcome.MAIL and subscriber is not None:
+        if signup.outcome == SignupOutcome.MAIL and signup.subscriber is not None:
             # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
             # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
-            message = build_confirmation(mailing_list, subscriber, self.config.secret, self.config.base_url, now,
-                                         self.signer)
+            message = build_confirmation(mailing_list, signup.subscriber, self.config.secret, self.config.base_url,
+                                         now, self.signer, signup.request_id)
             self.pending += 1
-            sent_page.background = BackgroundTask(self._send_confirmation, subscriber.email, message)
+            sent_page.background = BackgroundTask(self._send_confirmation, signup.subscriber.email, message)
         return sent_page
 
     async def _send_confirmation(self, email: str, message: BuiltMessage) -> None:
@@ -360,9 +361,20 @@ class WebApp:
     async def _confirm(self, request: Request, apply: bool) -> Response:
         token = request.path_params["token"]
         now = self.clock()
+        name: str | None = None  # a POST without the page's name field (a bare POST) takes the request's name
+        if apply:
+            form = await self._form(request)
+            if form is None:
+                return self._bad_link()
+            name = str(form["name"]).strip()[:200] if "name" in form else None
+
+        def look(store: Store) -> tuple[LinkTarget, ConfirmState, str]:
+            target, state = confirm_with_token(store, self.config.secret, token, now, apply=apply, name=name)
+            shown = "" if apply else requested_name(store, self.config.secret, token) or target.subscriber.name
+            return target, state, shown
+
         try:
-            target, state = await self._with_store(
-                lambda store: confirm_with_token(store, self.config.secret, token, now, apply=apply))
+            target, state, shown_name = await self._with_store(look)
         except BadToken:
             return self._bad_link()
         words = self._words(target.mailing_list)
@@ -370,7 +382,10 @@ class WebApp:
         lang = target.mailing_list.lang
         again = [(self._signup_url(target.mailing_list), words["back_to_form"])]
         if state == ConfirmState.READY:
-            form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {}, "fields": [],
+            # The name asked for is shown to the mailbox owner, who may change or clear it before confirming.
+            fields = [{"name": "name", "type": "text", "label": words["name_label"], "value": shown_name,
+                       "required": False, "autocomplete": "name"}]
+            form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {}, "fields": fields,
                     "trap": ""}
             return self._page(lang, self._say(target, "confirm_heading"), [self._say(target, "confirm_ask")],
                               list_title=title, form=form)

@@ -194,3 +194,21 @@ def test_version(tmp_path: Path) -> None:
     result = _mailer(tmp_path, "--version")
     assert result.returncode == 0
     assert re.fullmatch(r"mailer \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_init_migrates_a_schema_4_database_and_keeps_its_sign_ups(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mailer.store import _MIGRATIONS, _SCHEMA
+
+    conn = sqlite3.connect(tmp_path / "mailer.db")
+    conn.executescript(_SCHEMA + _MIGRATIONS[2] + _MIGRATIONS[3] + _MIGRATIONS[4] + "PRAGMA user_version = 4;")
+    conn.execute("INSERT INTO lists (name, created) VALUES ('bulletin', 'now')")
+    conn.execute("INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (1, 'a@example.org', "
+                 "'127.0.0.1', 1, 'now')")
+    conn.commit()
+    conn.close()
+    result = _mailer(tmp_path, "init")
+    assert result.returncode == 0 and result.stdout.startswith("created"), result.stderr
+    conn = sqlite3.connect(tmp_path / "mailer.db")
+    assert conn.execute("SELECT email, name FROM signup_requests").fetchall() == [("a@example.org", "")]
