@@ -14,6 +14,7 @@ from email_validator import EmailNotValidError, validate_email
 from mailer.errors import MailerError
 from mailer.message import clean_header_text
 from mailer.models import Subscriber
+from mailer.spreadsheet import read_cell
 
 
 class AddressError(MailerError):
@@ -82,6 +83,7 @@ def read_subscribers_csv(text: str, origin: str) -> Iterator[Subscriber | CsvPro
             yield CsvProblem(reader.line_num, f"unreadable CSV ({exc})")
             continue
         line = reader.line_num
+        row = [read_cell(cell) for cell in row]  # a file `mailer subs export` wrote reads back as it was
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(columns):

@@ -6,7 +6,6 @@ The only module that calls asyncio.run, prints, reads stdin or decides an exit c
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import signal
 import sys
@@ -461,7 +460,9 @@ def log(
     if as_json:
         _print_json([{k: r[k] for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
     elif as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        from mailer.spreadsheet import SpreadsheetWriter
+
+        writer = SpreadsheetWriter(sys.stdout)
         writer.writerow(LOG_COLUMNS)
         for r in rows:
             writer.writerow([r[k] for k in LOG_COLUMNS])

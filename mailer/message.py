@@ -38,11 +38,15 @@ _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$")
 _ADDR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\\\"]")
 
 
+def without_controls(value: object) -> str:
+    """The text with terminal escape sequences removed and every other control character (CR, LF, NUL, U+2028 ...)
+    turned into a space; nothing else changes."""
+    return _CONTROL.sub(" ", _ESCAPE_SEQUENCE.sub("", str(value)))
+
+
 def clean_header_text(value: object) -> str:
-    """Header-safe (and terminal-safe) text: escape sequences go, every other control character (CR, LF, NUL,
-    U+2028 ...) becomes a space, runs of space fold, bidi overrides go."""
-    text = unicodedata.normalize("NFC", str(value))
-    text = _CONTROL.sub(" ", _BIDI_CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text)))
+    """Header-safe (and terminal-safe) text: without controls, runs of space folded, bidi overrides gone."""
+    text = without_controls(_BIDI_CONTROL.sub("", unicodedata.normalize("NFC", str(value))))
     return " ".join(text.split())
 
 

@@ -4,7 +4,6 @@ Called by cli.py; they take a Store and values, return results and raise MailerE
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import secrets
@@ -19,6 +18,7 @@ from mailer.errors import MailerError, NotFoundError, UsageError
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
 from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
 from mailer.render import ListContext, RenderedIssue, render_issue
+from mailer.spreadsheet import SpreadsheetWriter
 from mailer.store import Store, stamp
 from mailer.tokens import BadToken, TokenKind, make_token, read_token
 
@@ -97,7 +97,7 @@ def export_csv(store: Store, list_name: str) -> Iterator[str]:
     for sub in store.iter_subscribers(mailing_list.id):
         keys.extend(k for k in sub.attrs if k not in keys)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SpreadsheetWriter(buffer)
     writer.writerow(["email", "name", "status", *keys])
     for n, sub in enumerate(store.iter_subscribers(mailing_list.id), start=1):
         writer.writerow([sub.email, sub.name, sub.status, *(sub.attrs.get(k, "") for k in keys)])

