@@ -190,14 +190,22 @@ def subs_import(
 
     Example: mailer subs import subscribers/sample.csv --list bulletin
     """
+    from mailer.addresses import DELIMITER_NAMES
     from mailer.subscriptions import import_csv
 
     result = import_csv(_store(ctx), list_name, file)
+    if result.encoding == "gb18030" or result.delimiter != ",":
+        # Not silent: a file that is neither UTF-8 nor comma-separated says how it was read.
+        how = [*(["GB18030"] if result.encoding == "gb18030" else []),
+               *([f"{DELIMITER_NAMES[result.delimiter]}-separated"] if result.delimiter != "," else [])]
+        err.print(f"note: read {file} as {', '.join(how)}", markup=False, highlight=False)
     for problem in result.problems:
         err.print(f"{file} {problem}", markup=False, highlight=False)
+    suppressed = f", {result.suppressed} suppressed (listed, never mailed: see mailer suppressions ls)" \
+        if result.suppressed else ""
     out.print(
         f"imported {file}: {result.added} added, {result.updated} updated, {result.kept} kept as unsubscribed/"
-        f"bounced, {len(result.problems)} rejected"
+        f"bounced{suppressed}, {len(result.problems)} rejected", markup=False, highlight=False,
     )
     if result.problems:
         raise typer.Exit(ExitCode.ERROR)
@@ -217,11 +225,16 @@ def subs_ls(
     """
     from mailer.subscriptions import subscribers
 
-    rows = subscribers(_store(ctx), list_name, status)
+    store = _store(ctx)
+    rows = subscribers(store, list_name, status)
+    # Suppressed addresses (bounced or complained, on any list) are never mailed whatever their status says.
+    suppressed = {row["email"]: row["reason"] for row in store.suppressions()}
     if as_json:
-        _print_json([{"email": s.email, "name": s.name, "status": s.status, "attrs": s.attrs} for s in rows])
+        _print_json([{"email": s.email, "name": s.name, "status": s.status, "suppressed": suppressed.get(s.email),
+                      "attrs": s.attrs} for s in rows])
         return
-    _table(["email", "name", "status"], [[s.email, s.name, s.status] for s in rows])
+    _table(["email", "name", "status", "suppressed"],
+           [[s.email, s.name, s.status, suppressed.get(s.email, "")] for s in rows])
 
 
 @subs_app.command("export")

@@ -257,9 +257,12 @@ class Store:
 
     # ---- subscribers -------------------------------------------------------------------------------------------
 
-    def upsert_subscribers(self, list_id: int, rows: Iterable[Subscriber], source: str) -> tuple[int, int, int]:
-        """Insert or update; never changes the status of someone unsubscribed or bounced. (added, updated, kept)."""
-        added = updated = kept = 0
+    def upsert_subscribers(self, list_id: int, rows: Iterable[Subscriber], source: str,
+                           ) -> tuple[int, int, int, int]:
+        """Insert or update; never changes the status of someone unsubscribed or bounced. A new address that is
+        suppressed joins as suppress_address would have left it (bounced, or unsubscribed after a complaint), not
+        active. (added, updated, kept, suppressed)."""
+        added = updated = kept = suppressed = 0
         now = stamp()
         with self.transaction():
             for sub in rows:
@@ -268,12 +271,17 @@ class Store:
                 ).fetchone()
                 attrs = json.dumps(sub.attrs, ensure_ascii=False, sort_keys=True)
                 if existing is None:
+                    suppression = self.suppression(sub.email)
+                    status = str(sub.status) if suppression is None else str(_suppressed_status(suppression[0]))
                     self.conn.execute(
                         "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (list_id, sub.email, sub.name, attrs, str(sub.status), source, now, now),
+                        (list_id, sub.email, sub.name, attrs, status, source, now, now),
                     )
-                    added += 1
+                    if suppression is None:
+                        added += 1
+                    else:
+                        suppressed += 1
                 else:
                     self.conn.execute(
                         "UPDATE subscribers SET name = ?, attrs = ?, updated = ? WHERE id = ?",
@@ -283,7 +291,7 @@ class Store:
                         kept += 1
                     else:
                         updated += 1
-        return added, updated, kept
+        return added, updated, kept, suppressed
 
     def iter_subscribers(self, list_id: int, status: str | None = None) -> Iterator[Subscriber]:
         last = 0
@@ -542,7 +550,7 @@ class Store:
     def suppress_address(self, email: str, reason: str, detail: str = "") -> None:
         """Never mail this address again, on any list: suppressed, and its subscriptions marked so `subs ls` shows
         why (bounced for a failing mailbox, unsubscribed for a complaint: the person said no)."""
-        status = SubscriberStatus.UNSUBSCRIBED if reason == "complained" else SubscriberStatus.BOUNCED
+        status = _suppressed_status(reason)
         now = stamp()
         with self.transaction():
             self.suppress(email, reason, detail)
@@ -783,6 +791,12 @@ class Store:
             for row in rows:
                 yield dict(zip(cols, row, strict=True))
             last = rows[-1][0]
+
+
+def _suppressed_status(reason: str) -> SubscriberStatus:
+    """How a subscription of a suppressed address shows: unsubscribed after a complaint (the person said no),
+    bounced otherwise (the mailbox fails)."""
+    return SubscriberStatus.UNSUBSCRIBED if reason == "complained" else SubscriberStatus.BOUNCED
 
 
 def _alive(owner: str) -> bool:

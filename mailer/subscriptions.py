@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from mailer.addresses import CsvProblem, decode_csv, normalise_address, read_subscribers_csv
+from mailer.addresses import CsvProblem, csv_delimiter, decode_csv, normalise_address, read_subscribers_csv
 from mailer.errors import MailerError, NotFoundError, UsageError
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
 from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
@@ -31,6 +31,9 @@ class ImportResult:
     updated: int
     kept: int
     problems: list[CsvProblem]
+    suppressed: int = 0  # new on the list but suppressed (bounced or complained): listed, never mailed
+    encoding: str = "utf-8"
+    delimiter: str = ","
 
 
 def create_list(store: Store, name: str, title: str, from_addr: str, reply_to: str, lang: str) -> MailingList:
@@ -49,7 +52,7 @@ def add_subscriber(store: Store, list_name: str, email: str, name: str = "") -> 
     """Add (or update the name of) one subscriber; True when newly added."""
     mailing_list = store.get_list(list_name)
     address = normalise_address(email)
-    added, _, _ = store.upsert_subscribers(
+    added, _, _, _ = store.upsert_subscribers(
         mailing_list.id, [Subscriber(email=address, name=clean_header_text(name))], source="cli"
     )
     return store.get_subscriber(mailing_list.id, address), bool(added)
@@ -64,11 +67,12 @@ def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
         raise MailerError(f"{path} does not exist") from None
     except OSError as exc:
         raise MailerError(f"cannot read {path}: {exc.strerror}") from None
-    text = decode_csv(data, str(path))
+    decoded = decode_csv(data, str(path))
+    delimiter = csv_delimiter(decoded.text)
     problems: list[CsvProblem] = []
-    totals = [0, 0, 0]
+    totals = [0, 0, 0, 0]
     batch: list[Subscriber] = []
-    for item in read_subscribers_csv(text, str(path)):
+    for item in read_subscribers_csv(decoded.text, str(path), delimiter):
         if isinstance(item, CsvProblem):
             problems.append(item)
             continue
@@ -80,7 +84,7 @@ def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
     if batch:
         totals = [a + b for a, b in zip(totals, store.upsert_subscribers(mailing_list.id, batch, "import"),
                                         strict=True)]
-    return ImportResult(totals[0], totals[1], totals[2], problems)
+    return ImportResult(totals[0], totals[1], totals[2], problems, totals[3], decoded.encoding, delimiter)
 
 
 def subscribers(store: Store, list_name: str, status: str | None = None) -> Iterator[Subscriber]:
