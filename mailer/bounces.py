@@ -194,7 +194,10 @@ def _fallback_findings(msg: Message, text: str) -> list[Finding]:
     """Bounces that are not RFC 3464: flufl.bounce's detectors, then X-Failed-Recipients and the status in the text."""
     from flufl.bounce import all_failures  # ~40 heuristics for MTAs old and new, from GNU Mailman's authors
 
-    temporary, permanent = all_failures(msg)
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # its detectors assume well-formed mail (yale's indexes the From header); ours need not be
+        temporary, permanent = set(), set()
     match = STATUS_RE.search(text)
     status = ".".join(match.groups()) if match else ""
     line = next((ln for ln in text.splitlines() if status and status in ln), "")

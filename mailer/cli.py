@@ -6,8 +6,10 @@ The only module that calls asyncio.run, prints, reads stdin or decides an exit c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -26,7 +28,7 @@ from mailer.errors import MailerError
 from mailer.exit_codes import ExitCode
 from mailer.message import clean_header_text
 from mailer.models import DeliveryStatus, SendSummary
-from mailer.store import Store
+from mailer.store import Store, describe_database_error
 
 app = typer.Typer(
     help="Email newsletters: Markdown issues, subscriber lists, one correct message per recipient.\n\n"
@@ -48,6 +50,7 @@ app.add_typer(campaigns_app, name="campaigns")
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+_session: dict[str, Path] = {}
 
 ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
@@ -108,6 +111,7 @@ def _main(
     Example: mailer demo
     """
     ctx.obj = {"config": load_config(db_path=db)}
+    _session["db"] = ctx.obj["config"].db_path  # for main(): an SQLite failure names the database it is about
 
 
 @app.command()
@@ -255,10 +259,19 @@ def subs_export(
         for chunk in chunks:
             sys.stdout.write(chunk)
         return
-    with output.open("w", encoding="utf-8", newline="") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-    err.print(f"wrote {output}")
+    # Written beside the target and renamed at the end: a failure half-way leaves no half an export behind.
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+        partial.replace(output)
+    except OSError as exc:
+        raise MailerError(f"cannot write {output}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    err.print(f"wrote {output}", markup=False, highlight=False)
 
 
 @subs_app.command("remove")
@@ -304,8 +317,12 @@ def render(
 
     config = _config(ctx)
     store = Store.open(config.db_path) if list_name else None
-    for path in render_to_dir(issue, output, config, store, list_name):
-        out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    try:
+        paths = render_to_dir(issue, output, config, store, list_name)
+    except OSError as exc:
+        raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
+    for path in paths:
+        out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False, highlight=False)
 
 
 class _RichProgress:
@@ -751,4 +768,12 @@ def main() -> None:
         sys.exit(ExitCode.USAGE if isinstance(exc, _USAGE_ERROR) else ExitCode.ERROR)
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
+    except sqlite3.Error as exc:  # wherever the database fails (a page found corrupt mid-command, a full disk)
+        err.print(f"error: {describe_database_error(_session.get('db', Path('mailer.db')), exc)}", markup=False,
+                  highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.ERROR))
+    except OSError as exc:  # a file or folder the command was given, or needs, that the system refuses
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"error: {where}{exc.strerror or exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.ERROR))
     sys.exit(code if isinstance(code, int) else 0)

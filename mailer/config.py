@@ -148,8 +148,12 @@ def ensure_secret(config: Config) -> Config:
     path = config.secret_path
     if path.exists():
         return replace(config, secret=read_secret_file(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    except OSError as exc:
+        raise ConfigError(f"cannot create the signing secret {path}: {exc.strerror} (is --db in a writable "
+                          "folder?)") from None
     return replace(config, secret=read_secret_file(path))

@@ -194,18 +194,30 @@ class Store:
         if must_exist and not path.exists():
             raise MailerError(f"database {path} does not exist; run: mailer init (or pass --db)")
         try:
+            if not must_exist and not path.exists():
+                _create_private(path)
             conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+            # The version is read before anything is written: a database of a newer mailer is left as it is.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise MailerError(f"database {path} was made by a newer mailer (schema {version}; this one knows "
+                                  f"{SCHEMA_VERSION}): upgrade mailer to use it")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
-        except sqlite3.DatabaseError as exc:
-            raise MailerError(f"cannot open database {path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise MailerError(describe_database_error(path, exc)) from None
+        except OSError as exc:
+            raise MailerError(f"cannot create database {path}: {exc.strerror}") from None
         store = cls(conn, path)
-        if must_exist:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
+        if must_exist and version < SCHEMA_VERSION:
+            store.close()
+            if version == 0:
                 raise MailerError(f"database {path} is not initialised; run: mailer init")
+            raise MailerError(f"database {path} is from an older mailer (schema {version}); run: mailer init to "
+                              "migrate it")
         return store
 
     def close(self) -> None:
@@ -214,8 +226,6 @@ class Store:
     def init(self) -> bool:
         """Create or migrate the schema; returns True when something was created."""
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise MailerError(f"database {self.path} is from a newer mailer (schema {version})")
         steps = "".join(_MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1))
         self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{steps}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         return version < SCHEMA_VERSION
@@ -573,7 +583,7 @@ class Store:
 
     def get_campaign(self, ref: str | int) -> Campaign:
         row = None
-        if str(ref).isdigit():
+        if str(ref).isascii() and str(ref).isdigit() and int(ref) < 2**63:  # '²' is a digit; SQLite ids are 64-bit
             row = self.conn.execute("SELECT * FROM campaigns WHERE id = ?", (int(ref),)).fetchone()
         if row is None:
             rows = self.conn.execute("SELECT * FROM campaigns WHERE slug = ? AND is_test = 0", (str(ref),)).fetchall()
@@ -791,6 +801,35 @@ class Store:
             for row in rows:
                 yield dict(zip(cols, row, strict=True))
             last = rows[-1][0]
+
+
+def _create_private(path: Path) -> None:
+    """An empty database file readable by its owner only: it holds every subscriber's address. SQLite gives the
+    -wal and -shm files it makes beside it the same mode."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def describe_database_error(path: Path, exc: sqlite3.Error) -> str:
+    """One line a person can act on for an SQLite failure on the database at `path`."""
+    text = str(exc)
+    folder = path.parent if str(path.parent) else Path(".")
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        if not folder.is_dir():
+            return f"cannot open database {path}: folder {folder} does not exist"
+        if not os.access(folder, os.W_OK):
+            return (f"cannot use database {path}: its folder {folder} is not writable (SQLite keeps {path.name}-wal "
+                    f"and {path.name}-shm beside it, even to read)")
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"cannot use database {path}: the file is read-only (mailer writes to it, even to read: WAL)"
+        return f"cannot open database {path}: {text}"
+    if "not a database" in text:
+        return f"{path} is not a mailer database ({text}); check --db / MAILER_DB"
+    if "malformed" in text:
+        return (f"database {path} is damaged ({text}); restore it from a backup, or try: "
+                f"sqlite3 {path} .recover | sqlite3 recovered.db")
+    if "disk is full" in text or "database or disk is full" in text:
+        return f"database {path}: the disk is full; free some space and run the command again"
+    return f"database {path}: {text}"
 
 
 def _suppressed_status(reason: str) -> SubscriberStatus:
