@@ -523,7 +523,14 @@ def serve(
     from mailer.web import serve as run_server
 
     config = _config(ctx)
-    Store.open(config.db_path).close()  # a missing or uninitialised database is one clear line, before binding
+    store = Store.open(config.db_path)  # a missing or uninitialised database is one clear line, before binding
+    try:
+        for row in store.lists_with_counts():
+            if not row["from"]:
+                err.print(f"warning: list {row['name']} has no From address: its sign-up form answers 'not "
+                          "available' until it has one", markup=False, highlight=False)
+    finally:
+        store.close()
     run_server(config, host, port, trusted_proxies, ready=lambda url: err.print(
         f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False))
 

@@ -150,6 +150,10 @@ BAD_LINK = ("链接无效 / Invalid link", [
     "This link is not valid or is incomplete. Please make sure you copied the whole link from the email.",
 ])
 NO_LIST = ("没有这个列表 / No such list", ["没有找到这个邮件列表。", "There is no mailing list at this address."])
+UNAVAILABLE = ("暂时无法处理 / Not available right now", [
+    "服务暂时出了问题，您的请求没有完成。请稍后再试。",
+    "Something went wrong on our side and your request was not completed. Please try again later.",
+])
 
 
 class WebApp:
@@ -186,6 +190,13 @@ class WebApp:
             "links": links or [], "error": error,
         })
         return HTMLResponse(html, status_code=status)
+
+    def unavailable(self) -> Response:
+        """The answer to a request that failed on our side: bilingual, naming nothing, status 500."""
+        try:
+            return self._page("zh", UNAVAILABLE[0], UNAVAILABLE[1], status=500)
+        except Exception:  # the page itself cannot be rendered (a broken layout folder): plain words then
+            return PlainTextResponse("\n".join([UNAVAILABLE[0], *UNAVAILABLE[1]]) + "\n", status_code=500)
 
     def _bad_link(self, problem: BadToken | None = None) -> HTMLResponse:
         if isinstance(problem, TestLink):
@@ -321,6 +332,11 @@ class WebApp:
         if str(form.get(TRAP_FIELD, "")):
             log.info("sign-up to %s: honeypot filled, ignored", mailing_list.name)
             return sent_page  # a bot learns nothing
+        if not mailing_list.from_addr:
+            # Nothing is recorded and nothing counted: the form cannot work until ops sets a From address.
+            log.error("sign-up to %s refused: the list has no From address (lists create --from), so no "
+                      "confirmation can be sent", mailing_list.name)
+            return self._page(mailing_list.lang, UNAVAILABLE[0], UNAVAILABLE[1], status=503, list_title=title)
         client = request.client.host if request.client else "unknown"
         now = self.clock()
         try:
@@ -418,7 +434,13 @@ def create_app(config: Config, limits: SignupLimits | None = None,
 
     async def harden(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.monotonic()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Answered here, not by Starlette's outermost error handler, whose bare 500 would skip the headers
+            # below (and the page); the traceback goes to the log, with tokens redacted from the path.
+            log.exception("%s %s failed", request.method, TOKEN_IN_PATH.sub(r"/\1/…", request.url.path))
+            response = web.unavailable()
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         # Our own access log: a token in a path is as good as the subscriber's consent, so it is never written.

@@ -333,3 +333,15 @@ def test_bad_paths_and_ids_are_one_error_line(tmp_path: Path, args: list[str], s
     result = _mailer(tmp_path, *args)
     assert result.returncode == 1, result.stdout
     assert says in assert_one_error_line(result)
+
+
+@pytest.mark.parametrize("url", ["https://news.example.org\r\nBcc: victim@example.net", "https://news.example.org\n",
+                                 "https://news example.org", "https://news.example.org/\x1b[2J", "https://x.org?a=b",
+                                 "https://news.example.org:99999"])
+@pytest.mark.parametrize("args", [["init"], ["lists", "ls"], ["serve", "--port", "1"]])
+def test_a_base_url_unfit_for_a_header_is_refused_at_start(tmp_path: Path, url: str, args: list[str]) -> None:
+    result = _mailer(tmp_path, *args, env={"MAILER_BASE_URL": url})
+    assert result.returncode == 1
+    line = assert_one_error_line(result)
+    assert line.startswith("error: MAILER_BASE_URL") and "\r" not in line and "\x1b" not in line
+    assert not (tmp_path / "mailer.db").exists()

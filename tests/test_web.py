@@ -507,3 +507,40 @@ def test_the_unsubscribe_link_of_a_test_send_explains_itself(site: Site) -> None
     assert post.status_code == 200
     assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
     assert site.store.conn.execute("SELECT COUNT(*) FROM unsubscribes").fetchone()[0] == 0
+
+
+# ---- configuration problems and failures on our side --------------------------------------------------------------
+
+
+SECURITY = ("content-security-policy", "referrer-policy", "cache-control", "x-frame-options", "x-content-type-options")
+
+
+def test_sign_up_to_a_list_without_from_is_a_page_not_a_500(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    create_list(site.store, "nofrom", "No From", "", "", "en")
+    with caplog.at_level("ERROR", logger="mailer.web"), site.client() as http:
+        answer = sign_up(http, "nofrom", "eve@example.org", "Eve")
+    assert answer.status_code == 503 and "Not available right now" in answer.text
+    assert all(name in answer.headers for name in SECURITY), answer.headers
+    assert site.smtp.received == []
+    assert site.store.conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()[0] == 0  # nothing counted
+    assert any("nofrom" in r.getMessage() and "no From address" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failure_on_our_side_answers_a_page_with_the_security_headers(site: Site,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    token = site.unsub_token("zhang.wei@example.org")
+    db = site.config.db_path
+    moved = db.with_name("elsewhere.db")
+    db.rename(moved)  # the database goes away under the running server (a botched deploy, a full disk)
+    try:
+        with caplog.at_level("ERROR", logger="mailer.web"), site.client() as http:
+            replies = [http.get(f"/u/{token}"), http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}),
+                       http.get("/s/bulletin")]
+    finally:
+        moved.rename(db)
+    for reply in replies:
+        assert reply.status_code == 500 and "Not available right now" in reply.text
+        assert all(name in reply.headers for name in SECURITY), reply.headers
+        assert token not in reply.text
+    assert any(r.exc_info for r in caplog.records)
+    assert all(token not in r.getMessage() for r in caplog.records)
