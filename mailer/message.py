@@ -102,12 +102,37 @@ def _fold(name: str, atoms: list[str]) -> str:
     return CRLF.join(lines) + CRLF
 
 
+# An ASCII word longer than this could not stay under 998 octets on a line of its own ("Subject: " included).
+_LONGEST_RAW_WORD = 900
+
+
+def _word_needs_encoding(word: str, longest: int) -> bool:
+    return not word.isascii() or "=?" in word or len(word) > longest
+
+
 def unstructured_header(name: str, value: object) -> str:
-    """`Name: value` folded and, where needed, RFC 2047 encoded; the value is cleaned of control characters."""
+    """`Name: value` folded, with RFC 2047 encoded words only for the runs of words that need them (RFC 2047 5(1)):
+    the spaces inside a run are encoded with it, those between a run and a plain word stay as they are. ASCII words
+    stay readable: spam filters score an all-ASCII subject sent encoded (rspamd SUBJ_EXCESS_BASE64, +1.5), so in
+    one a long word (a URL) keeps its own line, past the 78-character SHOULD but far from the 998-octet MUST, since
+    folding happens only at white space (RFC 5322 2.2.3). A subject that is encoded anyway encodes a long word too,
+    which keeps every line within 78. The value is cleaned of control characters first, so no CR/LF can appear,
+    encoded or not."""
     text = clean_header_text(value)
-    if _needs_encoding(text):
-        return _fold(name, _encoded_words(text))
-    return _fold(name, text.split(" ") if text else [])
+    longest = _LONGEST_RAW_WORD if text.isascii() else MAX_LINE - len(name) - 2
+    atoms: list[str] = []
+    run: list[str] = []
+    for word in text.split(" ") if text else []:
+        if _word_needs_encoding(word, longest):
+            run.append(word)
+            continue
+        if run:
+            atoms += _encoded_words(" ".join(run))
+            run = []
+        atoms.append(word)
+    if run:
+        atoms += _encoded_words(" ".join(run))
+    return _fold(name, atoms)
 
 
 def _phrase_atoms(display_name: str) -> list[str]:
