@@ -4,16 +4,19 @@ Pure: takes text or bytes, returns subscribers and per-line problems. The only m
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
 from mailer.errors import MailerError
 from mailer.message import clean_header_text
 from mailer.models import Subscriber
+from mailer.spreadsheet import read_cell
 
 
 class AddressError(MailerError):
@@ -37,14 +40,60 @@ def normalise_address(raw: str) -> str:
     return f"{result.local_part.lower()}@{result.domain.lower()}"
 
 
-def decode_csv(data: bytes, origin: str) -> str:
-    """UTF-8 (with or without BOM), else GB18030 (a superset of GBK and GB2312)."""
-    for encoding in ("utf-8-sig", "gb18030"):
+_BOMS = (  # longest first: the UTF-32 LE mark begins with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_GB = {"gb18030", "gbk", "gb2312", "hz"}
+
+
+@dataclass(frozen=True)
+class CsvText:
+    text: str
+    encoding: str  # as read: utf-8, utf-8-sig, utf-16, utf-32 or gb18030
+
+
+def _convert_hint(origin: str, encoding: str) -> str:
+    return f"convert it to UTF-8 first, e.g.: iconv -f {encoding} -t UTF-8 {origin} > utf8-{Path(origin).name}"
+
+
+def decode_csv(data: bytes, origin: str) -> CsvText:
+    """UTF-8 (with or without BOM), UTF-16/32 with a BOM, or GB18030 (a superset of GBK and GB2312) when the bytes
+    read as Chinese in it. Anything else is refused with the encoding it looks like: GB18030 decodes nearly any
+    bytes, so trying it blindly turned Big5 張三 into 眎 and Latin-1 Müller into CJK, with exit 0."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return CsvText(data.decode(encoding), encoding)
+            except UnicodeDecodeError:
+                raise MailerError(f"{origin}: starts with a {encoding.upper()} byte-order mark but is not "
+                                  f"{encoding.upper()} text") from None
+    if b"\x00" in data:
+        head = data[:4096]
+        odd, even = head[1::2].count(0), head[0::2].count(0)
+        if max(odd, even) > len(head) // 4:  # an ASCII header in UTF-16 is every other byte NUL
+            order = "UTF-16LE" if odd > even else "UTF-16BE"
+            raise MailerError(f"{origin}: looks like {order} without a byte-order mark; "
+                              + _convert_hint(origin, order))
+        raise MailerError(f"{origin}: contains NUL bytes; not a CSV text file")
+    try:
+        return CsvText(data.decode("utf-8"), "utf-8")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes  # only for the files that are not UTF-8
+
+    matches = list(from_bytes(data))
+    least_mess = min((m.chaos for m in matches), default=1.0)
+    # Short CJK text reads as more than one encoding (张三 is also Korean in cp949); GB18030 is what we accept, so it
+    # is chosen whenever it reads as well as the best, and never when another encoding reads better.
+    if any(m.encoding in _GB and m.chaos <= least_mess for m in matches):
         try:
-            return data.decode(encoding)
+            return CsvText(data.decode("gb18030"), "gb18030")
         except UnicodeDecodeError:
-            continue
-    raise MailerError(f"{origin}: not UTF-8 or GB18030 text")
+            pass
+    guess = matches[0].encoding.upper().replace("_", "-") if matches else ""
+    looks = f" (it looks like {guess})" if guess else ""
+    raise MailerError(f"{origin}: not UTF-8 or GB18030 text{looks}; " + _convert_hint(origin, guess or "ENCODING"))
 
 
 @dataclass(frozen=True)
@@ -56,32 +105,66 @@ class CsvProblem:
         return f"line {self.line}: {self.reason}"
 
 
-def read_subscribers_csv(text: str, origin: str) -> Iterator[Subscriber | CsvProblem]:
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _columns(header: list[str]) -> list[str]:
+    return [h.strip().lstrip("\ufeff").lower() for h in header]
+
+
+def csv_delimiter(text: str) -> str:
+    """The delimiter whose split of the header row has an `email` column: a comma, or what Excel writes where the
+    comma is the decimal sign (a semicolon), or a tab (a sheet pasted into a text file). Comma when none has one."""
+    first = text.lstrip("\ufeff").split("\n", 1)[0]
+    for delimiter in DELIMITER_NAMES:
+        try:
+            header = next(csv.reader([first], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if "email" in _columns(header):
+            return delimiter
+    return ","
+
+
+def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterator[Subscriber | CsvProblem]:
     """Yield a Subscriber per good row and a CsvProblem (with its line number) per bad one.
 
     The header row needs an `email` column; `name` is optional; every other column becomes an attribute."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
         raise MailerError(f"{origin}: empty file, expected a header row with an 'email' column") from None
     except csv.Error as exc:
         raise MailerError(f"{origin} line 1: {exc}") from None
-    columns = [h.strip().lstrip("\ufeff").lower() for h in header]
+    columns = _columns(header)
     if "email" not in columns:
-        raise MailerError(f"{origin}: the header row has no 'email' column (found: {', '.join(columns) or 'nothing'})")
+        others = [name for d, name in DELIMITER_NAMES.items() if d != delimiter and d in header[0]]
+        hint = f"; it looks {others[0]}-separated" if len(header) == 1 and others else ""
+        raise MailerError(f"{origin}: the header row has no 'email' column (found: "
+                          f"{', '.join(columns) or 'nothing'}){hint}")
     email_at = columns.index("email")
     name_at = columns.index("name") if "name" in columns else None
     seen: dict[str, int] = {}
+    line = reader.line_num
     while True:
+        first_line = line + 1
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield CsvProblem(reader.line_num, f"unreadable CSV ({exc})")
+            line = reader.line_num
+            yield CsvProblem(line, f"unreadable CSV ({exc})")
             continue
         line = reader.line_num
+        if line > first_line and _swallowed(row, delimiter, (email_at, name_at)):
+            # A quote that is never closed makes csv read every following line, up to the next quote or the end
+            # of the file, as part of one field: say which lines went, instead of importing a garbled name.
+            yield CsvProblem(first_line, f"a quoted field is not closed, so lines {first_line}-{line} were read "
+                             "as one row; close the quote and import again (these lines are skipped)")
+            continue
+        row = [read_cell(cell) for cell in row]  # a file `mailer subs export` wrote reads back as it was
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(columns):
@@ -103,3 +186,12 @@ def read_subscribers_csv(text: str, origin: str) -> Iterator[Subscriber | CsvPro
             if i not in (email_at, name_at) and header[i].strip()
         }
         yield Subscriber(email=email, name=name, attrs=attrs)
+
+
+def _swallowed(row: list[str], delimiter: str, one_line: tuple[int | None, ...]) -> bool:
+    """Whether a row that spans several lines is an unclosed quote rather than a field with a line break in it
+    (an attribute such as a postal address may have one): an address or name never does, and a later line that
+    holds the delimiter is a row that was swallowed."""
+    return any(("\n" in cell or "\r" in cell)
+               and (i in one_line or any(delimiter in part for part in cell.splitlines()[1:]))
+               for i, cell in enumerate(row))

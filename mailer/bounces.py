@@ -5,7 +5,9 @@ Pure: bytes in, a ReturnedMail out. Matching it to deliveries and recording it i
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import quopri
 import re
 from dataclasses import dataclass, field
 from email import policy
@@ -13,11 +15,19 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
 from enum import StrEnum
 
+from mailer.message import clean_header_text
+
 VERP_RE = re.compile(rb"\bbounces\+([a-z2-7]{16,64})@", re.IGNORECASE)
 UNSUBSCRIBE_RE = re.compile(r"\bunsubscribe\+([a-z2-7]{16,64})@", re.IGNORECASE)
 STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 SMTP_CODE_RE = re.compile(r"\b([245])\d\d\b")
-MESSAGE_ID_RE = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+@[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+# A msg-id as mailer writes it (RFC 5322 3.6.4): <left@right>, printable ASCII without angle brackets. It is never
+# RFC 2047 encoded, so it is read as written; a blank, an encoded word or a bare word names no message we sent.
+_MSG_ID = r"<[!-;=?-~]+@[!-;=?-~]+>"
+MSG_ID_RE = re.compile(_MSG_ID)
+MESSAGE_ID_RE = re.compile(rf"^[ \t]*Message-ID:[ \t]*({_MSG_ID})", re.IGNORECASE | re.MULTILINE)
+# RFC 6533 3: a utf-8 address type may spell a character as \x{HHHH} (utf-8-addr-xtext / unitext).
+_UNITEXT_RE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 # Headers that name the address the report was sent to: our VERP bounce or mailto-unsubscribe address.
 ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "x-rcpt-to")
 BOUNCE_SUBJECT_RE = re.compile(
@@ -54,13 +64,33 @@ class ReturnedMail:
 
 
 def _one_line(text: object, limit: int = 300) -> str:
-    return " ".join(str(text or "").split())[:limit]
+    """Report text as it may be stored and printed: one line, no control characters or terminal escapes (a
+    Diagnostic-Code is whatever the remote server, or whoever wrote the mail, chose to put there)."""
+    return clean_header_text(text or "")[:limit]
+
+
+def _message_id(headers: Message) -> str:
+    """The original's Message-ID exactly as written, or "" when it is absent or not a msg-id."""
+    for name, value in headers.raw_items():
+        if name.lower() == "message-id":
+            match = MSG_ID_RE.fullmatch(str(value).strip())
+            return match.group(0) if match else ""
+    return ""
 
 
 def _address(value: str) -> str:
-    """`rfc822; user@example.org` or `<user@example.org>` -> user@example.org."""
-    value = value.split(";", 1)[1] if ";" in value else value
-    return value.strip().strip("<>").strip()
+    """`rfc822; user@example.org`, `utf-8; 李四@example.org` or `<user@example.org>` -> the address."""
+    kind, sep, address = value.partition(";")
+    if not sep:
+        address = value
+    elif kind.strip().lower() == "utf-8":
+        address = _UNITEXT_RE.sub(_unitext_char, address)
+    return _one_line(address.strip().strip("<>"), 254)
+
+
+def _unitext_char(match: re.Match[str]) -> str:
+    point = int(match.group(1), 16)
+    return chr(point) if point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF else "\ufffd"
 
 
 def _status_of(status: str, diagnostic: str) -> str:
@@ -82,11 +112,8 @@ def _kind_of(action: str, status: str) -> Kind:
     return Kind.OTHER
 
 
-def _dsn_findings(part: Message) -> list[Finding]:
-    """The per-recipient blocks of a message/delivery-status part."""
-    blocks = part.get_payload()
-    if not isinstance(blocks, list):
-        return []
+def _dsn_findings(blocks: list[Message]) -> list[Finding]:
+    """The per-recipient blocks of a delivery status report (RFC 3464 2.1, RFC 6533 6.1)."""
     findings = []
     for block in blocks[1:]:  # the first block is about the message, the others about one recipient each
         recipient = _address(str(block.get("Final-Recipient") or block.get("Original-Recipient") or ""))
@@ -98,8 +125,48 @@ def _dsn_findings(part: Message) -> list[Finding]:
     return findings
 
 
+def _message_body(part: Message) -> bytes:
+    """The decoded body of a message/* part. Python parses every message/* type as one nested message, which fits
+    message/rfc822, but RFC 6533's global-delivery-status is blocks of fields and global-headers only headers, both
+    UTF-8 and, unlike their RFC 3464 twins, allowed a Content-Transfer-Encoding (RFC 6532 3.5). So the bytes are
+    rebuilt as they were written (the parser keeps raw header values, 8-bit octets as surrogates) and decoded."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload:
+        inner = payload[0]
+        head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items()).encode("ascii", "surrogateescape")
+        body = b"" if inner.is_multipart() else inner.get_payload(decode=True) or b""  # the inner part has no CTE
+        raw = head + b"\n" + body if head else body
+    else:
+        raw = part.get_payload(decode=True) or b""
+    if isinstance(payload, str):
+        return raw  # get_payload(decode=True) applied the Content-Transfer-Encoding already
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    try:
+        if encoding == "base64":
+            return binascii.a2b_base64(raw)
+        if encoding == "quoted-printable":
+            return quopri.decodestring(raw)
+    except binascii.Error:
+        return b""
+    return raw
+
+
+def _parse_fields(raw: bytes) -> Message:
+    """One block of header fields, UTF-8 allowed (RFC 6532); undecodable octets become U+FFFD."""
+    return Parser(policy=policy.default).parsestr(raw.decode("utf-8", "replace"), headersonly=True)
+
+
+def _status_blocks(part: Message) -> list[Message]:
+    if part.get_content_type() == "message/delivery-status":
+        blocks = part.get_payload()
+        return blocks if isinstance(blocks, list) else []
+    text = _message_body(part).replace(b"\r\n", b"\n")
+    return [_parse_fields(block) for block in re.split(rb"\n[ \t]*\n", text.strip(b"\n")) if block.strip()]
+
+
 def _original_headers(msg: Message) -> list[Message]:
-    """The returned original's headers: a message/rfc822 or text/rfc822-headers part."""
+    """The returned original's headers: a message/rfc822 or text/rfc822-headers part, or their RFC 6533 forms
+    message/global and message/global-headers."""
     found = []
     for part in msg.walk():
         ctype = part.get_content_type()
@@ -108,8 +175,9 @@ def _original_headers(msg: Message) -> list[Message]:
             if isinstance(payload, list) and payload:
                 found.append(payload[0])
         elif ctype == "text/rfc822-headers":
-            raw = part.get_payload(decode=True) or b""
-            found.append(BytesParser(policy=policy.default).parsebytes(raw, headersonly=True))
+            found.append(_parse_fields(part.get_payload(decode=True) or b""))
+        elif ctype in ("message/global", "message/global-headers"):
+            found.append(_parse_fields(_message_body(part)))
     return found
 
 
@@ -126,14 +194,17 @@ def _fallback_findings(msg: Message, text: str) -> list[Finding]:
     """Bounces that are not RFC 3464: flufl.bounce's detectors, then X-Failed-Recipients and the status in the text."""
     from flufl.bounce import all_failures  # ~40 heuristics for MTAs old and new, from GNU Mailman's authors
 
-    temporary, permanent = all_failures(msg)
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # its detectors assume well-formed mail (yale's indexes the From header); ours need not be
+        temporary, permanent = set(), set()
     match = STATUS_RE.search(text)
     status = ".".join(match.groups()) if match else ""
     line = next((ln for ln in text.splitlines() if status and status in ln), "")
-    findings = [Finding(Kind.HARD, a.decode("utf-8", "replace").lower(), status if status[:1] != "4" else "5.0.0",
-                        _one_line(line)) for a in sorted(permanent)]
-    findings += [Finding(Kind.SOFT, a.decode("utf-8", "replace").lower(), status if status[:1] == "4" else "4.0.0",
-                         _one_line(line)) for a in sorted(temporary - permanent)]
+    hard = [_one_line(a.decode("utf-8", "replace"), 254).lower() for a in sorted(permanent)]
+    soft = [_one_line(a.decode("utf-8", "replace"), 254).lower() for a in sorted(temporary - permanent)]
+    findings = [Finding(Kind.HARD, a, status if status[:1] != "4" else "5.0.0", _one_line(line)) for a in hard]
+    findings += [Finding(Kind.SOFT, a, status if status[:1] == "4" else "4.0.0", _one_line(line)) for a in soft]
     if findings:
         return findings
     failed = [_address(a).lower() for a in str(msg.get("X-Failed-Recipients", "")).split(",") if a.strip()]
@@ -162,7 +233,7 @@ def parse_returned(raw: bytes) -> ReturnedMail:
     for original in originals:
         tokens += [t.decode().lower() for t in VERP_RE.findall(str(original.get("Return-Path", "")).encode())]
     tokens += [t.decode().lower() for t in VERP_RE.findall(raw)]
-    message_ids = [str(o.get("Message-ID", "")).strip() for o in originals if o.get("Message-ID")]
+    message_ids = [m for m in (_message_id(o) for o in originals) if m]
     text = _text_of(msg)
     message_ids += [m for m in MESSAGE_ID_RE.findall(text) if m not in message_ids]
     unsubscribe = list(dict.fromkeys(t.lower() for t in UNSUBSCRIBE_RE.findall(envelope)))
@@ -184,7 +255,7 @@ def parse_returned(raw: bytes) -> ReturnedMail:
     else:
         for part in msg.walk():
             if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
-                findings += _dsn_findings(part)
+                findings += _dsn_findings(_status_blocks(part))
         if not findings and not unsubscribe:
             findings = _fallback_findings(msg, text)
     if unsubscribe and not findings:

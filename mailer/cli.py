@@ -6,9 +6,10 @@ The only module that calls asyncio.run, prints, reads stdin or decides an exit c
 from __future__ import annotations
 
 import asyncio
-import csv
+import contextlib
 import json
 import signal
+import sqlite3
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -19,13 +20,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from mailer import __version__
 from mailer.config import Config, ensure_secret, load_config
 from mailer.errors import MailerError
 from mailer.exit_codes import ExitCode
+from mailer.message import clean_header_text
 from mailer.models import DeliveryStatus, SendSummary
-from mailer.store import Store
+from mailer.store import Store, describe_database_error
 
 app = typer.Typer(
     help="Email newsletters: Markdown issues, subscriber lists, one correct message per recipient.\n\n"
@@ -47,6 +50,7 @@ app.add_typer(campaigns_app, name="campaigns")
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+_session: dict[str, Path] = {}
 
 ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
@@ -80,9 +84,11 @@ def _print_json(rows: list[dict[str, Any]]) -> None:
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    table = Table(*columns, title=title, show_lines=False)
+    """Cells are data, never rich markup (a name like `[/]` would crash the table, `[link=…]` would make one), and
+    what came from outside (names, SMTP replies, bounce reports) loses control characters and terminal escapes."""
+    table = Table(*columns, title=Text(clean_header_text(title)) if title else None, show_lines=False)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else clean_header_text(v)) for v in row))
     out.print(table)
 
 
@@ -105,6 +111,7 @@ def _main(
     Example: mailer demo
     """
     ctx.obj = {"config": load_config(db_path=db)}
+    _session["db"] = ctx.obj["config"].db_path  # for main(): an SQLite failure names the database it is about
 
 
 @app.command()
@@ -187,14 +194,22 @@ def subs_import(
 
     Example: mailer subs import subscribers/sample.csv --list bulletin
     """
+    from mailer.addresses import DELIMITER_NAMES
     from mailer.subscriptions import import_csv
 
     result = import_csv(_store(ctx), list_name, file)
+    if result.encoding == "gb18030" or result.delimiter != ",":
+        # Not silent: a file that is neither UTF-8 nor comma-separated says how it was read.
+        how = [*(["GB18030"] if result.encoding == "gb18030" else []),
+               *([f"{DELIMITER_NAMES[result.delimiter]}-separated"] if result.delimiter != "," else [])]
+        err.print(f"note: read {file} as {', '.join(how)}", markup=False, highlight=False)
     for problem in result.problems:
         err.print(f"{file} {problem}", markup=False, highlight=False)
+    suppressed = f", {result.suppressed} suppressed (listed, never mailed: see mailer suppressions ls)" \
+        if result.suppressed else ""
     out.print(
         f"imported {file}: {result.added} added, {result.updated} updated, {result.kept} kept as unsubscribed/"
-        f"bounced, {len(result.problems)} rejected"
+        f"bounced{suppressed}, {len(result.problems)} rejected", markup=False, highlight=False,
     )
     if result.problems:
         raise typer.Exit(ExitCode.ERROR)
@@ -214,11 +229,16 @@ def subs_ls(
     """
     from mailer.subscriptions import subscribers
 
-    rows = subscribers(_store(ctx), list_name, status)
+    store = _store(ctx)
+    rows = subscribers(store, list_name, status)
+    # Suppressed addresses (bounced or complained, on any list) are never mailed whatever their status says.
+    suppressed = {row["email"]: row["reason"] for row in store.suppressions()}
     if as_json:
-        _print_json([{"email": s.email, "name": s.name, "status": s.status, "attrs": s.attrs} for s in rows])
+        _print_json([{"email": s.email, "name": s.name, "status": s.status, "suppressed": suppressed.get(s.email),
+                      "attrs": s.attrs} for s in rows])
         return
-    _table(["email", "name", "status"], [[s.email, s.name, s.status] for s in rows])
+    _table(["email", "name", "status", "suppressed"],
+           [[s.email, s.name, s.status, suppressed.get(s.email, "")] for s in rows])
 
 
 @subs_app.command("export")
@@ -239,10 +259,19 @@ def subs_export(
         for chunk in chunks:
             sys.stdout.write(chunk)
         return
-    with output.open("w", encoding="utf-8", newline="") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-    err.print(f"wrote {output}")
+    # Written beside the target and renamed at the end: a failure half-way leaves no half an export behind.
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+        partial.replace(output)
+    except OSError as exc:
+        raise MailerError(f"cannot write {output}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    err.print(f"wrote {output}", markup=False, highlight=False)
 
 
 @subs_app.command("remove")
@@ -288,8 +317,12 @@ def render(
 
     config = _config(ctx)
     store = Store.open(config.db_path) if list_name else None
-    for path in render_to_dir(issue, output, config, store, list_name):
-        out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    try:
+        paths = render_to_dir(issue, output, config, store, list_name)
+    except OSError as exc:
+        raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
+    for path in paths:
+        out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False, highlight=False)
 
 
 class _RichProgress:
@@ -457,7 +490,9 @@ def log(
     if as_json:
         _print_json([{k: r[k] for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
     elif as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        from mailer.spreadsheet import SpreadsheetWriter
+
+        writer = SpreadsheetWriter(sys.stdout)
         writer.writerow(LOG_COLUMNS)
         for r in rows:
             writer.writerow([r[k] for k in LOG_COLUMNS])
@@ -488,7 +523,14 @@ def serve(
     from mailer.web import serve as run_server
 
     config = _config(ctx)
-    Store.open(config.db_path).close()  # a missing or uninitialised database is one clear line, before binding
+    store = Store.open(config.db_path)  # a missing or uninitialised database is one clear line, before binding
+    try:
+        for row in store.lists_with_counts():
+            if not row["from"]:
+                err.print(f"warning: list {row['name']} has no From address: its sign-up form answers 'not "
+                          "available' until it has one", markup=False, highlight=False)
+    finally:
+        store.close()
     run_server(config, host, port, trusted_proxies, ready=lambda url: err.print(
         f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False))
 
@@ -733,4 +775,12 @@ def main() -> None:
         sys.exit(ExitCode.USAGE if isinstance(exc, _USAGE_ERROR) else ExitCode.ERROR)
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
+    except sqlite3.Error as exc:  # wherever the database fails (a page found corrupt mid-command, a full disk)
+        err.print(f"error: {describe_database_error(_session.get('db', Path('mailer.db')), exc)}", markup=False,
+                  highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.ERROR))
+    except OSError as exc:  # a file or folder the command was given, or needs, that the system refuses
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"error: {where}{exc.strerror or exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.ERROR))
     sys.exit(code if isinstance(code, int) else 0)

@@ -6,12 +6,14 @@ and Config's repr never shows them."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailer.errors import ConfigError
 
@@ -122,12 +124,38 @@ def load_config(
     config = Config(**values)
     if config.smtp_tls not in TLS_MODES:
         raise ConfigError(f"MAILER_SMTP_TLS must be one of {', '.join(TLS_MODES)}, not {config.smtp_tls!r}")
-    if not config.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"MAILER_BASE_URL must start with http:// or https://, not {config.base_url!r}")
-    config = replace(config, base_url=config.base_url.rstrip("/"))
+    config = replace(config, base_url=check_base_url(config.base_url))
     if env.get("MAILER_SECRET"):
         return replace(config, secret=env["MAILER_SECRET"].encode("utf-8"))
     return replace(config, secret=read_secret_file(config.secret_path))
+
+
+# Characters a URL never holds raw (RFC 3986 2.1 / 2.2): controls, space, and those it only percent-encodes.
+_NOT_IN_URL = re.compile(r'[\x00-\x20\x7f-\x9f"<>\\^`{|}]')
+
+
+def check_base_url(value: str) -> str:
+    """The public base of the web endpoints, refused at start unless it is a plain http(s) URL: it is copied into
+    every List-Unsubscribe header and link, where a CR/LF would start a new header and a space end the link."""
+    where = "MAILER_BASE_URL (base_url in mailer.toml)"
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{where} must start with http:// or https://, not {value!r}")
+    bad = _NOT_IN_URL.search(value)
+    if bad:
+        raise ConfigError(f"{where} {value!r} contains {bad.group(0)!r} at position {bad.start()}: a URL has no "
+                          "spaces or control characters (percent-encode them)")
+    if not value.isascii():
+        raise ConfigError(f"{where} {value!r} is not ASCII: write the host in its xn-- form and percent-encode "
+                          "the path")
+    parts = urlsplit(value)
+    try:
+        _ = parts.port  # parsed on access
+    except ValueError:
+        raise ConfigError(f"{where} {value!r} has an invalid port") from None
+    if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{where} {value!r} must be scheme://host[:port][/path], with no user, query or "
+                          "fragment (links are made by appending /u/TOKEN)")
+    return value.rstrip("/")
 
 
 def read_secret_file(path: Path) -> bytes:
@@ -148,8 +176,12 @@ def ensure_secret(config: Config) -> Config:
     path = config.secret_path
     if path.exists():
         return replace(config, secret=read_secret_file(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    except OSError as exc:
+        raise ConfigError(f"cannot create the signing secret {path}: {exc.strerror} (is --db in a writable "
+                          "folder?)") from None
     return replace(config, secret=read_secret_file(path))

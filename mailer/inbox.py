@@ -48,14 +48,25 @@ def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
         for file in files:
             yield str(file.relative_to(path)), file.read_bytes()
         return
-    with path.open("rb") as fh:
-        is_mbox = fh.read(5) == b"From "
-    if is_mbox:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8192)
+    except OSError as exc:
+        raise MailerError(f"cannot read {path}: {exc.strerror}") from None
+    if head.startswith(b"From "):
         box = mailbox.mbox(str(path), create=False)
         for n, key in enumerate(box.keys(), start=1):
             yield f"{path.name}#{n}", box.get_bytes(key)
         return
+    if not path.is_file() or is_binary(head):
+        raise MailerError(f"{path} is not a mail message, an mbox or a Maildir (it holds binary data)")
     yield path.name, path.read_bytes()
+
+
+def is_binary(data: bytes) -> bool:
+    """Mail is text (RFC 5322 2.3: no NUL); a NUL among the first octets, where the headers are, says it is
+    something else (an image, a program, a compressed archive). A body may carry a returned binary part."""
+    return b"\x00" in data[:1024]
 
 
 class _Matcher:
@@ -151,6 +162,9 @@ def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[S
     rows: list[ScanRow] = []
     for origin, raw in read_messages(path):
         if not raw.strip():
+            continue
+        if is_binary(raw):
+            rows.append(ScanRow(origin, Kind.OTHER, "", None, "", "ignored: binary data, not a mail message"))
             continue
         try:
             report = parse_returned(raw)

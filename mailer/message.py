@@ -28,6 +28,9 @@ CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322 2.1.1 SHOULD; the MUST is 998, which nothing here can exceed
 _EW_BYTES = 42  # UTF-8 octets per encoded word: 56 base64 chars + 12 of wrapping keeps each line under 78
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Terminal escape sequences (CSI such as ESC [ 2 J, OSC such as ESC ] 0 ; title BEL, and two-character ones) go
+# whole: with only the ESC removed, text read from a bounce or a form would still show as "[31m" debris.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-~]")
 # Bidi embeddings, overrides and isolates: in a name they can make a mail client show text in another order than
 # it is (the "Trojan Source" trick); a person's name never needs them.
 _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
@@ -35,11 +38,15 @@ _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$")
 _ADDR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\\\"]")
 
 
+def without_controls(value: object) -> str:
+    """The text with terminal escape sequences removed and every other control character (CR, LF, NUL, U+2028 ...)
+    turned into a space; nothing else changes."""
+    return _CONTROL.sub(" ", _ESCAPE_SEQUENCE.sub("", str(value)))
+
+
 def clean_header_text(value: object) -> str:
-    """Header-safe text: every control character (CR, LF, NUL, U+2028 ...) becomes a space, runs of space fold,
-    bidi overrides go."""
-    text = unicodedata.normalize("NFC", str(value))
-    text = _CONTROL.sub(" ", _BIDI_CONTROL.sub("", text))
+    """Header-safe (and terminal-safe) text: without controls, runs of space folded, bidi overrides gone."""
+    text = without_controls(_BIDI_CONTROL.sub("", unicodedata.normalize("NFC", str(value))))
     return " ".join(text.split())
 
 
@@ -95,12 +102,37 @@ def _fold(name: str, atoms: list[str]) -> str:
     return CRLF.join(lines) + CRLF
 
 
+# An ASCII word longer than this could not stay under 998 octets on a line of its own ("Subject: " included).
+_LONGEST_RAW_WORD = 900
+
+
+def _word_needs_encoding(word: str, longest: int) -> bool:
+    return not word.isascii() or "=?" in word or len(word) > longest
+
+
 def unstructured_header(name: str, value: object) -> str:
-    """`Name: value` folded and, where needed, RFC 2047 encoded; the value is cleaned of control characters."""
+    """`Name: value` folded, with RFC 2047 encoded words only for the runs of words that need them (RFC 2047 5(1)):
+    the spaces inside a run are encoded with it, those between a run and a plain word stay as they are. ASCII words
+    stay readable: spam filters score an all-ASCII subject sent encoded (rspamd SUBJ_EXCESS_BASE64, +1.5), so in
+    one a long word (a URL) keeps its own line, past the 78-character SHOULD but far from the 998-octet MUST, since
+    folding happens only at white space (RFC 5322 2.2.3). A subject that is encoded anyway encodes a long word too,
+    which keeps every line within 78. The value is cleaned of control characters first, so no CR/LF can appear,
+    encoded or not."""
     text = clean_header_text(value)
-    if _needs_encoding(text):
-        return _fold(name, _encoded_words(text))
-    return _fold(name, text.split(" ") if text else [])
+    longest = _LONGEST_RAW_WORD if text.isascii() else MAX_LINE - len(name) - 2
+    atoms: list[str] = []
+    run: list[str] = []
+    for word in text.split(" ") if text else []:
+        if _word_needs_encoding(word, longest):
+            run.append(word)
+            continue
+        if run:
+            atoms += _encoded_words(" ".join(run))
+            run = []
+        atoms.append(word)
+    if run:
+        atoms += _encoded_words(" ".join(run))
+    return _fold(name, atoms)
 
 
 def _phrase_atoms(display_name: str) -> list[str]:

@@ -54,6 +54,7 @@ class SampleMessage:
     text: str
     data: bytes  # the whole message as it goes on the wire
     images: tuple[InlineImage, ...] = ()
+    subject: str = ""
 
     @property
     def browser_html(self) -> str:
@@ -75,7 +76,8 @@ def render_sample(issue_path: Path, config: Config, store: Store | None = None,
     recipient = Recipient(0, sample.id, sample.email, sample.name, sample.attrs)
     message = template.build(recipient, utcnow())
     html, text = template.personal_bodies(recipient, message.unsubscribe_url)
-    return SampleMessage(prepared.issue.slug, html, text, message.data, prepared.issue.images)
+    return SampleMessage(prepared.issue.slug, html, text, message.data, prepared.issue.images,
+                         prepared.issue.subject)
 
 
 # ---- the compatibility check ---------------------------------------------------------------------------------------
@@ -142,6 +144,43 @@ def _is_loopback_url(url: str) -> bool:
     return is_loopback(urlsplit(url).hostname or "")
 
 
+def _image_source_problem(raw_src: str) -> str:
+    """Why an image source will not show in a mail client ("" when it will)."""
+    src = _describe(raw_src)
+    if raw_src.startswith("data:"):
+        return f"image {src} is a data: URI: Gmail and Outlook do not show those; use images: cid"
+    if not raw_src.startswith(("https:", "cid:")):
+        kind = "plain http" if raw_src.startswith("http:") else "a relative path (no host)"
+        return f"image {src} is {kind}: use an https URL, or 'images: cid' to embed it"
+    return ""
+
+
+def image_source_warnings(html: str) -> list[str]:
+    """The images of the HTML that will go out broken (what `mailer send` checks before sending)."""
+    collector = _Collector()
+    collector.feed(_CONDITIONAL_COMMENT.sub("", html))
+    return [problem for image in collector.images if (problem := _image_source_problem(image.get("src") or ""))]
+
+
+# rspamd's SUBJ_ALL_CAPS (+3.0): a subject of ten characters or more with capitals and no small letter. Letters
+# without case (Chinese) count for neither, as in rspamd, so "IP NEWS 第12期" is in capitals too.
+_ALL_CAPS_MIN_LENGTH = 10
+
+
+def check_subject(subject: str) -> list[str]:
+    """What spam filters hold against the subject, one sentence each."""
+    capitals = sum(ch.isupper() for ch in subject)
+    if len(subject) >= _ALL_CAPS_MIN_LENGTH and capitals >= 2 and not any(ch.islower() for ch in subject):
+        return [f"the subject {_describe(subject)!r} is in capitals: spam filters score that (rspamd SUBJ_ALL_CAPS "
+                "+3.0); write it in normal case"]
+    return []
+
+
+def check_message(message: SampleMessage) -> list[str]:
+    """check_html on the message's HTML and check_subject on its subject."""
+    return check_html(message.html) + check_subject(message.subject)
+
+
 def check_html(html: str) -> list[str]:
     """What mail clients will break in this HTML, one sentence each (empty when nothing)."""
     collector = _Collector()
@@ -155,12 +194,9 @@ def check_html(html: str) -> list[str]:
             warnings.append(f"image {src} has no width attribute: Outlook shows it at its full size")
         if (image.get("width") or "").strip() in ("0", "1") or (image.get("height") or "").strip() in ("0", "1"):
             warnings.append(f"image {src} is a 1-pixel image: filters and readers treat it as a tracking pixel")
-        raw_src = image.get("src") or ""
-        if raw_src.startswith("data:"):
-            warnings.append(f"image {src} is a data: URI: Gmail and Outlook do not show those; use images: cid")
-        elif not raw_src.startswith(("https:", "cid:")):
-            kind = "plain http" if raw_src.startswith("http:") else "a relative path (no host)"
-            warnings.append(f"image {src} is {kind}: use an https URL, or 'images: cid' to embed it")
+        problem = _image_source_problem(image.get("src") or "")
+        if problem:
+            warnings.append(problem)
     for selector in _leftover_rules(collector.styles):
         warnings.append(f"CSS rule '{_describe(selector)}' stayed in <style> (only @media rules should): Gmail's "
                         "app and Outlook.com drop it; style the element inline instead")
@@ -241,7 +277,7 @@ def preview_issue(issue_path: Path, out_dir: Path, config: Config, store: Store 
                   list_name: str | None = None, *, offline: bool = False) -> PreviewResult:
     """Render for a sample recipient, check it, and write <slug>-desktop.png and <slug>-mobile.png in out_dir."""
     message = render_sample(issue_path, config, store, list_name)
-    warnings = check_html(message.html)
+    warnings = check_message(message)
     shots = screenshot(message.browser_html, out_dir, message.slug, offline=offline)
     return PreviewResult(message, shots, warnings)
 
@@ -317,7 +353,7 @@ class LivePreview:
             except MailerError as exc:
                 self.error = str(exc)
             else:
-                self.message, self.error, self.warnings = message, "", check_html(message.html)
+                self.message, self.error, self.warnings = message, "", check_message(message)
             self.version += 1
         if self.on_render:
             self.on_render(self)

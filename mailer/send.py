@@ -156,6 +156,9 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path))
     warnings = check_attributes(store, mailing_list, issue, issue_path)
+    from mailer.preview import image_source_warnings  # preview imports this module: imported when used
+
+    warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
     sender = sender_for(mailing_list, issue, config.base_url)
     size = len(issue.html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:

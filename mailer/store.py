@@ -21,7 +21,7 @@ import sqlite_utils
 from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
 
@@ -147,6 +147,9 @@ UPDATE OR IGNORE suppressions SET email = lower(email) WHERE email <> lower(emai
 UPDATE OR IGNORE returned_mail SET email = lower(email) WHERE email <> lower(email);
 UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
 """,
+    # The name typed into the sign-up form stays with its request until the mailbox owner confirms that request:
+    # a stranger re-posting the form for someone's address must not change what later mail calls them.
+    5: "ALTER TABLE signup_requests ADD COLUMN name TEXT NOT NULL DEFAULT '';",
 }
 
 
@@ -191,18 +194,30 @@ class Store:
         if must_exist and not path.exists():
             raise MailerError(f"database {path} does not exist; run: mailer init (or pass --db)")
         try:
+            if not must_exist and not path.exists():
+                _create_private(path)
             conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+            # The version is read before anything is written: a database of a newer mailer is left as it is.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise MailerError(f"database {path} was made by a newer mailer (schema {version}; this one knows "
+                                  f"{SCHEMA_VERSION}): upgrade mailer to use it")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
-        except sqlite3.DatabaseError as exc:
-            raise MailerError(f"cannot open database {path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise MailerError(describe_database_error(path, exc)) from None
+        except OSError as exc:
+            raise MailerError(f"cannot create database {path}: {exc.strerror}") from None
         store = cls(conn, path)
-        if must_exist:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
+        if must_exist and version < SCHEMA_VERSION:
+            store.close()
+            if version == 0:
                 raise MailerError(f"database {path} is not initialised; run: mailer init")
+            raise MailerError(f"database {path} is from an older mailer (schema {version}); run: mailer init to "
+                              "migrate it")
         return store
 
     def close(self) -> None:
@@ -211,8 +226,6 @@ class Store:
     def init(self) -> bool:
         """Create or migrate the schema; returns True when something was created."""
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise MailerError(f"database {self.path} is from a newer mailer (schema {version})")
         steps = "".join(_MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1))
         self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{steps}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         return version < SCHEMA_VERSION
@@ -254,9 +267,12 @@ class Store:
 
     # ---- subscribers -------------------------------------------------------------------------------------------
 
-    def upsert_subscribers(self, list_id: int, rows: Iterable[Subscriber], source: str) -> tuple[int, int, int]:
-        """Insert or update; never changes the status of someone unsubscribed or bounced. (added, updated, kept)."""
-        added = updated = kept = 0
+    def upsert_subscribers(self, list_id: int, rows: Iterable[Subscriber], source: str,
+                           ) -> tuple[int, int, int, int]:
+        """Insert or update; never changes the status of someone unsubscribed or bounced. A new address that is
+        suppressed joins as suppress_address would have left it (bounced, or unsubscribed after a complaint), not
+        active. (added, updated, kept, suppressed)."""
+        added = updated = kept = suppressed = 0
         now = stamp()
         with self.transaction():
             for sub in rows:
@@ -265,12 +281,17 @@ class Store:
                 ).fetchone()
                 attrs = json.dumps(sub.attrs, ensure_ascii=False, sort_keys=True)
                 if existing is None:
+                    suppression = self.suppression(sub.email)
+                    status = str(sub.status) if suppression is None else str(_suppressed_status(suppression[0]))
                     self.conn.execute(
                         "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (list_id, sub.email, sub.name, attrs, str(sub.status), source, now, now),
+                        (list_id, sub.email, sub.name, attrs, status, source, now, now),
                     )
-                    added += 1
+                    if suppression is None:
+                        added += 1
+                    else:
+                        suppressed += 1
                 else:
                     self.conn.execute(
                         "UPDATE subscribers SET name = ?, attrs = ?, updated = ? WHERE id = ?",
@@ -280,7 +301,7 @@ class Store:
                         kept += 1
                     else:
                         updated += 1
-        return added, updated, kept
+        return added, updated, kept, suppressed
 
     def iter_subscribers(self, list_id: int, status: str | None = None) -> Iterator[Subscriber]:
         last = 0
@@ -425,11 +446,22 @@ class Store:
         row = self.conn.execute(sql, args).fetchone()
         return row[0] if row else None
 
-    def log_signup(self, list_id: int, email: str, client: str, mailed: bool, at: str | None = None) -> None:
-        self.conn.execute(
-            "INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (?, ?, ?, ?, ?)",
-            (list_id, email, client, int(mailed), at or stamp()),
+    def log_signup(self, list_id: int, email: str, client: str, mailed: bool, at: str | None = None,
+                   name: str = "") -> int:
+        """Record one sign-up request (with the name it asks for); returns its id."""
+        cur = self.conn.execute(
+            "INSERT INTO signup_requests (list_id, email, client, mailed, at, name) VALUES (?, ?, ?, ?, ?, ?)",
+            (list_id, email, client, int(mailed), at or stamp(), name),
         )
+        return int(cur.lastrowid or 0)
+
+    def signup_request_name(self, request_id: int, list_id: int, email: str) -> str | None:
+        """The name a mailed sign-up request of `email` to this list asked for; None when there is no such request."""
+        row = self.conn.execute(
+            "SELECT name FROM signup_requests WHERE id = ? AND list_id = ? AND email = ? AND mailed = 1",
+            (request_id, list_id, email),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def forget_confirmation_mail(self, email: str) -> None:
         """The latest confirmation mail to `email` could not be sent: it does not count against the address."""
@@ -438,30 +470,25 @@ class Store:
             (email,),
         )
 
-    def upsert_pending(self, list_id: int, email: str, name: str) -> Subscriber:
-        """A web sign-up: a new address becomes pending; anyone already known keeps their status (someone who
-        unsubscribed stays so until they confirm: a stranger typing their address changes nothing)."""
+    def upsert_pending(self, list_id: int, email: str) -> Subscriber:
+        """A web sign-up: a new address becomes pending (nameless: the name waits with the request for the
+        confirmation); anyone already known keeps their status and name (someone who unsubscribed stays so until
+        they confirm: a stranger typing their address changes nothing)."""
         now = stamp()
-        with self.transaction():
-            row = self.conn.execute(
-                "SELECT id, status FROM subscribers WHERE list_id = ? AND email = ?", (list_id, email)
-            ).fetchone()
-            if row is None:
-                self.conn.execute(
-                    "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
-                    "VALUES (?, ?, ?, '{}', 'pending', 'web', ?, ?)",
-                    (list_id, email, name, now, now),
-                )
-            elif row[1] == SubscriberStatus.PENDING and name:
-                self.conn.execute("UPDATE subscribers SET name = ?, updated = ? WHERE id = ?", (name, now, row[0]))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
+            "VALUES (?, ?, '', '{}', 'pending', 'web', ?, ?)", (list_id, email, now, now),
+        )
         return self.get_subscriber(list_id, email)
 
-    def confirm_subscriber(self, subscriber_id: int) -> bool:
-        """pending or unsubscribed -> active (double opt-in done); True if it changed anything."""
+    def confirm_subscriber(self, subscriber_id: int, name: str = "") -> bool:
+        """pending or unsubscribed -> active (double opt-in done), taking the confirmed request's name unless it is
+        blank; True if it changed anything."""
         now = stamp()
         cur = self.conn.execute(
-            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ? WHERE id = ? "
-            "AND status IN ('pending', 'unsubscribed')", (now, now, subscriber_id),
+            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ?, "
+            "name = CASE WHEN ? = '' THEN name ELSE ? END WHERE id = ? AND status IN ('pending', 'unsubscribed')",
+            (now, now, name, name, subscriber_id),
         )
         return cur.rowcount > 0
 
@@ -482,9 +509,15 @@ class Store:
         return _delivery_ref(row)
 
     def delivery_by_message_id(self, message_id: str) -> dict[str, Any] | None:
+        """The delivery whose message went out with this Message-ID. Only an attempted delivery qualifies:
+        mark_sending sets the Message-ID and counts the attempt in one transaction, so `attempts > 0` is what says a
+        message with that ID was handed to the relay (sent, bounced, deferred or in doubt). A delivery still queued
+        for its first attempt has no mail anywhere to bounce, and a blank ID names nothing."""
+        if not message_id.strip():
+            return None
         row = self.conn.execute(
             "SELECT id, campaign_id, subscriber_id, email, status, message_id FROM deliveries WHERE message_id = ? "
-            "ORDER BY id DESC LIMIT 1", (message_id,),
+            "AND attempts > 0 ORDER BY id DESC LIMIT 1", (message_id,),
         ).fetchone()
         return _delivery_ref(row)
 
@@ -527,7 +560,7 @@ class Store:
     def suppress_address(self, email: str, reason: str, detail: str = "") -> None:
         """Never mail this address again, on any list: suppressed, and its subscriptions marked so `subs ls` shows
         why (bounced for a failing mailbox, unsubscribed for a complaint: the person said no)."""
-        status = SubscriberStatus.UNSUBSCRIBED if reason == "complained" else SubscriberStatus.BOUNCED
+        status = _suppressed_status(reason)
         now = stamp()
         with self.transaction():
             self.suppress(email, reason, detail)
@@ -550,7 +583,7 @@ class Store:
 
     def get_campaign(self, ref: str | int) -> Campaign:
         row = None
-        if str(ref).isdigit():
+        if str(ref).isascii() and str(ref).isdigit() and int(ref) < 2**63:  # '²' is a digit; SQLite ids are 64-bit
             row = self.conn.execute("SELECT * FROM campaigns WHERE id = ?", (int(ref),)).fetchone()
         if row is None:
             rows = self.conn.execute("SELECT * FROM campaigns WHERE slug = ? AND is_test = 0", (str(ref),)).fetchall()
@@ -768,6 +801,41 @@ class Store:
             for row in rows:
                 yield dict(zip(cols, row, strict=True))
             last = rows[-1][0]
+
+
+def _create_private(path: Path) -> None:
+    """An empty database file readable by its owner only: it holds every subscriber's address. SQLite gives the
+    -wal and -shm files it makes beside it the same mode."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def describe_database_error(path: Path, exc: sqlite3.Error) -> str:
+    """One line a person can act on for an SQLite failure on the database at `path`."""
+    text = str(exc)
+    folder = path.parent if str(path.parent) else Path(".")
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        if not folder.is_dir():
+            return f"cannot open database {path}: folder {folder} does not exist"
+        if not os.access(folder, os.W_OK):
+            return (f"cannot use database {path}: its folder {folder} is not writable (SQLite keeps {path.name}-wal "
+                    f"and {path.name}-shm beside it, even to read)")
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"cannot use database {path}: the file is read-only (mailer writes to it, even to read: WAL)"
+        return f"cannot open database {path}: {text}"
+    if "not a database" in text:
+        return f"{path} is not a mailer database ({text}); check --db / MAILER_DB"
+    if "malformed" in text:
+        return (f"database {path} is damaged ({text}); restore it from a backup, or try: "
+                f"sqlite3 {path} .recover | sqlite3 recovered.db")
+    if "disk is full" in text or "database or disk is full" in text:
+        return f"database {path}: the disk is full; free some space and run the command again"
+    return f"database {path}: {text}"
+
+
+def _suppressed_status(reason: str) -> SubscriberStatus:
+    """How a subscription of a suppressed address shows: unsubscribed after a complaint (the person said no),
+    bounced otherwise (the mailbox fails)."""
+    return SubscriberStatus.UNSUBSCRIBED if reason == "complained" else SubscriberStatus.BOUNCED
 
 
 def _alive(owner: str) -> bool:

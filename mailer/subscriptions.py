@@ -4,7 +4,6 @@ Called by cli.py; they take a Store and values, return results and raise MailerE
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import secrets
@@ -14,11 +13,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from mailer.addresses import CsvProblem, decode_csv, normalise_address, read_subscribers_csv
+from mailer.addresses import CsvProblem, csv_delimiter, decode_csv, normalise_address, read_subscribers_csv
 from mailer.errors import MailerError, NotFoundError, UsageError
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
 from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
 from mailer.render import ListContext, RenderedIssue, render_issue
+from mailer.spreadsheet import SpreadsheetWriter
 from mailer.store import Store, stamp
 from mailer.tokens import BadToken, TokenKind, make_token, read_token
 
@@ -31,6 +31,9 @@ class ImportResult:
     updated: int
     kept: int
     problems: list[CsvProblem]
+    suppressed: int = 0  # new on the list but suppressed (bounced or complained): listed, never mailed
+    encoding: str = "utf-8"
+    delimiter: str = ","
 
 
 def create_list(store: Store, name: str, title: str, from_addr: str, reply_to: str, lang: str) -> MailingList:
@@ -49,7 +52,7 @@ def add_subscriber(store: Store, list_name: str, email: str, name: str = "") -> 
     """Add (or update the name of) one subscriber; True when newly added."""
     mailing_list = store.get_list(list_name)
     address = normalise_address(email)
-    added, _, _ = store.upsert_subscribers(
+    added, _, _, _ = store.upsert_subscribers(
         mailing_list.id, [Subscriber(email=address, name=clean_header_text(name))], source="cli"
     )
     return store.get_subscriber(mailing_list.id, address), bool(added)
@@ -64,11 +67,12 @@ def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
         raise MailerError(f"{path} does not exist") from None
     except OSError as exc:
         raise MailerError(f"cannot read {path}: {exc.strerror}") from None
-    text = decode_csv(data, str(path))
+    decoded = decode_csv(data, str(path))
+    delimiter = csv_delimiter(decoded.text)
     problems: list[CsvProblem] = []
-    totals = [0, 0, 0]
+    totals = [0, 0, 0, 0]
     batch: list[Subscriber] = []
-    for item in read_subscribers_csv(text, str(path)):
+    for item in read_subscribers_csv(decoded.text, str(path), delimiter):
         if isinstance(item, CsvProblem):
             problems.append(item)
             continue
@@ -80,7 +84,7 @@ def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
     if batch:
         totals = [a + b for a, b in zip(totals, store.upsert_subscribers(mailing_list.id, batch, "import"),
                                         strict=True)]
-    return ImportResult(totals[0], totals[1], totals[2], problems)
+    return ImportResult(totals[0], totals[1], totals[2], problems, totals[3], decoded.encoding, delimiter)
 
 
 def subscribers(store: Store, list_name: str, status: str | None = None) -> Iterator[Subscriber]:
@@ -97,7 +101,7 @@ def export_csv(store: Store, list_name: str) -> Iterator[str]:
     for sub in store.iter_subscribers(mailing_list.id):
         keys.extend(k for k in sub.attrs if k not in keys)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = SpreadsheetWriter(buffer)
     writer.writerow(["email", "name", "status", *keys])
     for n, sub in enumerate(store.iter_subscribers(mailing_list.id), start=1):
         writer.writerow([sub.email, sub.name, sub.status, *(sub.attrs.get(k, "") for k in keys)])
@@ -187,31 +191,43 @@ def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: str)
     return target, store.unsubscribe(target.subscriber.id, source=source)
 
 
+@dataclass(frozen=True)
+class Signup:
+    """What the sign-up form decided: the outcome, and for a mail, who gets it and which request it confirms."""
+
+    outcome: SignupOutcome
+    subscriber: Subscriber | None = None
+    request_id: int = 0
+
+
 def request_signup(
     store: Store, list_name: str, email: str, name: str, client: str, now: datetime,
     limits: SignupLimits | None = None,
-) -> tuple[SignupOutcome, Subscriber | None]:
+) -> Signup:
     """The sign-up form: record a pending subscriber and decide whether to mail a confirmation.
 
     Every answer the form shows is the same whether the address is new, pending, active or bounced, so the form
-    cannot be used to learn who is subscribed; the limits stop it being used to mail-bomb an address."""
+    cannot be used to learn who is subscribed; the limits stop it being used to mail-bomb an address. The name is
+    kept with the request, not the subscriber: only the confirmation of that request (by whoever reads the
+    mailbox) may put it into later mail."""
     limits = limits or SignupLimits()
     mailing_list = store.get_list(list_name)
     address = normalise_address(email)
     if store.signup_counts(address, client, stamp(now - limits.client_window))[1] >= limits.client_max:
-        return SignupOutcome.LIMITED, None
+        return Signup(SignupOutcome.LIMITED)
     mailed_today = store.signup_counts(address, client, stamp(now - timedelta(days=1)))[0]
     last = store.last_confirmation_mail(address)
     too_soon = last is not None and last > stamp(now - limits.address_interval)
     subscriber = None
     outcome = SignupOutcome.QUIET
     if not store.is_suppressed(address):
-        subscriber = store.upsert_pending(mailing_list.id, address, clean_header_text(name)[:200])
+        subscriber = store.upsert_pending(mailing_list.id, address)
         can_join = subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
         if can_join and not too_soon and mailed_today < limits.address_per_day:
             outcome = SignupOutcome.MAIL
-    store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now))
-    return outcome, subscriber
+    request_id = store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now),
+                                  clean_header_text(name)[:200])
+    return Signup(outcome, subscriber, request_id)
 
 
 class ConfirmState(StrEnum):
@@ -221,10 +237,21 @@ class ConfirmState(StrEnum):
     GONE = "gone"  # unsubscribed or bounced since: the link no longer applies
 
 
-def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool) -> tuple[
-        LinkTarget, ConfirmState]:
+def requested_name(store: Store, secret: bytes, token: str) -> str:
+    """The name the sign-up request behind a confirm link asked for ("" for links older than kept requests)."""
+    target = link_target(store, secret, token, TokenKind.CONFIRM)
+    request_id = read_token(secret, token, TokenKind.CONFIRM).c
+    if not request_id:
+        return ""
+    return store.signup_request_name(request_id, target.mailing_list.id, target.subscriber.email) or ""
+
+
+def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool,
+                       name: str | None = None) -> tuple[LinkTarget, ConfirmState]:
     """GET (apply=False) only looks; POST (apply=True) activates. The link proves the person reads that mailbox;
-    it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent."""
+    it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent.
+    Confirming sets the name `name` (what the owner left in the confirm page's field), else the one the confirmed
+    request asked for; a blank one keeps the name already known."""
     target = link_target(store, secret, token, TokenKind.CONFIRM)
     sub = target.subscriber
     if sub.status == SubscriberStatus.ACTIVE:
@@ -240,7 +267,8 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     if requested < stamp(now - CONFIRM_TTL):
         return target, ConfirmState.EXPIRED
     if apply:
-        store.confirm_subscriber(sub.id)
+        chosen = requested_name(store, secret, token) if name is None else name
+        store.confirm_subscriber(sub.id, clean_header_text(chosen)[:200])
         return target, ConfirmState.CONFIRMED
     return target, ConfirmState.READY
 
@@ -283,7 +311,7 @@ def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
 
 def build_confirmation(
     mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
-    signer: MessageSigner | None = None,
+    signer: MessageSigner | None = None, request_id: int = 0,
 ) -> BuiltMessage:
     """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me")."""
     if not mailing_list.from_addr:
@@ -296,9 +324,9 @@ def build_confirmation(
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
                                salt=secrets.token_hex(8), fallback_name=_READER.get(mailing_list.lang, "reader"),
                                signer=signer)
-    token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id)
+    token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id, request_id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"
     # The name typed into the form is not in the mail: a stranger could otherwise put their words into a mail to
-    # any address. It is kept for the issues that follow confirmation.
+    # any address. It waits with the request (the link names it) for the issues that follow confirmation.
     recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, "", {"confirm_url": confirm_url})
     return template.build(recipient, now)

@@ -29,6 +29,7 @@ class Token:
     kind: TokenKind
     a: int  # list id (unsubscribe, confirm) or campaign id (bounce)
     b: int  # subscriber id (unsubscribe, confirm) or delivery id (bounce)
+    c: int = 0  # confirm: the sign-up request the mail answers (0 in links made before requests were kept)
 
 
 def _varint(n: int) -> bytes:
@@ -58,10 +59,11 @@ def _mac(secret: bytes, payload: bytes) -> bytes:
     return hmac.new(secret, _CONTEXT + payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def make_token(secret: bytes, kind: TokenKind, a: int, b: int) -> str:
+def make_token(secret: bytes, kind: TokenKind, a: int, b: int, c: int = 0) -> str:
     if not secret:
         raise ValueError("no signing secret configured")
-    payload = kind.value.encode("ascii") + _varint(a) + _varint(b)
+    # c is written only when set, so every token made before it existed still reads the same.
+    payload = kind.value.encode("ascii") + _varint(a) + _varint(b) + (_varint(c) if c else b"")
     raw = payload + _mac(secret, payload)
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
@@ -86,9 +88,12 @@ def read_token(secret: bytes, token: str, kind: TokenKind) -> Token:
         raise BadToken("token of another kind")
     a, pos = _read_varint(payload, 1)
     b, pos = _read_varint(payload, pos)
+    c = 0
+    if pos < len(payload):
+        c, pos = _read_varint(payload, pos)
     if pos != len(payload):
         raise BadToken("trailing bytes in token")
-    return Token(kind, a, b)
+    return Token(kind, a, b, c)
 
 
 # ---- form tokens: signed double-submit CSRF protection for the sign-up form ---------------------------------------

@@ -44,6 +44,7 @@ from mailer.subscriptions import (
     link_target,
     mask_address,
     request_signup,
+    requested_name,
     unsubscribe_with_token,
 )
 from mailer.tokens import BadToken, TokenKind, check_form_token, make_form_token
@@ -149,6 +150,10 @@ BAD_LINK = ("链接无效 / Invalid link", [
     "This link is not valid or is incomplete. Please make sure you copied the whole link from the email.",
 ])
 NO_LIST = ("没有这个列表 / No such list", ["没有找到这个邮件列表。", "There is no mailing list at this address."])
+UNAVAILABLE = ("暂时无法处理 / Not available right now", [
+    "服务暂时出了问题，您的请求没有完成。请稍后再试。",
+    "Something went wrong on our side and your request was not completed. Please try again later.",
+])
 
 
 class WebApp:
@@ -185,6 +190,13 @@ class WebApp:
             "links": links or [], "error": error,
         })
         return HTMLResponse(html, status_code=status)
+
+    def unavailable(self) -> Response:
+        """The answer to a request that failed on our side: bilingual, naming nothing, status 500."""
+        try:
+            return self._page("zh", UNAVAILABLE[0], UNAVAILABLE[1], status=500)
+        except Exception:  # the page itself cannot be rendered (a broken layout folder): plain words then
+            return PlainTextResponse("\n".join([UNAVAILABLE[0], *UNAVAILABLE[1]]) + "\n", status_code=500)
 
     def _bad_link(self, problem: BadToken | None = None) -> HTMLResponse:
         if isinstance(problem, TestLink):
@@ -320,24 +332,29 @@ class WebApp:
         if str(form.get(TRAP_FIELD, "")):
             log.info("sign-up to %s: honeypot filled, ignored", mailing_list.name)
             return sent_page  # a bot learns nothing
+        if not mailing_list.from_addr:
+            # Nothing is recorded and nothing counted: the form cannot work until ops sets a From address.
+            log.error("sign-up to %s refused: the list has no From address (lists create --from), so no "
+                      "confirmation can be sent", mailing_list.name)
+            return self._page(mailing_list.lang, UNAVAILABLE[0], UNAVAILABLE[1], status=503, list_title=title)
         client = request.client.host if request.client else "unknown"
         now = self.clock()
         try:
-            outcome, subscriber = await self._with_store(
+            signup = await self._with_store(
                 lambda store: request_signup(store, mailing_list.name, email, name, client, now, self.limits))
         except AddressError:
             return self._signup_form(mailing_list, status=400, error=words["signup_bad_email"], email=email,
                                      name=name)
-        if outcome == SignupOutcome.LIMITED:
+        if signup.outcome == SignupOutcome.LIMITED:
             return self._page(mailing_list.lang, words["limited_heading"], [words["limited"]], status=429,
                               list_title=title)
-        if outcome == SignupOutcome.MAIL and subscriber is not None:
+        if signup.outcome == SignupOutcome.MAIL and signup.subscriber is not None:
             # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
             # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
-            message = build_confirmation(mailing_list, subscriber, self.config.secret, self.config.base_url, now,
-                                         self.signer)
+            message = build_confirmation(mailing_list, signup.subscriber, self.config.secret, self.config.base_url,
+                                         now, self.signer, signup.request_id)
             self.pending += 1
-            sent_page.background = BackgroundTask(self._send_confirmation, subscriber.email, message)
+            sent_page.background = BackgroundTask(self._send_confirmation, signup.subscriber.email, message)
         return sent_page
 
     async def _send_confirmation(self, email: str, message: BuiltMessage) -> None:
@@ -360,9 +377,20 @@ class WebApp:
     async def _confirm(self, request: Request, apply: bool) -> Response:
         token = request.path_params["token"]
         now = self.clock()
+        name: str | None = None  # a POST without the page's name field (a bare POST) takes the request's name
+        if apply:
+            form = await self._form(request)
+            if form is None:
+                return self._bad_link()
+            name = str(form["name"]).strip()[:200] if "name" in form else None
+
+        def look(store: Store) -> tuple[LinkTarget, ConfirmState, str]:
+            target, state = confirm_with_token(store, self.config.secret, token, now, apply=apply, name=name)
+            shown = "" if apply else requested_name(store, self.config.secret, token) or target.subscriber.name
+            return target, state, shown
+
         try:
-            target, state = await self._with_store(
-                lambda store: confirm_with_token(store, self.config.secret, token, now, apply=apply))
+            target, state, shown_name = await self._with_store(look)
         except BadToken:
             return self._bad_link()
         words = self._words(target.mailing_list)
@@ -370,7 +398,10 @@ class WebApp:
         lang = target.mailing_list.lang
         again = [(self._signup_url(target.mailing_list), words["back_to_form"])]
         if state == ConfirmState.READY:
-            form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {}, "fields": [],
+            # The name asked for is shown to the mailbox owner, who may change or clear it before confirming.
+            fields = [{"name": "name", "type": "text", "label": words["name_label"], "value": shown_name,
+                       "required": False, "autocomplete": "name"}]
+            form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {}, "fields": fields,
                     "trap": ""}
             return self._page(lang, self._say(target, "confirm_heading"), [self._say(target, "confirm_ask")],
                               list_title=title, form=form)
@@ -403,7 +434,13 @@ def create_app(config: Config, limits: SignupLimits | None = None,
 
     async def harden(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.monotonic()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Answered here, not by Starlette's outermost error handler, whose bare 500 would skip the headers
+            # below (and the page); the traceback goes to the log, with tokens redacted from the path.
+            log.exception("%s %s failed", request.method, TOKEN_IN_PATH.sub(r"/\1/…", request.url.path))
+            response = web.unavailable()
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         # Our own access log: a token in a path is as good as the subscriber's consent, so it is never written.

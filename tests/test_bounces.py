@@ -4,8 +4,11 @@ twice), complaints and mailto unsubscribes, read from a Maildir, an mbox and .em
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import mailbox
+import quopri
+import re
 from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
@@ -37,7 +40,7 @@ class Sent:
 def fill(name: str, sent: Sent) -> bytes:
     text = (FIXTURES / name).read_text(encoding="utf-8")
     for marker, value in (("@@VERP@@", sent.verp), ("@@RCPT@@", sent.email), ("@@MSGID@@", sent.message_id),
-                          ("@@UNSUB@@", sent.unsubscribe)):
+                          ("@@UNSUB@@", sent.unsubscribe), ("@@ESC@@", "\x1b"), ("@@BEL@@", "\x07")):
         text = text.replace(marker, value)
     return text.encode("utf-8")
 
@@ -294,3 +297,109 @@ def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp
     assert store.count_recipients(list_id) == before + 1
     again = run_cli("suppressions", "remove", bounced.email)
     assert again.returncode == 1 and again.stderr.startswith("error: ") and "not suppressed" in again.stderr
+
+
+# ---- forged reports: what arrives by mail is untrusted ----------------------------------------------------------
+
+
+def interrupted_campaign(store: Store) -> int:
+    """A second campaign whose snapshot was written and whose run stopped before anyone was mailed: every delivery
+    queued, none with a Message-ID yet."""
+    list_id = store.get_list("bulletin").id
+    campaign = store.create_campaign(list_id, "interrupted", "第13期", "interrupted.md", "h", {}, "salt")
+    assert store.counts(campaign.id) == {"queued": len(READERS)}
+    return campaign.id
+
+
+@pytest.mark.parametrize("fixture", ["forged-blank-message-id.eml", "forged-complaint.eml"])
+def test_a_blank_message_id_matches_no_delivery(fixture: str, campaign: dict[str, Sent], store: Store,
+                                                tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    interrupted_campaign(store)
+    victim = campaign[READERS[7]]
+    forged = Sent(victim.email, "bounces+" + "a" * 26 + "@example.org", "", victim.unsubscribe)  # no valid VERP
+    assert parse_returned(fill(fixture, forged)).message_ids == []
+    (tmp_path / "forged.eml").write_bytes(fill(fixture, forged))
+    rows = scan_json(run_cli, tmp_path / "forged.eml")
+    assert [row["result"].split(":")[0] for row in rows] == ["unmatched"], rows
+    assert not store.is_suppressed(victim.email)
+    assert store.get_subscriber(store.get_list("bulletin").id, victim.email).status == SubscriberStatus.ACTIVE
+
+
+def test_a_message_id_matches_only_a_delivery_that_was_sent_with_it(campaign: dict[str, Sent],
+                                                                    store: Store) -> None:
+    interrupted = interrupted_campaign(store)
+    assert store.delivery_by_message_id("") is None
+    sent = campaign[READERS[0]]
+    assert store.delivery_by_message_id(sent.message_id)["email"] == READERS[0]
+    # A Message-ID the engine may know before the first attempt names no mail that exists.
+    store.conn.execute("UPDATE deliveries SET message_id = '<mailer.x.1.abc@example.org>' WHERE campaign_id = ?",
+                       (interrupted,))
+    assert store.delivery_by_message_id("<mailer.x.1.abc@example.org>") is None
+
+
+def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: dict[str, Sent], store: Store,
+                                                                     tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    reader = campaign[READERS[1]]
+    raw = fill("forged-blank-message-id.eml", reader).replace(b"=?utf-8?q?_?=", reader.message_id.encode())
+    finding = parse_returned(raw).findings[0]
+    assert finding.diagnostic == "550 5.1.1 User unknown"
+    (tmp_path / "dsn.eml").write_bytes(raw)
+    assert scan_json(run_cli, tmp_path / "dsn.eml")[0]["result"].startswith("bounced")
+    assert store.suppression(reader.email) == ("bounced", "5.1.1 550 5.1.1 User unknown")
+    # Rows stored before this check (or a relay's reply) are cleaned where they are printed too.
+    store.conn.execute("UPDATE deliveries SET smtp_reply = '550 \x1b[2Jgone\x07' WHERE email = ?", (READERS[2],))
+    for args in (("suppressions", "ls"), ("log", "1")):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.stdout), (args, result.stdout)
+    assert "gone" in run_cli("log", "1").stdout
+
+
+# ---- RFC 6533: reports about internationalised addresses --------------------------------------------------------
+
+UTF8_SAMPLE = Sent("李四@example.net", SAMPLE.verp, SAMPLE.message_id, SAMPLE.unsubscribe)
+
+
+@pytest.mark.parametrize(("fixture", "kind", "status"), [
+    ("postfix-smtputf8-delay.eml", Kind.SOFT, "4.4.1"),  # message/global-headers
+    ("postfix-smtputf8-failed.eml", Kind.HARD, "5.1.1"),  # message/global
+])
+def test_a_global_delivery_status_report_is_read(fixture: str, kind: Kind, status: str) -> None:
+    report = parse_returned(fill(fixture, UTF8_SAMPLE))
+    assert [(f.kind, f.email, f.status) for f in report.findings] == [(kind, "李四@example.net", status)]
+    assert report.verp_tokens[0] == "aaaabbbbccccddddeeee"
+    assert report.message_ids == [SAMPLE.message_id]
+
+
+def test_a_global_report_may_be_transfer_encoded_and_spell_characters_as_unitext() -> None:
+    raw = fill("postfix-smtputf8-delay.eml", UTF8_SAMPLE)
+    opening = b"Content-Type: message/global-delivery-status\nContent-Transfer-Encoding: 8bit\n\n"
+    head, _, rest = raw.partition(opening)
+    body, boundary, tail = rest.partition(b"\n--4Zk3")
+    body = body.replace("utf-8; 李四@".encode(), b"utf-8; \\x{674E}\\x{56DB}@", 1)
+    for name, encoded in (("base64", base64.encodebytes(body)), ("quoted-printable", quopri.encodestring(body))):
+        part = f"Content-Type: message/global-delivery-status\nContent-Transfer-Encoding: {name}\n\n".encode()
+        report = parse_returned(head + part + encoded + boundary + tail)
+        assert [(f.kind, f.email) for f in report.findings] == [(Kind.SOFT, "李四@example.net")], name
+
+
+async def test_scan_matches_rfc6533_reports_by_verp_and_by_message_id(store: Store, config: Config,
+                                                                      smtp_server: CaptureServer, tmp_path: Path,
+                                                                      run_cli) -> None:  # type: ignore[no-untyped-def]
+    readers = ["李四@example.net", "王五@example.net"]
+    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email=e) for e in readers], "test")
+    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
+    assert summary.counts == {"sent": 2}
+    sent = sent_messages(smtp_server)
+    returned = tmp_path / "returned"
+    returned.mkdir()
+    (returned / "delay.eml").write_bytes(fill("postfix-smtputf8-delay.eml", sent[readers[0]]))
+    by_id = Sent(readers[1], "bulletin@example.org", sent[readers[1]].message_id, "")  # no VERP address
+    (returned / "failed.eml").write_bytes(fill("postfix-smtputf8-failed.eml", by_id))
+    rows = await asyncio.to_thread(scan_json, run_cli, returned)
+    assert [(r["email"], r["kind"], r["result"]) for r in rows] == [
+        (readers[0], "soft", "soft bounce 1/3 counted (matched by verp)"),
+        (readers[1], "hard", "bounced and suppressed (matched by message-id)"),
+    ]
+    assert store.suppression(readers[1])[0] == "bounced" and not store.is_suppressed(readers[0])

