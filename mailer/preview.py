@@ -28,7 +28,7 @@ from starlette.routing import Route
 from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.models import Recipient
-from mailer.render import DEFAULT_TEMPLATES, InlineImage
+from mailer.render import InlineImage, layout_files
 from mailer.send import GMAIL_CLIP_BYTES, build_template, prepare_sample
 from mailer.smtp import is_loopback
 from mailer.store import Store, utcnow
@@ -375,7 +375,7 @@ def live_preview(issue_path: Path, config: Config, store: Store | None = None, l
             for path in sorted(folder.glob(pattern)):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     yield path
-        yield from sorted(DEFAULT_TEMPLATES.glob("*.j2"))
+        yield from layout_files(None)
 
     live = LivePreview(lambda: render_sample(issue_path, config, store, list_name), watched, on_render)
     live.refresh(force=True)

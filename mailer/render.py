@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import logging
 import re
 import struct
 import traceback
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from markupsafe import Markup
 
 from mailer.errors import TemplateError
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The built-in layouts travel inside the package (a wheel, a zip or a checkout alike), read through importlib.resources.
+BUILTIN_TEMPLATES = importlib.resources.files("mailer") / "templates"
 HTML_LAYOUT = "issue.html.j2"
 TEXT_LAYOUT = "issue.txt.j2"
 
@@ -383,9 +385,54 @@ def _body_line_offset(source: str, body: str) -> int:
     return source[:start].count("\n") if start > 0 else 0
 
 
-def _environment(templates_dir: Path, html: bool) -> jinja2.Environment:
+class BuiltinLoader(jinja2.BaseLoader):
+    """Jinja loader for the layouts shipped in the package (`sub`: a folder inside them, e.g. "web")."""
+
+    def __init__(self, sub: str = "") -> None:
+        self.root = BUILTIN_TEMPLATES / sub if sub else BUILTIN_TEMPLATES
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        node = self.root
+        for part in template.split("/"):
+            if part in ("", ".", ".."):
+                raise jinja2.TemplateNotFound(template)
+            node = node / part
+        if not node.is_file():
+            raise jinja2.TemplateNotFound(template)
+        return node.read_text(encoding="utf-8"), str(node), lambda: True
+
+
+def builtin_layouts() -> Iterator[tuple[str, bytes]]:
+    """Every built-in layout file as (path inside the layouts folder, bytes): what `mailer new` copies."""
+    folders = [("", BUILTIN_TEMPLATES)]
+    while folders:
+        prefix, folder = folders.pop()
+        for node in sorted(folder.iterdir(), key=lambda n: n.name):
+            if node.is_dir():
+                folders.append((f"{prefix}{node.name}/", node))
+            elif node.name.endswith(".j2"):
+                yield prefix + node.name, node.read_bytes()
+
+
+def layout_files(templates_dir: Path | None) -> list[Path]:
+    """The layout files on disk that a rendering may read (what a live preview watches)."""
+    folders = [Path(templates_dir)] if templates_dir else []
+    if isinstance(BUILTIN_TEMPLATES, Path):  # a wheel or a checkout; a zip import has nothing to watch
+        folders.append(BUILTIN_TEMPLATES)
+    return [path for folder in folders for path in sorted(folder.glob("*.j2"))]
+
+
+def _layout_loader(templates_dir: Path | None, sub: str = "") -> jinja2.BaseLoader:
+    """The editor's folder first; a layout it lacks comes from the built-in ones."""
+    builtin = BuiltinLoader(sub)
+    if templates_dir is None:
+        return builtin
+    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(Path(templates_dir) / sub)), builtin])
+
+
+def _environment(templates_dir: Path | None, html: bool) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        loader=_layout_loader(templates_dir),
         autoescape=html,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
@@ -424,7 +471,6 @@ def render_issue(
 
     `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`."""
     list_ctx = list_ctx or ListContext()
-    templates_dir = templates_dir or DEFAULT_TEMPLATES
     meta, body = split_front_matter(source, origin)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
@@ -457,7 +503,7 @@ def render_issue(
         raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
         text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
     except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"layout {exc.name} not found in {templates_dir}") from None
+        raise TemplateError(f"layout {exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
     except jinja2.TemplateError as exc:
         raise _template_error(origin, exc) from None
     html = inline_css(raw_html)
@@ -504,18 +550,17 @@ def attr_placeholder_keys(keys: Iterable[str]) -> dict[str, str]:
     return {f"A{i}": key for i, key in enumerate(keys)}
 
 
-WEB_TEMPLATES = DEFAULT_TEMPLATES / "web"
-
-
 def render_page(name: str, context: dict[str, Any], templates_dir: Path | None = None) -> str:
-    """One page of `mailer serve` (autoescaped HTML, StrictUndefined): a missing value is a bug, not a blank."""
-    env = _page_environment(str(templates_dir or WEB_TEMPLATES))
+    """One page of `mailer serve` (autoescaped HTML, StrictUndefined): a missing value is a bug, not a blank.
+
+    Pages are `web/NAME` in the editor's layouts folder, else the built-in ones."""
+    env = _page_environment(templates_dir)
     return env.get_template(name).render(**context)
 
 
 @functools.lru_cache(maxsize=4)
-def _page_environment(templates_dir: str) -> jinja2.Environment:
+def _page_environment(templates_dir: Path | None) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir), autoescape=True, undefined=jinja2.StrictUndefined,
+        loader=_layout_loader(templates_dir, "web"), autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )
