@@ -14,7 +14,7 @@ import struct
 import traceback
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import frontmatter
 import jinja2
 import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
@@ -128,8 +129,12 @@ def _markdown() -> MarkdownIt:
     return MarkdownIt("gfm-like", {"typographer": False})
 
 
-def split_front_matter(source: str, origin: str) -> tuple[dict[str, Any], str]:
-    """The YAML front matter and the Markdown body; a missing subject or bad YAML is a TemplateError."""
+def split_front_matter(
+    source: str, origin: str, given: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The YAML front matter and the Markdown body; a missing subject or bad YAML is a TemplateError.
+
+    `given`: front-matter values the caller supplies as data (over the file's), never parsed as YAML."""
     try:
         post = frontmatter.loads(source.lstrip("\ufeff"))
     except yaml.YAMLError as exc:
@@ -140,7 +145,7 @@ def split_front_matter(source: str, origin: str) -> tuple[dict[str, Any], str]:
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
             or str(exc).splitlines()[0]
         raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
-    meta = {str(k): v for k, v in post.metadata.items()}
+    meta = {**{str(k): v for k, v in post.metadata.items()}, **(given or {})}
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise TemplateError(f"{origin}: front matter has no 'subject'")
@@ -297,10 +302,13 @@ def split_sections(md: MarkdownIt, tokens: list[Token]) -> tuple[Markup, str, li
     return intro_html, intro_text, sections
 
 
-def _template_error(origin: str, exc: jinja2.TemplateError, line_offset: int = 0) -> TemplateError:
+def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> TemplateError:
+    """One line naming the file and line for anything a template raised: Jinja's errors, the sandbox's refusals,
+    and plain Python errors of the template's own making ({{ 1/0 }})."""
     where = origin
-    lineno = getattr(exc, "lineno", None)
-    name = getattr(exc, "filename", None) or getattr(exc, "name", None)
+    jinja_error = isinstance(exc, jinja2.TemplateError)
+    lineno = getattr(exc, "lineno", None) if jinja_error else None
+    name = (getattr(exc, "filename", None) or getattr(exc, "name", None)) if jinja_error else None
     if not lineno:
         # Render-time errors (StrictUndefined) carry no lineno; Jinja rewrites the traceback so that each template
         # line that ran appears as a frame whose filename is the template's (or "<template>" for a string).
@@ -314,7 +322,10 @@ def _template_error(origin: str, exc: jinja2.TemplateError, line_offset: int = 0
         lineno += line_offset  # the body's line numbers, counted from the top of the issue file
     if lineno:
         where = f"{where} line {lineno}"
-    message = str(exc.message if getattr(exc, "message", None) else exc).splitlines()[0]
+    text = str(exc.message if jinja_error and getattr(exc, "message", None) else exc)
+    message = (text.splitlines() or [""])[0] or type(exc).__name__
+    if isinstance(exc, SecurityError) and "unsafe" in message:
+        message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")
 
 
@@ -430,8 +441,55 @@ def _layout_loader(templates_dir: Path | None, sub: str = "") -> jinja2.BaseLoad
     return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(Path(templates_dir) / sub)), builtin])
 
 
+MAX_REPEAT = 100_000  # longest string or list `*` may build: a layout needs a rule of a few dozen characters
+MAX_POWER_BITS = 4096  # largest integer `**` may build
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with no globals (range, cycler, lipsum...: only the variables mailer documents
+    exist), attributes of an undefined value refused outright, and `*` / `**` kept from building huge values."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals.clear()
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, jinja2.Undefined):  # `cycler.__init__` when cycler is not a variable: say so
+            obj._fail_with_undefined_error()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, jinja2.Undefined):
+            obj._fail_with_undefined_error()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(count, int) and len(seq) * count > MAX_REPEAT:
+                    raise SecurityError(f"the result of * would be too large ({len(seq) * count:,} items)")
+        elif isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_POWER_BITS:
+            raise SecurityError("the result of ** would be too large")
+        return super().call_binop(context, operator, left, right)
+
+
+class _NoOtherFiles(jinja2.BaseLoader):
+    """An issue is one file: it may not pull in other templates (layouts can, from their own folder)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        raise SecurityError(f"an issue cannot include, import or extend another template ({template!r}); "
+                            "that belongs in the layout")
+
+
+def _body_environment() -> jinja2.Environment:
+    return _Sandbox(loader=_NoOtherFiles(), undefined=jinja2.StrictUndefined, autoescape=False,
+                    keep_trailing_newline=True)
+
+
 def _environment(templates_dir: Path | None, html: bool) -> jinja2.Environment:
-    return jinja2.Environment(
+    return _Sandbox(
         loader=_layout_loader(templates_dir),
         autoescape=html,
         undefined=jinja2.StrictUndefined,
@@ -466,12 +524,14 @@ def render_issue(
     list_ctx: ListContext | None = None,
     templates_dir: Path | None = None,
     read_file: ReadFile | None = None,
+    given: Mapping[str, Any] | None = None,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
-    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`."""
+    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`.
+    `given` sets front-matter values as data (a confirmation mail's subject naming the list)."""
     list_ctx = list_ctx or ListContext()
-    meta, body = split_front_matter(source, origin)
+    meta, body = split_front_matter(source, origin, given)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
     base_context: dict[str, Any] = {
@@ -486,10 +546,9 @@ def render_issue(
         "subscriber": recipient,
         "unsubscribe_url": PH_UNSUBSCRIBE,
     }
-    body_env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     try:
-        body = body_env.from_string(body).render(**base_context)
-    except jinja2.TemplateError as exc:
+        body = _body_environment().from_string(body).render(**base_context)
+    except Exception as exc:  # whatever the issue's own code raised (a refusal, 1/0) is the issue's error
         raise _template_error(origin, exc, _body_line_offset(source, body)) from None
     md = _markdown()
     tokens = md.parse(body)
@@ -504,7 +563,7 @@ def render_issue(
         text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(f"layout {exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
-    except jinja2.TemplateError as exc:
+    except Exception as exc:  # as for the body: a layout's own error, named by its file and line
         raise _template_error(origin, exc) from None
     html = inline_css(raw_html)
     text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
@@ -560,7 +619,7 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
 
 @functools.lru_cache(maxsize=4)
 def _page_environment(templates_dir: Path | None) -> jinja2.Environment:
-    return jinja2.Environment(
+    return _Sandbox(
         loader=_layout_loader(templates_dir, "web"), autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )

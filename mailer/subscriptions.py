@@ -245,29 +245,27 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     return target, ConfirmState.READY
 
 
-_CONFIRM_SOURCE = {
-    "zh": """---
-subject: 请确认订阅「{title}」
-preheader: 点击邮件中的链接即可完成订阅
-why: 您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。
----
-{{{{ subscriber.email }}}} 刚刚申请订阅「{title}」。请点击下面的链接确认：
+# The confirmation mail's words. The list's title is data: it goes into front-matter values (given to the renderer,
+# never parsed as YAML) and the layout's masthead (autoescaped), never into Jinja or Markdown source.
+_CONFIRM_BODY = {
+    "zh": """{{ subscriber.email }} 刚刚申请订阅这份简报。请点击下面的链接确认：
 
-[确认订阅]({{{{ subscriber.confirm_url }}}})
+[确认订阅]({{ subscriber.confirm_url }})
 
 如果不是您本人申请，请忽略本邮件：不确认就不会收到任何邮件。链接 7 天内有效。
 """,
-    "en": """---
-subject: "Please confirm your subscription to {title}"
-preheader: One click and you are subscribed
-why: "You receive this because this address was entered on the sign-up page of {title}."
----
-Someone, hopefully you, asked to subscribe {{{{ subscriber.email }}}} to {title}. Please confirm:
+    "en": """Someone, hopefully you, asked to subscribe {{ subscriber.email }} to this newsletter. Please confirm:
 
-[Confirm my subscription]({{{{ subscriber.confirm_url }}}})
+[Confirm my subscription]({{ subscriber.confirm_url }})
 
 If it was not you, ignore this message: nothing will be sent unless you confirm. The link works for 7 days.
 """,
+}
+_CONFIRM_META = {
+    "zh": {"subject": "请确认订阅「{title}」", "preheader": "点击邮件中的链接即可完成订阅",
+           "why": "您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。"},
+    "en": {"subject": "Please confirm your subscription to {title}", "preheader": "One click and you are subscribed",
+           "why": "You receive this because this address was entered on the sign-up page of {title}."},
 }
 
 
@@ -277,8 +275,10 @@ _READER = {"zh": "读者", "en": "reader"}
 @functools.lru_cache(maxsize=32)
 def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
-    source = _CONFIRM_SOURCE.get(lang, _CONFIRM_SOURCE["en"]).format(title=title.replace('"', "'"))
-    return render_issue(source, origin="confirmation.md", list_ctx=ListContext(name=name, title=title, lang=lang))
+    words = lang if lang in _CONFIRM_BODY else "en"
+    given = {key: value.format(title=title) for key, value in _CONFIRM_META[words].items()}
+    return render_issue(_CONFIRM_BODY[words], origin="confirmation.md",
+                        list_ctx=ListContext(name=name, title=title, lang=lang), given=given)
 
 
 def build_confirmation(
