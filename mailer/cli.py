@@ -50,10 +50,16 @@ T = TypeVar("T")
 
 ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
+TemplatesOpt = Annotated[Path | None, typer.Option(
+    "--templates", exists=True, file_okay=False, dir_okay=True,
+    help="Folder of layouts (issue.html.j2, issue.txt.j2, web/page.html.j2); a layout it lacks is the built-in "
+    "one. Default: 'templates' in mailer.toml, else ./templates/ when it exists.")]
 
 
-def _config(ctx: typer.Context) -> Config:
-    return ctx.obj["config"]  # type: ignore[no-any-return]
+def _config(ctx: typer.Context, templates: Path | None = None) -> Config:
+    """The settings of this run; `templates` is a command's --templates, which wins over mailer.toml."""
+    config: Config = ctx.obj["config"]
+    return config.with_overrides(templates=templates)
 
 
 def _store(ctx: typer.Context) -> Store:
@@ -279,6 +285,7 @@ def render(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <slug>.html, .txt and .eml.")]
     = Path("out"),
     list_name: Annotated[str | None, typer.Option("--list", "-l", help="Render for this list's settings.")] = None,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Render an issue to HTML, plain text and a sample .eml.
 
@@ -286,7 +293,7 @@ def render(
     """
     from mailer.send import render_to_dir
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = Store.open(config.db_path) if list_name else None
     for path in render_to_dir(issue, output, config, store, list_name):
         out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
@@ -356,6 +363,7 @@ def send(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
     smtp_port: Annotated[int | None, typer.Option(help="SMTP port (env MAILER_SMTP_PORT).")] = None,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Send an issue to a list (running it again resumes the same campaign).
 
@@ -364,7 +372,7 @@ def send(
     from mailer.addresses import normalise_address
     from mailer.send import RetryPolicy, SendOptions, count_recipients, send_issue, smtp_settings
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = _store(ctx)
     options = SendOptions(dry_run=dry_run, test_email=normalise_address(test) if test else None,
                           concurrency=concurrency, rate=rate, max_wait=max_wait,
@@ -478,6 +486,7 @@ def serve(
     trusted_proxies: Annotated[str, typer.Option(
         "--trusted-proxies", envvar="MAILER_TRUSTED_PROXIES",
         help="Comma-separated proxy addresses whose X-Forwarded-For is believed.")] = "127.0.0.1",
+    templates: TemplatesOpt = None,
 ) -> None:
     """Serve the subscriber pages: unsubscribe (with RFC 8058 one-click), sign-up with double opt-in, confirm.
 
@@ -487,7 +496,7 @@ def serve(
     """
     from mailer.web import serve as run_server
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     Store.open(config.db_path).close()  # a missing or uninitialised database is one clear line, before binding
     run_server(config, host, port, trusted_proxies, ready=lambda url: err.print(
         f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False))
@@ -590,6 +599,7 @@ def preview(
     port: Annotated[int, typer.Option(help="Port of --watch.", min=1, max=65535)] = 8026,
     offline: Annotated[bool, typer.Option("--offline", help="Load no remote images (as a client that blocks "
                                           "them shows the issue).")] = False,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Screenshots of the issue as a recipient sees it (1200 px desktop, 390 px mobile) and what mail clients break.
 
@@ -597,7 +607,7 @@ def preview(
     """
     from mailer.preview import live_preview, preview_issue, serve_live_preview
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = Store.open(config.db_path) if list_name else None
     if watch:
         def report(live: Any) -> None:

@@ -39,6 +39,9 @@ class Config:
     retry_max: float = 4 * 3600.0  # longest backoff (Postfix: maximal_backoff_time)
     retry_expiry: float = 3 * 86400.0  # give up on a recipient this long after its first try
     soft_bounce_limit: int = 3  # soft bounces (of distinct deliveries) before an address is suppressed
+    # The editor's layouts: --templates, else `templates` in mailer.toml, else ./templates/ when it exists; None:
+    # the built-in ones. A layout the folder lacks comes from the built-in ones.
+    templates: Path | None = None
 
     @property
     def secret_path(self) -> Path:
@@ -106,6 +109,7 @@ def load_config(
             data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: {exc}") from None
+        values["templates"] = _templates_folder(toml_path, data.get("templates"))
         flat = {**data, **{f"smtp_{k}": v for k, v in data.get("smtp", {}).items()}}
         flat.pop("smtp", None)
         for key, raw in flat.items():
@@ -114,6 +118,8 @@ def load_config(
             if key in _TOML:
                 name, kind = _TOML[key]
                 values[name] = _convert(str(toml_path), key, kind, raw)
+    if values.get("templates") is None and ((cwd or Path.cwd()) / "templates").is_dir():
+        values["templates"] = (cwd or Path.cwd()) / "templates"
     for var, (name, kind) in _ENV.items():
         if env.get(var):
             values[name] = _convert(var, var, kind, env[var])
@@ -128,6 +134,18 @@ def load_config(
     if env.get("MAILER_SECRET"):
         return replace(config, secret=env["MAILER_SECRET"].encode("utf-8"))
     return replace(config, secret=read_secret_file(config.secret_path))
+
+
+def _templates_folder(toml_path: Path, raw: Any) -> Path | None:
+    """`templates = "layouts"` in mailer.toml: a folder, relative to mailer.toml's."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{toml_path}: templates = {raw!r} must be the name of a folder of layouts")
+    folder = toml_path.parent / Path(raw).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{toml_path}: templates = {raw!r}: no such folder ({folder})")
+    return folder
 
 
 def read_secret_file(path: Path) -> bytes:

@@ -375,7 +375,7 @@ def live_preview(issue_path: Path, config: Config, store: Store | None = None, l
             for path in sorted(folder.glob(pattern)):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     yield path
-        yield from layout_files(None)
+        yield from layout_files(config.templates)
 
     live = LivePreview(lambda: render_sample(issue_path, config, store, list_name), watched, on_render)
     live.refresh(force=True)

@@ -273,24 +273,26 @@ _READER = {"zh": "读者", "en": "reader"}
 
 
 @functools.lru_cache(maxsize=32)
-def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
+def _confirmation_issue(name: str, title: str, lang: str, templates_dir: Path | None) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
     words = lang if lang in _CONFIRM_BODY else "en"
     given = {key: value.format(title=title) for key, value in _CONFIRM_META[words].items()}
     return render_issue(_CONFIRM_BODY[words], origin="confirmation.md",
-                        list_ctx=ListContext(name=name, title=title, lang=lang), given=given)
+                        list_ctx=ListContext(name=name, title=title, lang=lang), given=given,
+                        templates_dir=templates_dir)
 
 
 def build_confirmation(
     mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
-    signer: MessageSigner | None = None,
+    signer: MessageSigner | None = None, *, templates_dir: Path | None = None,
 ) -> BuiltMessage:
-    """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me")."""
+    """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me"), in the
+    issue layout of `templates_dir` (else the built-in one)."""
     if not mailing_list.from_addr:
         raise MailerError(f"list {mailing_list.name!r} has no From address; cannot send confirmations")
     from_name, from_addr = parse_from(mailing_list.from_addr)
     title = mailing_list.title or mailing_list.name
-    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang)
+    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang, templates_dir)
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,

@@ -183,7 +183,7 @@ class WebApp:
         html = render_page("page.html.j2", {
             "lang": lang, "heading": heading, "paragraphs": paragraphs, "list_title": list_title, "form": form,
             "links": links or [], "error": error,
-        })
+        }, self.config.templates)
         return HTMLResponse(html, status_code=status)
 
     def _bad_link(self, problem: BadToken | None = None) -> HTMLResponse:
@@ -335,7 +335,7 @@ class WebApp:
             # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
             # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
             message = build_confirmation(mailing_list, subscriber, self.config.secret, self.config.base_url, now,
-                                         self.signer)
+                                         self.signer, templates_dir=self.config.templates)
             self.pending += 1
             sent_page.background = BackgroundTask(self._send_confirmation, subscriber.email, message)
         return sent_page
