@@ -6,6 +6,7 @@ and Config's repr never shows them."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import tomllib
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mailer.errors import ConfigError
+from mailer.models import Theme
 
 TLS_MODES = ("starttls", "tls", "none")
 SECRET_KEYS = {"smtp_password", "password", "secret", "signing_secret"}
@@ -42,10 +44,16 @@ class Config:
     # The editor's layouts: --templates, else `templates` in mailer.toml, else ./templates/ when it exists; None:
     # the built-in ones. A layout the folder lacks comes from the built-in ones.
     templates: Path | None = None
+    theme: Theme = field(default_factory=Theme)  # [theme]
+    list_themes: tuple[tuple[str, Theme], ...] = ()  # [lists.NAME.theme], each over [theme]
 
     @property
     def secret_path(self) -> Path:
         return self.db_path.with_name(self.db_path.name + ".secret")
+
+    def theme_for(self, list_name: str) -> Theme:
+        """The theme of a list's mail: its own [lists.NAME.theme] over [theme]."""
+        return dict(self.list_themes).get(list_name, self.theme)
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -109,7 +117,7 @@ def load_config(
             data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: {exc}") from None
-        values["templates"] = _templates_folder(toml_path, data.get("templates"))
+        values.update(_look(toml_path, data))
         flat = {**data, **{f"smtp_{k}": v for k, v in data.get("smtp", {}).items()}}
         flat.pop("smtp", None)
         for key, raw in flat.items():
@@ -134,6 +142,79 @@ def load_config(
     if env.get("MAILER_SECRET"):
         return replace(config, secret=env["MAILER_SECRET"].encode("utf-8"))
     return replace(config, secret=read_secret_file(config.secret_path))
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
+THEME_KEYS = ("accent", "highlight", "logo", "logo_width", "footer")
+
+
+def _look(toml_path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Config values for how mail and pages look: the layouts folder, [theme] and each [lists.NAME.theme]."""
+    theme = _theme(toml_path, "theme", data.get("theme", {}), Theme())
+    lists = data.get("lists", {})
+    if not isinstance(lists, dict):
+        raise ConfigError(f"{toml_path}: 'lists' must be a table: [lists.NAME.theme]")
+    list_themes = []
+    for name, table in lists.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{toml_path}: lists.{name} must be a table: [lists.{name}.theme]")
+        if "theme" in table:
+            list_themes.append((name, _theme(toml_path, f"lists.{name}.theme", table["theme"], theme)))
+    return {"templates": _templates_folder(toml_path, data.get("templates")), "theme": theme,
+            "list_themes": tuple(list_themes)}
+
+
+def _theme(toml_path: Path, where: str, table: Any, base: Theme) -> Theme:
+    """One theme table over `base`; a value that would break a layout is a ConfigError naming it."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{toml_path}: '{where}' must be a table ([{where}])")
+    changes: dict[str, Any] = {}
+    for key in ("accent", "highlight"):
+        if key in table:
+            raw = table[key]
+            if not isinstance(raw, str) or not _COLOUR.fullmatch(raw.strip()):
+                raise ConfigError(f"{toml_path}: {where}.{key} = {raw!r} is not a colour like '#163e6c'")
+            digits = raw.strip().lower()[1:]
+            # #rgb as #rrggbb: old Outlook reads only the six-digit form in a bgcolor attribute
+            changes[key] = "#" + ("".join(d * 2 for d in digits) if len(digits) == 3 else digits)
+    if "logo" in table:
+        changes.update(_logo(toml_path, where, table["logo"]))
+    if "logo_width" in table:
+        raw = table["logo_width"]
+        if not isinstance(raw, int) or isinstance(raw, bool) or not 16 <= raw <= 600:
+            raise ConfigError(f"{toml_path}: {where}.logo_width = {raw!r} must be a number of pixels, 16 to 600")
+        changes["logo_width"] = raw
+    if "footer" in table:
+        raw = table["footer"]
+        lines = raw.splitlines() if isinstance(raw, str) else raw
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise ConfigError(f"{toml_path}: {where}.footer must be a list of lines: footer = [\"...\", \"...\"]")
+        changes["footer"] = tuple(_one_line(line) for line in lines if line.strip())
+    return replace(base, **changes)
+
+
+def _one_line(text: str) -> str:
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
+def _logo(toml_path: Path, where: str, raw: Any) -> dict[str, Any]:
+    """An https URL as it is; a local file (relative to mailer.toml) read now, to travel inside each message."""
+    if not isinstance(raw, str):
+        raise ConfigError(f"{toml_path}: {where}.logo = {raw!r} must be an https URL or the name of an image file")
+    value = raw.strip()
+    if not value:
+        return {"logo": "", "logo_data": b""}
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value):
+        if not value.lower().startswith("https://") or re.search(r"[\s\"'<>]", value):
+            raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: use an https:// URL (mail clients block others) "
+                              "or a local image file")
+        return {"logo": value, "logo_data": b""}
+    path = toml_path.parent / Path(value).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: cannot read {path} ({exc.strerror})") from None
+    return {"logo": path.name, "logo_data": data}
 
 
 def _templates_folder(toml_path: Path, raw: Any) -> Path | None:

@@ -28,6 +28,7 @@ from markdown_it.token import Token
 from markupsafe import Markup
 
 from mailer.errors import TemplateError
+from mailer.models import Theme
 
 # The built-in layouts travel inside the package (a wheel, a zip or a checkout alike), read through importlib.resources.
 BUILTIN_TEMPLATES = importlib.resources.files("mailer") / "templates"
@@ -518,6 +519,25 @@ def inline_css(html: str) -> str:
         raise TemplateError(f"CSS inlining failed: {exc}") from None
 
 
+def theme_context(theme: Theme, list_title: str) -> tuple[InlineImage | None, dict[str, Any]]:
+    """What a layout sees of the theme (`theme.accent`, `theme.logo.src`, `theme.footer`, ...) and the logo image
+    to embed when the logo is a local file rather than a URL."""
+    image = None
+    logo: dict[str, str] | None = None
+    if theme.logo_data:
+        try:
+            content_type, ext, size = image_type(theme.logo_data)
+        except ValueError as exc:
+            raise TemplateError(f"theme logo {theme.logo}: {exc}") from None
+        digest = hashlib.sha256(theme.logo_data).hexdigest()[:16]
+        image = InlineImage(f"logo.{digest}@mailer", f"logo.{ext}", content_type, theme.logo_data)
+        width = min(size[0], theme.logo_width) if size and size[0] else theme.logo_width
+        logo = {"src": f"cid:{image.cid}", "width": str(width), "alt": list_title}
+    elif theme.logo:
+        logo = {"src": theme.logo, "width": str(theme.logo_width), "alt": list_title}
+    return image, {"accent": theme.accent, "highlight": theme.highlight, "logo": logo, "footer": list(theme.footer)}
+
+
 def render_issue(
     source: str,
     origin: str = "issue.md",
@@ -525,15 +545,18 @@ def render_issue(
     templates_dir: Path | None = None,
     read_file: ReadFile | None = None,
     given: Mapping[str, Any] | None = None,
+    theme: Theme | None = None,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
     `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`.
-    `given` sets front-matter values as data (a confirmation mail's subject naming the list)."""
+    `given` sets front-matter values as data (a confirmation mail's subject naming the list).
+    `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
     list_ctx = list_ctx or ListContext()
     meta, body = split_front_matter(source, origin, given)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
+    logo, layout_theme = theme_context(theme or Theme(), list_ctx.title or list_ctx.name)
     base_context: dict[str, Any] = {
         "subject": str(meta["subject"]).strip(),
         "preheader": str(meta.get("preheader") or "").strip(),
@@ -545,6 +568,7 @@ def render_issue(
         "meta": meta,
         "subscriber": recipient,
         "unsubscribe_url": PH_UNSUBSCRIBE,
+        "theme": layout_theme,
     }
     try:
         body = _body_environment().from_string(body).render(**base_context)
@@ -556,6 +580,7 @@ def render_issue(
     if image_mode not in IMAGE_MODES:
         raise TemplateError(f"{origin}: front matter 'images' must be url or cid, not {meta['images']!r}")
     images = embed_images(tokens, read_file, origin) if image_mode == "cid" else ()
+    images += (logo,) if logo else ()
     intro_html, intro_text, sections = split_sections(md, tokens)
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
     try:

@@ -155,7 +155,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path),
-                         templates_dir=config.templates)
+                         templates_dir=config.templates, theme=config.theme_for(mailing_list.name))
     warnings = check_attributes(store, mailing_list, issue, issue_path)
     sender = sender_for(mailing_list, issue, config.base_url)
     size = len(issue.html.encode("utf-8"))
@@ -645,7 +645,7 @@ def prepare_sample(
         return prepared, sample_subscriber(store, prepared.mailing_list.id)
     source = read_issue_file(issue_path)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
-                         read_file=issue_file_reader(issue_path), templates_dir=config.templates)
+                         read_file=issue_file_reader(issue_path), templates_dir=config.templates, theme=config.theme)
     prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
     return prepared, Subscriber(email="reader@example.org", name="")
 

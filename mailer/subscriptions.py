@@ -17,7 +17,7 @@ from pathlib import Path
 from mailer.addresses import CsvProblem, decode_csv, normalise_address, read_subscribers_csv
 from mailer.errors import MailerError, NotFoundError, UsageError
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
-from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
+from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus, Theme
 from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.store import Store, stamp
 from mailer.tokens import BadToken, TokenKind, make_token, read_token
@@ -273,26 +273,27 @@ _READER = {"zh": "读者", "en": "reader"}
 
 
 @functools.lru_cache(maxsize=32)
-def _confirmation_issue(name: str, title: str, lang: str, templates_dir: Path | None) -> RenderedIssue:
+def _confirmation_issue(name: str, title: str, lang: str, templates_dir: Path | None, theme: Theme | None,
+                        ) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
     words = lang if lang in _CONFIRM_BODY else "en"
     given = {key: value.format(title=title) for key, value in _CONFIRM_META[words].items()}
     return render_issue(_CONFIRM_BODY[words], origin="confirmation.md",
                         list_ctx=ListContext(name=name, title=title, lang=lang), given=given,
-                        templates_dir=templates_dir)
+                        templates_dir=templates_dir, theme=theme)
 
 
 def build_confirmation(
     mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
-    signer: MessageSigner | None = None, *, templates_dir: Path | None = None,
+    signer: MessageSigner | None = None, *, templates_dir: Path | None = None, theme: Theme | None = None,
 ) -> BuiltMessage:
     """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me"), in the
-    issue layout of `templates_dir` (else the built-in one)."""
+    issue layout of `templates_dir` (else the built-in one) and the list's theme."""
     if not mailing_list.from_addr:
         raise MailerError(f"list {mailing_list.name!r} has no From address; cannot send confirmations")
     from_name, from_addr = parse_from(mailing_list.from_addr)
     title = mailing_list.title or mailing_list.name
-    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang, templates_dir)
+    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang, templates_dir, theme)
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
