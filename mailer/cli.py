@@ -110,7 +110,10 @@ def _main(
 
     Example: mailer demo
     """
-    ctx.obj = {"config": load_config(db_path=db)}
+    config = load_config(db_path=db)
+    for warning in config.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+    ctx.obj = {"config": config}
 
 
 @app.command()
@@ -295,7 +298,10 @@ def render(
 
     config = _config(ctx, templates)
     store = Store.open(config.db_path) if list_name else None
-    for path in render_to_dir(issue, output, config, store, list_name):
+    def warn(warning: str) -> None:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+
+    for path in render_to_dir(issue, output, config, store, list_name, warn):
         out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 

@@ -5,6 +5,7 @@ and Config's repr never shows them."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
@@ -46,6 +47,7 @@ class Config:
     templates: Path | None = None
     theme: Theme = field(default_factory=Theme)  # [theme]
     list_themes: tuple[tuple[str, Theme], ...] = ()  # [lists.NAME.theme], each over [theme]
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # e.g. an unknown key in mailer.toml
 
     @property
     def secret_path(self) -> Path:
@@ -118,6 +120,7 @@ def load_config(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: {exc}") from None
         values.update(_look(toml_path, data))
+        values["warnings"] = tuple(unknown_keys(toml_path, data))
         flat = {**data, **{f"smtp_{k}": v for k, v in data.get("smtp", {}).items()}}
         flat.pop("smtp", None)
         for key, raw in flat.items():
@@ -142,6 +145,33 @@ def load_config(
     if env.get("MAILER_SECRET"):
         return replace(config, secret=env["MAILER_SECRET"].encode("utf-8"))
     return replace(config, secret=read_secret_file(config.secret_path))
+
+
+def unknown_keys(toml_path: Path, data: dict[str, Any]) -> list[str]:
+    """A warning for each key of mailer.toml that nothing reads (a typo is otherwise silently ignored), naming the
+    nearest known key."""
+    smtp_keys = sorted(key.removeprefix("smtp_") for key in _TOML if key.startswith("smtp_"))
+    found: list[str] = []
+
+    def check(table: Any, known: list[str] | tuple[str, ...], where: str) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in table:
+            if key in known or key in SECRET_KEYS or key.endswith("password"):  # secrets: refused elsewhere
+                continue
+            name = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known here: {', '.join(known)})"
+            found.append(f"{toml_path}: unknown setting '{name}' is ignored{hint}")
+
+    check(data, sorted([*_TOML, "smtp", "templates", "theme", "lists"]), "")
+    check(data.get("smtp"), smtp_keys, "smtp")
+    check(data.get("theme"), THEME_KEYS, "theme")
+    lists = data.get("lists")
+    for name, table in lists.items() if isinstance(lists, dict) else ():
+        check(table, ("theme",), f"lists.{name}")
+        check(table.get("theme") if isinstance(table, dict) else None, THEME_KEYS, f"lists.{name}.theme")
+    return found
 
 
 _COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")

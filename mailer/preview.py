@@ -54,6 +54,7 @@ class SampleMessage:
     text: str
     data: bytes  # the whole message as it goes on the wire
     images: tuple[InlineImage, ...] = ()
+    notes: tuple[str, ...] = ()  # what mailer send would warn about (a front-matter field nothing reads, ...)
 
     @property
     def browser_html(self) -> str:
@@ -75,7 +76,8 @@ def render_sample(issue_path: Path, config: Config, store: Store | None = None,
     recipient = Recipient(0, sample.id, sample.email, sample.name, sample.attrs)
     message = template.build(recipient, utcnow())
     html, text = template.personal_bodies(recipient, message.unsubscribe_url)
-    return SampleMessage(prepared.issue.slug, html, text, message.data, prepared.issue.images)
+    return SampleMessage(prepared.issue.slug, html, text, message.data, prepared.issue.images,
+                         tuple(prepared.warnings))
 
 
 # ---- the compatibility check ---------------------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def preview_issue(issue_path: Path, out_dir: Path, config: Config, store: Store 
                   list_name: str | None = None, *, offline: bool = False) -> PreviewResult:
     """Render for a sample recipient, check it, and write <slug>-desktop.png and <slug>-mobile.png in out_dir."""
     message = render_sample(issue_path, config, store, list_name)
-    warnings = check_html(message.html)
+    warnings = [*message.notes, *check_html(message.html)]
     shots = screenshot(message.browser_html, out_dir, message.slug, offline=offline)
     return PreviewResult(message, shots, warnings)
 
@@ -317,7 +319,7 @@ class LivePreview:
             except MailerError as exc:
                 self.error = str(exc)
             else:
-                self.message, self.error, self.warnings = message, "", check_html(message.html)
+                self.message, self.error, self.warnings = message, "", [*message.notes, *check_html(message.html)]
             self.version += 1
         if self.on_render:
             self.on_render(self)

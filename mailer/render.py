@@ -5,6 +5,7 @@ placeholders (substituted later by message.py). The only module that imports Jin
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import importlib.resources
@@ -92,9 +93,69 @@ class RenderedIssue:
     from_addr: str = ""
     sections: tuple[str, ...] = field(default=())
     images: tuple[InlineImage, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # e.g. a front-matter field nothing reads
+
 
     def placeholders(self) -> set[str]:
         return set(PLACEHOLDER_RE.findall(self.html)) | set(PLACEHOLDER_RE.findall(self.text))
+
+
+# Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
+FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "list", "lang", "slug", "images")
+
+
+class _FrontMatter(dict[str, Any]):
+    """The front matter as the body and layouts see it (`meta`), noting every field they ask for, present or not:
+    a field nobody asked for is shown nowhere, and a field asked for but missing is a likely correct spelling."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self._asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self._asked.add(str(key))
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._asked.add(str(key))
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._asked.add(str(key))
+        return super().__contains__(key)
+
+    def _all_asked(self) -> None:
+        self._asked.update(super().keys())
+
+    def __iter__(self) -> Iterator[str]:
+        self._all_asked()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self._all_asked()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._all_asked()
+        return super().values()
+
+    def items(self) -> Any:
+        self._all_asked()
+        return super().items()
+
+    def unused(self, origin: str) -> list[str]:
+        """One warning per field neither mailer nor the body nor the layouts read, with the nearest known name."""
+        fields = list(dict.keys(self))
+        known = sorted(set(FRONT_MATTER_FIELDS) | (self._asked - set(fields)))
+        warnings = []
+        for key in fields:
+            if key in FRONT_MATTER_FIELDS or key in self._asked:
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (mailer reads {', '.join(FRONT_MATTER_FIELDS)})"
+            warnings.append(f"{origin}: front matter field '{key}' is not used by mailer or the layout, so it "
+                            f"appears nowhere{hint}")
+        return warnings
 
 
 class _RecipientFields:
@@ -553,7 +614,8 @@ def render_issue(
     `given` sets front-matter values as data (a confirmation mail's subject naming the list).
     `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
     list_ctx = list_ctx or ListContext()
-    meta, body = split_front_matter(source, origin, given)
+    parsed, body = split_front_matter(source, origin, given)
+    meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
     logo, layout_theme = theme_context(theme or Theme(), list_ctx.title or list_ctx.name)
@@ -604,12 +666,13 @@ def render_issue(
         lang=lang,
         html=html,
         text=text,
-        meta={k: _plain(v) for k, v in meta.items()},
+        meta={k: _plain(v) for k, v in parsed.items()},
         attr_keys=tuple(recipient.keys),
         content_hash=digest.hexdigest(),
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),
         images=images,
+        warnings=tuple(meta.unused(origin)),
     )
 
 

@@ -156,7 +156,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path),
                          templates_dir=config.templates, theme=config.theme_for(mailing_list.name))
-    warnings = check_attributes(store, mailing_list, issue, issue_path)
+    warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     sender = sender_for(mailing_list, issue, config.base_url)
     size = len(issue.html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
@@ -646,15 +646,21 @@ def prepare_sample(
     source = read_issue_file(issue_path)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
                          read_file=issue_file_reader(issue_path), templates_dir=config.templates, theme=config.theme)
-    prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
+    prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path,
+                             list(issue.warnings))
     return prepared, Subscriber(email="reader@example.org", name="")
 
 
 def render_to_dir(
     issue_path: Path, out_dir: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir."""
+    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir;
+    `warn` hears what mailer send would warn about."""
     prepared, sample = prepare_sample(issue_path, config, store, list_name)
+    for warning in prepared.warnings:
+        if warn:
+            warn(warning)
     secret = config.secret or secrets.token_bytes(16)  # a preview needs some key; links in it are samples
     template = build_template(prepared, 0, "preview", secret, signer=dkim_signer(config))
     message = template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
