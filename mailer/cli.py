@@ -678,6 +678,39 @@ def suppressions_remove(ctx: typer.Context, email: Annotated[str, typer.Argument
     out.print(f"{email} may be mailed again", markup=False, highlight=False)
 
 
+# ---- an editor's workspace and the demo ------------------------------------------------------------------------
+
+
+@app.command("new")
+def new(
+    folder: Annotated[Path, typer.Argument(help="The workspace folder (made if needed).")],
+    lang: Annotated[str, typer.Option(help="Language of the starter issue and example list: zh or en.")] = "zh",
+) -> None:
+    """Make an editor's workspace: mailer.toml (every setting, commented), issues/ with a starter issue,
+    templates/ with copies of the built-in layouts, subscribers/example.csv and a .gitignore.
+
+    An existing file is never overwritten.
+
+    Example: mailer new newsletter --lang zh
+    """
+    from mailer.workspace import EXAMPLE_CSV, STARTER_ISSUE, create_workspace
+
+    made = create_workspace(folder, lang)
+    for path in made.created:
+        out.print(f"created {path}", markup=False, highlight=False)
+    for path in made.kept:
+        out.print(f"kept {path} (already there; not overwritten)", markup=False, highlight=False)
+    title = "简报" if lang == "zh" else "Newsletter"
+    sender = f"{title} <news@example.org>"
+    out.print(f"next, in {folder}:\n"
+              f"  mailer init\n"
+              f"  mailer lists create news --title {title} --from \"{sender}\" --lang {lang}\n"
+              f"  mailer subs import {EXAMPLE_CSV} --list news\n"
+              f"  mailer render {STARTER_ISSUE} --list news -o out\n"
+              f"layouts: {folder / 'templates'}/ (mailer uses ./templates/ when it exists); colours and footer: "
+              f"[theme] in {folder / 'mailer.toml'}", markup=False, highlight=False)
+
+
 # ---- demo ------------------------------------------------------------------------------------------------------
 
 

@@ -52,11 +52,16 @@ ReadFile = Callable[[str], bytes]
 
 @dataclass(frozen=True)
 class ListContext:
-    """What a layout may know about the list an issue goes to."""
+    """What a layout may know about the list an issue goes to; no name: no list (a neutral sample rendering)."""
 
-    name: str = "sample"
+    name: str = ""
     title: str = ""
     lang: str = "zh"
+
+
+# The masthead and footer of an issue rendered for no list (mailer render / preview without --list) name no list:
+# they show where the list's title will go.
+NO_LIST_TITLE = {"zh": "（简报名称）", "en": "(newsletter title)"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class RenderedIssue:
 
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
-FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "list", "lang", "slug", "images")
+FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images")
 
 
 class _FrontMatter(dict[str, Any]):
@@ -618,14 +623,14 @@ def render_issue(
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
-    logo, layout_theme = theme_context(theme or Theme(), list_ctx.title or list_ctx.name)
+    logo, layout_theme = theme_context(theme or Theme(), list_ctx.title or list_ctx.name or "logo")
     base_context: dict[str, Any] = {
         "subject": str(meta["subject"]).strip(),
         "preheader": str(meta.get("preheader") or "").strip(),
         "issue_number": str(meta.get("issue") or "").strip(),
         "date": str(meta.get("date") or "").strip(),
         "lang": lang,
-        "list_title": list_ctx.title or list_ctx.name,
+        "list_title": list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"]),
         "list_name": list_ctx.name,
         "meta": meta,
         "subscriber": recipient,

@@ -644,7 +644,7 @@ def prepare_sample(
         prepared = prepare_issue(store, config, issue_path, list_name)
         return prepared, sample_subscriber(store, prepared.mailing_list.id)
     source = read_issue_file(issue_path)
-    issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(lang="zh"),
                          read_file=issue_file_reader(issue_path), templates_dir=config.templates, theme=config.theme)
     prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path,
                              list(issue.warnings))
