@@ -13,6 +13,8 @@ import html as html_lib
 import json
 import re
 import secrets
+import shutil
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,9 @@ from mailer.smtp import is_loopback
 from mailer.store import Store, utcnow
 
 CHROMIUM = "/usr/bin/chromium"
+# What `mailer preview` needs beyond the main job, in one line: a Python extra and two Debian packages.
+INSTALL_HINT = "pip install 'mailer[preview]' and apt-get install chromium fonts-noto-cjk"
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 DESKTOP_WIDTH = 1200
@@ -187,6 +192,28 @@ def check_html(html: str) -> list[str]:
 # ---- screenshots ---------------------------------------------------------------------------------------------------
 
 
+def cjk_font_installed() -> bool | None:
+    """Whether fontconfig (what Chromium draws text with) knows a Chinese font; None when fc-list is missing."""
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return None
+    found = subprocess.run([fc_list, ":lang=zh", "family"], capture_output=True, text=True, timeout=30)
+    return found.returncode == 0 and bool(found.stdout.strip())
+
+
+def check_fonts(html: str) -> list[str]:
+    """A screenshot of CJK text without a CJK font is rows of empty boxes: say so instead of writing it silently."""
+    if not _CJK.search(html):
+        return []
+    installed = cjk_font_installed()
+    if installed:
+        return []
+    why = "no Chinese font is installed" if installed is False else "fc-list is missing, so no font could be found"
+    return [f"{why}: the screenshots show empty boxes for CJK text (apt-get install fonts-noto-cjk fontconfig); "
+            "recipients see the text in their own fonts"]
+
+
+
 @dataclass(frozen=True)
 class Screenshots:
     desktop: Path
@@ -200,9 +227,14 @@ def _allow_request(url: str, offline: bool) -> bool:
 def screenshot(html: str, out_dir: Path, slug: str, offline: bool = False,
                chromium: str = CHROMIUM) -> Screenshots:
     """Full-page PNGs of the HTML at 1200 and 390 CSS pixels wide, from headless Chromium."""
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import Route as BrowserRoute
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import Route as BrowserRoute
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # an extra: the main job does not need a browser driver (165 MB)
+        raise MailerError(f"mailer preview needs Playwright and Chromium: {INSTALL_HINT}") from None
+    if not Path(chromium).is_file():
+        raise MailerError(f"mailer preview needs Chromium at {chromium}: {INSTALL_HINT}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = Screenshots(out_dir / f"{slug}-desktop.png", out_dir / f"{slug}-mobile.png")
@@ -243,7 +275,7 @@ def preview_issue(issue_path: Path, out_dir: Path, config: Config, store: Store 
                   list_name: str | None = None, *, offline: bool = False) -> PreviewResult:
     """Render for a sample recipient, check it, and write <slug>-desktop.png and <slug>-mobile.png in out_dir."""
     message = render_sample(issue_path, config, store, list_name)
-    warnings = [*message.notes, *check_html(message.html)]
+    warnings = [*message.notes, *check_html(message.html), *check_fonts(message.html)]
     shots = screenshot(message.browser_html, out_dir, message.slug, offline=offline)
     return PreviewResult(message, shots, warnings)
 
