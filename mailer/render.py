@@ -623,14 +623,15 @@ def render_issue(
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
-    logo, layout_theme = theme_context(theme or Theme(), list_ctx.title or list_ctx.name or "logo")
+    list_title = list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"])
+    logo, layout_theme = theme_context(theme or Theme(), list_title)
     base_context: dict[str, Any] = {
         "subject": str(meta["subject"]).strip(),
         "preheader": str(meta.get("preheader") or "").strip(),
         "issue_number": str(meta.get("issue") or "").strip(),
         "date": str(meta.get("date") or "").strip(),
         "lang": lang,
-        "list_title": list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"]),
+        "list_title": list_title,
         "list_name": list_ctx.name,
         "meta": meta,
         "subscriber": recipient,
