@@ -54,10 +54,16 @@ _session: dict[str, Path] = {}
 
 ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
+TemplatesOpt = Annotated[Path | None, typer.Option(
+    "--templates", exists=True, file_okay=False, dir_okay=True,
+    help="Folder of layouts (issue.html.j2, issue.txt.j2, web/page.html.j2); a layout it lacks is the built-in "
+    "one. Default: 'templates' in mailer.toml, else ./templates/ when it exists.")]
 
 
-def _config(ctx: typer.Context) -> Config:
-    return ctx.obj["config"]  # type: ignore[no-any-return]
+def _config(ctx: typer.Context, templates: Path | None = None) -> Config:
+    """The settings of this run; `templates` is a command's --templates, which wins over mailer.toml."""
+    config: Config = ctx.obj["config"]
+    return config.with_overrides(templates=templates)
 
 
 def _store(ctx: typer.Context) -> Store:
@@ -110,8 +116,11 @@ def _main(
 
     Example: mailer demo
     """
-    ctx.obj = {"config": load_config(db_path=db)}
-    _session["db"] = ctx.obj["config"].db_path  # for main(): an SQLite failure names the database it is about
+    config = load_config(db_path=db)
+    for warning in config.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+    ctx.obj = {"config": config}
+    _session["db"] = config.db_path  # for main(): an SQLite failure names the database it is about
 
 
 @app.command()
@@ -308,6 +317,7 @@ def render(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <slug>.html, .txt and .eml.")]
     = Path("out"),
     list_name: Annotated[str | None, typer.Option("--list", "-l", help="Render for this list's settings.")] = None,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Render an issue to HTML, plain text and a sample .eml.
 
@@ -315,10 +325,13 @@ def render(
     """
     from mailer.send import render_to_dir
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = Store.open(config.db_path) if list_name else None
+    def warn(warning: str) -> None:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+
     try:
-        paths = render_to_dir(issue, output, config, store, list_name)
+        paths = render_to_dir(issue, output, config, store, list_name, warn)
     except OSError as exc:
         raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
     for path in paths:
@@ -389,6 +402,7 @@ def send(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
     smtp_port: Annotated[int | None, typer.Option(help="SMTP port (env MAILER_SMTP_PORT).")] = None,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Send an issue to a list (running it again resumes the same campaign).
 
@@ -397,7 +411,7 @@ def send(
     from mailer.addresses import normalise_address
     from mailer.send import RetryPolicy, SendOptions, count_recipients, send_issue, smtp_settings
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = _store(ctx)
     options = SendOptions(dry_run=dry_run, test_email=normalise_address(test) if test else None,
                           concurrency=concurrency, rate=rate, max_wait=max_wait,
@@ -513,6 +527,7 @@ def serve(
     trusted_proxies: Annotated[str, typer.Option(
         "--trusted-proxies", envvar="MAILER_TRUSTED_PROXIES",
         help="Comma-separated proxy addresses whose X-Forwarded-For is believed.")] = "127.0.0.1",
+    templates: TemplatesOpt = None,
 ) -> None:
     """Serve the subscriber pages: unsubscribe (with RFC 8058 one-click), sign-up with double opt-in, confirm.
 
@@ -522,7 +537,7 @@ def serve(
     """
     from mailer.web import serve as run_server
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = Store.open(config.db_path)  # a missing or uninitialised database is one clear line, before binding
     try:
         for row in store.lists_with_counts():
@@ -632,6 +647,7 @@ def preview(
     port: Annotated[int, typer.Option(help="Port of --watch.", min=1, max=65535)] = 8026,
     offline: Annotated[bool, typer.Option("--offline", help="Load no remote images (as a client that blocks "
                                           "them shows the issue).")] = False,
+    templates: TemplatesOpt = None,
 ) -> None:
     """Screenshots of the issue as a recipient sees it (1200 px desktop, 390 px mobile) and what mail clients break.
 
@@ -639,7 +655,7 @@ def preview(
     """
     from mailer.preview import live_preview, preview_issue, serve_live_preview
 
-    config = _config(ctx)
+    config = _config(ctx, templates)
     store = Store.open(config.db_path) if list_name else None
     if watch:
         def report(live: Any) -> None:
@@ -702,6 +718,39 @@ def suppressions_remove(ctx: typer.Context, email: Annotated[str, typer.Argument
     finally:
         store.close()
     out.print(f"{email} may be mailed again", markup=False, highlight=False)
+
+
+# ---- an editor's workspace and the demo ------------------------------------------------------------------------
+
+
+@app.command("new")
+def new(
+    folder: Annotated[Path, typer.Argument(help="The workspace folder (made if needed).")],
+    lang: Annotated[str, typer.Option(help="Language of the starter issue and example list: zh or en.")] = "zh",
+) -> None:
+    """Make an editor's workspace: mailer.toml (every setting, commented), issues/ with a starter issue,
+    templates/ with copies of the built-in layouts, subscribers/example.csv and a .gitignore.
+
+    An existing file is never overwritten.
+
+    Example: mailer new newsletter --lang zh
+    """
+    from mailer.workspace import EXAMPLE_CSV, STARTER_ISSUE, create_workspace
+
+    made = create_workspace(folder, lang)
+    for path in made.created:
+        out.print(f"created {path}", markup=False, highlight=False)
+    for path in made.kept:
+        out.print(f"kept {path} (already there; not overwritten)", markup=False, highlight=False)
+    title = "简报" if lang == "zh" else "Newsletter"
+    sender = f"{title} <news@example.org>"
+    out.print(f"next, in {folder}:\n"
+              f"  mailer init\n"
+              f"  mailer lists create news --title {title} --from \"{sender}\" --lang {lang}\n"
+              f"  mailer subs import {EXAMPLE_CSV} --list news\n"
+              f"  mailer render {STARTER_ISSUE} --list news -o out\n"
+              f"layouts: {folder / 'templates'}/ (mailer uses ./templates/ when it exists); colours and footer: "
+              f"[theme] in {folder / 'mailer.toml'}", markup=False, highlight=False)
 
 
 # ---- demo ------------------------------------------------------------------------------------------------------

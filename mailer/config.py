@@ -5,6 +5,7 @@ and Config's repr never shows them."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mailer.errors import ConfigError
+from mailer.models import Theme
 
 TLS_MODES = ("starttls", "tls", "none")
 SECRET_KEYS = {"smtp_password", "password", "secret", "signing_secret"}
@@ -41,10 +43,20 @@ class Config:
     retry_max: float = 4 * 3600.0  # longest backoff (Postfix: maximal_backoff_time)
     retry_expiry: float = 3 * 86400.0  # give up on a recipient this long after its first try
     soft_bounce_limit: int = 3  # soft bounces (of distinct deliveries) before an address is suppressed
+    # The editor's layouts: --templates, else `templates` in mailer.toml, else ./templates/ when it exists; None:
+    # the built-in ones. A layout the folder lacks comes from the built-in ones.
+    templates: Path | None = None
+    theme: Theme = field(default_factory=Theme)  # [theme]
+    list_themes: tuple[tuple[str, Theme], ...] = ()  # [lists.NAME.theme], each over [theme]
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # e.g. an unknown key in mailer.toml
 
     @property
     def secret_path(self) -> Path:
         return self.db_path.with_name(self.db_path.name + ".secret")
+
+    def theme_for(self, list_name: str) -> Theme:
+        """The theme of a list's mail: its own [lists.NAME.theme] over [theme]."""
+        return dict(self.list_themes).get(list_name, self.theme)
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -108,6 +120,8 @@ def load_config(
             data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: {exc}") from None
+        values.update(_look(toml_path, data))
+        values["warnings"] = tuple(unknown_keys(toml_path, data))
         flat = {**data, **{f"smtp_{k}": v for k, v in data.get("smtp", {}).items()}}
         flat.pop("smtp", None)
         for key, raw in flat.items():
@@ -116,6 +130,8 @@ def load_config(
             if key in _TOML:
                 name, kind = _TOML[key]
                 values[name] = _convert(str(toml_path), key, kind, raw)
+    if values.get("templates") is None and ((cwd or Path.cwd()) / "templates").is_dir():
+        values["templates"] = (cwd or Path.cwd()) / "templates"
     for var, (name, kind) in _ENV.items():
         if env.get(var):
             values[name] = _convert(var, var, kind, env[var])
@@ -156,6 +172,118 @@ def check_base_url(value: str) -> str:
         raise ConfigError(f"{where} {value!r} must be scheme://host[:port][/path], with no user, query or "
                           "fragment (links are made by appending /u/TOKEN)")
     return value.rstrip("/")
+
+
+def unknown_keys(toml_path: Path, data: dict[str, Any]) -> list[str]:
+    """A warning for each key of mailer.toml that nothing reads (a typo is otherwise silently ignored), naming the
+    nearest known key."""
+    smtp_keys = sorted(key.removeprefix("smtp_") for key in _TOML if key.startswith("smtp_"))
+    found: list[str] = []
+
+    def check(table: Any, known: list[str] | tuple[str, ...], where: str) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in table:
+            if key in known or key in SECRET_KEYS or key.endswith("password"):  # secrets: refused elsewhere
+                continue
+            name = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known here: {', '.join(known)})"
+            found.append(f"{toml_path}: unknown setting '{name}' is ignored{hint}")
+
+    check(data, sorted([*_TOML, "smtp", "templates", "theme", "lists"]), "")
+    check(data.get("smtp"), smtp_keys, "smtp")
+    check(data.get("theme"), THEME_KEYS, "theme")
+    lists = data.get("lists")
+    for name, table in lists.items() if isinstance(lists, dict) else ():
+        check(table, ("theme",), f"lists.{name}")
+        check(table.get("theme") if isinstance(table, dict) else None, THEME_KEYS, f"lists.{name}.theme")
+    return found
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
+THEME_KEYS = ("accent", "highlight", "logo", "logo_width", "footer")
+
+
+def _look(toml_path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Config values for how mail and pages look: the layouts folder, [theme] and each [lists.NAME.theme]."""
+    theme = _theme(toml_path, "theme", data.get("theme", {}), Theme())
+    lists = data.get("lists", {})
+    if not isinstance(lists, dict):
+        raise ConfigError(f"{toml_path}: 'lists' must be a table: [lists.NAME.theme]")
+    list_themes = []
+    for name, table in lists.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{toml_path}: lists.{name} must be a table: [lists.{name}.theme]")
+        if "theme" in table:
+            list_themes.append((name, _theme(toml_path, f"lists.{name}.theme", table["theme"], theme)))
+    return {"templates": _templates_folder(toml_path, data.get("templates")), "theme": theme,
+            "list_themes": tuple(list_themes)}
+
+
+def _theme(toml_path: Path, where: str, table: Any, base: Theme) -> Theme:
+    """One theme table over `base`; a value that would break a layout is a ConfigError naming it."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{toml_path}: '{where}' must be a table ([{where}])")
+    changes: dict[str, Any] = {}
+    for key in ("accent", "highlight"):
+        if key in table:
+            raw = table[key]
+            if not isinstance(raw, str) or not _COLOUR.fullmatch(raw.strip()):
+                raise ConfigError(f"{toml_path}: {where}.{key} = {raw!r} is not a colour like '#163e6c'")
+            digits = raw.strip().lower()[1:]
+            # #rgb as #rrggbb: old Outlook reads only the six-digit form in a bgcolor attribute
+            changes[key] = "#" + ("".join(d * 2 for d in digits) if len(digits) == 3 else digits)
+    if "logo" in table:
+        changes.update(_logo(toml_path, where, table["logo"]))
+    if "logo_width" in table:
+        raw = table["logo_width"]
+        if not isinstance(raw, int) or isinstance(raw, bool) or not 16 <= raw <= 600:
+            raise ConfigError(f"{toml_path}: {where}.logo_width = {raw!r} must be a number of pixels, 16 to 600")
+        changes["logo_width"] = raw
+    if "footer" in table:
+        raw = table["footer"]
+        lines = raw.splitlines() if isinstance(raw, str) else raw
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise ConfigError(f"{toml_path}: {where}.footer must be a list of lines: footer = [\"...\", \"...\"]")
+        changes["footer"] = tuple(_one_line(line) for line in lines if line.strip())
+    return replace(base, **changes)
+
+
+def _one_line(text: str) -> str:
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
+def _logo(toml_path: Path, where: str, raw: Any) -> dict[str, Any]:
+    """An https URL as it is; a local file (relative to mailer.toml) read now, to travel inside each message."""
+    if not isinstance(raw, str):
+        raise ConfigError(f"{toml_path}: {where}.logo = {raw!r} must be an https URL or the name of an image file")
+    value = raw.strip()
+    if not value:
+        return {"logo": "", "logo_data": b""}
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value):
+        if not value.lower().startswith("https://") or re.search(r"[\s\"'<>]", value):
+            raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: use an https:// URL (mail clients block others) "
+                              "or a local image file")
+        return {"logo": value, "logo_data": b""}
+    path = toml_path.parent / Path(value).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: cannot read {path} ({exc.strerror})") from None
+    return {"logo": path.name, "logo_data": data}
+
+
+def _templates_folder(toml_path: Path, raw: Any) -> Path | None:
+    """`templates = "layouts"` in mailer.toml: a folder, relative to mailer.toml's."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{toml_path}: templates = {raw!r} must be the name of a folder of layouts")
+    folder = toml_path.parent / Path(raw).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{toml_path}: templates = {raw!r}: no such folder ({folder})")
+    return folder
 
 
 def read_secret_file(path: Path) -> bytes:

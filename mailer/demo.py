@@ -4,6 +4,8 @@ Creates a fresh working folder, imports the sample list, sends the sample issue 
 
 from __future__ import annotations
 
+import contextlib
+import importlib.resources
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,8 @@ from mailer.send import ProgressSink, SendOptions, render_to_dir, send_issue, sm
 from mailer.store import Store
 from mailer.subscriptions import ImportResult, create_list, import_csv
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_ISSUE = REPO / "issues" / "sample.md"
-SAMPLE_LIST = REPO / "subscribers" / "sample.csv"
+# Shipped inside the package (mailer/samples: the repository's issues/sample.md and subscribers/sample.csv).
+SAMPLES = importlib.resources.files("mailer") / "samples"
 LIST_NAME = "bulletin"
 
 
@@ -34,6 +35,14 @@ class DemoResult:
 
 async def run_demo(workdir: Path, base_url: str, progress: ProgressSink | None = None) -> DemoResult:
     """Start afresh in `workdir`: database, sample list, capture server, send, rendered copies."""
+    with contextlib.ExitStack() as files:
+        sample_issue = files.enter_context(importlib.resources.as_file(SAMPLES / "sample.md"))
+        sample_list = files.enter_context(importlib.resources.as_file(SAMPLES / "sample.csv"))
+        return await _run_demo(workdir, base_url, sample_issue, sample_list, progress)
+
+
+async def _run_demo(workdir: Path, base_url: str, sample_issue: Path, sample_list: Path,
+                    progress: ProgressSink | None) -> DemoResult:
     workdir = workdir.resolve()
     for stale in ("mailer.db", "mailer.db-wal", "mailer.db-shm", "outbox", "rendered"):
         path = workdir / stale
@@ -49,12 +58,12 @@ async def run_demo(workdir: Path, base_url: str, progress: ProgressSink | None =
         store.init()
         create_list(store, LIST_NAME, "知识产权运营简报", "知识产权运营简报 <bulletin@example.org>",
                     "editor@example.org", "zh")
-        imported = import_csv(store, LIST_NAME, SAMPLE_LIST)
+        imported = import_csv(store, LIST_NAME, sample_list)
         with CaptureServer(outbox) as server:
             config = config.with_overrides(smtp_port=server.port)
-            summary = await send_issue(store, config, SAMPLE_ISSUE, LIST_NAME, SendOptions(concurrency=4),
+            summary = await send_issue(store, config, sample_issue, LIST_NAME, SendOptions(concurrency=4),
                                        smtp_settings(config), progress)
-        rendered = render_to_dir(SAMPLE_ISSUE, workdir / "rendered", config, store, LIST_NAME)
+        rendered = render_to_dir(sample_issue, workdir / "rendered", config, store, LIST_NAME)
     finally:
         store.close()
     return DemoResult(workdir, config.db_path, outbox, imported, summary, rendered, sorted(outbox.glob("*.eml")))

@@ -47,6 +47,21 @@ class MailingList:
 
 
 @dataclass(frozen=True)
+class Theme:
+    """The look set in mailer.toml's [theme] (or [lists.NAME.theme]) without touching Jinja.
+
+    Colours are `#rgb` / `#rrggbb` (they go into CSS and into `bgcolor` attributes); the logo is an https URL, or a
+    local file whose bytes travel in the message (`logo_data`)."""
+
+    accent: str = "#163e6c"  # masthead, section headings, the table of contents; the pages' top rule and button
+    highlight: str = "#c8922a"  # the rule under the masthead and the edge of each section heading
+    logo: str = ""
+    logo_data: bytes = field(default=b"", repr=False)
+    logo_width: int = 160  # CSS pixels; Outlook sizes images by the width attribute
+    footer: tuple[str, ...] = ()  # lines at the foot of every issue (editor, contact, a print line)
+
+
+@dataclass(frozen=True)
 class Subscriber:
     email: str
     name: str = ""

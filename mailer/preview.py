@@ -13,6 +13,8 @@ import html as html_lib
 import json
 import re
 import secrets
+import shutil
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,12 +30,15 @@ from starlette.routing import Route
 from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.models import Recipient
-from mailer.render import DEFAULT_TEMPLATES, InlineImage
+from mailer.render import InlineImage, layout_files
 from mailer.send import GMAIL_CLIP_BYTES, build_template, prepare_sample
 from mailer.smtp import is_loopback
 from mailer.store import Store, utcnow
 
 CHROMIUM = "/usr/bin/chromium"
+# What `mailer preview` needs beyond the main job, in one line: a Python extra and two Debian packages.
+INSTALL_HINT = "pip install 'mailer[preview]' and apt-get install chromium fonts-noto-cjk"
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 DESKTOP_WIDTH = 1200
@@ -55,6 +60,7 @@ class SampleMessage:
     data: bytes  # the whole message as it goes on the wire
     images: tuple[InlineImage, ...] = ()
     subject: str = ""
+    notes: tuple[str, ...] = ()  # what mailer send would warn about (a front-matter field nothing reads, ...)
 
     @property
     def browser_html(self) -> str:
@@ -77,7 +83,7 @@ def render_sample(issue_path: Path, config: Config, store: Store | None = None,
     message = template.build(recipient, utcnow())
     html, text = template.personal_bodies(recipient, message.unsubscribe_url)
     return SampleMessage(prepared.issue.slug, html, text, message.data, prepared.issue.images,
-                         prepared.issue.subject)
+                         prepared.issue.subject, tuple(prepared.warnings))
 
 
 # ---- the compatibility check ---------------------------------------------------------------------------------------
@@ -221,6 +227,28 @@ def check_html(html: str) -> list[str]:
 # ---- screenshots ---------------------------------------------------------------------------------------------------
 
 
+def cjk_font_installed() -> bool | None:
+    """Whether fontconfig (what Chromium draws text with) knows a Chinese font; None when fc-list is missing."""
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return None
+    found = subprocess.run([fc_list, ":lang=zh", "family"], capture_output=True, text=True, timeout=30)
+    return found.returncode == 0 and bool(found.stdout.strip())
+
+
+def check_fonts(html: str) -> list[str]:
+    """A screenshot of CJK text without a CJK font is rows of empty boxes: say so instead of writing it silently."""
+    if not _CJK.search(html):
+        return []
+    installed = cjk_font_installed()
+    if installed:
+        return []
+    why = "no Chinese font is installed" if installed is False else "fc-list is missing, so no font could be found"
+    return [f"{why}: the screenshots show empty boxes for CJK text (apt-get install fonts-noto-cjk fontconfig); "
+            "recipients see the text in their own fonts"]
+
+
+
 @dataclass(frozen=True)
 class Screenshots:
     desktop: Path
@@ -234,9 +262,14 @@ def _allow_request(url: str, offline: bool) -> bool:
 def screenshot(html: str, out_dir: Path, slug: str, offline: bool = False,
                chromium: str = CHROMIUM) -> Screenshots:
     """Full-page PNGs of the HTML at 1200 and 390 CSS pixels wide, from headless Chromium."""
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import Route as BrowserRoute
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import Route as BrowserRoute
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # an extra: the main job does not need a browser driver (165 MB)
+        raise MailerError(f"mailer preview needs Playwright and Chromium: {INSTALL_HINT}") from None
+    if not Path(chromium).is_file():
+        raise MailerError(f"mailer preview needs Chromium at {chromium}: {INSTALL_HINT}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = Screenshots(out_dir / f"{slug}-desktop.png", out_dir / f"{slug}-mobile.png")
@@ -277,7 +310,7 @@ def preview_issue(issue_path: Path, out_dir: Path, config: Config, store: Store 
                   list_name: str | None = None, *, offline: bool = False) -> PreviewResult:
     """Render for a sample recipient, check it, and write <slug>-desktop.png and <slug>-mobile.png in out_dir."""
     message = render_sample(issue_path, config, store, list_name)
-    warnings = check_message(message)
+    warnings = [*message.notes, *check_message(message), *check_fonts(message.html)]
     shots = screenshot(message.browser_html, out_dir, message.slug, offline=offline)
     return PreviewResult(message, shots, warnings)
 
@@ -353,7 +386,7 @@ class LivePreview:
             except MailerError as exc:
                 self.error = str(exc)
             else:
-                self.message, self.error, self.warnings = message, "", check_message(message)
+                self.message, self.error, self.warnings = message, "", [*message.notes, *check_message(message)]
             self.version += 1
         if self.on_render:
             self.on_render(self)
@@ -411,7 +444,7 @@ def live_preview(issue_path: Path, config: Config, store: Store | None = None, l
             for path in sorted(folder.glob(pattern)):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     yield path
-        yield from sorted(DEFAULT_TEMPLATES.glob("*.j2"))
+        yield from layout_files(config.templates)
 
     live = LivePreview(lambda: render_sample(issue_path, config, store, list_name), watched, on_render)
     live.refresh(force=True)

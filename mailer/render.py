@@ -5,15 +5,17 @@ placeholders (substituted later by message.py). The only module that imports Jin
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
+import importlib.resources
 import logging
 import re
 import struct
 import traceback
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,16 @@ from typing import Any
 import frontmatter
 import jinja2
 import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
 from mailer.errors import TemplateError
+from mailer.models import Theme
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The built-in layouts travel inside the package (a wheel, a zip or a checkout alike), read through importlib.resources.
+BUILTIN_TEMPLATES = importlib.resources.files("mailer") / "templates"
 HTML_LAYOUT = "issue.html.j2"
 TEXT_LAYOUT = "issue.txt.j2"
 
@@ -47,11 +52,16 @@ ReadFile = Callable[[str], bytes]
 
 @dataclass(frozen=True)
 class ListContext:
-    """What a layout may know about the list an issue goes to."""
+    """What a layout may know about the list an issue goes to; no name: no list (a neutral sample rendering)."""
 
-    name: str = "sample"
+    name: str = ""
     title: str = ""
     lang: str = "zh"
+
+
+# The masthead and footer of an issue rendered for no list (mailer render / preview without --list) name no list:
+# they show where the list's title will go.
+NO_LIST_TITLE = {"zh": "（简报名称）", "en": "(newsletter title)"}
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,69 @@ class RenderedIssue:
     from_addr: str = ""
     sections: tuple[str, ...] = field(default=())
     images: tuple[InlineImage, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # e.g. a front-matter field nothing reads
+
 
     def placeholders(self) -> set[str]:
         return set(PLACEHOLDER_RE.findall(self.html)) | set(PLACEHOLDER_RE.findall(self.text))
+
+
+# Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
+FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images")
+
+
+class _FrontMatter(dict[str, Any]):
+    """The front matter as the body and layouts see it (`meta`), noting every field they ask for, present or not:
+    a field nobody asked for is shown nowhere, and a field asked for but missing is a likely correct spelling."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self._asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self._asked.add(str(key))
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._asked.add(str(key))
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._asked.add(str(key))
+        return super().__contains__(key)
+
+    def _all_asked(self) -> None:
+        self._asked.update(super().keys())
+
+    def __iter__(self) -> Iterator[str]:
+        self._all_asked()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self._all_asked()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._all_asked()
+        return super().values()
+
+    def items(self) -> Any:
+        self._all_asked()
+        return super().items()
+
+    def unused(self, origin: str) -> list[str]:
+        """One warning per field neither mailer nor the body nor the layouts read, with the nearest known name."""
+        fields = list(dict.keys(self))
+        known = sorted(set(FRONT_MATTER_FIELDS) | (self._asked - set(fields)))
+        warnings = []
+        for key in fields:
+            if key in FRONT_MATTER_FIELDS or key in self._asked:
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (mailer reads {', '.join(FRONT_MATTER_FIELDS)})"
+            warnings.append(f"{origin}: front matter field '{key}' is not used by mailer or the layout, so it "
+                            f"appears nowhere{hint}")
+        return warnings
 
 
 class _RecipientFields:
@@ -126,8 +196,12 @@ def _markdown() -> MarkdownIt:
     return MarkdownIt("gfm-like", {"typographer": False})
 
 
-def split_front_matter(source: str, origin: str) -> tuple[dict[str, Any], str]:
-    """The YAML front matter and the Markdown body; a missing subject or bad YAML is a TemplateError."""
+def split_front_matter(
+    source: str, origin: str, given: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The YAML front matter and the Markdown body; a missing subject or bad YAML is a TemplateError.
+
+    `given`: front-matter values the caller supplies as data (over the file's), never parsed as YAML."""
     try:
         post = frontmatter.loads(source.lstrip("\ufeff"))
     except yaml.YAMLError as exc:
@@ -138,7 +212,7 @@ def split_front_matter(source: str, origin: str) -> tuple[dict[str, Any], str]:
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
             or str(exc).splitlines()[0]
         raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
-    meta = {str(k): v for k, v in post.metadata.items()}
+    meta = {**{str(k): v for k, v in post.metadata.items()}, **(given or {})}
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise TemplateError(f"{origin}: front matter has no 'subject'")
@@ -295,10 +369,13 @@ def split_sections(md: MarkdownIt, tokens: list[Token]) -> tuple[Markup, str, li
     return intro_html, intro_text, sections
 
 
-def _template_error(origin: str, exc: jinja2.TemplateError, line_offset: int = 0) -> TemplateError:
+def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> TemplateError:
+    """One line naming the file and line for anything a template raised: Jinja's errors, the sandbox's refusals,
+    and plain Python errors of the template's own making ({{ 1/0 }})."""
     where = origin
-    lineno = getattr(exc, "lineno", None)
-    name = getattr(exc, "filename", None) or getattr(exc, "name", None)
+    jinja_error = isinstance(exc, jinja2.TemplateError)
+    lineno = getattr(exc, "lineno", None) if jinja_error else None
+    name = (getattr(exc, "filename", None) or getattr(exc, "name", None)) if jinja_error else None
     if not lineno:
         # Render-time errors (StrictUndefined) carry no lineno; Jinja rewrites the traceback so that each template
         # line that ran appears as a frame whose filename is the template's (or "<template>" for a string).
@@ -312,7 +389,10 @@ def _template_error(origin: str, exc: jinja2.TemplateError, line_offset: int = 0
         lineno += line_offset  # the body's line numbers, counted from the top of the issue file
     if lineno:
         where = f"{where} line {lineno}"
-    message = str(exc.message if getattr(exc, "message", None) else exc).splitlines()[0]
+    text = str(exc.message if jinja_error and getattr(exc, "message", None) else exc)
+    message = (text.splitlines() or [""])[0] or type(exc).__name__
+    if isinstance(exc, SecurityError) and "unsafe" in message:
+        message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")
 
 
@@ -383,9 +463,101 @@ def _body_line_offset(source: str, body: str) -> int:
     return source[:start].count("\n") if start > 0 else 0
 
 
-def _environment(templates_dir: Path, html: bool) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
+class BuiltinLoader(jinja2.BaseLoader):
+    """Jinja loader for the layouts shipped in the package (`sub`: a folder inside them, e.g. "web")."""
+
+    def __init__(self, sub: str = "") -> None:
+        self.root = BUILTIN_TEMPLATES / sub if sub else BUILTIN_TEMPLATES
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        node = self.root
+        for part in template.split("/"):
+            if part in ("", ".", ".."):
+                raise jinja2.TemplateNotFound(template)
+            node = node / part
+        if not node.is_file():
+            raise jinja2.TemplateNotFound(template)
+        return node.read_text(encoding="utf-8"), str(node), lambda: True
+
+
+def builtin_layouts() -> Iterator[tuple[str, bytes]]:
+    """Every built-in layout file as (path inside the layouts folder, bytes): what `mailer new` copies."""
+    folders = [("", BUILTIN_TEMPLATES)]
+    while folders:
+        prefix, folder = folders.pop()
+        for node in sorted(folder.iterdir(), key=lambda n: n.name):
+            if node.is_dir():
+                folders.append((f"{prefix}{node.name}/", node))
+            elif node.name.endswith(".j2"):
+                yield prefix + node.name, node.read_bytes()
+
+
+def layout_files(templates_dir: Path | None) -> list[Path]:
+    """The layout files on disk that a rendering may read (what a live preview watches)."""
+    folders = [Path(templates_dir)] if templates_dir else []
+    if isinstance(BUILTIN_TEMPLATES, Path):  # a wheel or a checkout; a zip import has nothing to watch
+        folders.append(BUILTIN_TEMPLATES)
+    return [path for folder in folders for path in sorted(folder.glob("*.j2"))]
+
+
+def _layout_loader(templates_dir: Path | None, sub: str = "") -> jinja2.BaseLoader:
+    """The editor's folder first; a layout it lacks comes from the built-in ones."""
+    builtin = BuiltinLoader(sub)
+    if templates_dir is None:
+        return builtin
+    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(Path(templates_dir) / sub)), builtin])
+
+
+MAX_REPEAT = 100_000  # longest string or list `*` may build: a layout needs a rule of a few dozen characters
+MAX_POWER_BITS = 4096  # largest integer `**` may build
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with no globals (range, cycler, lipsum...: only the variables mailer documents
+    exist), attributes of an undefined value refused outright, and `*` / `**` kept from building huge values."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals.clear()
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, jinja2.Undefined):  # `cycler.__init__` when cycler is not a variable: say so
+            obj._fail_with_undefined_error()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, jinja2.Undefined):
+            obj._fail_with_undefined_error()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(count, int) and len(seq) * count > MAX_REPEAT:
+                    raise SecurityError(f"the result of * would be too large ({len(seq) * count:,} items)")
+        elif isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_POWER_BITS:
+            raise SecurityError("the result of ** would be too large")
+        return super().call_binop(context, operator, left, right)
+
+
+class _NoOtherFiles(jinja2.BaseLoader):
+    """An issue is one file: it may not pull in other templates (layouts can, from their own folder)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        raise SecurityError(f"an issue cannot include, import or extend another template ({template!r}); "
+                            "that belongs in the layout")
+
+
+def _body_environment() -> jinja2.Environment:
+    return _Sandbox(loader=_NoOtherFiles(), undefined=jinja2.StrictUndefined, autoescape=False,
+                    keep_trailing_newline=True)
+
+
+def _environment(templates_dir: Path | None, html: bool) -> jinja2.Environment:
+    return _Sandbox(
+        loader=_layout_loader(templates_dir),
         autoescape=html,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
@@ -413,37 +585,62 @@ def inline_css(html: str) -> str:
         raise TemplateError(f"CSS inlining failed: {exc}") from None
 
 
+def theme_context(theme: Theme, list_title: str) -> tuple[InlineImage | None, dict[str, Any]]:
+    """What a layout sees of the theme (`theme.accent`, `theme.logo.src`, `theme.footer`, ...) and the logo image
+    to embed when the logo is a local file rather than a URL."""
+    image = None
+    logo: dict[str, str] | None = None
+    if theme.logo_data:
+        try:
+            content_type, ext, size = image_type(theme.logo_data)
+        except ValueError as exc:
+            raise TemplateError(f"theme logo {theme.logo}: {exc}") from None
+        digest = hashlib.sha256(theme.logo_data).hexdigest()[:16]
+        image = InlineImage(f"logo.{digest}@mailer", f"logo.{ext}", content_type, theme.logo_data)
+        width = min(size[0], theme.logo_width) if size and size[0] else theme.logo_width
+        logo = {"src": f"cid:{image.cid}", "width": str(width), "alt": list_title}
+    elif theme.logo:
+        logo = {"src": theme.logo, "width": str(theme.logo_width), "alt": list_title}
+    return image, {"accent": theme.accent, "highlight": theme.highlight, "logo": logo, "footer": list(theme.footer)}
+
+
 def render_issue(
     source: str,
     origin: str = "issue.md",
     list_ctx: ListContext | None = None,
     templates_dir: Path | None = None,
     read_file: ReadFile | None = None,
+    given: Mapping[str, Any] | None = None,
+    theme: Theme | None = None,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
-    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`."""
+    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`.
+    `given` sets front-matter values as data (a confirmation mail's subject naming the list).
+    `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
     list_ctx = list_ctx or ListContext()
-    templates_dir = templates_dir or DEFAULT_TEMPLATES
-    meta, body = split_front_matter(source, origin)
+    parsed, body = split_front_matter(source, origin, given)
+    meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
     lang = str(meta.get("lang") or list_ctx.lang or "zh")
+    list_title = list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"])
+    logo, layout_theme = theme_context(theme or Theme(), list_title)
     base_context: dict[str, Any] = {
         "subject": str(meta["subject"]).strip(),
         "preheader": str(meta.get("preheader") or "").strip(),
         "issue_number": str(meta.get("issue") or "").strip(),
         "date": str(meta.get("date") or "").strip(),
         "lang": lang,
-        "list_title": list_ctx.title or list_ctx.name,
+        "list_title": list_title,
         "list_name": list_ctx.name,
         "meta": meta,
         "subscriber": recipient,
         "unsubscribe_url": PH_UNSUBSCRIBE,
+        "theme": layout_theme,
     }
-    body_env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     try:
-        body = body_env.from_string(body).render(**base_context)
-    except jinja2.TemplateError as exc:
+        body = _body_environment().from_string(body).render(**base_context)
+    except Exception as exc:  # whatever the issue's own code raised (a refusal, 1/0) is the issue's error
         raise _template_error(origin, exc, _body_line_offset(source, body)) from None
     md = _markdown()
     tokens = md.parse(body)
@@ -451,14 +648,15 @@ def render_issue(
     if image_mode not in IMAGE_MODES:
         raise TemplateError(f"{origin}: front matter 'images' must be url or cid, not {meta['images']!r}")
     images = embed_images(tokens, read_file, origin) if image_mode == "cid" else ()
+    images += (logo,) if logo else ()
     intro_html, intro_text, sections = split_sections(md, tokens)
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
     try:
         raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
         text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
     except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"layout {exc.name} not found in {templates_dir}") from None
-    except jinja2.TemplateError as exc:
+        raise TemplateError(f"layout {exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
+    except Exception as exc:  # as for the body: a layout's own error, named by its file and line
         raise _template_error(origin, exc) from None
     html = inline_css(raw_html)
     text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
@@ -474,12 +672,13 @@ def render_issue(
         lang=lang,
         html=html,
         text=text,
-        meta={k: _plain(v) for k, v in meta.items()},
+        meta={k: _plain(v) for k, v in parsed.items()},
         attr_keys=tuple(recipient.keys),
         content_hash=digest.hexdigest(),
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),
         images=images,
+        warnings=tuple(meta.unused(origin)),
     )
 
 
@@ -504,18 +703,17 @@ def attr_placeholder_keys(keys: Iterable[str]) -> dict[str, str]:
     return {f"A{i}": key for i, key in enumerate(keys)}
 
 
-WEB_TEMPLATES = DEFAULT_TEMPLATES / "web"
-
-
 def render_page(name: str, context: dict[str, Any], templates_dir: Path | None = None) -> str:
-    """One page of `mailer serve` (autoescaped HTML, StrictUndefined): a missing value is a bug, not a blank."""
-    env = _page_environment(str(templates_dir or WEB_TEMPLATES))
+    """One page of `mailer serve` (autoescaped HTML, StrictUndefined): a missing value is a bug, not a blank.
+
+    Pages are `web/NAME` in the editor's layouts folder, else the built-in ones."""
+    env = _page_environment(templates_dir)
     return env.get_template(name).render(**context)
 
 
 @functools.lru_cache(maxsize=4)
-def _page_environment(templates_dir: str) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir), autoescape=True, undefined=jinja2.StrictUndefined,
+def _page_environment(templates_dir: Path | None) -> jinja2.Environment:
+    return _Sandbox(
+        loader=_layout_loader(templates_dir, "web"), autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )

@@ -154,8 +154,9 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     mailing_list = store.get_list(list_name)
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
-    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path))
-    warnings = check_attributes(store, mailing_list, issue, issue_path)
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path),
+                         templates_dir=config.templates, theme=config.theme_for(mailing_list.name))
+    warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     from mailer.preview import image_source_warnings  # preview imports this module: imported when used
 
     warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
@@ -646,17 +647,23 @@ def prepare_sample(
         prepared = prepare_issue(store, config, issue_path, list_name)
         return prepared, sample_subscriber(store, prepared.mailing_list.id)
     source = read_issue_file(issue_path)
-    issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(name="sample", lang="zh"),
-                         read_file=issue_file_reader(issue_path))
-    prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path)
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(lang="zh"),
+                         read_file=issue_file_reader(issue_path), templates_dir=config.templates, theme=config.theme)
+    prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path,
+                             list(issue.warnings))
     return prepared, Subscriber(email="reader@example.org", name="")
 
 
 def render_to_dir(
     issue_path: Path, out_dir: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir."""
+    """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir;
+    `warn` hears what mailer send would warn about."""
     prepared, sample = prepare_sample(issue_path, config, store, list_name)
+    for warning in prepared.warnings:
+        if warn:
+            warn(warning)
     secret = config.secret or secrets.token_bytes(16)  # a preview needs some key; links in it are samples
     template = build_template(prepared, 0, "preview", secret, signer=dkim_signer(config))
     message = template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())

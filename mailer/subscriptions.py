@@ -16,7 +16,7 @@ from pathlib import Path
 from mailer.addresses import CsvProblem, csv_delimiter, decode_csv, normalise_address, read_subscribers_csv
 from mailer.errors import MailerError, NotFoundError, UsageError
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
-from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus
+from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus, Theme
 from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.spreadsheet import SpreadsheetWriter
 from mailer.store import Store, stamp
@@ -273,29 +273,27 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     return target, ConfirmState.READY
 
 
-_CONFIRM_SOURCE = {
-    "zh": """---
-subject: 请确认订阅「{title}」
-preheader: 点击邮件中的链接即可完成订阅
-why: 您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。
----
-{{{{ subscriber.email }}}} 刚刚申请订阅「{title}」。请点击下面的链接确认：
+# The confirmation mail's words. The list's title is data: it goes into front-matter values (given to the renderer,
+# never parsed as YAML) and the layout's masthead (autoescaped), never into Jinja or Markdown source.
+_CONFIRM_BODY = {
+    "zh": """{{ subscriber.email }} 刚刚申请订阅这份简报。请点击下面的链接确认：
 
-[确认订阅]({{{{ subscriber.confirm_url }}}})
+[确认订阅]({{ subscriber.confirm_url }})
 
 如果不是您本人申请，请忽略本邮件：不确认就不会收到任何邮件。链接 7 天内有效。
 """,
-    "en": """---
-subject: "Please confirm your subscription to {title}"
-preheader: One click and you are subscribed
-why: "You receive this because this address was entered on the sign-up page of {title}."
----
-Someone, hopefully you, asked to subscribe {{{{ subscriber.email }}}} to {title}. Please confirm:
+    "en": """Someone, hopefully you, asked to subscribe {{ subscriber.email }} to this newsletter. Please confirm:
 
-[Confirm my subscription]({{{{ subscriber.confirm_url }}}})
+[Confirm my subscription]({{ subscriber.confirm_url }})
 
 If it was not you, ignore this message: nothing will be sent unless you confirm. The link works for 7 days.
 """,
+}
+_CONFIRM_META = {
+    "zh": {"subject": "请确认订阅「{title}」", "preheader": "点击邮件中的链接即可完成订阅",
+           "why": "您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。"},
+    "en": {"subject": "Please confirm your subscription to {title}", "preheader": "One click and you are subscribed",
+           "why": "You receive this because this address was entered on the sign-up page of {title}."},
 }
 
 
@@ -303,22 +301,28 @@ _READER = {"zh": "读者", "en": "reader"}
 
 
 @functools.lru_cache(maxsize=32)
-def _confirmation_issue(name: str, title: str, lang: str) -> RenderedIssue:
+def _confirmation_issue(name: str, title: str, lang: str, templates_dir: Path | None, theme: Theme | None,
+                        ) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
-    source = _CONFIRM_SOURCE.get(lang, _CONFIRM_SOURCE["en"]).format(title=title.replace('"', "'"))
-    return render_issue(source, origin="confirmation.md", list_ctx=ListContext(name=name, title=title, lang=lang))
+    words = lang if lang in _CONFIRM_BODY else "en"
+    given = {key: value.format(title=title) for key, value in _CONFIRM_META[words].items()}
+    return render_issue(_CONFIRM_BODY[words], origin="confirmation.md",
+                        list_ctx=ListContext(name=name, title=title, lang=lang), given=given,
+                        templates_dir=templates_dir, theme=theme)
 
 
 def build_confirmation(
     mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
-    signer: MessageSigner | None = None, request_id: int = 0,
+    signer: MessageSigner | None = None, request_id: int = 0, *, templates_dir: Path | None = None,
+    theme: Theme | None = None,
 ) -> BuiltMessage:
-    """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me")."""
+    """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me"), in the
+    issue layout of `templates_dir` (else the built-in one) and the list's theme."""
     if not mailing_list.from_addr:
         raise MailerError(f"list {mailing_list.name!r} has no From address; cannot send confirmations")
     from_name, from_addr = parse_from(mailing_list.from_addr)
     title = mailing_list.title or mailing_list.name
-    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang)
+    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang, templates_dir, theme)
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,

@@ -187,8 +187,8 @@ class WebApp:
               error: str = "") -> HTMLResponse:
         html = render_page("page.html.j2", {
             "lang": lang, "heading": heading, "paragraphs": paragraphs, "list_title": list_title, "form": form,
-            "links": links or [], "error": error,
-        })
+            "links": links or [], "error": error, "theme": self.config.theme,
+        }, self.config.templates)
         return HTMLResponse(html, status_code=status)
 
     def unavailable(self) -> Response:
@@ -352,7 +352,8 @@ class WebApp:
             # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
             # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
             message = build_confirmation(mailing_list, signup.subscriber, self.config.secret, self.config.base_url,
-                                         now, self.signer, signup.request_id)
+                                         now, self.signer, signup.request_id, templates_dir=self.config.templates,
+                                         theme=self.config.theme_for(mailing_list.name))
             self.pending += 1
             sent_page.background = BackgroundTask(self._send_confirmation, signup.subscriber.email, message)
         return sent_page

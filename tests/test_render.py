@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import http.server
 import re
-import shutil
 import threading
 from datetime import UTC, datetime
 from email import policy
@@ -18,7 +17,7 @@ import mailer.render
 from mailer.errors import TemplateError
 from mailer.message import MessageTemplate, Sender
 from mailer.models import Recipient
-from mailer.render import DEFAULT_TEMPLATES, PLACEHOLDER_RE, ListContext, RenderedIssue, render_issue, substitute
+from mailer.render import PLACEHOLDER_RE, ListContext, RenderedIssue, builtin_layouts, render_issue, substitute
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = {"sample": "zh", "en-basic": "en", "personalised": "zh"}
@@ -33,6 +32,13 @@ MINIMAL = "---\nsubject: Hello\n---\n\nIntro.\n\n## One\n\nBody.\n"
 
 def list_ctx(lang: str = "zh") -> ListContext:
     return ListContext(name="bulletin", title="知识产权运营简报", lang=lang)
+
+
+def copy_layouts(dest: Path) -> Path:
+    for name, data in builtin_layouts():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(data)
+    return dest
 
 
 def render_case(case: str) -> RenderedIssue:
@@ -139,8 +145,7 @@ def test_body_syntax_error_names_the_file_line() -> None:
     ],
 )
 def test_misspelt_variable_in_layout_names_layout_and_line(tmp_path: Path, layout: str, old: str, new: str) -> None:
-    templates = tmp_path / "templates"
-    shutil.copytree(DEFAULT_TEMPLATES, templates)
+    templates = copy_layouts(tmp_path / "templates")
     path = templates / layout
     original = path.read_text(encoding="utf-8")
     assert old in original
@@ -154,7 +159,7 @@ def test_misspelt_variable_in_layout_names_layout_and_line(tmp_path: Path, layou
 
 
 def test_unmodified_layout_copy_renders(tmp_path: Path) -> None:
-    shutil.copytree(DEFAULT_TEMPLATES, tmp_path / "templates")
+    copy_layouts(tmp_path / "templates")
     assert render_issue(MINIMAL, "issue.md", list_ctx(), templates_dir=tmp_path / "templates").sections == ("One",)
 
 
