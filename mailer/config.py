@@ -227,6 +227,7 @@ def unknown_keys(toml_path: Path, data: dict[str, Any]) -> list[str]:
     return found
 
 
+MAX_LOGO_BYTES = 1_000_000  # a local logo is in each message: 1 MB to 10,000 readers is 10 GB through the relay
 _COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 THEME_KEYS = ("accent", "highlight", "logo", "logo_width", "footer")
 
@@ -293,10 +294,25 @@ def _logo(toml_path: Path, where: str, raw: Any) -> dict[str, Any]:
                               "or a local image file")
         return {"logo": value, "logo_data": b""}
     path = toml_path.parent / Path(value).expanduser()
+    named = f"{toml_path}: {where}.logo = {raw!r}"
     try:
-        data = path.read_bytes()
+        # stat first: a device (/dev/zero) or a FIFO would be read forever, or block, by a plain read
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"{named}: {path} is not a file")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_LOGO_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: cannot read {path} ({exc.strerror})") from None
+        raise ConfigError(f"{named}: cannot read {path} ({exc.strerror})") from None
+    if len(data) > MAX_LOGO_BYTES:
+        raise ConfigError(f"{named}: {path} is {max(status.st_size, len(data)) / 1e6:.1f} MB; the logo travels "
+                          f"inside every message, so it may be at most {MAX_LOGO_BYTES // 1000} KB")
+    from mailer.render import image_type  # only for a local logo: commands that never render do not load Jinja
+
+    try:
+        image_type(data)
+    except ValueError as exc:
+        raise ConfigError(f"{named}: {exc}") from None
     return {"logo": path.name, "logo_data": data}
 
 

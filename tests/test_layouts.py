@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from mailer.capture import CaptureServer
-from mailer.config import Config, load_config
+from mailer.config import MAX_LOGO_BYTES, Config, load_config
 from mailer.errors import ConfigError
 from mailer.render import builtin_layouts
 from mailer.store import Store
@@ -219,6 +219,20 @@ def test_a_theme_value_that_would_break_the_layout_is_one_error_line(tmp_path: P
 def test_a_logo_that_is_not_an_image_is_one_error_line(tmp_path: Path, run_cli) -> None:
     (tmp_path / "logo.png").write_text("not an image", encoding="utf-8")
     (tmp_path / "mailer.toml").write_text('[theme]\nlogo = "logo.png"\n', encoding="utf-8")
-    result = run_cli("render", str(SAMPLE_ISSUE))
+    result = run_cli("lists", "ls")  # every command: it is read with mailer.toml, not when an issue is rendered
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: theme logo logo.png: not a PNG, JPEG, GIF or WebP image"
+    assert result.stderr.strip() == (f"error: {tmp_path / 'mailer.toml'}: theme.logo = 'logo.png': not a PNG, JPEG, "
+                                     "GIF or WebP image")
+
+
+@pytest.mark.parametrize("logo", ["/dev/zero", "big.png", "."])
+def test_a_logo_that_is_a_device_a_folder_or_huge_is_refused_before_it_is_read(tmp_path: Path, run_cli,
+                                                                              logo: str) -> None:
+    # /dev/zero was read until memory ran out, by every command; a 300 MB file went inside every message
+    (tmp_path / "big.png").write_bytes(png(16, 16) + bytes(MAX_LOGO_BYTES))
+    (tmp_path / "mailer.toml").write_text(f'[theme]\nlogo = "{logo}"\n', encoding="utf-8")
+    result = run_cli("render", str(SAMPLE_ISSUE), timeout=20)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    says = "may be at most 1000 KB" if logo == "big.png" else "is not a file"
+    assert line.startswith("error: ") and f"theme.logo = '{logo}'" in line and says in line, line
