@@ -212,11 +212,35 @@ def split_front_matter(
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
             or str(exc).splitlines()[0]
         raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
+    _check_front_matter_size(post.metadata, origin)
     meta = {**{str(k): v for k, v in post.metadata.items()}, **(given or {})}
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise TemplateError(f"{origin}: front matter has no 'subject'")
     return meta, post.content
+
+
+MAX_FRONT_MATTER_VALUES = 10_000  # a front matter holds a few dozen values
+
+
+def _check_front_matter_size(metadata: Mapping[str, Any], origin: str) -> None:
+    """YAML aliases let a few lines stand for billions of values (`b: [*a, *a, ...]`, "billion laughs": 9 lines took
+    40 s and 2 GB, then a traceback) or for a list that holds itself (`a: &a [*a]`: a RecursionError); either is
+    refused before anything walks the front matter (the campaign record, the layout's `meta`)."""
+    count = 0
+    pending: list[tuple[Any, frozenset[int]]] = [(metadata, frozenset())]
+    while pending:
+        value, holders = pending.pop()
+        count += 1
+        if count > MAX_FRONT_MATTER_VALUES:
+            raise TemplateError(f"{origin}: front matter holds over {MAX_FRONT_MATTER_VALUES:,} values (YAML aliases "
+                                "(*name) repeating a list?); write the values out")
+        if isinstance(value, Mapping | list):
+            if id(value) in holders:
+                raise TemplateError(f"{origin}: front matter has a value that contains itself (a YAML alias inside "
+                                    "its own anchor)")
+            inner = holders | {id(value)}
+            pending.extend((child, inner) for child in (value.values() if isinstance(value, Mapping) else value))
 
 
 def slugify(text: str) -> str:

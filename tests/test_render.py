@@ -6,6 +6,7 @@ import html
 import http.server
 import re
 import threading
+import time
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
@@ -272,3 +273,18 @@ def test_render_is_deterministic_and_hash_tracks_content() -> None:
     assert first == again
     assert first.content_hash != changed.content_hash
     assert first.slug == "en-basic"
+
+
+def test_front_matter_aliases_that_expand_or_hold_themselves_are_one_error() -> None:
+    # 9 lines of "billion laughs" took 40 s and 2 GB, then a MemoryError traceback; a self-holding alias recursed
+    laughs = "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+                     for prev, name in zip("abcdefgh", "bcdefghi", strict=True))
+    bomb = f"---\nsubject: Hi\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n{laughs}---\nBody.\n"
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match=r"^bomb\.md: front matter holds over 10,000 values"):
+        render_issue(bomb, "bomb.md")
+    assert time.monotonic() - started < 2
+    with pytest.raises(TemplateError, match=r"^loop\.md: front matter has a value that contains itself"):
+        render_issue("---\nsubject: Hi\na: &a [1, *a]\n---\nBody.\n", "loop.md")
+    shared = render_issue("---\nsubject: Hi\nperson: &p {name: Ann}\neditor: *p\n---\nBody.\n", "ok.md")
+    assert shared.meta["editor"] == {"name": "Ann"}  # an alias used as one, a few values, still reads
