@@ -29,7 +29,7 @@ from markdown_it.token import Token
 from markupsafe import Markup
 
 from mailer.errors import TemplateError
-from mailer.models import Theme
+from mailer.models import Lang, Theme
 
 # The built-in layouts travel inside the package (a wheel, a zip or a checkout alike), read through importlib.resources.
 BUILTIN_TEMPLATES = importlib.resources.files("mailer") / "templates"
@@ -646,7 +646,11 @@ def render_issue(
     parsed, body = split_front_matter(source, origin, given)
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
-    lang = str(meta.get("lang") or list_ctx.lang or "zh")
+    lang = str(meta.get("lang") or list_ctx.lang or "zh").strip().lower()
+    if lang not in tuple(Lang):
+        # The layouts' own words (greeting, headings, footer) exist in these; any other value printed the English
+        # layout with an empty greeting ("Hello ,") for a Chinese list, silently.
+        raise TemplateError(f"{origin}: front matter 'lang' must be {' or '.join(Lang)}, not {meta['lang']!r}")
     list_title = list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"])
     logo, layout_theme = theme_context(theme or Theme(), list_title)
     base_context: dict[str, Any] = {

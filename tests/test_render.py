@@ -288,3 +288,15 @@ def test_front_matter_aliases_that_expand_or_hold_themselves_are_one_error() -> 
         render_issue("---\nsubject: Hi\na: &a [1, *a]\n---\nBody.\n", "loop.md")
     shared = render_issue("---\nsubject: Hi\nperson: &p {name: Ann}\neditor: *p\n---\nBody.\n", "ok.md")
     assert shared.meta["editor"] == {"name": "Ann"}  # an alias used as one, a few values, still reads
+
+
+@pytest.mark.parametrize("lang", ["fr", "zh-CN", "chinese", "1"])
+def test_a_lang_the_layout_has_no_words_for_is_one_error(lang: str) -> None:
+    # it rendered the English layout with "Hello ," (no fallback name) for any value but zh and en
+    with pytest.raises(TemplateError, match=rf"^issue\.md: front matter 'lang' must be zh or en, not '?{lang}'?$"):
+        render_issue(f"---\nsubject: Hi\nlang: {lang}\n---\nBody.\n", "issue.md", ListContext(name="news", lang="zh"))
+
+
+def test_lang_is_read_whatever_its_case() -> None:
+    issue = render_issue("---\nsubject: Hi\nlang: ZH\n---\nBody.\n", "issue.md", ListContext(name="news", lang="en"))
+    assert issue.lang == "zh" and "您好" in issue.text
