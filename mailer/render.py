@@ -23,6 +23,7 @@ from typing import Any
 import frontmatter
 import jinja2
 import yaml
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -524,12 +525,34 @@ def layout_files(templates_dir: Path | None) -> list[Path]:
     return [path for folder in folders for path in sorted(folder.glob("*.j2"))]
 
 
+class _LayoutFolderLoader(jinja2.FileSystemLoader):
+    """The editor's layouts folder. What a layout loads must be a file, and one reached through a symlink out of the
+    folder must be a layout (*.j2): the sandbox keeps layouts from reading the machine's files, but a link shipped
+    with a layouts folder (`x.j2 -> /proc/self/environ`, `-> ../mailer.db.secret`) and `{% include "x.j2" %}`
+    put the SMTP password or the signing secret into every message, and a link to /dev/zero read forever."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder))
+        self.folder = folder
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        path = self.folder.joinpath(*split_template_path(template))
+        if path.exists():  # a name that is not there falls through to the built-in layouts, as before
+            real = path.resolve()
+            if not real.is_file():
+                raise SecurityError(f"layout {template!r} is not a file ({real})")
+            if not real.is_relative_to(self.folder.resolve()) and not real.name.endswith(".j2"):
+                raise SecurityError(f"layout {template!r} leads to {real}, outside the layouts folder {self.folder}; "
+                                    "only layouts (*.j2) may be linked from elsewhere")
+        return super().get_source(environment, template)
+
+
 def _layout_loader(templates_dir: Path | None, sub: str = "") -> jinja2.BaseLoader:
     """The editor's folder first; a layout it lacks comes from the built-in ones."""
     builtin = BuiltinLoader(sub)
     if templates_dir is None:
         return builtin
-    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(Path(templates_dir) / sub)), builtin])
+    return jinja2.ChoiceLoader([_LayoutFolderLoader(Path(templates_dir) / sub), builtin])
 
 
 MAX_REPEAT = 100_000  # longest string or list `*` may build: a layout needs a rule of a few dozen characters

@@ -132,3 +132,32 @@ def test_environment_is_not_a_template_variable(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(TemplateError):
             render_issue(issue_with(body), "issues/x.md", ListContext())
     assert os.environ["MAILER_SMTP_PASSWORD"] == PASSWORD
+
+
+def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A layouts folder (a git repository can carry symlinks) linking to /proc/self/environ put the SMTP password in
+    # every message; to ../mailer.db.secret, the signing secret
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
+    folder = tmp_path / "templates"
+    for name, data in builtin_layouts():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    text_layout = folder / "issue.txt.j2"
+    text_layout.write_text(text_layout.read_text(encoding="utf-8") + '{% include "extra.j2" %}\n', encoding="utf-8")
+    line = text_layout.read_text(encoding="utf-8").count("\n")
+    (tmp_path / "mailer.db.secret").write_text("the-signing-secret", encoding="utf-8")
+    for target in (Path("/proc/self/environ"), tmp_path / "mailer.db.secret", Path("/dev/zero"), tmp_path):
+        (folder / "extra.j2").unlink(missing_ok=True)
+        (folder / "extra.j2").symlink_to(target)
+        with pytest.raises(TemplateError) as err:
+            render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=folder)
+        message = str(err.value)
+        assert message.startswith(f"{text_layout} line {line}: layout 'extra.j2' "), message
+        assert PASSWORD not in message and "the-signing-secret" not in message
+
+    (tmp_path / "house").mkdir()
+    (tmp_path / "house" / "extra.j2").write_text("HOUSE FOOTER\n", encoding="utf-8")
+    (folder / "extra.j2").unlink()
+    (folder / "extra.j2").symlink_to(tmp_path / "house" / "extra.j2")  # a layout shared from another folder: fine
+    assert "HOUSE FOOTER" in render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=folder).text
