@@ -15,6 +15,7 @@ import struct
 import traceback
 import unicodedata
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,10 +405,13 @@ def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templa
     if not lineno:
         # Render-time errors (StrictUndefined) carry no lineno; Jinja rewrites the traceback so that each template
         # line that ran appears as a frame whose filename is the template's (or "<template>" for a string).
-        for frame in traceback.extract_tb(exc.__traceback__):
-            if not frame.filename.endswith(".py"):
-                lineno = frame.lineno
-                name = None if frame.filename == "<template>" else frame.filename
+        # Python's own frozen modules ("<frozen abc>", where a RecursionError often lands) are not templates.
+        frames = [(frame.filename, frame.lineno) for frame in traceback.extract_tb(exc.__traceback__)
+                  if not frame.filename.endswith(".py") and not frame.filename.startswith("<frozen")]
+        if frames:
+            # the innermost line that ran; for endless recursion, the line that repeats (the include of itself)
+            filename, lineno = Counter(frames).most_common(1)[0][0] if isinstance(exc, RecursionError) else frames[-1]
+            name = None if filename == "<template>" else filename
     if name:
         where = str(name)
     elif lineno:
@@ -416,6 +420,8 @@ def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templa
         where = f"{where} line {lineno}"
     text = str(exc.message if jinja_error and getattr(exc, "message", None) else exc)
     message = (text.splitlines() or [""])[0] or type(exc).__name__
+    if isinstance(exc, RecursionError):
+        message = "it includes, imports or calls itself without end (maximum recursion depth exceeded)"
     if isinstance(exc, SecurityError) and "unsafe" in message:
         message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")

@@ -161,3 +161,16 @@ def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(tmp_path: 
     (folder / "extra.j2").unlink()
     (folder / "extra.j2").symlink_to(tmp_path / "house" / "extra.j2")  # a layout shared from another folder: fine
     assert "HOUSE FOOTER" in render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=folder).text
+
+
+def test_a_layout_that_includes_itself_is_named_with_its_line(tmp_path: Path) -> None:
+    for name, data in builtin_layouts():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    layout = tmp_path / "issue.txt.j2"
+    layout.write_text(layout.read_text(encoding="utf-8") + '{% include "issue.txt.j2" %}\n', encoding="utf-8")
+    line = layout.read_text(encoding="utf-8").count("\n")
+    with pytest.raises(TemplateError) as err:  # was "<frozen abc> line 119: maximum recursion depth exceeded ..."
+        render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=tmp_path)
+    assert str(err.value) == (f"{layout} line {line}: it includes, imports or calls itself without end (maximum "
+                              "recursion depth exceeded)")
