@@ -5,13 +5,16 @@ placeholders (substituted later by message.py). The only module that imports Jin
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import importlib.resources
 import logging
+import os
 import re
 import struct
+import threading
 import traceback
 import unicodedata
 import urllib.parse
@@ -422,6 +425,9 @@ def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templa
     message = (text.splitlines() or [""])[0] or type(exc).__name__
     if isinstance(exc, RecursionError):
         message = "it includes, imports or calls itself without end (maximum recursion depth exceeded)"
+    elif isinstance(exc, MemoryError):
+        message = (f"it needs more than {MAX_RENDER_MEMORY >> 20} MB of memory to render (a loop, a repeat or a "
+                   "padding width building a huge text?)")
     if isinstance(exc, SecurityError) and "unsafe" in message:
         message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")
@@ -595,6 +601,45 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+MAX_RENDER_MEMORY = 512 << 20  # address space a rendering may add to the process's; an issue takes a few MB
+_ceiling_lock = threading.Lock()
+_ceiling: dict[str, Any] = {"users": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def _memory_ceiling() -> Iterator[None]:
+    """While templates render, the process may grow by at most MAX_RENDER_MEMORY (RLIMIT_AS, where the system has
+    it). The sandbox stops `*` and `**` from building huge values, but not a loop printing 100,000 x 100,000
+    characters, "x".ljust(10**10), a format width, |center, |join or a chain of `~`: each asked the system for 10 GB
+    or more, and the machine ran out. Over the ceiling an allocation fails at once: a MemoryError, which the
+    caller reports by file and line. Threads rendering at once share one ceiling, restored when the last ends."""
+    try:
+        import resource
+
+        used = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):  # not Linux: no ceiling
+        yield
+        return
+    with _ceiling_lock:
+        if _ceiling["users"] == 0:
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = used + MAX_RENDER_MEMORY
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            if soft == resource.RLIM_INFINITY or soft > limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+                _ceiling["saved"] = (soft, hard)
+        _ceiling["users"] += 1
+    try:
+        yield
+    finally:
+        with _ceiling_lock:
+            _ceiling["users"] -= 1
+            if _ceiling["users"] == 0 and _ceiling["saved"] is not None:
+                resource.setrlimit(resource.RLIMIT_AS, _ceiling["saved"])
+                _ceiling["saved"] = None
+
+
 class _NoOtherFiles(jinja2.BaseLoader):
     """An issue is one file: it may not pull in other templates (layouts can, from their own folder)."""
 
@@ -696,7 +741,8 @@ def render_issue(
         "theme": layout_theme,
     }
     try:
-        body = _body_environment().from_string(body).render(**base_context)
+        with _memory_ceiling():
+            body = _body_environment().from_string(body).render(**base_context)
     except Exception as exc:  # whatever the issue's own code raised (a refusal, 1/0) is the issue's error
         raise _template_error(origin, exc, _body_line_offset(source, body)) from None
     md = _markdown()
@@ -709,8 +755,9 @@ def render_issue(
     intro_html, intro_text, sections = split_sections(md, tokens)
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
     try:
-        raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
-        text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
+        with _memory_ceiling():
+            raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
+            text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(f"layout {exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
     except Exception as exc:  # as for the body: a layout's own error, named by its file and line
@@ -765,7 +812,8 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
 
     Pages are `web/NAME` in the editor's layouts folder, else the built-in ones."""
     env = _page_environment(templates_dir)
-    return env.get_template(name).render(**context)
+    with _memory_ceiling():
+        return env.get_template(name).render(**context)
 
 
 @functools.lru_cache(maxsize=4)

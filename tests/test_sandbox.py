@@ -174,3 +174,26 @@ def test_a_layout_that_includes_itself_is_named_with_its_line(tmp_path: Path) ->
         render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=tmp_path)
     assert str(err.value) == (f"{layout} line {line}: it includes, imports or calls itself without end (maximum "
                               "recursion depth exceeded)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the ceiling is Linux's RLIMIT_AS")
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{% for i in "x" * 99999 %}{{ "y" * 99999 }}{% endfor %}',  # 10 GB of output, each `*` within its cap
+        '{{ "x".ljust(10**10) }}',
+        '{{ "x"|center(10**10) }}',
+        '{{ "{:>9999999999}".format("x") }}',
+        '{{ (["y" * 99999] * 99999)|join }}',
+        '{% set a = "x" * 99999 %}' + "{% set a = a ~ a %}" * 14 + "{{ a|length }}",  # 1.6 GB in 14 doublings
+    ],
+)
+def test_a_body_that_builds_gigabytes_is_one_error_and_the_process_keeps_its_memory(body: str) -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    with pytest.raises(TemplateError) as err:
+        render_issue(issue_with(body), "issues/huge.md", ListContext(name="bulletin", title="简报"))
+    assert str(err.value).startswith("issues/huge.md line 7: it needs more than 512 MB of memory to render")
+    assert resource.getrlimit(resource.RLIMIT_AS) == before  # the ceiling is only there while templates render
+    assert "Text." in render_issue(issue_with("Hello."), "ok.md").text
