@@ -812,8 +812,13 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
 
     Pages are `web/NAME` in the editor's layouts folder, else the built-in ones."""
     env = _page_environment(templates_dir)
-    with _memory_ceiling():
-        return env.get_template(name).render(**context)
+    try:
+        with _memory_ceiling():
+            return env.get_template(name).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"layout web/{exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
+    except Exception as exc:  # named by its file and line, like an issue's layout
+        raise _template_error(f"web/{name}", exc) from None
 
 
 @functools.lru_cache(maxsize=4)

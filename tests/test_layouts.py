@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mailer.capture import CaptureServer
+from mailer.capture import CaptureServer, free_port
 from mailer.config import MAX_LOGO_BYTES, Config, load_config
 from mailer.errors import ConfigError
 from mailer.render import builtin_layouts
@@ -123,6 +123,19 @@ def test_send_and_the_web_pages_use_the_folder_too(tmp_path: Path, config: Confi
         assert page.status_code == 200 and "<h1>BRAND 订阅「知识产权运营简报」</h1>" in page.text
         forged = http.get("/u/forged")
         assert forged.status_code == 400 and "BRAND" in forged.text
+
+
+def test_serve_with_a_broken_page_layout_is_one_error_line_at_start(tmp_path: Path, store: Store, run_cli) -> None:
+    # It started, then answered every page (a one-click unsubscribe's too) with a 500 until someone read the log
+    page = layouts(tmp_path / "templates", only=("web/page.html.j2",)) / "web" / "page.html.j2"
+    lines = page.read_text(encoding="utf-8").splitlines()
+    at = next(n for n, text in enumerate(lines, start=1) if "{% for paragraph in paragraphs %}" in text)
+    lines[at - 1] = "{% for paragraph in paragraphs|wrap %}"
+    page.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run_cli("serve", "--port", str(free_port()), timeout=20)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"error: {page} line {at}: No filter named 'wrap'.", line
 
 
 # ---- [theme]: colours, logo and footer lines without touching Jinja ----------------------------------------------
