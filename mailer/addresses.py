@@ -91,9 +91,39 @@ def decode_csv(data: bytes, origin: str) -> CsvText:
             return CsvText(data.decode("gb18030"), "gb18030")
         except UnicodeDecodeError:
             pass
-    guess = matches[0].encoding.upper().replace("_", "-") if matches else ""
+    raise MailerError(_not_utf8(origin, data, [m.encoding for m in matches]))
+
+
+def _not_utf8(origin: str, data: bytes, guesses: list[str]) -> str:
+    """What a file in another encoding looks like. A multi-byte guess (Big5, Shift-JIS) is reliable; a single-byte
+    one is not: a short list of Latin names reads without error in a dozen code pages, and charset-normalizer put
+    CP775 (Baltic) first for Latin-1 "François Müller", so its iconv command would have imported "Franńois M³ller".
+    Then the first line the likely encodings read differently is shown as each reads it, for the person to choose."""
+    first = guesses[0] if guesses else ""
+    lines = [(n, line) for n, line in enumerate(data.splitlines(), start=1) if not line.isascii()]
+    candidates: list[str] = []
+    if first and lines and len(lines[0][1].decode(first, "replace")) == len(lines[0][1]):  # one byte a character
+        for encoding in dict.fromkeys([first, "cp1252", *guesses[1:3]]):
+            try:
+                data.decode(encoding)
+            except (UnicodeDecodeError, LookupError):
+                continue
+            candidates.append(encoding)
+    for line_no, line in lines:
+        readings: dict[str, str] = {}
+        for encoding in candidates:
+            text = line.decode(encoding)
+            if text not in readings.values():
+                readings[encoding.upper().replace("_", "-")] = text
+        if len(readings) > 1:
+            at = next(i for i, byte in enumerate(line) if byte > 0x7F)
+            shown = ", ".join(f"{text[max(0, at - 12):at + 24].strip()!r} in {name}"
+                              for name, text in list(readings.items())[:3])
+            hint = _convert_hint(origin, next(iter(readings))).replace("e.g.", "with the one that reads right, e.g.")
+            return f"{origin}: not UTF-8 or GB18030 text; line {line_no} reads {shown}: {hint}"
+    guess = first.upper().replace("_", "-")  # every likely reading agrees, or the guess is a multi-byte encoding
     looks = f" (it looks like {guess})" if guess else ""
-    raise MailerError(f"{origin}: not UTF-8 or GB18030 text{looks}; " + _convert_hint(origin, guess or "ENCODING"))
+    return f"{origin}: not UTF-8 or GB18030 text{looks}; " + _convert_hint(origin, guess or "ENCODING")
 
 
 @dataclass(frozen=True)

@@ -384,6 +384,15 @@ def test_a_csv_in_another_encoding_is_refused_not_garbled(store: Store, tmp_path
     assert "not UTF-8 or GB18030" in stderr and "iconv -f" in stderr and looks in stderr
 
 
+def test_a_single_byte_file_shows_how_each_likely_encoding_reads_it(store: Store, tmp_path: Path, run_cli) -> None:
+    # "it looks like CP775" and its iconv command turned Latin-1 "François Müller" into "Franńois M³ller"
+    path = tmp_path / "latin.csv"
+    path.write_bytes("email,name\r\nf@example.org,François Müller\r\n".encode("latin-1"))
+    stderr = assert_refused(store, run_cli("subs", "import", str(path), "--list", "bulletin"), path)
+    assert "line 2 reads " in stderr and ",François Müller' in CP" in stderr, stderr  # the right reading, named
+    assert stderr.count("' in CP") >= 2 and "with the one that reads right, e.g.: iconv -f CP" in stderr
+
+
 def test_a_short_gbk_file_is_still_read_as_gb18030(store: Store, tmp_path: Path, run_cli) -> None:
     # Two Chinese characters read as Korean too; GB18030 is the one we accept, so it wins the tie.
     path = tmp_path / "short.csv"
