@@ -188,11 +188,19 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
             yield CsvProblem(line, f"unreadable CSV ({exc})")
             continue
         line = reader.line_num
-        if line > first_line and _swallowed(row, delimiter, (email_at, name_at)):
+        if line > first_line and _swallowed(row, delimiter):
             # A quote that is never closed makes csv read every following line, up to the next quote or the end
             # of the file, as part of one field: say which lines went, instead of importing a garbled name.
             yield CsvProblem(first_line, f"a quoted field is not closed, so lines {first_line}-{line} were read "
                              "as one row; close the quote and import again (these lines are skipped)")
+            continue
+        broken = next((columns[i] for i in (email_at, name_at) if i is not None and i < len(row)
+                       and ("\n" in row[i] or "\r" in row[i])), None)
+        if line > first_line and broken:
+            # A quoted name with a line break in it (Alt+Enter in Excel) is closed properly: it is not the
+            # unclosed quote above, though it may be one at the end of the file.
+            yield CsvProblem(first_line, f"the {broken} runs over lines {first_line}-{line} (a line break inside "
+                             "its quotes, or a quote never closed); put it on one line (this row is skipped)")
             continue
         row = [read_cell(cell) for cell in row]  # a file `mailer subs export` wrote reads back as it was
         if not any(cell.strip() for cell in row):
@@ -218,10 +226,8 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
         yield Subscriber(email=email, name=name, attrs=attrs)
 
 
-def _swallowed(row: list[str], delimiter: str, one_line: tuple[int | None, ...]) -> bool:
+def _swallowed(row: list[str], delimiter: str) -> bool:
     """Whether a row that spans several lines is an unclosed quote rather than a field with a line break in it
-    (an attribute such as a postal address may have one): an address or name never does, and a later line that
-    holds the delimiter is a row that was swallowed."""
-    return any(("\n" in cell or "\r" in cell)
-               and (i in one_line or any(delimiter in part for part in cell.splitlines()[1:]))
-               for i, cell in enumerate(row))
+    (an attribute such as a postal address may have one): a later line of a field that holds the delimiter is a
+    row that was swallowed."""
+    return any(any(delimiter in part for part in cell.splitlines()[1:]) for cell in row)

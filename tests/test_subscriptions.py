@@ -432,6 +432,18 @@ def test_an_unclosed_quote_is_reported_by_line(store: Store, tmp_path: Path, run
     assert on_list(store)["five@example.org"].attrs == {"address": "1 Main St\nSpringfield"}
 
 
+def test_a_closed_quote_with_a_line_break_in_a_name_is_not_called_unclosed(store: Store, tmp_path: Path,
+                                                                           run_cli) -> None:
+    # "a quoted field is not closed" was said of a name typed with Alt+Enter, whose quotes are closed
+    path = tmp_path / "names.csv"
+    path.write_text('email,name\none@example.org,"Ann\r\nLee"\ntwo@example.org,Two\n', encoding="utf-8")
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 1
+    assert (f"{path} line 2: the name runs over lines 2-3 (a line break inside its quotes, or a quote never "
+            "closed); put it on one line (this row is skipped)") in result.stderr
+    assert "not closed, so" not in result.stderr and set(on_list(store)) == {"two@example.org"}
+
+
 @pytest.mark.parametrize(("delimiter", "says"), [(";", "semicolon-separated"), ("\t", "tab-separated")])
 def test_semicolon_and_tab_separated_files_import(store: Store, tmp_path: Path, run_cli, delimiter: str,
                                                   says: str) -> None:  # type: ignore[no-untyped-def]
