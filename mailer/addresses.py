@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ def decode_csv(data: bytes, origin: str) -> CsvText:
         return CsvText(data.decode("utf-8"), "utf-8")
     except UnicodeDecodeError:
         pass
+    if _mostly_utf8(data):  # the bytes that are not UTF-8 stay as surrogates: their rows are reported, not read
+        return CsvText(data.decode("utf-8", "surrogateescape"), "utf-8")
     from charset_normalizer import from_bytes  # only for the files that are not UTF-8
 
     matches = list(from_bytes(data))
@@ -92,6 +95,21 @@ def decode_csv(data: bytes, origin: str) -> CsvText:
         except UnicodeDecodeError:
             pass
     raise MailerError(_not_utf8(origin, data, [m.encoding for m in matches]))
+
+
+def _mostly_utf8(data: bytes) -> bool:
+    """Whether a file that is not all UTF-8 is a UTF-8 file with a few lines in another encoding (a row pasted from an
+    old file): most of its lines with non-ASCII text read as UTF-8. Converting it all from a legacy encoding, as
+    the hint for a legacy file says, would garble every UTF-8 name in it."""
+    good = bad = 0
+    for line in data.splitlines():
+        if not line.isascii():
+            try:
+                line.decode("utf-8")
+                good += 1
+            except UnicodeDecodeError:
+                bad += 1
+    return good >= 4 * bad  # a legacy file has few lines, if any, that happen to be valid UTF-8
 
 
 def _not_utf8(origin: str, data: bytes, guesses: list[str]) -> str:
@@ -135,6 +153,7 @@ class CsvProblem:
         return f"line {self.line}: {self.reason}"
 
 
+_STRAY = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, kept by surrogateescape
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
@@ -167,6 +186,8 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
         raise MailerError(f"{origin}: empty file, expected a header row with an 'email' column") from None
     except csv.Error as exc:
         raise MailerError(f"{origin} line 1: {exc}") from None
+    if any(_STRAY.search(cell) for cell in header):
+        raise MailerError(f"{origin} line 1: not UTF-8, though the rest of the file is; re-save it as UTF-8")
     columns = _columns(header)
     if "email" not in columns:
         others = [name for d, name in DELIMITER_NAMES.items() if d != delimiter and d in header[0]]
@@ -188,6 +209,10 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
             yield CsvProblem(line, f"unreadable CSV ({exc})")
             continue
         line = reader.line_num
+        if any(_STRAY.search(cell) for cell in row):
+            yield CsvProblem(first_line, "not UTF-8, though the rest of the file is; retype or re-save this row as "
+                             "UTF-8 (it is skipped)")
+            continue
         if line > first_line and _swallowed(row, delimiter):
             # A quote that is never closed makes csv read every following line, up to the next quote or the end
             # of the file, as part of one field: say which lines went, instead of importing a garbled name.

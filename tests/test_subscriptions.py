@@ -393,6 +393,20 @@ def test_a_single_byte_file_shows_how_each_likely_encoding_reads_it(store: Store
     assert stderr.count("' in CP") >= 2 and "with the one that reads right, e.g.: iconv -f CP" in stderr
 
 
+def test_a_utf8_file_with_one_row_in_another_encoding_reports_that_row(store: Store, tmp_path: Path,
+                                                                       run_cli) -> None:
+    # The whole file was refused with "iconv -f ENCODING": converting it would have garbled every UTF-8 name
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(("email,name\n" + "".join(f"u{i}@example.org,王小明{i}\n" for i in range(6))).encode("utf-8")
+                     + "jose@example.org,José\n".encode("latin-1") + "last@example.org,李静\n".encode())
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 1
+    assert f"{path} line 8: not UTF-8, though the rest of the file is" in result.stderr
+    assert "iconv" not in result.stderr and "\udce9" not in result.stderr
+    names = {e: r.name for e, r in on_list(store).items()}
+    assert len(names) == 7 and names["last@example.org"] == "李静" and "jose@example.org" not in names
+
+
 def test_a_short_gbk_file_is_still_read_as_gb18030(store: Store, tmp_path: Path, run_cli) -> None:
     # Two Chinese characters read as Korean too; GB18030 is the one we accept, so it wins the tie.
     path = tmp_path / "short.csv"
