@@ -169,10 +169,11 @@ class _FrontMatter(dict[str, Any]):
 
 
 class _RecipientFields:
-    """Stands in for a subscriber while rendering: every field renders as a placeholder, recorded in `keys`."""
+    """Stands in for a subscriber while rendering: every field renders as a placeholder, recorded in `_keys`."""
 
     def __init__(self) -> None:
-        self.keys: list[str] = []
+        # underscored: the sandbox keeps layouts from it, and a CSV column named `keys` is not shadowed by it
+        self._keys: list[str] = []
 
     @property
     def name(self) -> str:
@@ -192,9 +193,9 @@ class _RecipientFields:
             return PH_NAME
         if key == "email":
             return PH_EMAIL
-        if key not in self.keys:
-            self.keys.append(key)
-        return _PH_ATTR.format(self.keys.index(key))
+        if key not in self._keys:
+            self._keys.append(key)
+        return _PH_ATTR.format(self._keys.index(key))
 
 
 def _markdown() -> MarkdownIt:
@@ -777,7 +778,7 @@ def render_issue(
         html=html,
         text=text,
         meta={k: _plain(v) for k, v in parsed.items()},
-        attr_keys=tuple(recipient.keys),
+        attr_keys=tuple(recipient._keys),
         content_hash=digest.hexdigest(),
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),

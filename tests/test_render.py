@@ -300,3 +300,9 @@ def test_a_lang_the_layout_has_no_words_for_is_one_error(lang: str) -> None:
 def test_lang_is_read_whatever_its_case() -> None:
     issue = render_issue("---\nsubject: Hi\nlang: ZH\n---\nBody.\n", "issue.md", ListContext(name="news", lang="en"))
     assert issue.lang == "zh" and "您好" in issue.text
+
+
+def test_a_column_named_keys_is_a_column_like_any_other() -> None:
+    # {{ subscriber.keys }} printed the renderer's own list of fields ("[]") instead of the subscriber's `keys`
+    issue = render_issue("---\nsubject: Hi\n---\nYour keys: {{ subscriber.keys }}.\n", "issue.md")
+    assert issue.attr_keys == ("keys",) and "Your keys: @@MAILER_A0@@." in issue.text
