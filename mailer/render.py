@@ -112,6 +112,7 @@ class RenderedIssue:
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
 FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images")
+TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 
 class _FrontMatter(dict[str, Any]):
@@ -220,6 +221,10 @@ def split_front_matter(
         raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
     _check_front_matter_size(post.metadata, origin)
     meta = {**{str(k): v for k, v in post.metadata.items()}, **(given or {})}
+    for key in TEXT_FIELDS:
+        if isinstance(meta.get(key), Mapping | list | set):  # it became "['a', 'b']" in the Subject header
+            raise TemplateError(f"{origin}: front matter '{key}' must be text, not a {type(meta[key]).__name__} "
+                                f"({meta[key]!r:.60})")
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise TemplateError(f"{origin}: front matter has no 'subject'")

@@ -306,3 +306,12 @@ def test_a_column_named_keys_is_a_column_like_any_other() -> None:
     # {{ subscriber.keys }} printed the renderer's own list of fields ("[]") instead of the subscriber's `keys`
     issue = render_issue("---\nsubject: Hi\n---\nYour keys: {{ subscriber.keys }}.\n", "issue.md")
     assert issue.attr_keys == ("keys",) and "Your keys: @@MAILER_A0@@." in issue.text
+
+
+@pytest.mark.parametrize(("field", "value"), [("subject", '["a", "b"]'), ("preheader", "{x: 1}"),
+                                              ("from", "[a@example.org]"), ("date", "!!set {a}")])
+def test_a_text_field_given_a_list_or_table_is_one_error(field: str, value: str) -> None:
+    # `subject: ["a", "b"]` went out as the Subject ['a', 'b']
+    source = f"---\nsubject: Hi\n{field}: {value}\n---\nBody.\n"
+    with pytest.raises(TemplateError, match=rf"^issue\.md: front matter '{field}' must be text, not a "):
+        render_issue(source, "issue.md")
