@@ -433,7 +433,7 @@ def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templa
         message = "it includes, imports or calls itself without end (maximum recursion depth exceeded)"
     elif isinstance(exc, MemoryError):
         message = (f"it needs more than {MAX_RENDER_MEMORY >> 20} MB of memory to render (a loop, a repeat or a "
-                   "padding width building a huge text?)")
+                   "padding width building a huge text, or a file of tens of MB?)")
     if isinstance(exc, SecurityError) and "unsafe" in message:
         message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")
