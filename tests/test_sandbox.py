@@ -134,18 +134,23 @@ def test_environment_is_not_a_template_variable(monkeypatch: pytest.MonkeyPatch)
     assert os.environ["MAILER_SMTP_PASSWORD"] == PASSWORD
 
 
+def layouts_ending_with(folder: Path, last_line: str) -> tuple[Path, int]:
+    """Copies of the built-in layouts in `folder`, the text layout ending with `last_line`: (it, that line's number)."""
+    for name, data in builtin_layouts():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    layout = folder / "issue.txt.j2"
+    layout.write_text(layout.read_text(encoding="utf-8") + last_line + "\n", encoding="utf-8")
+    return layout, layout.read_text(encoding="utf-8").count("\n")
+
+
 def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # A layouts folder (a git repository can carry symlinks) linking to /proc/self/environ put the SMTP password in
     # every message; to ../mailer.db.secret, the signing secret
     monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
     folder = tmp_path / "templates"
-    for name, data in builtin_layouts():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    text_layout = folder / "issue.txt.j2"
-    text_layout.write_text(text_layout.read_text(encoding="utf-8") + '{% include "extra.j2" %}\n', encoding="utf-8")
-    line = text_layout.read_text(encoding="utf-8").count("\n")
+    text_layout, line = layouts_ending_with(folder, '{% include "extra.j2" %}')
     (tmp_path / "mailer.db.secret").write_text("the-signing-secret", encoding="utf-8")
     for target in (Path("/proc/self/environ"), tmp_path / "mailer.db.secret", Path("/dev/zero"), tmp_path):
         (folder / "extra.j2").unlink(missing_ok=True)
@@ -164,12 +169,7 @@ def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(tmp_path: 
 
 
 def test_a_layout_that_includes_itself_is_named_with_its_line(tmp_path: Path) -> None:
-    for name, data in builtin_layouts():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
-    layout = tmp_path / "issue.txt.j2"
-    layout.write_text(layout.read_text(encoding="utf-8") + '{% include "issue.txt.j2" %}\n', encoding="utf-8")
-    line = layout.read_text(encoding="utf-8").count("\n")
+    layout, line = layouts_ending_with(tmp_path, '{% include "issue.txt.j2" %}')
     with pytest.raises(TemplateError) as err:  # was "<frozen abc> line 119: maximum recursion depth exceeded ..."
         render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=tmp_path)
     assert str(err.value) == (f"{layout} line {line}: it includes, imports or calls itself without end (maximum "
