@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ def decode_csv(data: bytes, origin: str) -> CsvText:
         return CsvText(data.decode("utf-8"), "utf-8")
     except UnicodeDecodeError:
         pass
+    if _mostly_utf8(data):  # the bytes that are not UTF-8 stay as surrogates: their rows are reported, not read
+        return CsvText(data.decode("utf-8", "surrogateescape"), "utf-8")
     from charset_normalizer import from_bytes  # only for the files that are not UTF-8
 
     matches = list(from_bytes(data))
@@ -91,9 +94,54 @@ def decode_csv(data: bytes, origin: str) -> CsvText:
             return CsvText(data.decode("gb18030"), "gb18030")
         except UnicodeDecodeError:
             pass
-    guess = matches[0].encoding.upper().replace("_", "-") if matches else ""
+    raise MailerError(_not_utf8(origin, data, [m.encoding for m in matches]))
+
+
+def _mostly_utf8(data: bytes) -> bool:
+    """Whether a file that is not all UTF-8 is a UTF-8 file with a few lines in another encoding (a row pasted from an
+    old file): most of its lines with non-ASCII text read as UTF-8. Converting it all from a legacy encoding, as
+    the hint for a legacy file says, would garble every UTF-8 name in it."""
+    good = bad = 0
+    for line in data.splitlines():
+        if not line.isascii():
+            try:
+                line.decode("utf-8")
+                good += 1
+            except UnicodeDecodeError:
+                bad += 1
+    return good >= 4 * bad  # a legacy file has few lines, if any, that happen to be valid UTF-8
+
+
+def _not_utf8(origin: str, data: bytes, guesses: list[str]) -> str:
+    """What a file in another encoding looks like. A multi-byte guess (Big5, Shift-JIS) is reliable; a single-byte
+    one is not: a short list of Latin names reads without error in a dozen code pages, and charset-normalizer put
+    CP775 (Baltic) first for Latin-1 "François Müller", so its iconv command would have imported "Franńois M³ller".
+    Then the first line the likely encodings read differently is shown as each reads it, for the person to choose."""
+    first = guesses[0] if guesses else ""
+    lines = [(n, line) for n, line in enumerate(data.splitlines(), start=1) if not line.isascii()]
+    candidates: list[str] = []
+    if first and lines and len(lines[0][1].decode(first, "replace")) == len(lines[0][1]):  # one byte a character
+        for encoding in dict.fromkeys([first, "cp1252", *guesses[1:3]]):
+            try:
+                data.decode(encoding)
+            except (UnicodeDecodeError, LookupError):
+                continue
+            candidates.append(encoding)
+    for line_no, line in lines:
+        readings: dict[str, str] = {}
+        for encoding in candidates:
+            text = line.decode(encoding)
+            if text not in readings.values():
+                readings[encoding.upper().replace("_", "-")] = text
+        if len(readings) > 1:
+            at = next(i for i, byte in enumerate(line) if byte > 0x7F)
+            shown = ", ".join(f"{text[max(0, at - 12):at + 24].strip()!r} in {name}"
+                              for name, text in list(readings.items())[:3])
+            hint = _convert_hint(origin, next(iter(readings))).replace("e.g.", "with the one that reads right, e.g.")
+            return f"{origin}: not UTF-8 or GB18030 text; line {line_no} reads {shown}: {hint}"
+    guess = first.upper().replace("_", "-")  # every likely reading agrees, or the guess is a multi-byte encoding
     looks = f" (it looks like {guess})" if guess else ""
-    raise MailerError(f"{origin}: not UTF-8 or GB18030 text{looks}; " + _convert_hint(origin, guess or "ENCODING"))
+    return f"{origin}: not UTF-8 or GB18030 text{looks}; " + _convert_hint(origin, guess or "ENCODING")
 
 
 @dataclass(frozen=True)
@@ -105,6 +153,7 @@ class CsvProblem:
         return f"line {self.line}: {self.reason}"
 
 
+_STRAY = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, kept by surrogateescape
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
@@ -137,6 +186,8 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
         raise MailerError(f"{origin}: empty file, expected a header row with an 'email' column") from None
     except csv.Error as exc:
         raise MailerError(f"{origin} line 1: {exc}") from None
+    if any(_STRAY.search(cell) for cell in header):
+        raise MailerError(f"{origin} line 1: not UTF-8, though the rest of the file is; re-save it as UTF-8")
     columns = _columns(header)
     if "email" not in columns:
         others = [name for d, name in DELIMITER_NAMES.items() if d != delimiter and d in header[0]]
@@ -158,11 +209,23 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
             yield CsvProblem(line, f"unreadable CSV ({exc})")
             continue
         line = reader.line_num
-        if line > first_line and _swallowed(row, delimiter, (email_at, name_at)):
+        if any(_STRAY.search(cell) for cell in row):
+            yield CsvProblem(first_line, "not UTF-8, though the rest of the file is; retype or re-save this row as "
+                             "UTF-8 (it is skipped)")
+            continue
+        if line > first_line and _swallowed(row, delimiter):
             # A quote that is never closed makes csv read every following line, up to the next quote or the end
             # of the file, as part of one field: say which lines went, instead of importing a garbled name.
             yield CsvProblem(first_line, f"a quoted field is not closed, so lines {first_line}-{line} were read "
                              "as one row; close the quote and import again (these lines are skipped)")
+            continue
+        broken = next((columns[i] for i in (email_at, name_at) if i is not None and i < len(row)
+                       and ("\n" in row[i] or "\r" in row[i])), None)
+        if line > first_line and broken:
+            # A quoted name with a line break in it (Alt+Enter in Excel) is closed properly: it is not the
+            # unclosed quote above, though it may be one at the end of the file.
+            yield CsvProblem(first_line, f"the {broken} runs over lines {first_line}-{line} (a line break inside "
+                             "its quotes, or a quote never closed); put it on one line (this row is skipped)")
             continue
         row = [read_cell(cell) for cell in row]  # a file `mailer subs export` wrote reads back as it was
         if not any(cell.strip() for cell in row):
@@ -188,10 +251,8 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
         yield Subscriber(email=email, name=name, attrs=attrs)
 
 
-def _swallowed(row: list[str], delimiter: str, one_line: tuple[int | None, ...]) -> bool:
+def _swallowed(row: list[str], delimiter: str) -> bool:
     """Whether a row that spans several lines is an unclosed quote rather than a field with a line break in it
-    (an attribute such as a postal address may have one): an address or name never does, and a later line that
-    holds the delimiter is a row that was swallowed."""
-    return any(("\n" in cell or "\r" in cell)
-               and (i in one_line or any(delimiter in part for part in cell.splitlines()[1:]))
-               for i, cell in enumerate(row))
+    (an attribute such as a postal address may have one): a later line of a field that holds the delimiter is a
+    row that was swallowed."""
+    return any(any(delimiter in part for part in cell.splitlines()[1:]) for cell in row)

@@ -6,6 +6,7 @@ and Config's repr never shows them."""
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import secrets
@@ -101,11 +102,33 @@ _TOML = {
 }
 
 
-def _convert(source: str, key: str, kind: type, raw: Any) -> Any:
-    try:
+# The range of each number. A value outside it used to fail later, naming nothing: a NaN timeout was a traceback,
+# port 70000 "connection refused", a port `true` in mailer.toml became port 1.
+_WHOLE_RANGES = {"smtp_port": (1, 65535), "concurrency": (1, 64), "soft_bounce_limit": (1, 1_000_000)}
+_SECONDS = {"smtp_timeout", "retry_base", "retry_max", "retry_expiry"}  # finite and above 0
+
+
+def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
+    """A setting as its type: TOML gives typed values, the environment text. Anything that is not a value of that
+    type in its range is one ConfigError naming where it was set."""
+    if kind is str or kind is Path:
+        if not isinstance(raw, str) or (kind is Path and not raw.strip()):
+            raise ConfigError(f"{source}: {key} = {raw!r} must be {'a file name' if kind is Path else 'text'}")
         return kind(raw)
+    try:
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float)):
+            raise ValueError(raw)
+        value = kind(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key} = {raw!r} is not a valid {kind.__name__}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{source}: {key} = {raw!r} is not {what}") from None
+    if name in _WHOLE_RANGES:
+        low, high = _WHOLE_RANGES[name]
+        if not low <= value <= high:
+            raise ConfigError(f"{source}: {key} = {raw!r} must be from {low} to {high}")
+    elif name in _SECONDS and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds above 0")
+    return value
 
 
 def load_config(
@@ -122,19 +145,22 @@ def load_config(
             raise ConfigError(f"{toml_path}: {exc}") from None
         values.update(_look(toml_path, data))
         values["warnings"] = tuple(unknown_keys(toml_path, data))
-        flat = {**data, **{f"smtp_{k}": v for k, v in data.get("smtp", {}).items()}}
+        smtp = data.get("smtp", {})
+        if not isinstance(smtp, dict):
+            raise ConfigError(f"{toml_path}: 'smtp' must be a table ([smtp] with host, port, ...)")
+        flat = {**data, **{f"smtp_{k}": v for k, v in smtp.items()}}
         flat.pop("smtp", None)
         for key, raw in flat.items():
             if key in SECRET_KEYS or key.endswith("password"):
                 raise ConfigError(f"{toml_path}: '{key}' is a secret; set it in the environment, not in mailer.toml")
             if key in _TOML:
                 name, kind = _TOML[key]
-                values[name] = _convert(str(toml_path), key, kind, raw)
+                values[name] = _convert(str(toml_path), key, kind, raw, name)
     if values.get("templates") is None and ((cwd or Path.cwd()) / "templates").is_dir():
         values["templates"] = (cwd or Path.cwd()) / "templates"
     for var, (name, kind) in _ENV.items():
         if env.get(var):
-            values[name] = _convert(var, var, kind, env[var])
+            values[name] = _convert("environment", var, kind, env[var], name)
     if db_path is not None:
         values["db_path"] = Path(db_path)
     config = Config(**values)
@@ -201,6 +227,7 @@ def unknown_keys(toml_path: Path, data: dict[str, Any]) -> list[str]:
     return found
 
 
+MAX_LOGO_BYTES = 1_000_000  # a local logo is in each message: 1 MB to 10,000 readers is 10 GB through the relay
 _COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 THEME_KEYS = ("accent", "highlight", "logo", "logo_width", "footer")
 
@@ -267,10 +294,25 @@ def _logo(toml_path: Path, where: str, raw: Any) -> dict[str, Any]:
                               "or a local image file")
         return {"logo": value, "logo_data": b""}
     path = toml_path.parent / Path(value).expanduser()
+    named = f"{toml_path}: {where}.logo = {raw!r}"
     try:
-        data = path.read_bytes()
+        # stat first: a device (/dev/zero) or a FIFO would be read forever, or block, by a plain read
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"{named}: {path} is not a file")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_LOGO_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: cannot read {path} ({exc.strerror})") from None
+        raise ConfigError(f"{named}: cannot read {path} ({exc.strerror})") from None
+    if len(data) > MAX_LOGO_BYTES:
+        raise ConfigError(f"{named}: {path} is {max(status.st_size, len(data)) / 1e6:.1f} MB; the logo travels "
+                          f"inside every message, so it may be at most {MAX_LOGO_BYTES // 1000} KB")
+    from mailer.render import image_type  # only for a local logo: commands that never render do not load Jinja
+
+    try:
+        image_type(data)
+    except ValueError as exc:
+        raise ConfigError(f"{named}: {exc}") from None
     return {"logo": path.name, "logo_data": data}
 
 

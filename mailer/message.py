@@ -156,10 +156,13 @@ def address_header(name: str, display_name: str, addr: str) -> str:
 
 
 def parse_from(value: str) -> tuple[str, str]:
-    """Split `Name <addr>` as written in configuration into (name, addr)."""
-    name, addr = email.utils.parseaddr(clean_header_text(value))
-    if not addr or "@" not in addr:
-        raise HeaderError(f"{value!r} is not a 'Name <address>' or an address")
+    """Split `Name <addr>` as written in configuration into (name, addr). One mailbox only: parseaddr (this
+    Python's, without 3.13's strict mode) kept the first of "A <a@x>, B <b@x>" or "Evil <e@x> Bcc: v@x" and
+    dropped the rest without a word."""
+    found = email.utils.getaddresses([clean_header_text(value)])
+    if len(found) != 1 or not found[0][1] or "@" not in found[0][1]:
+        raise HeaderError(f"{value!r} is not a 'Name <address>' or an address (one, with nothing after it)")
+    name, addr = found[0]
     return name, check_address(addr)
 
 

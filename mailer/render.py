@@ -5,16 +5,20 @@ placeholders (substituted later by message.py). The only module that imports Jin
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import importlib.resources
 import logging
+import os
 import re
 import struct
+import threading
 import traceback
 import unicodedata
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +27,14 @@ from typing import Any
 import frontmatter
 import jinja2
 import yaml
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
 from mailer.errors import TemplateError
-from mailer.models import Theme
+from mailer.models import Lang, Theme
 
 # The built-in layouts travel inside the package (a wheel, a zip or a checkout alike), read through importlib.resources.
 BUILTIN_TEMPLATES = importlib.resources.files("mailer") / "templates"
@@ -107,6 +112,7 @@ class RenderedIssue:
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
 FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images")
+TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 
 class _FrontMatter(dict[str, Any]):
@@ -164,10 +170,11 @@ class _FrontMatter(dict[str, Any]):
 
 
 class _RecipientFields:
-    """Stands in for a subscriber while rendering: every field renders as a placeholder, recorded in `keys`."""
+    """Stands in for a subscriber while rendering: every field renders as a placeholder, recorded in `_keys`."""
 
     def __init__(self) -> None:
-        self.keys: list[str] = []
+        # underscored: the sandbox keeps layouts from it, and a CSV column named `keys` is not shadowed by it
+        self._keys: list[str] = []
 
     @property
     def name(self) -> str:
@@ -187,9 +194,9 @@ class _RecipientFields:
             return PH_NAME
         if key == "email":
             return PH_EMAIL
-        if key not in self.keys:
-            self.keys.append(key)
-        return _PH_ATTR.format(self.keys.index(key))
+        if key not in self._keys:
+            self._keys.append(key)
+        return _PH_ATTR.format(self._keys.index(key))
 
 
 def _markdown() -> MarkdownIt:
@@ -212,11 +219,39 @@ def split_front_matter(
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
             or str(exc).splitlines()[0]
         raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
+    _check_front_matter_size(post.metadata, origin)
     meta = {**{str(k): v for k, v in post.metadata.items()}, **(given or {})}
+    for key in TEXT_FIELDS:
+        if isinstance(meta.get(key), Mapping | list | set):  # it became "['a', 'b']" in the Subject header
+            raise TemplateError(f"{origin}: front matter '{key}' must be text, not a {type(meta[key]).__name__} "
+                                f"({meta[key]!r:.60})")
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise TemplateError(f"{origin}: front matter has no 'subject'")
     return meta, post.content
+
+
+MAX_FRONT_MATTER_VALUES = 10_000  # a front matter holds a few dozen values
+
+
+def _check_front_matter_size(metadata: Mapping[str, Any], origin: str) -> None:
+    """YAML aliases let a few lines stand for billions of values (`b: [*a, *a, ...]`, "billion laughs": 9 lines took
+    40 s and 2 GB, then a traceback) or for a list that holds itself (`a: &a [*a]`: a RecursionError); either is
+    refused before anything walks the front matter (the campaign record, the layout's `meta`)."""
+    count = 0
+    pending: list[tuple[Any, frozenset[int]]] = [(metadata, frozenset())]
+    while pending:
+        value, holders = pending.pop()
+        count += 1
+        if count > MAX_FRONT_MATTER_VALUES:
+            raise TemplateError(f"{origin}: front matter holds over {MAX_FRONT_MATTER_VALUES:,} values (YAML aliases "
+                                "(*name) repeating a list?); write the values out")
+        if isinstance(value, Mapping | list):
+            if id(value) in holders:
+                raise TemplateError(f"{origin}: front matter has a value that contains itself (a YAML alias inside "
+                                    "its own anchor)")
+            inner = holders | {id(value)}
+            pending.extend((child, inner) for child in (value.values() if isinstance(value, Mapping) else value))
 
 
 def slugify(text: str) -> str:
@@ -379,10 +414,13 @@ def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templa
     if not lineno:
         # Render-time errors (StrictUndefined) carry no lineno; Jinja rewrites the traceback so that each template
         # line that ran appears as a frame whose filename is the template's (or "<template>" for a string).
-        for frame in traceback.extract_tb(exc.__traceback__):
-            if not frame.filename.endswith(".py"):
-                lineno = frame.lineno
-                name = None if frame.filename == "<template>" else frame.filename
+        # Python's own frozen modules ("<frozen abc>", where a RecursionError often lands) are not templates.
+        frames = [(frame.filename, frame.lineno) for frame in traceback.extract_tb(exc.__traceback__)
+                  if not frame.filename.endswith(".py") and not frame.filename.startswith("<frozen")]
+        if frames:
+            # the innermost line that ran; for endless recursion, the line that repeats (the include of itself)
+            filename, lineno = Counter(frames).most_common(1)[0][0] if isinstance(exc, RecursionError) else frames[-1]
+            name = None if filename == "<template>" else filename
     if name:
         where = str(name)
     elif lineno:
@@ -391,6 +429,11 @@ def _template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templa
         where = f"{where} line {lineno}"
     text = str(exc.message if jinja_error and getattr(exc, "message", None) else exc)
     message = (text.splitlines() or [""])[0] or type(exc).__name__
+    if isinstance(exc, RecursionError):
+        message = "it includes, imports or calls itself without end (maximum recursion depth exceeded)"
+    elif isinstance(exc, MemoryError):
+        message = (f"it needs more than {MAX_RENDER_MEMORY >> 20} MB of memory to render (a loop, a repeat or a "
+                   "padding width building a huge text, or a file of tens of MB?)")
     if isinstance(exc, SecurityError) and "unsafe" in message:
         message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")
@@ -500,12 +543,34 @@ def layout_files(templates_dir: Path | None) -> list[Path]:
     return [path for folder in folders for path in sorted(folder.glob("*.j2"))]
 
 
+class _LayoutFolderLoader(jinja2.FileSystemLoader):
+    """The editor's layouts folder. What a layout loads must be a file, and one reached through a symlink out of the
+    folder must be a layout (*.j2): the sandbox keeps layouts from reading the machine's files, but a link shipped
+    with a layouts folder (`x.j2 -> /proc/self/environ`, `-> ../mailer.db.secret`) and `{% include "x.j2" %}`
+    put the SMTP password or the signing secret into every message, and a link to /dev/zero read forever."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder))
+        self.folder = folder
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        path = self.folder.joinpath(*split_template_path(template))
+        if path.exists():  # a name that is not there falls through to the built-in layouts, as before
+            real = path.resolve()
+            if not real.is_file():
+                raise SecurityError(f"layout {template!r} is not a file ({real})")
+            if not real.is_relative_to(self.folder.resolve()) and not real.name.endswith(".j2"):
+                raise SecurityError(f"layout {template!r} leads to {real}, outside the layouts folder {self.folder}; "
+                                    "only layouts (*.j2) may be linked from elsewhere")
+        return super().get_source(environment, template)
+
+
 def _layout_loader(templates_dir: Path | None, sub: str = "") -> jinja2.BaseLoader:
     """The editor's folder first; a layout it lacks comes from the built-in ones."""
     builtin = BuiltinLoader(sub)
     if templates_dir is None:
         return builtin
-    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(Path(templates_dir) / sub)), builtin])
+    return jinja2.ChoiceLoader([_LayoutFolderLoader(Path(templates_dir) / sub), builtin])
 
 
 MAX_REPEAT = 100_000  # longest string or list `*` may build: a layout needs a rule of a few dozen characters
@@ -540,6 +605,45 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         elif isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_POWER_BITS:
             raise SecurityError("the result of ** would be too large")
         return super().call_binop(context, operator, left, right)
+
+
+MAX_RENDER_MEMORY = 512 << 20  # address space a rendering may add to the process's; an issue takes a few MB
+_ceiling_lock = threading.Lock()
+_ceiling: dict[str, Any] = {"users": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def _memory_ceiling() -> Iterator[None]:
+    """While templates render, the process may grow by at most MAX_RENDER_MEMORY (RLIMIT_AS, where the system has
+    it). The sandbox stops `*` and `**` from building huge values, but not a loop printing 100,000 x 100,000
+    characters, "x".ljust(10**10), a format width, |center, |join or a chain of `~`: each asked the system for 10 GB
+    or more, and the machine ran out. Over the ceiling an allocation fails at once: a MemoryError, which the
+    caller reports by file and line. Threads rendering at once share one ceiling, restored when the last ends."""
+    try:
+        import resource
+
+        used = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):  # not Linux: no ceiling
+        yield
+        return
+    with _ceiling_lock:
+        if _ceiling["users"] == 0:
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = used + MAX_RENDER_MEMORY
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            if soft == resource.RLIM_INFINITY or soft > limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+                _ceiling["saved"] = (soft, hard)
+        _ceiling["users"] += 1
+    try:
+        yield
+    finally:
+        with _ceiling_lock:
+            _ceiling["users"] -= 1
+            if _ceiling["users"] == 0 and _ceiling["saved"] is not None:
+                resource.setrlimit(resource.RLIMIT_AS, _ceiling["saved"])
+                _ceiling["saved"] = None
 
 
 class _NoOtherFiles(jinja2.BaseLoader):
@@ -622,7 +726,11 @@ def render_issue(
     parsed, body = split_front_matter(source, origin, given)
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
-    lang = str(meta.get("lang") or list_ctx.lang or "zh")
+    lang = str(meta.get("lang") or list_ctx.lang or "zh").strip().lower()
+    if lang not in tuple(Lang):
+        # The layouts' own words (greeting, headings, footer) exist in these; any other value printed the English
+        # layout with an empty greeting ("Hello ,") for a Chinese list, silently.
+        raise TemplateError(f"{origin}: front matter 'lang' must be {' or '.join(Lang)}, not {meta['lang']!r}")
     list_title = list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"])
     logo, layout_theme = theme_context(theme or Theme(), list_title)
     base_context: dict[str, Any] = {
@@ -639,7 +747,8 @@ def render_issue(
         "theme": layout_theme,
     }
     try:
-        body = _body_environment().from_string(body).render(**base_context)
+        with _memory_ceiling():
+            body = _body_environment().from_string(body).render(**base_context)
     except Exception as exc:  # whatever the issue's own code raised (a refusal, 1/0) is the issue's error
         raise _template_error(origin, exc, _body_line_offset(source, body)) from None
     md = _markdown()
@@ -652,8 +761,9 @@ def render_issue(
     intro_html, intro_text, sections = split_sections(md, tokens)
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
     try:
-        raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
-        text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
+        with _memory_ceiling():
+            raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
+            text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(f"layout {exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
     except Exception as exc:  # as for the body: a layout's own error, named by its file and line
@@ -673,7 +783,7 @@ def render_issue(
         html=html,
         text=text,
         meta={k: _plain(v) for k, v in parsed.items()},
-        attr_keys=tuple(recipient.keys),
+        attr_keys=tuple(recipient._keys),
         content_hash=digest.hexdigest(),
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),
@@ -708,7 +818,13 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
 
     Pages are `web/NAME` in the editor's layouts folder, else the built-in ones."""
     env = _page_environment(templates_dir)
-    return env.get_template(name).render(**context)
+    try:
+        with _memory_ceiling():
+            return env.get_template(name).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"layout web/{exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
+    except Exception as exc:  # named by its file and line, like an issue's layout
+        raise _template_error(f"web/{name}", exc) from None
 
 
 @functools.lru_cache(maxsize=4)

@@ -37,8 +37,9 @@ class Field:
     name: str
 
     def __str__(self) -> str:
+        # a space of any kind ends a bare word when it is read back (U+00A0 too), so such a name is quoted
         bare = (self.name and not (_NAME_STOP & set(self.name)) and self.name.lower() not in _KEYWORDS
-                and not any(_is_control(ch) for ch in self.name))
+                and not any(_is_control(ch) or ch.isspace() for ch in self.name))
         return self.name if bare else "`" + self.name.replace("`", "``") + "`"
 
     def value(self, record: Record) -> str:

@@ -169,6 +169,18 @@ class WebApp:
         self.secure_cookie = config.base_url.startswith("https://")
         self.pending = 0  # confirmation mails handed to the background and not yet sent
         self.signer = dkim_signer(config)  # confirmations are DKIM-signed like issues; the key is read once
+        self._check_page_layout()
+
+    def _check_page_layout(self) -> None:
+        """Render the page once with every part filled in before serving: an error in web/page.html.j2 is then one
+        line at start, not a 500 for every request (a one-click unsubscribe's too) until someone reads the log."""
+        form = {"action": "/s/list", "button": "button", "hidden": {"form_token": "token"}, "trap": TRAP_FIELD,
+                "fields": [{"name": "email", "type": "email", "label": "label", "value": "", "required": True,
+                            "autocomplete": "email"}]}
+        for lang in TEXT:
+            self._page(lang, "heading", ["paragraph"], list_title="title", form=form, links=[("/s/list", "link")],
+                       error="error")
+        self._page("zh", BAD_LINK[0], BAD_LINK[1], status=400)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 

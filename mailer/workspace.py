@@ -5,6 +5,7 @@ an existing file is never overwritten, so running it again (or in a folder alrea
 from __future__ import annotations
 
 import importlib.resources
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,11 @@ def create_workspace(folder: Path, lang: str = "zh") -> Workspace:
         raise UsageError(f"--lang must be one of {', '.join(Lang)}, not {lang!r}")
     if folder.exists() and not folder.is_dir():
         raise MailerError(f"{folder} exists and is not a folder")
+    files = workspace_files(lang)
+    for name, _ in files:  # every problem found before the first file is written: never half a workspace
+        _check_writable(folder / name)
     result = Workspace(folder)
-    for name, data in workspace_files(lang):
+    for name, data in files:
         path = folder / name
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,3 +60,17 @@ def create_workspace(folder: Path, lang: str = "zh") -> Workspace:
             raise MailerError(f"cannot write {path}: {exc.strerror or exc}") from None
         result.created.append(path)
     return result
+
+
+def _check_writable(path: Path) -> None:
+    """A file that is not there yet must be creatable: its nearest existing folder is a folder we may write in
+    (a file named like one of the folders, `templates`, stopped `mailer new` after it had written half)."""
+    if os.path.lexists(path):
+        return  # kept as it is
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MailerError(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MailerError(f"cannot write {path}: {parent} is not writable")

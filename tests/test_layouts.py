@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mailer.capture import CaptureServer
-from mailer.config import Config, load_config
+from mailer.capture import CaptureServer, free_port
+from mailer.config import MAX_LOGO_BYTES, Config, load_config
 from mailer.errors import ConfigError
 from mailer.render import builtin_layouts
 from mailer.store import Store
@@ -125,6 +125,19 @@ def test_send_and_the_web_pages_use_the_folder_too(tmp_path: Path, config: Confi
         assert forged.status_code == 400 and "BRAND" in forged.text
 
 
+def test_serve_with_a_broken_page_layout_is_one_error_line_at_start(tmp_path: Path, store: Store, run_cli) -> None:
+    # It started, then answered every page (a one-click unsubscribe's too) with a 500 until someone read the log
+    page = layouts(tmp_path / "templates", only=("web/page.html.j2",)) / "web" / "page.html.j2"
+    lines = page.read_text(encoding="utf-8").splitlines()
+    at = next(n for n, text in enumerate(lines, start=1) if "{% for paragraph in paragraphs %}" in text)
+    lines[at - 1] = "{% for paragraph in paragraphs|wrap %}"
+    page.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run_cli("serve", "--port", str(free_port()), timeout=20)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"error: {page} line {at}: No filter named 'wrap'.", line
+
+
 # ---- [theme]: colours, logo and footer lines without touching Jinja ----------------------------------------------
 
 
@@ -219,6 +232,20 @@ def test_a_theme_value_that_would_break_the_layout_is_one_error_line(tmp_path: P
 def test_a_logo_that_is_not_an_image_is_one_error_line(tmp_path: Path, run_cli) -> None:
     (tmp_path / "logo.png").write_text("not an image", encoding="utf-8")
     (tmp_path / "mailer.toml").write_text('[theme]\nlogo = "logo.png"\n', encoding="utf-8")
-    result = run_cli("render", str(SAMPLE_ISSUE))
+    result = run_cli("lists", "ls")  # every command: it is read with mailer.toml, not when an issue is rendered
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: theme logo logo.png: not a PNG, JPEG, GIF or WebP image"
+    assert result.stderr.strip() == (f"error: {tmp_path / 'mailer.toml'}: theme.logo = 'logo.png': not a PNG, JPEG, "
+                                     "GIF or WebP image")
+
+
+@pytest.mark.parametrize("logo", ["/dev/zero", "big.png", "."])
+def test_a_logo_that_is_a_device_a_folder_or_huge_is_refused_before_it_is_read(tmp_path: Path, run_cli,
+                                                                              logo: str) -> None:
+    # /dev/zero was read until memory ran out, by every command; a 300 MB file went inside every message
+    (tmp_path / "big.png").write_bytes(png(16, 16) + bytes(MAX_LOGO_BYTES))
+    (tmp_path / "mailer.toml").write_text(f'[theme]\nlogo = "{logo}"\n', encoding="utf-8")
+    result = run_cli("render", str(SAMPLE_ISSUE), timeout=20)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    says = "may be at most 1000 KB" if logo == "big.png" else "is not a file"
+    assert line.startswith("error: ") and f"theme.logo = '{logo}'" in line and says in line, line

@@ -28,6 +28,7 @@ from mailer.message import (
     Sender,
     address_header,
     clean_header_text,
+    parse_from,
     unstructured_header,
 )
 from mailer.models import Recipient
@@ -593,3 +594,30 @@ def test_subject_words_round_trip_and_fold_within_78(words: list[str]) -> None:
         if word.isascii() and "=?" not in word:
             assert re.search(rf"(^| ){re.escape(word)}( |$)", raw.removeprefix("Subject: ")), (word, raw)
     assert str(parse((header + "\r\n").encode("ascii"))["Subject"]) == subject
+
+
+@pytest.mark.parametrize("value", [
+    "A <a@example.org>, B <b@example.org>",
+    "Evil <evil@example.org>\r\nBcc: x@example.org",
+    '"News" <news@example.org> junk <other@example.org>',
+    "news@example.org other@example.org",
+])
+def test_a_from_of_more_than_one_mailbox_is_refused_not_cut_to_the_first(value: str) -> None:
+    with pytest.raises(HeaderError, match="one, with nothing after it"):
+        parse_from(value)
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    ("简报 <news@example.org>", ("简报", "news@example.org")),
+    ('"Doe, John" <j@example.org>', ("Doe, John", "j@example.org")),
+    ("news@example.org", ("", "news@example.org")),
+    ("<news@example.org>", ("", "news@example.org")),
+])
+def test_a_from_of_one_mailbox_reads(value: str, parsed: tuple[str, str]) -> None:
+    assert parse_from(value) == parsed
+
+
+def test_lists_create_with_two_from_addresses_is_one_error_line(store, run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("lists", "create", "two", "--from", "A <a@example.org>, B <b@example.org>")
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert "two" not in run_cli("lists", "ls").stdout

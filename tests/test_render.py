@@ -6,6 +6,7 @@ import html
 import http.server
 import re
 import threading
+import time
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
@@ -272,3 +273,45 @@ def test_render_is_deterministic_and_hash_tracks_content() -> None:
     assert first == again
     assert first.content_hash != changed.content_hash
     assert first.slug == "en-basic"
+
+
+def test_front_matter_aliases_that_expand_or_hold_themselves_are_one_error() -> None:
+    # 9 lines of "billion laughs" took 40 s and 2 GB, then a MemoryError traceback; a self-holding alias recursed
+    laughs = "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+                     for prev, name in zip("abcdefgh", "bcdefghi", strict=True))
+    bomb = f"---\nsubject: Hi\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n{laughs}---\nBody.\n"
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match=r"^bomb\.md: front matter holds over 10,000 values"):
+        render_issue(bomb, "bomb.md")
+    assert time.monotonic() - started < 2
+    with pytest.raises(TemplateError, match=r"^loop\.md: front matter has a value that contains itself"):
+        render_issue("---\nsubject: Hi\na: &a [1, *a]\n---\nBody.\n", "loop.md")
+    shared = render_issue("---\nsubject: Hi\nperson: &p {name: Ann}\neditor: *p\n---\nBody.\n", "ok.md")
+    assert shared.meta["editor"] == {"name": "Ann"}  # an alias used as one, a few values, still reads
+
+
+@pytest.mark.parametrize("lang", ["fr", "zh-CN", "chinese", "1"])
+def test_a_lang_the_layout_has_no_words_for_is_one_error(lang: str) -> None:
+    # it rendered the English layout with "Hello ," (no fallback name) for any value but zh and en
+    with pytest.raises(TemplateError, match=rf"^issue\.md: front matter 'lang' must be zh or en, not '?{lang}'?$"):
+        render_issue(f"---\nsubject: Hi\nlang: {lang}\n---\nBody.\n", "issue.md", ListContext(name="news", lang="zh"))
+
+
+def test_lang_is_read_whatever_its_case() -> None:
+    issue = render_issue("---\nsubject: Hi\nlang: ZH\n---\nBody.\n", "issue.md", ListContext(name="news", lang="en"))
+    assert issue.lang == "zh" and "您好" in issue.text
+
+
+def test_a_column_named_keys_is_a_column_like_any_other() -> None:
+    # {{ subscriber.keys }} printed the renderer's own list of fields ("[]") instead of the subscriber's `keys`
+    issue = render_issue("---\nsubject: Hi\n---\nYour keys: {{ subscriber.keys }}.\n", "issue.md")
+    assert issue.attr_keys == ("keys",) and "Your keys: @@MAILER_A0@@." in issue.text
+
+
+@pytest.mark.parametrize(("field", "value"), [("subject", '["a", "b"]'), ("preheader", "{x: 1}"),
+                                              ("from", "[a@example.org]"), ("date", "!!set {a}")])
+def test_a_text_field_given_a_list_or_table_is_one_error(field: str, value: str) -> None:
+    # `subject: ["a", "b"]` went out as the Subject ['a', 'b']
+    source = f"---\nsubject: Hi\n{field}: {value}\n---\nBody.\n"
+    with pytest.raises(TemplateError, match=rf"^issue\.md: front matter '{field}' must be text, not a "):
+        render_issue(source, "issue.md")

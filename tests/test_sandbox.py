@@ -132,3 +132,68 @@ def test_environment_is_not_a_template_variable(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(TemplateError):
             render_issue(issue_with(body), "issues/x.md", ListContext())
     assert os.environ["MAILER_SMTP_PASSWORD"] == PASSWORD
+
+
+def layouts_ending_with(folder: Path, last_line: str) -> tuple[Path, int]:
+    """Copies of the built-in layouts in `folder`, the text layout ending with `last_line`: (it, that line's number)."""
+    for name, data in builtin_layouts():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    layout = folder / "issue.txt.j2"
+    layout.write_text(layout.read_text(encoding="utf-8") + last_line + "\n", encoding="utf-8")
+    return layout, layout.read_text(encoding="utf-8").count("\n")
+
+
+def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A layouts folder (a git repository can carry symlinks) linking to /proc/self/environ put the SMTP password in
+    # every message; to ../mailer.db.secret, the signing secret
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
+    folder = tmp_path / "templates"
+    text_layout, line = layouts_ending_with(folder, '{% include "extra.j2" %}')
+    (tmp_path / "mailer.db.secret").write_text("the-signing-secret", encoding="utf-8")
+    for target in (Path("/proc/self/environ"), tmp_path / "mailer.db.secret", Path("/dev/zero"), tmp_path):
+        (folder / "extra.j2").unlink(missing_ok=True)
+        (folder / "extra.j2").symlink_to(target)
+        with pytest.raises(TemplateError) as err:
+            render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=folder)
+        message = str(err.value)
+        assert message.startswith(f"{text_layout} line {line}: layout 'extra.j2' "), message
+        assert PASSWORD not in message and "the-signing-secret" not in message
+
+    (tmp_path / "house").mkdir()
+    (tmp_path / "house" / "extra.j2").write_text("HOUSE FOOTER\n", encoding="utf-8")
+    (folder / "extra.j2").unlink()
+    (folder / "extra.j2").symlink_to(tmp_path / "house" / "extra.j2")  # a layout shared from another folder: fine
+    assert "HOUSE FOOTER" in render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=folder).text
+
+
+def test_a_layout_that_includes_itself_is_named_with_its_line(tmp_path: Path) -> None:
+    layout, line = layouts_ending_with(tmp_path, '{% include "issue.txt.j2" %}')
+    with pytest.raises(TemplateError) as err:  # was "<frozen abc> line 119: maximum recursion depth exceeded ..."
+        render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=tmp_path)
+    assert str(err.value) == (f"{layout} line {line}: it includes, imports or calls itself without end (maximum "
+                              "recursion depth exceeded)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the ceiling is Linux's RLIMIT_AS")
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{% for i in "x" * 99999 %}{{ "y" * 99999 }}{% endfor %}',  # 10 GB of output, each `*` within its cap
+        '{{ "x".ljust(10**10) }}',
+        '{{ "x"|center(10**10) }}',
+        '{{ "{:>9999999999}".format("x") }}',
+        '{{ (["y" * 99999] * 99999)|join }}',
+        '{% set a = "x" * 99999 %}' + "{% set a = a ~ a %}" * 14 + "{{ a|length }}",  # 1.6 GB in 14 doublings
+    ],
+)
+def test_a_body_that_builds_gigabytes_is_one_error_and_the_process_keeps_its_memory(body: str) -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    with pytest.raises(TemplateError) as err:
+        render_issue(issue_with(body), "issues/huge.md", ListContext(name="bulletin", title="简报"))
+    assert str(err.value).startswith("issues/huge.md line 7: it needs more than 512 MB of memory to render")
+    assert resource.getrlimit(resource.RLIMIT_AS) == before  # the ceiling is only there while templates render
+    assert "Text." in render_issue(issue_with("Hello."), "ok.md").text

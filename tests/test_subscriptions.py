@@ -14,7 +14,7 @@ import pytest
 from mailer.errors import MailerError
 from mailer.models import Subscriber, SubscriberStatus
 from mailer.store import Store
-from mailer.subscriptions import add_subscriber, create_list, import_csv, subscribers
+from mailer.subscriptions import add_subscriber, create_list, export_csv, import_csv, subscribers
 from tests.conftest import SAMPLE_CSV
 
 CHINESE = [
@@ -232,6 +232,34 @@ def test_subs_export_to_a_file(store: Store, tmp_path: Path, run_cli) -> None:
     assert to_stdout.stdout == target.read_text(encoding="utf-8")
 
 
+def test_export_work_grows_with_the_list_not_with_its_square(store: Store) -> None:
+    # Each chunk of 500 re-sorted the whole list (100,000 subscribers: 4.3 s, growing with the square). Counted in
+    # SQLite's virtual-machine steps rather than seconds, so a loaded machine cannot make it pass or fail.
+    mailing_list = store.get_list("bulletin")
+
+    def steps_to_export(total: int) -> int:
+        have = sum(1 for _ in subscribers(store, "bulletin"))
+        store.upsert_subscribers(mailing_list.id, [Subscriber(email=f"s{n}@example.org", name=f"S {n}",
+                                                              attrs={"city": "X"}) for n in range(have, total)], "t")
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        store.conn.set_progress_handler(count, 100)
+        try:
+            rows = "".join(export_csv(store, "bulletin")).count("\n")
+        finally:
+            store.conn.set_progress_handler(None, 100)
+        assert rows == total + 1
+        return steps[0]
+
+    small, large = steps_to_export(3000), steps_to_export(12000)
+    assert large < 6 * small, (small, large)
+    print(small, large)  # 4x the rows: about 4x the work (it was about 16x)
+
+
 def test_subs_remove(store: Store, tmp_path: Path, run_cli) -> None:
     import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
 
@@ -356,6 +384,29 @@ def test_a_csv_in_another_encoding_is_refused_not_garbled(store: Store, tmp_path
     assert "not UTF-8 or GB18030" in stderr and "iconv -f" in stderr and looks in stderr
 
 
+def test_a_single_byte_file_shows_how_each_likely_encoding_reads_it(store: Store, tmp_path: Path, run_cli) -> None:
+    # "it looks like CP775" and its iconv command turned Latin-1 "François Müller" into "Franńois M³ller"
+    path = tmp_path / "latin.csv"
+    path.write_bytes("email,name\r\nf@example.org,François Müller\r\n".encode("latin-1"))
+    stderr = assert_refused(store, run_cli("subs", "import", str(path), "--list", "bulletin"), path)
+    assert "line 2 reads " in stderr and ",François Müller' in CP" in stderr, stderr  # the right reading, named
+    assert stderr.count("' in CP") >= 2 and "with the one that reads right, e.g.: iconv -f CP" in stderr
+
+
+def test_a_utf8_file_with_one_row_in_another_encoding_reports_that_row(store: Store, tmp_path: Path,
+                                                                       run_cli) -> None:
+    # The whole file was refused with "iconv -f ENCODING": converting it would have garbled every UTF-8 name
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(("email,name\n" + "".join(f"u{i}@example.org,王小明{i}\n" for i in range(6))).encode("utf-8")
+                     + "jose@example.org,José\n".encode("latin-1") + "last@example.org,李静\n".encode())
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 1
+    assert f"{path} line 8: not UTF-8, though the rest of the file is" in result.stderr
+    assert "iconv" not in result.stderr and "\udce9" not in result.stderr
+    names = {e: r.name for e, r in on_list(store).items()}
+    assert len(names) == 7 and names["last@example.org"] == "李静" and "jose@example.org" not in names
+
+
 def test_a_short_gbk_file_is_still_read_as_gb18030(store: Store, tmp_path: Path, run_cli) -> None:
     # Two Chinese characters read as Korean too; GB18030 is the one we accept, so it wins the tie.
     path = tmp_path / "short.csv"
@@ -393,6 +444,18 @@ def test_an_unclosed_quote_is_reported_by_line(store: Store, tmp_path: Path, run
     path.write_text('email,name,address\nfive@example.org,Five,"1 Main St\nSpringfield"\n', encoding="utf-8")
     assert run_cli("subs", "import", str(path), "--list", "bulletin").returncode == 0
     assert on_list(store)["five@example.org"].attrs == {"address": "1 Main St\nSpringfield"}
+
+
+def test_a_closed_quote_with_a_line_break_in_a_name_is_not_called_unclosed(store: Store, tmp_path: Path,
+                                                                           run_cli) -> None:
+    # "a quoted field is not closed" was said of a name typed with Alt+Enter, whose quotes are closed
+    path = tmp_path / "names.csv"
+    path.write_text('email,name\none@example.org,"Ann\r\nLee"\ntwo@example.org,Two\n', encoding="utf-8")
+    result = run_cli("subs", "import", str(path), "--list", "bulletin")
+    assert result.returncode == 1
+    assert (f"{path} line 2: the name runs over lines 2-3 (a line break inside its quotes, or a quote never "
+            "closed); put it on one line (this row is skipped)") in result.stderr
+    assert "not closed, so" not in result.stderr and set(on_list(store)) == {"two@example.org"}
 
 
 @pytest.mark.parametrize(("delimiter", "says"), [(";", "semicolon-separated"), ("\t", "tab-separated")])

@@ -81,6 +81,16 @@ def test_bad_input_is_one_error_line(tmp_path: Path, run_cli) -> None:
     assert not (tmp_path / "ws").exists()
 
 
+def test_a_file_where_a_folder_goes_is_refused_before_anything_is_written(tmp_path: Path, run_cli) -> None:
+    # It wrote mailer.toml, .gitignore, issues/ and subscribers/, then stopped at templates/: half a workspace
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "templates").write_text("not a folder", encoding="utf-8")
+    result = run_cli("new", "ws")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: cannot write ws/templates/issue.html.j2: ws/templates is not a folder"
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["templates"] and result.stdout == ""
+
+
 def test_from_new_to_a_changed_layout_and_accent(tmp_path: Path, run_cli) -> None:
     assert run_cli("new", "ws").returncode == 0
     ws = tmp_path / "ws"
