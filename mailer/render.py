@@ -613,7 +613,7 @@ _ceiling: dict[str, Any] = {"users": 0, "saved": None}
 
 
 @contextlib.contextmanager
-def _memory_ceiling() -> Iterator[None]:
+def memory_ceiling() -> Iterator[None]:
     """While templates render, the process may grow by at most MAX_RENDER_MEMORY (RLIMIT_AS, where the system has
     it). The sandbox stops `*` and `**` from building huge values, but not a loop printing 100,000 x 100,000
     characters, "x".ljust(10**10), a format width, |center, |join or a chain of `~`: each asked the system for 10 GB
@@ -747,7 +747,7 @@ def render_issue(
         "theme": layout_theme,
     }
     try:
-        with _memory_ceiling():
+        with memory_ceiling():
             body = _body_environment().from_string(body).render(**base_context)
     except Exception as exc:  # whatever the issue's own code raised (a refusal, 1/0) is the issue's error
         raise _template_error(origin, exc, _body_line_offset(source, body)) from None
@@ -761,7 +761,7 @@ def render_issue(
     intro_html, intro_text, sections = split_sections(md, tokens)
     context = {**base_context, "intro_html": intro_html, "intro_text": intro_text, "sections": sections}
     try:
-        with _memory_ceiling():
+        with memory_ceiling():
             raw_html = _environment(templates_dir, html=True).get_template(HTML_LAYOUT).render(**context)
             text = _environment(templates_dir, html=False).get_template(TEXT_LAYOUT).render(**context)
     except jinja2.TemplateNotFound as exc:
@@ -819,8 +819,9 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
     Pages are `web/NAME` in the editor's layouts folder, else the built-in ones."""
     env = _page_environment(templates_dir)
     try:
-        with _memory_ceiling():
-            return env.get_template(name).render(**context)
+        # No memory ceiling here: pages render on a busy server's threads, where a process-wide RLIMIT_AS would
+        # fail other requests' allocations. mailer serve renders its page once under the ceiling before serving.
+        return env.get_template(name).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(f"layout web/{exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
     except Exception as exc:  # named by its file and line, like an issue's layout

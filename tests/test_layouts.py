@@ -138,6 +138,17 @@ def test_serve_with_a_broken_page_layout_is_one_error_line_at_start(tmp_path: Pa
     assert line == f"error: {page} line {at}: No filter named 'wrap'.", line
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the ceiling is Linux's RLIMIT_AS")
+def test_a_page_layout_that_builds_gigabytes_stops_serve_at_start(tmp_path: Path, store: Store, run_cli) -> None:
+    # Pages render on the server's threads without the memory ceiling; the one check at start runs under it.
+    page = layouts(tmp_path / "templates", only=("web/page.html.j2",)) / "web" / "page.html.j2"
+    page.write_text('{{ "x".ljust(10**10) }}\n' + page.read_text(encoding="utf-8"), encoding="utf-8")
+    result = run_cli("serve", "--port", str(free_port()), timeout=30)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {page} line 1: it needs more than 512 MB of memory to render"), line
+
+
 # ---- [theme]: colours, logo and footer lines without touching Jinja ----------------------------------------------
 
 

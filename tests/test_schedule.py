@@ -27,7 +27,8 @@ def test_times(text: str, expected: datetime) -> None:
 
 
 def test_a_time_in_the_past_is_refused_unless_now() -> None:
-    with pytest.raises(UsageError, match=r"in the past \(2026-12-01 15:00 Asia/Shanghai \(2026-12-01 07:00 UTC\)\).*--at now"):
+    past = r"in the past \(2026-12-01 15:00 Asia/Shanghai \(2026-12-01 07:00 UTC\)\).*--at now"
+    with pytest.raises(UsageError, match=past):
         parse_send_at("2026-12-01 15:00", SHANGHAI, NOW)
     assert parse_send_at("2026-12-01 15:59:30", SHANGHAI, NOW)  # within a minute: the command took a moment
 
