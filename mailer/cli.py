@@ -73,11 +73,17 @@ def _store(ctx: typer.Context) -> Store:
 def _run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None) -> T:
     """Run a service coroutine; SIGINT/SIGTERM set `stop` so in-flight work finishes before we exit."""
 
+    def stopping() -> None:
+        if stop is not None and not stop.is_set():
+            # Said at once: with a low --rate or a slow relay the in-flight messages may take a while.
+            err.print("stopping: no new recipients; in-flight messages finish and are recorded", markup=False)
+            stop.set()
+
     async def main() -> T:
         loop = asyncio.get_running_loop()
         if stop is not None:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stopping)
         return await coro
 
     from mailer.send import run_event_loop
