@@ -366,6 +366,10 @@ class _RichProgress:
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description=" ".join(f"{k} {v}" for k, v in self.counts.items()))
 
+    def note(self, text: str) -> None:
+        """A line on stderr (above the bar on a TTY): why nothing moves for a while."""
+        (self.bar.console if self.bar is not None else err).print(text, markup=False, highlight=False)
+
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
@@ -386,6 +390,9 @@ def _finish_send(summary: SendSummary) -> None:
     for warning in summary.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False)
     out.print(_summary_line(summary), markup=False, highlight=False)
+    if summary.stopped:
+        err.print(f"error: {summary.stopped}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(summary.stop_code)
     if summary.interrupted:
         err.print("interrupted: run the same command again to resume", markup=False)
         raise typer.Exit(ExitCode.INTERRUPTED)
@@ -415,13 +422,12 @@ def send(
     Example: mailer send issues/sample.md --list bulletin --test me@example.org
     """
     from mailer.addresses import normalise_address
-    from mailer.send import RetryPolicy, SendOptions, count_recipients, send_issue, smtp_settings
+    from mailer.send import SendOptions, count_recipients, send_issue, smtp_settings
 
     config = _config(ctx, templates)
     store = _store(ctx)
-    options = SendOptions(dry_run=dry_run, test_email=normalise_address(test) if test else None,
-                          concurrency=concurrency, rate=rate, max_wait=max_wait,
-                          retry=RetryPolicy.from_config(config), workers=workers)
+    options = SendOptions.for_config(config, dry_run=dry_run, test_email=normalise_address(test) if test else None,
+                                     concurrency=concurrency, rate=rate, max_wait=max_wait, workers=workers)
     if not (dry_run or test or yes) and sys.stdin.isatty():
         total = count_recipients(store, store.get_list(list_name).id)
         if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
@@ -445,19 +451,19 @@ def retry(
     rate: Annotated[float | None, typer.Option(min=0.01)] = None,
     max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for further retries in this run.")] = 300.0,
 ) -> None:
-    """Send again to the deferred recipients of a campaign.
+    """Send again to the deferred (and what a stop left queued) recipients of a campaign.
 
     Example: mailer retry 1
     """
-    from mailer.send import RetryPolicy, SendOptions, retry_campaign, smtp_settings
+    from mailer.send import SendOptions, retry_campaign, smtp_settings
 
     config = _config(ctx)
     stop = asyncio.Event()
     progress = _RichProgress(err.is_terminal)
-    options = SendOptions(concurrency=concurrency, rate=rate, max_wait=max_wait, retry=RetryPolicy.from_config(config))
+    options = SendOptions.for_config(config, concurrency=concurrency, rate=rate, max_wait=max_wait)
     try:
-        summary = _run(retry_campaign(_store(ctx), config, campaign, options,
-                                      smtp_settings(config), progress, stop, due_only=due_only), stop)
+        summary = _run(retry_campaign(_store(ctx), config, campaign, options, smtp_settings(config), progress, stop,
+                                      due_only=due_only), stop)
     finally:
         progress.stop()
     _finish_send(summary)

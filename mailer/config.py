@@ -50,6 +50,7 @@ class Config:
     theme: Theme = field(default_factory=Theme)  # [theme]
     list_themes: tuple[tuple[str, Theme], ...] = ()  # [lists.NAME.theme], each over [theme]
     warnings: tuple[str, ...] = field(default=(), compare=False)  # e.g. an unknown key in mailer.toml
+    relay_grace: float = 60.0  # how long a relay that worked may be unreachable in a run (a restart) before it stops
 
     @property
     def secret_path(self) -> Path:
@@ -77,6 +78,7 @@ _ENV = {
     "MAILER_RETRY_EXPIRY": ("retry_expiry", float),
     "MAILER_BASE_URL": ("base_url", str),
     "MAILER_SOFT_BOUNCE_LIMIT": ("soft_bounce_limit", int),
+    "MAILER_RELAY_GRACE": ("relay_grace", float),
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
     "MAILER_DKIM_DOMAIN": ("dkim_domain", str),
@@ -99,6 +101,7 @@ _TOML = {
     "retry_base": ("retry_base", float),
     "retry_max": ("retry_max", float),
     "retry_expiry": ("retry_expiry", float),
+    "relay_grace": ("relay_grace", float),
 }
 
 

@@ -104,6 +104,8 @@ class SendSummary:
     elapsed: float = 0.0
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    stopped: str = ""  # why the campaign stopped before it was done (relay gone, sender refused, disk full, ...)
+    stop_code: int = 0  # the exit status that goes with `stopped`
 
     @property
     def failed(self) -> int:

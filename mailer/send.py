@@ -26,13 +26,14 @@ from mailer.exit_codes import ExitCode
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber
 from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
-from mailer.smtp import Reply, Session, SMTPSettings, probe
-from mailer.store import Outcome, Partition, Store, stamp, utcnow
+from mailer.smtp import RelayUnreachable, Reply, Session, SMTPSettings, probe
+from mailer.store import Outcome, Partition, Store, StoreWriteError, stamp, utcnow
 
 T = TypeVar("T")
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
 LEASE_SECONDS = 60.0
+RELAY_BACKOFF_MAX = 5.0  # seconds between two tries of an unreachable relay, at most
 FALLBACK_NAMES = {"zh": "读者", "en": "reader"}
 
 
@@ -41,12 +42,18 @@ class ProgressSink(Protocol):
 
     def advance(self, status: DeliveryStatus, email: str) -> None: ...
 
+    def note(self, text: str) -> None:
+        """Why nothing moves for a while (waiting for retry times, for a relay to come back)."""
+
 
 class _NoProgress:
     def start(self, total: int, done: int) -> None:
         return None
 
     def advance(self, status: DeliveryStatus, email: str) -> None:
+        return None
+
+    def note(self, text: str) -> None:
         return None
 
 
@@ -60,6 +67,12 @@ class SendOptions:
     max_wait: float = 0.0  # how long a run waits for deferred recipients' retry times (the CLI: 300 s)
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
     workers: int = 1  # processes; each takes the deliveries whose id % workers == k, with its share of sessions
+    relay_grace: float = 60.0  # seconds a relay that worked may stay unreachable before the campaign stops
+
+    @classmethod
+    def for_config(cls, config: Config, **values: Any) -> SendOptions:
+        """Options with the configured retry policy and relay grace."""
+        return cls(retry=RetryPolicy.from_config(config), relay_grace=config.relay_grace, **values)
 
 
 @dataclass
@@ -323,7 +336,8 @@ class Engine:
     def __init__(
         self, store: Store, template: MessageTemplate, campaign: Campaign, relays: Sequence[SMTPSettings],
         options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
-        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1), limiter: RateLimiter | None = None,
+        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1), *,
+        limiter: RateLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.part = part
         self.store = store
@@ -334,19 +348,21 @@ class Engine:
         self.progress = progress or _NoProgress()
         self.stop = stop or asyncio.Event()
         self.clock = clock
+        self.monotonic = monotonic
         self.limiter = limiter or RateLimiter(options.rate)
         self.fatal: MailerError | None = None
+        self.unreachable_since: float | None = None
 
     async def run(self) -> None:
         """Deliver the queue, then wait (up to max_wait) for deferred recipients' retry times and go again."""
         await self._drain_queue()
-        deadline = time.monotonic() + self.options.max_wait
+        deadline = self.monotonic() + self.options.max_wait
         while not (self.stop.is_set() or self.fatal):
             earliest = self.store.next_retry(self.campaign.id, self.part)
             if earliest is None:
                 return
             wait = (_parse_stamp(earliest) - self.clock()).total_seconds()
-            if time.monotonic() + max(wait, 0) > deadline:
+            if self.monotonic() + max(wait, 0) > deadline:
                 return  # left deferred, with next_attempt set, for `mailer retry`
             if wait > 0 and await pause(wait, self.stop):
                 return
@@ -379,17 +395,26 @@ class Engine:
                 self._commit(unrecorded)
             await session.close()
 
-    def _commit(self, unrecorded: list[tuple[Outcome, str | None]], sending: tuple[int, str] | None = None) -> None:
+    def _commit(self, unrecorded: list[tuple[Outcome, str | None]], sending: tuple[int, str] | None = None) -> bool:
         """One transaction: the outcomes this session has learnt since its last commit and, when it is about to
         send, the next recipient marked `sending`. That saves a commit per message (~35 µs) without widening the
         crash bound: `sending` is still committed before the message leaves, and a session never has more than one
-        row in `sending` (the previous message's outcome is in the same commit)."""
-        with self.store.transaction():
-            for outcome, next_attempt in unrecorded:
-                self.store.record(outcome, next_attempt)
-            if sending is not None:
-                self.store.mark_sending(*sending)
+        row in `sending` (the previous message's outcome is in the same commit). Returns whether the message may
+        leave."""
+        may_send = sending is not None
+        try:
+            with self.store.transaction():
+                for outcome, next_attempt in unrecorded:
+                    self.store.record(outcome, next_attempt)
+                if sending is not None:
+                    self.store.mark_sending(*sending)
+        except StoreWriteError as exc:
+            # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
+            # again on resume) and the next message is not marked, so it does not leave.
+            self.fatal = self.fatal or exc
+            may_send = False
         unrecorded.clear()
+        return may_send
 
     async def _deliver(
         self, session: Session, recipient: Recipient, unrecorded: list[tuple[Outcome, str | None]]
@@ -410,19 +435,62 @@ class Engine:
                 self._commit(unrecorded)  # the rate limit may make us wait: record what is known first
             if not await self.limiter.acquire(self.stop):
                 return  # stopped while waiting for the rate limit: still queued
-        self._commit(unrecorded, (recipient.delivery_id, message.message_id))
-        if session.sent_on_session >= self.options.session_cap:
-            await session.close()
-        try:
-            reply = await session.send(message)
-        except MailerError as exc:
-            # The server went away between messages and will not take us back (SMTPUnavailable, exit 4), or the
-            # settings cannot work: put this one back in the queue and stop the campaign, marking nobody failed.
-            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
-            self._commit(unrecorded)
-            self.fatal = exc
+        while not self.fatal:
+            if session.sent_on_session >= self.options.session_cap:
+                await session.close()
+            if not session.connected:
+                if unrecorded:
+                    self._commit(unrecorded)  # opening may wait for the relay: record what is known first
+                if not await self._connect(session):
+                    return  # still queued
+            if not self._commit(unrecorded, (recipient.delivery_id, message.message_id)):
+                return
+            try:
+                reply = await session.send(message)
+            except RelayUnreachable as exc:
+                # The session had closed and the relay did not take us back: nothing left. Back in the queue,
+                # then wait for the relay in _connect.
+                unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                continue
+            except MailerError as exc:
+                # The settings cannot work (a refused login, a certificate): put this one back in the queue and
+                # stop the campaign, marking nobody failed.
+                unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                self.fatal = self.fatal or exc
+                return
+            self.unreachable_since = None
+            unrecorded.append(self._outcome(recipient, message, reply))
             return
-        unrecorded.append(self._outcome(recipient, message, reply))
+
+    async def _connect(self, session: Session) -> bool:
+        """Open the session. A relay that worked (the probe, earlier messages) and now cannot be reached is
+        probably restarting: it is tried again with backoff for `relay_grace` seconds before the campaign stops.
+        False when it stopped (or was stopped)."""
+        delay = 0.5
+        while not (self.fatal or self.stop.is_set()):
+            try:
+                await session.open()
+                return True
+            except RelayUnreachable as exc:
+                now = self.monotonic()
+                if self.unreachable_since is None:
+                    self.unreachable_since = now
+                    if self.options.relay_grace:
+                        self.progress.note(f"{exc}; trying again for up to {self.options.relay_grace:.0f}s "
+                                           "(MAILER_RELAY_GRACE)")
+                left = self.unreachable_since + self.options.relay_grace - now
+                if left <= 0:
+                    grace = self.options.relay_grace
+                    self.fatal = self.fatal or RelayUnreachable(
+                        f"{exc}; still after {grace:.0f}s (MAILER_RELAY_GRACE)" if grace else str(exc))
+                    return False
+            except MailerError as exc:
+                self.fatal = self.fatal or exc
+                return False
+            if await pause(min(delay, left), self.stop):
+                return False
+            delay = min(delay * 2, RELAY_BACKOFF_MAX)
+        return False
 
     def _outcome(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> tuple[Outcome, str | None]:
         """What to record for one SMTP reply, and the retry time of a deferral."""
@@ -469,18 +537,23 @@ async def send_issue(
     await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
     campaign, template = open_campaign(store, prepared, options, config.secret, signer)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
-                                  prepared.warnings)
+                                  prepared.warnings, resume=f"mailer send {issue_path} --list {list_name}")
 
 
 async def deliver_campaign(
     store: Store, campaign: Campaign, template: MessageTemplate, settings: Sequence[SMTPSettings],
     options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
-    started: float | None = None, warnings: list[str] | None = None,
+    started: float | None = None, warnings: list[str] | None = None, *, resume: str = "",
 ) -> SendSummary:
+    """Hold the campaign's lease, put back what a crash left in `sending`, deliver, and sum up. A stop the run
+    could not help (the relay gone past its grace, a full disk) is in the summary, with the counts and the command
+    that resumes."""
     started = time.monotonic() if started is None else started
     owner = store.acquire_lease(campaign.id, LEASE_SECONDS)
     stop = stop or asyncio.Event()
     renew = asyncio.create_task(_keep_lease(store, campaign.id, owner))
+    notes = list(warnings or [])
+    stopped: MailerError | None = None
     try:
         in_doubt = store.requeue(campaign.id, [DeliveryStatus.SENDING])
         counts = store.counts(campaign.id)
@@ -488,30 +561,46 @@ async def deliver_campaign(
         total = sum(counts.values())
         sink = progress or _NoProgress()
         sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0))
-        if options.workers > 1:
-            await _run_workers(store, campaign, template, settings, options, sink, stop)
-        else:
-            await Engine(store, template, campaign, settings, options, sink, stop).run()
+        try:
+            if options.workers > 1:
+                await _run_workers(store, campaign, template, settings, options, sink, stop)
+            else:
+                await Engine(store, template, campaign, settings, options, sink, stop).run()
+        except MailerError as exc:
+            stopped = exc
     finally:
         renew.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renew
-        store.release_lease(campaign.id, owner)
+        with contextlib.suppress(StoreWriteError):  # a full disk: the summary says so, the lease expires
+            store.release_lease(campaign.id, owner)
     counts = store.counts(campaign.id)
     unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
-    if not unfinished:
+    if not unfinished and not stopped:
         store.finish_campaign(campaign.id)
-    notes = list(warnings or [])
     if already_done and not campaign.is_test:
         notes.append(f"campaign {campaign.id} of this issue and list was already complete: nothing was sent now "
                      f"(the counts below are the campaign's; see: mailer log {campaign.id})")
     if in_doubt:
         notes.append(f"{in_doubt} recipient(s) left in 'sending' by an interrupted run were sent again")
-    if counts.get(DeliveryStatus.DEFERRED):
+    if counts.get(DeliveryStatus.DEFERRED) and not stopped:
         notes.append(f"{counts[DeliveryStatus.DEFERRED]} recipient(s) deferred; see: mailer log {campaign.id} "
                      f"--status deferred, and send again later with: mailer retry {campaign.id}")
-    return SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
-                       elapsed=time.monotonic() - started, interrupted=stop.is_set(), warnings=notes)
+    summary = SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
+                          elapsed=time.monotonic() - started, interrupted=stop.is_set() and not stopped,
+                          warnings=notes)
+    if stopped is not None:
+        summary.stopped, summary.stop_code = _stop_line(stopped, campaign.id, counts, resume), int(stopped.exit_code)
+    return summary
+
+
+def _stop_line(reason: MailerError, campaign_id: int, counts: dict[str, int], resume: str) -> str:
+    """The one line that says why a campaign stopped, where it stands, and how it goes on."""
+    waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
+    line = f"{reason}; campaign {campaign_id} stopped with {counts.get(DeliveryStatus.SENT, 0)} sent and {waiting} " \
+           "waiting"
+    then = "free some disk space, then run" if isinstance(reason, StoreWriteError) else "run"
+    return f"{line}; {then} the same command to resume" + (f": {resume}" if resume else "")
 
 
 def template_for_campaign(
@@ -533,14 +622,16 @@ async def _run_workers(
     """Deliver with `options.workers` processes (one per core), each on its partition of the deliveries.
 
     Every process commits `sending` before each message, so the crash bound stays the total session count.
-    Progress is read back from SQLite; a stop is passed on to the workers as SIGTERM."""
+    Progress is read back from SQLite; a stop is passed on to the workers as SIGTERM; why a worker stopped comes
+    back through a pipe."""
     n = options.workers
     shares = [max(1, options.concurrency // n + (1 if k < options.concurrency % n else 0)) for k in range(n)]
     context = multiprocessing.get_context("spawn")
+    pipes = [context.Pipe(duplex=False) for _ in range(n)]  # (reader, writer): why worker k stopped, if it did
     procs = [
         context.Process(
             target=_worker_process,
-            args=(store.path, campaign.id, (k, n), list(relays),
+            args=(pipes[k][1], store.path, campaign.id, (k, n), list(relays),
                   replace(options, concurrency=shares[k], workers=1, rate=options.rate / n if options.rate else None),
                   template.sender.base_url, template.secret, template.signer),
             daemon=False,
@@ -549,6 +640,8 @@ async def _run_workers(
     ]
     for proc in procs:
         proc.start()
+    for _, writer in pipes:
+        writer.close()
     seen = store.counts(campaign.id)
     loop = asyncio.get_running_loop()
     stopping = False
@@ -562,11 +655,19 @@ async def _run_workers(
         seen = _report_progress(store, campaign.id, seen, sink)
     await loop.run_in_executor(None, lambda: [proc.join() for proc in procs])
     _report_progress(store, campaign.id, seen, sink)
-    if any(proc.exitcode == ExitCode.SMTP_UNAVAILABLE for proc in procs):
-        raise SMTPUnavailable("a worker lost the SMTP server and could not reconnect; run the same command to resume")
+    stops: list[tuple[int, str]] = []
+    for reader, _ in pipes:
+        with contextlib.suppress(EOFError):  # closed without a word: the worker finished, or was killed
+            if reader.poll():
+                stops.append(reader.recv())
+        reader.close()
+    if stops:
+        code, message = stops[0]
+        error = MailerError(message)
+        error.exit_code = ExitCode(code)
+        raise error
     if any(proc.exitcode not in (0, ExitCode.INTERRUPTED) for proc in procs):
-        raise MailerError(f"a worker process failed (exit codes {[proc.exitcode for proc in procs]}); "
-                          "run the same command to resume")
+        raise MailerError(f"a worker process failed (exit codes {[proc.exitcode for proc in procs]})")
 
 
 def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink: ProgressSink) -> dict[str, int]:
@@ -577,7 +678,7 @@ def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink:
     return counts
 
 
-def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: list[SMTPSettings],
+def _worker_process(reports: Any, db_path: Path, campaign_id: int, part: Partition, relays: list[SMTPSettings],
                     options: SendOptions, base_url: str, secret: bytes, signer: MessageSigner | None = None) -> None:
     """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions."""
     _die_with_parent()
@@ -599,8 +700,9 @@ def _worker_process(db_path: Path, campaign_id: int, part: Partition, relays: li
 
     try:
         run_event_loop(main())
-    except SMTPUnavailable:
-        raise SystemExit(ExitCode.SMTP_UNAVAILABLE) from None
+    except MailerError as exc:
+        reports.send((int(exc.exit_code), f"worker {part[0] + 1} of {part[1]}: {exc}"))
+        raise SystemExit(exc.exit_code) from None
 
 
 def _die_with_parent() -> None:
@@ -628,7 +730,8 @@ def run_event_loop(coro: Coroutine[Any, Any, T]) -> T:
 async def _keep_lease(store: Store, campaign_id: int, owner: str) -> None:
     while True:
         await asyncio.sleep(LEASE_SECONDS / 3)
-        store.renew_lease(campaign_id, owner, LEASE_SECONDS)
+        with contextlib.suppress(StoreWriteError):  # the disk is full: the next `sending` commit fails as well
+            store.renew_lease(campaign_id, owner, LEASE_SECONDS)
 
 
 async def retry_campaign(
@@ -636,11 +739,13 @@ async def retry_campaign(
     progress: ProgressSink | None = None, stop: asyncio.Event | None = None, *, due_only: bool = False,
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or only those whose backoff has passed)."""
+    started = time.monotonic()
     campaign = store.get_campaign(campaign_ref)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     await probe_relays(settings)
     store.requeue_due(campaign.id, stamp() if due_only else None)
-    return await deliver_campaign(store, campaign, template, settings, options, progress, stop)
+    return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
+                                  resume=f"mailer retry {campaign.id}")
 
 
 DEFAULT_LIST = MailingList(id=0, name="sample", title="", from_addr="Newsletter <newsletter@example.org>",

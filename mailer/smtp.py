@@ -30,6 +30,11 @@ class Stage(StrEnum):
     END_OF_DATA = "end-of-data"
 
 
+class RelayUnreachable(SMTPUnavailable):
+    """The relay cannot be reached just now (refused, timed out, closed during the greeting, or answered 4xx
+    there): a relay that is restarting looks like this, so the engine waits a while before it gives up."""
+
+
 @dataclass(frozen=True)
 class SMTPSettings:
     host: str = "127.0.0.1"
@@ -198,11 +203,15 @@ class Session:
                 await client.login(s.user, s.password)
         except aiosmtplib.SMTPAuthenticationError as exc:
             await _close_quietly(client)
-            raise SMTPUnavailable(
-                f"SMTP login to {where} as {s.user!r} refused: {exc.code} {_one_line(exc.message)}"
-            ) from None
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, aiosmtplib.SMTPConnectResponseError,
-                aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError) as exc:
+            failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 454: try again later
+            raise failure(f"SMTP login to {where} as {s.user!r} refused: {exc.code} "
+                          f"{_one_line(exc.message)}") from None
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            await _close_quietly(client)
+            failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 421 at the greeting
+            raise failure(f"SMTP server {where} refused the session: {_one_line(str(exc))}") from None
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, aiosmtplib.SMTPServerDisconnected,
+                aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError) as exc:
             await _close_quietly(client)
             untrusted = _certificate_error(exc)
             if untrusted is not None:
@@ -210,7 +219,8 @@ class Session:
                 raise SMTPUnavailable(f"TLS certificate of SMTP server {where} not accepted: "
                                       f"{untrusted.verify_message}; it must be valid for {s.host} and signed by "
                                       f"{trusted}") from None
-            raise SMTPUnavailable(f"cannot connect to SMTP server {where}: {_one_line(str(exc))}") from None
+            failure = SMTPUnavailable if isinstance(exc, ssl.SSLError) else RelayUnreachable
+            raise failure(f"cannot connect to SMTP server {where}: {_one_line(str(exc))}") from None
         except aiosmtplib.SMTPException as exc:
             await _close_quietly(client)
             raise SMTPUnavailable(f"SMTP server {where} refused the session: {_one_line(str(exc))}") from None
@@ -218,7 +228,8 @@ class Session:
         self.sent_on_session = 0
 
     async def send(self, message: BuiltMessage) -> Reply:
-        """One transaction: MAIL, RCPT, DATA. A reply of any kind is returned, never raised."""
+        """One transaction: MAIL, RCPT, DATA. The recipient's reply of any kind is returned; a relay that cannot be
+        used (from open()) is raised as SMTPUnavailable."""
         if not self.connected:
             await self.open()
         client = self.client

@@ -231,7 +231,7 @@ class Store:
         return version < SCHEMA_VERSION
 
     def transaction(self) -> sqlite3.Connection:
-        return _Transaction(self.conn)  # type: ignore[return-value]
+        return _Transaction(self.conn, self.path)  # type: ignore[return-value]
 
     # ---- lists -------------------------------------------------------------------------------------------------
 
@@ -389,10 +389,11 @@ class Store:
         return True
 
     def suppress(self, email: str, reason: str, detail: str = "") -> None:
-        self.conn.execute(
-            "INSERT OR IGNORE INTO suppressions (email, reason, detail, created) VALUES (?, ?, ?, ?)",
-            (email, reason, detail, stamp()),
-        )
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO suppressions (email, reason, detail, created) VALUES (?, ?, ?, ?)",
+                (email, reason, detail, stamp()),
+            )
 
     def subscriber_by_id(self, subscriber_id: int) -> Subscriber:
         row = self.conn.execute(
@@ -664,7 +665,8 @@ class Store:
         }
 
     def finish_campaign(self, campaign_id: int) -> None:
-        self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (stamp(), campaign_id))
+        with self.transaction():
+            self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (stamp(), campaign_id))
 
     # ---- leases: one sender per campaign -----------------------------------------------------------------------
 
@@ -687,16 +689,18 @@ class Store:
         return owner
 
     def renew_lease(self, campaign_id: int, owner: str, seconds: float = 60.0) -> None:
-        self.conn.execute(
-            "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?",
-            (stamp(utcnow() + timedelta(seconds=seconds)), campaign_id, owner),
-        )
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+                (stamp(utcnow() + timedelta(seconds=seconds)), campaign_id, owner),
+            )
 
     def release_lease(self, campaign_id: int, owner: str) -> None:
-        self.conn.execute(
-            "UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-            (campaign_id, owner),
-        )
+        with self.transaction():
+            self.conn.execute(
+                "UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                (campaign_id, owner),
+            )
 
     # ---- deliveries ----------------------------------------------------------------------------------------------
 
@@ -857,11 +861,17 @@ def _alive(owner: str) -> bool:
     return True
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, re-entrant (an inner block joins the outer one)."""
+class StoreWriteError(MailerError):
+    """The database could not be written (disk full, I/O error): what the transaction held was not recorded."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, re-entrant (an inner block joins the outer one). A disk that is full or failing
+    ends as StoreWriteError with everything of the transaction rolled back."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
+        self.path = path
         self.outer = False
 
     def __enter__(self) -> sqlite3.Connection:
@@ -870,13 +880,25 @@ class _Transaction:
             self.outer = True
         return self.conn
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, _: object) -> None:
         if not self.outer:
             return
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as error:
+                exc = error
+        # SQLite may have rolled back already (it does for SQLITE_FULL and SQLITE_IOERR); a second ROLLBACK fails.
+        if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in _WRITE_FAILURES:
+            raise StoreWriteError(f"cannot write to database {self.path}: {exc}") from None
+        if exc_type is None and exc is not None:
+            raise exc
+
+
+_WRITE_FAILURES = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 
 
 def _delivery_ref(row: tuple[Any, ...] | None) -> dict[str, Any] | None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import closing
@@ -392,6 +394,110 @@ def test_deferred_beyond_max_wait_is_left_for_mailer_retry(
     assert shown.returncode == 0, shown.stderr
     (logged,) = json.loads(shown.stdout)
     assert (logged["email"], logged["status"], logged["smtp_code"]) == (stuck, "deferred", 451)
+
+
+# ---- a relay that goes away and comes back ---------------------------------------------------------------------
+
+
+def stop_relay_at(server: CaptureServer, count: int, down_for: float | None) -> list[bool]:
+    """Stop the relay once `count` messages have arrived, and start it again `down_for` seconds later (never,
+    with None). From a thread: the hook runs in the server's own loop, which cannot stop itself."""
+    done: list[bool] = []
+
+    def bounce() -> None:
+        server.stop()
+        if down_for is not None:
+            time.sleep(down_for)
+            server.start()
+
+    def hook(_: Captured) -> None:
+        if len(server.received) >= count and not done:
+            done.append(True)
+            threading.Thread(target=bounce).start()
+
+    server.state.on_message = hook
+    return done
+
+
+def test_a_relay_restarting_mid_send_is_waited_for_and_the_run_finishes(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(200)
+    add_subscribers(store, emails)
+    restarted = stop_relay_at(smtp_server, 50, down_for=3)
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--rate", "100", "--concurrency", "2",
+                                   env={**FAST_RETRY, "MAILER_RELAY_GRACE": "60"})
+
+    assert restarted
+    assert status == 0, out + err
+    assert "trying again for up to 60s" in err
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) == set(emails)
+    assert sum(len(ids) - 1 for ids in copies.values()) <= 2  # in doubt when the relay went: sent again
+    assert by_status(deliveries(tmp_path)) == {"sent": 200}
+
+
+def test_a_relay_that_stays_away_past_the_grace_stops_the_run_with_counts_and_the_resume_command(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(200)
+    add_subscribers(store, emails)
+    stop_relay_at(smtp_server, 50, down_for=None)
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--rate", "100", "--concurrency", "2",
+                                   env={"MAILER_RELAY_GRACE": "1"})
+
+    assert status == 4, out + err
+    counts = by_status(deliveries(tmp_path))
+    waiting = counts["queued"] + counts["deferred"]
+    assert counts["sent"] + waiting == 200 and counts["sent"] >= 50
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot connect to SMTP server 127.0.0.1:{smtp_server.port}")
+    assert last.endswith(f"campaign 1 stopped with {counts['sent']} sent and {waiting} waiting; run the same "
+                         f"command to resume: mailer send {SAMPLE_ISSUE} --list bulletin")
+    assert f"{waiting} queued" in out or f"{counts['queued']} queued" in out  # the summary line too
+    smtp_server.state.on_message = None
+    smtp_server.start()
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, env=FAST_RETRY)
+    assert status == 0, out + err
+    assert set(copies_by_recipient(smtp_server.received)) == set(emails)
+
+
+# ---- the database's disk, the relay's words ----------------------------------------------------------------
+
+
+def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(200)
+    add_subscribers(store, emails)
+    open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), SendOptions(), config.secret)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    # A file size limit is a full disk to SQLite (and needs no root): the WAL can grow by some 40 pages from here.
+    limit = (tmp_path / "mailer.db").stat().st_size + 160_000
+    command = [sys.executable, "-m", "mailer", *SEND, "--smtp-port", str(smtp_server.port), "--concurrency", "2"]
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), text=True, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60, preexec_fn=small_disk)
+
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "Traceback" not in full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write to database") and "free some disk space" in last
+    rows = deliveries(tmp_path)
+    assert 0 < by_status(rows)["sent"] < 200
+    received = {c.rcpt_tos[0] for c in smtp_server.received}
+    assert {e for e, r in rows.items() if r["status"] == "sent"} <= received  # nothing recorded sent wrongly
+    code, out, err = finish(spawn(tmp_path, *SEND, "--smtp-port", str(smtp_server.port), "--concurrency", "2"))
+    assert code == 0, out + err
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) == set(emails)
+    assert sum(len(ids) - 1 for ids in copies.values()) <= 2
 
 
 # ---- one sender per campaign, rate, relays --------------------------------------------------------------------
