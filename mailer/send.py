@@ -57,6 +57,10 @@ class _NoProgress:
         return None
 
 
+class LeaseLost(MailerError):
+    """This sender no longer holds its campaign (or a worker's parent is gone): it must not send another message."""
+
+
 @dataclass
 class SendOptions:
     dry_run: bool = False
@@ -68,11 +72,13 @@ class SendOptions:
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
     workers: int = 1  # processes; each takes the deliveries whose id % workers == k, with its share of sessions
     relay_grace: float = 60.0  # seconds a relay that worked may stay unreachable before the campaign stops
+    lease_seconds: float = LEASE_SECONDS
 
     @classmethod
     def for_config(cls, config: Config, **values: Any) -> SendOptions:
-        """Options with the configured retry policy and relay grace."""
-        return cls(retry=RetryPolicy.from_config(config), relay_grace=config.relay_grace, **values)
+        """Options with the configured retry policy, relay grace and lease."""
+        return cls(retry=RetryPolicy.from_config(config), relay_grace=config.relay_grace,
+                   lease_seconds=config.lease_seconds, **values)
 
 
 @dataclass
@@ -330,13 +336,26 @@ def open_campaign(
     return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
 
 
+@dataclass(frozen=True)
+class Lease:
+    """What lets an engine send: its campaign's lease held by `owner` and, in a worker process, its parent (the
+    holder) alive. Checked in the transaction that marks each message `sending`, so a sender that lost either
+    stops before its next message."""
+
+    owner: str
+    parent_pid: int | None = None  # a worker's parent; a worker whose parent is gone must not send
+
+    def orphaned(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+
 class Engine:
     """Runs one campaign's queued deliveries over `concurrency` reused SMTP sessions spread over the relays."""
 
     def __init__(
         self, store: Store, template: MessageTemplate, campaign: Campaign, relays: Sequence[SMTPSettings],
         options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
-        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1), *,
+        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1), *, lease: Lease,
         limiter: RateLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.part = part
@@ -350,6 +369,7 @@ class Engine:
         self.clock = clock
         self.monotonic = monotonic
         self.limiter = limiter or RateLimiter(options.rate)
+        self.lease = lease
         self.fatal: MailerError | None = None
         self.unreachable_since: float | None = None
 
@@ -399,15 +419,23 @@ class Engine:
         """One transaction: the outcomes this session has learnt since its last commit and, when it is about to
         send, the next recipient marked `sending`. That saves a commit per message (~35 µs) without widening the
         crash bound: `sending` is still committed before the message leaves, and a session never has more than one
-        row in `sending` (the previous message's outcome is in the same commit). Returns whether the message may
-        leave."""
+        row in `sending` (the previous message's outcome is in the same commit).
+
+        The mark is made only while this sender holds the campaign's lease (and, in a worker, its parent lives),
+        checked in that same transaction: a sender that lost it, stopped past its lease or orphaned, never sends
+        again. Returns whether the message may leave."""
         may_send = sending is not None
         try:
             with self.store.transaction():
                 for outcome, next_attempt in unrecorded:
                     self.store.record(outcome, next_attempt)
                 if sending is not None:
-                    self.store.mark_sending(*sending)
+                    problem = self._lease_problem()
+                    if problem:
+                        self.fatal = self.fatal or problem
+                        may_send = False
+                    elif self.store.mark_sending(*sending) is None:
+                        may_send = False  # recorded since it was read (by another sender): not ours to send
         except StoreWriteError as exc:
             # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
             # again on resume) and the next message is not marked, so it does not leave.
@@ -415,6 +443,13 @@ class Engine:
             may_send = False
         unrecorded.clear()
         return may_send
+
+    def _lease_problem(self) -> MailerError | None:
+        if self.lease.orphaned():
+            return LeaseLost(f"the parent process {self.lease.parent_pid} of this worker is gone")
+        if self.store.lease_holder(self.campaign.id) == self.lease.owner:
+            return None
+        return lost_lease(self.store, self.campaign.id)
 
     async def _deliver(
         self, session: Session, recipient: Recipient, unrecorded: list[tuple[Outcome, str | None]]
@@ -546,12 +581,13 @@ async def deliver_campaign(
     started: float | None = None, warnings: list[str] | None = None, *, resume: str = "",
 ) -> SendSummary:
     """Hold the campaign's lease, put back what a crash left in `sending`, deliver, and sum up. A stop the run
-    could not help (the relay gone past its grace, a full disk) is in the summary, with the counts and the command
-    that resumes."""
+    could not help (the relay gone past its grace, a full disk, the lease lost) is in the summary, with the counts
+    and the command that resumes."""
     started = time.monotonic() if started is None else started
-    owner = store.acquire_lease(campaign.id, LEASE_SECONDS)
+    owner = store.acquire_lease(campaign.id, options.lease_seconds)
     stop = stop or asyncio.Event()
-    renew = asyncio.create_task(_keep_lease(store, campaign.id, owner))
+    lost: list[MailerError] = []
+    renew = asyncio.create_task(_keep_lease(store, campaign.id, owner, options.lease_seconds, stop, lost))
     notes = list(warnings or [])
     stopped: MailerError | None = None
     try:
@@ -563,9 +599,9 @@ async def deliver_campaign(
         sink.start(total, total - counts.get(DeliveryStatus.QUEUED, 0))
         try:
             if options.workers > 1:
-                await _run_workers(store, campaign, template, settings, options, sink, stop)
+                await _run_workers(store, campaign, template, settings, options, sink, stop, owner)
             else:
-                await Engine(store, template, campaign, settings, options, sink, stop).run()
+                await Engine(store, template, campaign, settings, options, sink, stop, lease=Lease(owner)).run()
         except MailerError as exc:
             stopped = exc
     finally:
@@ -574,6 +610,7 @@ async def deliver_campaign(
             await renew
         with contextlib.suppress(StoreWriteError):  # a full disk: the summary says so, the lease expires
             store.release_lease(campaign.id, owner)
+    stopped = stopped or (lost[0] if lost else None)
     counts = store.counts(campaign.id)
     unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
     if not unfinished and not stopped:
@@ -599,6 +636,8 @@ def _stop_line(reason: MailerError, campaign_id: int, counts: dict[str, int], re
     waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
     line = f"{reason}; campaign {campaign_id} stopped with {counts.get(DeliveryStatus.SENT, 0)} sent and {waiting} " \
            "waiting"
+    if isinstance(reason, LeaseLost):
+        return line  # whoever holds the campaign now carries on
     then = "free some disk space, then run" if isinstance(reason, StoreWriteError) else "run"
     return f"{line}; {then} the same command to resume" + (f": {resume}" if resume else "")
 
@@ -617,13 +656,13 @@ def template_for_campaign(
 
 async def _run_workers(
     store: Store, campaign: Campaign, template: MessageTemplate, relays: Sequence[SMTPSettings],
-    options: SendOptions, sink: ProgressSink, stop: asyncio.Event,
+    options: SendOptions, sink: ProgressSink, stop: asyncio.Event, owner: str,
 ) -> None:
     """Deliver with `options.workers` processes (one per core), each on its partition of the deliveries.
 
-    Every process commits `sending` before each message, so the crash bound stays the total session count.
-    Progress is read back from SQLite; a stop is passed on to the workers as SIGTERM; why a worker stopped comes
-    back through a pipe."""
+    Every process commits `sending` before each message, under this process's lease and only while this process
+    lives, so the crash bound stays the total session count. Progress is read back from SQLite; a stop is passed
+    on to the workers as SIGTERM; why a worker stopped comes back through a pipe."""
     n = options.workers
     shares = [max(1, options.concurrency // n + (1 if k < options.concurrency % n else 0)) for k in range(n)]
     context = multiprocessing.get_context("spawn")
@@ -631,7 +670,7 @@ async def _run_workers(
     procs = [
         context.Process(
             target=_worker_process,
-            args=(pipes[k][1], store.path, campaign.id, (k, n), list(relays),
+            args=(os.getpid(), owner, pipes[k][1], store.path, campaign.id, (k, n), list(relays),
                   replace(options, concurrency=shares[k], workers=1, rate=options.rate / n if options.rate else None),
                   template.sender.base_url, template.secret, template.signer),
             daemon=False,
@@ -678,10 +717,12 @@ def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink:
     return counts
 
 
-def _worker_process(reports: Any, db_path: Path, campaign_id: int, part: Partition, relays: list[SMTPSettings],
-                    options: SendOptions, base_url: str, secret: bytes, signer: MessageSigner | None = None) -> None:
-    """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions."""
-    _die_with_parent()
+def _worker_process(parent_pid: int, owner: str, reports: Any, db_path: Path, campaign_id: int, part: Partition,
+                    relays: list[SMTPSettings], options: SendOptions, base_url: str, secret: bytes,
+                    signer: MessageSigner | None = None) -> None:
+    """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions, sending
+    under its parent's lease (`owner`) only while `parent_pid` is its parent."""
+    _die_with_parent(parent_pid)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -692,7 +733,8 @@ def _worker_process(reports: Any, db_path: Path, campaign_id: int, part: Partiti
         try:
             campaign = store.get_campaign(campaign_id)
             template = template_for_campaign(store, campaign, base_url, secret, signer)
-            await Engine(store, template, campaign, relays, options, None, stop, part=part).run()
+            await Engine(store, template, campaign, relays, options, None, stop, part=part,
+                         lease=Lease(owner, parent_pid)).run()
         finally:
             store.close()
         if stop.is_set():
@@ -705,15 +747,17 @@ def _worker_process(reports: Any, db_path: Path, campaign_id: int, part: Partiti
         raise SystemExit(exc.exit_code) from None
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """A worker must not outlive its parent: after a kill -9 of `mailer send`, a resumed run takes the lease
-    over, and an orphan still sending would break the duplicate bound. Linux delivers SIGKILL to us then."""
-    parent = os.getppid()
+    over, and an orphan still sending would mail the list twice. PR_SET_PDEATHSIG has Linux SIGKILL us when
+    the parent dies from now on; one that died before, during this process's second or so of start-up, is seen
+    by comparing with the pid the parent passed (os.getppid() read here would already be init's or a
+    subreaper's). The engine checks the parent again before each message (Lease.orphaned)."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
         os._exit(int(ExitCode.INTERRUPTED))
 
 
@@ -727,11 +771,28 @@ def run_event_loop(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
-async def _keep_lease(store: Store, campaign_id: int, owner: str) -> None:
+async def _keep_lease(store: Store, campaign_id: int, owner: str, seconds: float, stop: asyncio.Event,
+                      lost: list[MailerError]) -> None:
+    """Renew the lease every third of its length. A renewal that changes no row means the campaign is no longer
+    ours: stop (the engine itself checks the lease before each message, this also ends a run that is waiting)."""
     while True:
-        await asyncio.sleep(LEASE_SECONDS / 3)
-        with contextlib.suppress(StoreWriteError):  # the disk is full: the next `sending` commit fails as well
-            store.renew_lease(campaign_id, owner, LEASE_SECONDS)
+        await asyncio.sleep(seconds / 3)
+        try:
+            held = store.renew_lease(campaign_id, owner, seconds)
+        except StoreWriteError:
+            continue  # the disk is full: the next `sending` commit fails as well and stops the campaign
+        if not held:
+            lost.append(lost_lease(store, campaign_id))
+            stop.set()
+            return
+
+
+def lost_lease(store: Store, campaign_id: int) -> LeaseLost:
+    """Why this sender may not go on: who holds its campaign now."""
+    host, pid, _ = [*(store.lease_holder(campaign_id) or "").split(":"), "", ""][:3]
+    now = f"process {pid} on {host} holds it now" if pid else "it was released"
+    return LeaseLost(f"this run no longer holds campaign {campaign_id} ({now}; was this process stopped past its "
+                     "lease?): it stopped before its next message")
 
 
 async def retry_campaign(

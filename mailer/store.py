@@ -671,29 +671,40 @@ class Store:
     # ---- leases: one sender per campaign -----------------------------------------------------------------------
 
     def acquire_lease(self, campaign_id: int, seconds: float = 60.0) -> str:
-        owner = f"{socket.gethostname()}:{os.getpid()}"
+        """Take the campaign for this process for `seconds` (renewed while it sends), or raise CampaignBusy.
+
+        The owner is `host:pid:start time`, so a holder on this host is known to be alive or not, whatever its
+        lease says: a live one keeps the campaign even past `lease_until` (a process stopped by kill -STOP, Ctrl-Z
+        or a paused VM must not find a second sender at work when it continues), a dead one (or its pid reused)
+        loses it at once. A holder on another host is known only by its renewals and loses the campaign once its
+        lease has expired; it then stops before its next message, as every `sending` mark checks the lease in
+        the same transaction (`lease_holder`)."""
+        owner = lease_owner()
         now = utcnow()
         with self.transaction():
             row = self.conn.execute(
                 "SELECT lease_owner, lease_until FROM campaigns WHERE id = ?", (campaign_id,)
             ).fetchone()
-            if row and row[0] and row[0] != owner and row[1] and row[1] > stamp(now) and _alive(row[0]):
-                raise CampaignBusy(
-                    f"campaign {campaign_id} is being sent by process {row[0]} (lease until {row[1]}); "
-                    "wait for it to finish or stop it first"
-                )
+            if row:
+                _check_holder(campaign_id, row[0], row[1], owner)
             self.conn.execute(
                 "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
                 (owner, stamp(now + timedelta(seconds=seconds)), campaign_id),
             )
         return owner
 
-    def renew_lease(self, campaign_id: int, owner: str, seconds: float = 60.0) -> None:
+    def lease_holder(self, campaign_id: int) -> str | None:
+        """Who holds the campaign; read inside the transaction that marks `sending`, so the answer holds for it."""
+        row = self.conn.execute("SELECT lease_owner FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        return row[0] if row else None
+
+    def renew_lease(self, campaign_id: int, owner: str, seconds: float = 60.0) -> bool:
+        """Extend the lease; False when it changed no row: the campaign is no longer ours."""
         with self.transaction():
-            self.conn.execute(
+            return self.conn.execute(
                 "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?",
                 (stamp(utcnow() + timedelta(seconds=seconds)), campaign_id, owner),
-            )
+            ).rowcount > 0
 
     def release_lease(self, campaign_id: int, owner: str) -> None:
         with self.transaction():
@@ -762,20 +773,23 @@ class Store:
         ).fetchone()
         return bool(row) and row[0] == SubscriberStatus.ACTIVE and not row[1]
 
-    def mark_sending(self, delivery_id: int, message_id: str) -> int:
-        """queued -> sending, committed before the message leaves; returns the attempt number."""
+    def mark_sending(self, delivery_id: int, message_id: str) -> int | None:
+        """queued -> sending, committed before the message leaves; returns the attempt number, or None when the
+        delivery is no longer queued (recorded since it was read): then it must not be sent."""
         now = stamp()
         with self.transaction():
-            attempt = self.conn.execute(
+            row = self.conn.execute(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated = ?, "
-                "first_attempt = COALESCE(first_attempt, ?) WHERE id = ? RETURNING attempts",
+                "first_attempt = COALESCE(first_attempt, ?) WHERE id = ? AND status = 'queued' RETURNING attempts",
                 (message_id, now, now, delivery_id),
-            ).fetchone()[0]
+            ).fetchone()
+            if row is None:
+                return None
             self.conn.execute(
                 "INSERT INTO delivery_events (delivery_id, status, attempt, at) VALUES (?, 'sending', ?, ?)",
-                (delivery_id, attempt, now),
+                (delivery_id, row[0], now),
             )
-        return int(attempt)
+        return int(row[0])
 
     def record(self, outcome: Outcome, next_attempt: str | None = None) -> None:
         now = stamp()
@@ -847,18 +861,61 @@ def _suppressed_status(reason: str) -> SubscriberStatus:
     return SubscriberStatus.UNSUBSCRIBED if reason == "complained" else SubscriberStatus.BOUNCED
 
 
-def _alive(owner: str) -> bool:
-    """Whether a lease owner `host:pid` may still be running (a dead process on this host holds nothing)."""
-    host, _, pid = owner.rpartition(":")
+def lease_owner(pid: int | None = None) -> str:
+    """`host:pid:start time` of a process (this one by default): the start time tells a reused pid apart."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_state(pid)[1]}"
+
+
+def _process_state(pid: int) -> tuple[str, str]:
+    """(state letter, start time in clock ticks since boot) of a process on this host from /proc/PID/stat;
+    ("", "") where there is no /proc (the start time is then not compared), ("X", "") for no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        if not Path("/proc/self/stat").exists():
+            return "", ""
+        return "X", ""
+    except OSError:
+        return "", ""
+    fields = raw.rpartition(")")[2].split()  # the command name in (...) may hold spaces and parentheses
+    return (fields[0], fields[19]) if len(fields) > 19 else ("", "")
+
+
+def holder_state(owner: str) -> str:
+    """What a lease owner is now: 'remote' (another host: unknown), 'dead', 'stopped' or 'running'."""
+    host, pid, start = [*owner.split(":"), ""][:3]
     if host != socket.gethostname() or not pid.isdigit():
-        return True
+        return "remote"
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return False
+        return "dead"
     except PermissionError:
-        return True
-    return True
+        return "running"  # another user's process, alive; its /proc entry may be hidden from us (hidepid)
+    state, started = _process_state(int(pid))
+    if state in ("X", "Z", "x") or (start and started and started != start):
+        return "dead"  # gone, a zombie, or the pid now belongs to another process
+    return "stopped" if state in ("T", "t") else "running"
+
+
+def _check_holder(campaign_id: int, holder: str | None, until: str | None, owner: str) -> None:
+    """Raise CampaignBusy unless the campaign is free for `owner`: no holder, this very process, a holder on
+    this host that is gone, or one on another host whose lease has expired."""
+    if not holder or holder == owner:
+        return
+    state = holder_state(holder)
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if state == "running":
+        raise CampaignBusy(f"campaign {campaign_id} is being sent by process {pid} on this host; wait for it to "
+                           f"finish or stop it first (Ctrl-C, or kill {pid})")
+    if state == "stopped":
+        raise CampaignBusy(f"campaign {campaign_id} is held by process {pid}, which is stopped (kill -STOP or "
+                           f"Ctrl-Z): let it go on with kill -CONT {pid}, or end it with kill {pid} and run this again")
+    if state == "remote" and until and until > stamp():
+        raise CampaignBusy(f"campaign {campaign_id} is being sent by process {pid} on {host} (lease until {until}); "
+                           "wait for it to finish or stop it first")
 
 
 class StoreWriteError(MailerError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import resource
 import signal
 import sqlite3
@@ -27,8 +28,8 @@ import trustme
 
 from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
-from mailer.send import Engine, RateLimiter, SendOptions, open_campaign, prepare_issue, smtp_settings
-from mailer.store import Store
+from mailer.send import Engine, Lease, RateLimiter, SendOptions, open_campaign, prepare_issue, smtp_settings
+from mailer.store import Store, holder_state, lease_owner
 from tests.conftest import SAMPLE_ISSUE
 from tests.test_send import add_subscribers, assert_one_error_line
 
@@ -563,7 +564,8 @@ async def test_the_engine_takes_one_rate_slot_per_message_across_its_sessions(
     time_ = VirtualTime()
     limiter = RateLimiter(40, clock=time_.clock, sleep=time_.sleep)
 
-    await Engine(store, template, campaign, settings, options, limiter=limiter).run()
+    await Engine(store, template, campaign, settings, options, lease=Lease(store.acquire_lease(campaign.id)),
+                 limiter=limiter).run()
 
     assert len(smtp_server.received) == 81
     assert time_.wakes == pytest.approx([k / 40 for k in range(1, 81)])
@@ -656,6 +658,190 @@ def test_workers_send_each_recipient_once_and_die_with_a_killed_parent(
     assert duplicates <= 4
     assert all(len(set(ids)) == 1 for ids in copies.values())
     assert by_status(deliveries(tmp_path)) == {"sent": 300}
+
+
+def children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` now (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_parent_of_workers(proc: subprocess.Popen[str], workers: int, after: float) -> list[int]:
+    """kill -9 `mailer send --workers N` `after` seconds after its workers appear; returns the workers' pids."""
+    deadline = time.monotonic() + 30
+    while len(pids := children(proc.pid)) < workers:
+        assert proc.poll() is None, "the send ended before its workers started"
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.002)
+    time.sleep(after)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()  # not communicate(): orphans would hold its pipes open, and the test would wait for them
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return pids
+
+
+def wait_until_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 15
+    while any(running(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its killed parent"
+        time.sleep(0.05)
+
+
+def test_workers_whose_parent_is_killed_while_they_start_never_send(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(300)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "300", "--concurrency", "4", "--workers", "2")
+
+    wait_until_gone(kill_parent_of_workers(spawn(tmp_path, *command), 2, after=0))  # they were importing mailer
+    time.sleep(1.0)  # an orphan would be sending by now (before the fix: the whole list, and again on resume)
+
+    assert len(smtp_server.received) == 0
+    code, out, err = finish(spawn(tmp_path, *command))
+    assert code == 0, out + err
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) == set(emails)
+    assert sum(len(ids) - 1 for ids in copies.values()) == 0
+    assert by_status(deliveries(tmp_path)) == {"sent": 300}
+
+
+def test_workers_killed_with_their_parent_at_random_moments_repeat_at_most_the_session_count_each_time(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(400)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--concurrency", "4", "--workers", "2")
+    rng = random.Random(11)
+    moments = [0.0] + [round(rng.uniform(0.2, 2.5), 2) for _ in range(3)]
+    workers: list[int] = []
+    for after in moments:  # resumed at once, as README advises, and killed in turn: orphans would overlap it
+        workers += kill_parent_of_workers(spawn(tmp_path, *command), 2, after)
+
+    code, out, err = finish(spawn(tmp_path, *command))
+
+    assert code == 0, out + err
+    wait_until_gone(workers)
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) == set(emails)  # nobody lost
+    duplicates = sum(len(ids) - 1 for ids in copies.values())
+    print(f"\n{len(moments)} kills at {moments} s after the workers started: {duplicates} duplicate(s)")
+    assert duplicates <= 4 * len(moments)  # the total session count, per kill
+    assert all(len(set(ids)) == 1 for ids in copies.values())
+    assert by_status(deliveries(tmp_path)) == {"sent": 400}
+
+
+# ---- a stalled sender and its lease ----------------------------------------------------------------------------
+
+LEASE_1S = {"MAILER_LEASE_SECONDS": "1"}
+
+
+def stop_sender_at(server: CaptureServer, count: int) -> tuple[list[subprocess.Popen[str]], list[int]]:
+    """An on_message hook that SIGSTOPs the sender in `procs[0]` once `count` messages have arrived; the
+    second list gets the number received at that moment."""
+    procs: list[subprocess.Popen[str]] = []
+    at: list[int] = []
+
+    def hook(_: Captured) -> None:
+        if len(server.received) >= count and not at:
+            at.append(len(server.received))
+            os.kill(procs[0].pid, signal.SIGSTOP)
+
+    server.state.on_message = hook
+    return procs, at
+
+
+def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_sender_stopped_past_its_lease_keeps_its_campaign_and_a_second_send_is_refused(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(200)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "50", "--concurrency", "1")
+    procs, stopped_at = stop_sender_at(smtp_server, 40)
+    procs.append(first := spawn(tmp_path, *command, env=LEASE_1S))
+    wait_for(lambda: stopped_at, "the first sender to be stopped")
+    smtp_server.state.on_message = None
+    time.sleep(2.5)  # kill -STOP past its 1 s lease: nothing renews it (Ctrl-Z, a closed lid, a paused VM)
+
+    code, out, err = finish(spawn(tmp_path, *command, env=LEASE_1S))
+
+    assert code == 1, out + err
+    assert_one_error_line(err)
+    assert str(first.pid) in err and "stopped" in err and f"kill -CONT {first.pid}" in err
+    assert len(smtp_server.received) == stopped_at[0]  # the second sender sent nothing
+    os.kill(first.pid, signal.SIGCONT)
+    code, out, err = finish(first)
+    assert code == 0, out + err
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)  # everyone once
+    assert by_status(deliveries(tmp_path)) == {"sent": 200}
+
+
+def test_a_sender_whose_lease_was_taken_while_it_was_stopped_stops_before_its_next_message(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(200))
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "50", "--concurrency", "1")
+    procs, stopped_at = stop_sender_at(smtp_server, 40)
+    procs.append(first := spawn(tmp_path, *command, env=LEASE_1S))
+    wait_for(lambda: stopped_at, "the sender to be stopped")
+    smtp_server.state.on_message = None
+    time.sleep(1.5)
+    # What a sender on another host does once the lease has expired (it cannot see whether this one lives).
+    with closing(sqlite3.connect(tmp_path / "mailer.db", timeout=10)) as conn, conn:
+        conn.execute("UPDATE campaigns SET lease_owner = 'relay-b.example:4242:77', lease_until = ?",
+                     ("2999-01-01T00:00:00.000Z",))
+
+    os.kill(first.pid, signal.SIGCONT)
+    code, out, err = finish(first)
+
+    assert code == 1, out + err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no longer holds campaign" in last and "relay-b.example" in last
+    assert len(smtp_server.received) - stopped_at[0] <= 1  # only the message already in flight
+    rows = deliveries(tmp_path)
+    assert by_status(rows)["sending"] == 0  # what it had in flight was recorded
+    assert {e for e, r in rows.items() if r["status"] == "sent"} == {c.rcpt_tos[0] for c in smtp_server.received}
+
+
+def test_a_lease_holder_on_this_host_is_told_apart_by_pid_and_start_time() -> None:
+    me = lease_owner()
+    host, pid, start = me.split(":")
+    assert (pid, holder_state(me)) == (str(os.getpid()), "running")
+    assert holder_state(f"{host}:{pid}:{int(start) + 1}") == "dead"  # the pid, reused by another process
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        wait_for(lambda: holder_state(lease_owner(sleeper.pid)) == "stopped", "the process to stop", 10)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert holder_state(lease_owner(sleeper.pid)) == "dead"
+    assert holder_state("relay-b.example:4242:77") == "remote"
 
 
 # ---- TLS policy ------------------------------------------------------------------------------------------------
