@@ -450,8 +450,11 @@ def retry(
     concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
     rate: Annotated[float | None, typer.Option(min=0.01)] = None,
     max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for further retries in this run.")] = 300.0,
+    failed: Annotated[bool, typer.Option("--failed", help="Also queue the failed recipients again (not those "
+                                         "who unsubscribed or were suppressed since).")] = False,
 ) -> None:
-    """Send again to the deferred (and what a stop left queued) recipients of a campaign.
+    """Send again to the deferred (and what a stop left queued) recipients of a campaign; with --failed, to its
+    failed ones too, on purpose (after fixing what refused them).
 
     Example: mailer retry 1
     """
@@ -463,7 +466,7 @@ def retry(
     options = SendOptions.for_config(config, concurrency=concurrency, rate=rate, max_wait=max_wait)
     try:
         summary = _run(retry_campaign(_store(ctx), config, campaign, options, smtp_settings(config), progress, stop,
-                                      due_only=due_only), stop)
+                                      due_only=due_only, failed=failed), stop)
     finally:
         progress.stop()
     _finish_send(summary)

@@ -51,6 +51,7 @@ class Config:
     list_themes: tuple[tuple[str, Theme], ...] = ()  # [lists.NAME.theme], each over [theme]
     warnings: tuple[str, ...] = field(default=(), compare=False)  # e.g. an unknown key in mailer.toml
     relay_grace: float = 60.0  # how long a relay that worked may be unreachable in a run (a restart) before it stops
+    pause_after: int = 10  # identical permanent refusals in a row that pause a campaign as suspicious (0: never)
     lease_seconds: float = 60.0  # a sender's hold on its campaign, renewed while it runs
 
     @property
@@ -80,6 +81,7 @@ _ENV = {
     "MAILER_BASE_URL": ("base_url", str),
     "MAILER_SOFT_BOUNCE_LIMIT": ("soft_bounce_limit", int),
     "MAILER_RELAY_GRACE": ("relay_grace", float),
+    "MAILER_PAUSE_AFTER": ("pause_after", int),
     "MAILER_LEASE_SECONDS": ("lease_seconds", float),
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
@@ -104,6 +106,7 @@ _TOML = {
     "retry_max": ("retry_max", float),
     "retry_expiry": ("retry_expiry", float),
     "relay_grace": ("relay_grace", float),
+    "pause_after": ("pause_after", int),
 }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing
 import os
 import random
+import re
 import secrets
 import signal
 import time
@@ -26,7 +27,7 @@ from mailer.exit_codes import ExitCode
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber
 from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
-from mailer.smtp import RelayUnreachable, Reply, Session, SMTPSettings, probe
+from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage, probe
 from mailer.store import Outcome, Partition, Store, StoreWriteError, stamp, utcnow
 
 T = TypeVar("T")
@@ -61,6 +62,10 @@ class LeaseLost(MailerError):
     """This sender no longer holds its campaign (or a worker's parent is gone): it must not send another message."""
 
 
+class CampaignPaused(SMTPUnavailable):
+    """Recipient after recipient refused with the same reply: the relay refusing the campaign, not them."""
+
+
 @dataclass
 class SendOptions:
     dry_run: bool = False
@@ -72,13 +77,14 @@ class SendOptions:
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
     workers: int = 1  # processes; each takes the deliveries whose id % workers == k, with its share of sessions
     relay_grace: float = 60.0  # seconds a relay that worked may stay unreachable before the campaign stops
+    pause_after: int = 10  # identical permanent refusals in a row that pause the campaign (0: never)
     lease_seconds: float = LEASE_SECONDS
 
     @classmethod
     def for_config(cls, config: Config, **values: Any) -> SendOptions:
-        """Options with the configured retry policy, relay grace and lease."""
+        """Options with the configured retry policy, relay grace, pause threshold and lease."""
         return cls(retry=RetryPolicy.from_config(config), relay_grace=config.relay_grace,
-                   lease_seconds=config.lease_seconds, **values)
+                   pause_after=config.pause_after, lease_seconds=config.lease_seconds, **values)
 
 
 @dataclass
@@ -371,6 +377,7 @@ class Engine:
         self.limiter = limiter or RateLimiter(options.rate)
         self.lease = lease
         self.fatal: MailerError | None = None
+        self.refusals: tuple[tuple[int, str] | None, list[int]] = (None, [])  # the current run of equal refusals
         self.unreachable_since: float | None = None
 
     async def run(self) -> None:
@@ -400,6 +407,10 @@ class Engine:
                     sessions.create_task(self._worker(recipients, self.relays[i % len(self.relays)]))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from failed  # as the session raised it (cli.py maps MailerError to one line)
+        if isinstance(self.fatal, CampaignPaused):
+            _, delivery_ids = self.refusals
+            self.store.requeue_refused(delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} "
+                                                     "equal refusals in a row")
         if self.fatal:
             raise self.fatal
 
@@ -487,6 +498,14 @@ class Engine:
                 # then wait for the relay in _connect.
                 unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
                 continue
+            except SessionRefused as exc:
+                if exc.in_doubt:  # the relay may have the message: deferred, retried with the same Message-ID
+                    unrecorded.append(self._outcome(recipient, message, Reply(
+                        DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True)))
+                else:
+                    unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                self.fatal = self.fatal or exc
+                return
             except MailerError as exc:
                 # The settings cannot work (a refused login, a certificate): put this one back in the queue and
                 # stop the campaign, marking nobody failed.
@@ -541,8 +560,50 @@ class Engine:
                 text = f"expired after {attempts} attempts; last reply: {reply.text}"
             else:
                 next_attempt = stamp(now + timedelta(seconds=retry.delay(attempts)))
+        self._watch_refusals(recipient.delivery_id, reply)
         self.progress.advance(status, recipient.email)
-        return Outcome(recipient.delivery_id, status, reply.code, text, message.message_id), next_attempt
+        suppress = status == DeliveryStatus.FAILED and mailbox_unknown(reply)
+        return Outcome(recipient.delivery_id, status, reply.code, text, message.message_id, suppress), next_attempt
+
+    def _watch_refusals(self, delivery_id: int, reply: Reply) -> None:
+        """Count permanent refusals with the same reply in a row; `pause_after` of them pause the campaign: a relay
+        that refuses the sender's domain, or blocks the campaign as spam, says so to every recipient alike, and
+        marking them all failed would burn the list. Once paused, further equal refusals join the run (the
+        sessions in flight finish), and the whole run goes back to the queue."""
+        key, delivery_ids = self.refusals
+        if reply.status == DeliveryStatus.FAILED and reply.code is not None:
+            this = (reply.code, _refusal_text(reply.text))
+            if this == key:
+                delivery_ids.append(delivery_id)
+            elif not isinstance(self.fatal, CampaignPaused):
+                self.refusals = (this, [delivery_id])
+        elif not isinstance(self.fatal, CampaignPaused):
+            self.refusals = (None, [])
+        key, delivery_ids = self.refusals
+        limit = self.options.pause_after
+        if limit and len(delivery_ids) >= limit and key and not isinstance(self.fatal, CampaignPaused):
+            self.fatal = CampaignPaused(
+                f"{len(delivery_ids)} recipients in a row were refused with the same reply (the last: {reply.code} "
+                f"{reply.text}): "
+                f"that is the relay refusing this campaign rather than them (MAILER_PAUSE_AFTER={limit}), so it is "
+                "paused and they are queued again")
+
+
+def mailbox_unknown(reply: Reply) -> bool:
+    """A refusal at RCPT saying the mailbox does not exist (5.1.1 bad mailbox, 5.1.2 bad domain, 5.1.3 bad address
+    syntax, 5.1.6 moved, 5.1.10 null MX, 5.2.1 disabled): the address is suppressed, as the same status in a DSN
+    does. Policy refusals (5.7.x: spam, relaying denied, DMARC) say nothing about the mailbox and never do."""
+    return (reply.stage == Stage.RCPT and reply.code is not None and 500 <= reply.code < 600
+            and bool(_MAILBOX_UNKNOWN.match(reply.text)))
+
+
+_MAILBOX_UNKNOWN = re.compile(r"\s*5\.(?:1\.(?:1|2|3|6|10)|2\.1)(?!\.?\d)")
+_ADDRESS_IN_REPLY = re.compile(r"<[^<>]*>|\S+@\S+")
+
+
+def _refusal_text(text: str) -> str:
+    """A reply's text without the recipient's address, which relays put in it ("<x@y>: Relay access denied")."""
+    return " ".join(_ADDRESS_IN_REPLY.sub("", text).split()).lower()
 
 
 def _parse_stamp(value: str) -> datetime:
@@ -579,10 +640,11 @@ async def deliver_campaign(
     store: Store, campaign: Campaign, template: MessageTemplate, settings: Sequence[SMTPSettings],
     options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
     started: float | None = None, warnings: list[str] | None = None, *, resume: str = "",
+    requeue: Callable[[Store], list[str]] | None = None,
 ) -> SendSummary:
-    """Hold the campaign's lease, put back what a crash left in `sending`, deliver, and sum up. A stop the run
-    could not help (the relay gone past its grace, a full disk, the lease lost) is in the summary, with the counts
-    and the command that resumes."""
+    """Hold the campaign's lease, put back what a crash left in `sending` (and what `requeue` puts back, under the
+    lease), deliver, and sum up. A stop the run could not help (the relay gone past its grace, the sender refused,
+    a full disk, the lease lost) is in the summary, with the counts and the command that resumes."""
     started = time.monotonic() if started is None else started
     owner = store.acquire_lease(campaign.id, options.lease_seconds)
     stop = stop or asyncio.Event()
@@ -591,6 +653,8 @@ async def deliver_campaign(
     notes = list(warnings or [])
     stopped: MailerError | None = None
     try:
+        if requeue is not None:
+            notes.extend(requeue(store))
         in_doubt = store.requeue(campaign.id, [DeliveryStatus.SENDING])
         counts = store.counts(campaign.id)
         already_done = not counts.get(DeliveryStatus.QUEUED) and not counts.get(DeliveryStatus.DEFERRED)
@@ -798,15 +862,26 @@ def lost_lease(store: Store, campaign_id: int) -> LeaseLost:
 async def retry_campaign(
     store: Store, config: Config, campaign_ref: str, options: SendOptions, settings: Sequence[SMTPSettings],
     progress: ProgressSink | None = None, stop: asyncio.Event | None = None, *, due_only: bool = False,
+    failed: bool = False,
 ) -> SendSummary:
-    """Send again to deferred recipients (all of them, or only those whose backoff has passed)."""
+    """Send again to deferred recipients (all of them, or only those whose backoff has passed), and with `failed`
+    to the failed ones too."""
     started = time.monotonic()
     campaign = store.get_campaign(campaign_ref)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     await probe_relays(settings)
-    store.requeue_due(campaign.id, stamp() if due_only else None)
+
+    def requeue(store: Store) -> list[str]:
+        notes = []
+        if failed:
+            requeued, left = store.requeue_failed(campaign.id)
+            notes.append(f"{requeued} failed recipient(s) queued again" + (
+                f"; {left} left failed: unsubscribed or suppressed since" if left else ""))
+        store.requeue_due(campaign.id, stamp() if due_only else None)
+        return notes
+
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
-                                  resume=f"mailer retry {campaign.id}")
+                                  resume=f"mailer retry {campaign.id}", requeue=requeue)
 
 
 DEFAULT_LIST = MailingList(id=0, name="sample", title="", from_addr="Newsletter <newsletter@example.org>",

@@ -35,6 +35,15 @@ class RelayUnreachable(SMTPUnavailable):
     there): a relay that is restarting looks like this, so the engine waits a while before it gives up."""
 
 
+class SessionRefused(SMTPUnavailable):
+    """The relay refused the session or the sender, or answered something that is not SMTP: no recipient is to
+    blame, so none is marked failed. `in_doubt`: it happened after DATA began (the relay may have the message)."""
+
+    def __init__(self, message: str, *, in_doubt: bool = False) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
+
+
 @dataclass(frozen=True)
 class SMTPSettings:
     host: str = "127.0.0.1"
@@ -95,6 +104,11 @@ def classify(code: int, text: str, stage: Stage) -> Reply:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
+
+
+def _garbled(code: int) -> bool:
+    """aiosmtplib's code for a reply line that does not start with three digits is -1."""
+    return not 200 <= code < 600
 
 
 # A bare LF, or a line that starts with "." (found with a memchr-speed scan for "\n"); and a bare CR.
@@ -228,8 +242,9 @@ class Session:
         self.sent_on_session = 0
 
     async def send(self, message: BuiltMessage) -> Reply:
-        """One transaction: MAIL, RCPT, DATA. The recipient's reply of any kind is returned; a relay that cannot be
-        used (from open()) is raised as SMTPUnavailable."""
+        """One transaction: MAIL, RCPT, DATA. The recipient's reply of any kind is returned; what is about the
+        session rather than the recipient is raised as SMTPUnavailable: the relay cannot be used (from open()),
+        refuses the sender or asks for authentication (SessionRefused), or answers something that is not SMTP."""
         if not self.connected:
             await self.open()
         client = self.client
@@ -254,6 +269,19 @@ class Session:
             self.sent_on_session += 1
             return classify(response.code, response.message, Stage.END_OF_DATA)
         except aiosmtplib.SMTPResponseException as exc:
+            where = f"{self.settings.host}:{self.settings.port}"
+            if _garbled(exc.code):
+                # The rest of what it said cannot be paired with our commands any more: this session is over.
+                await self.close()
+                raise SessionRefused(f"SMTP server {where} answered {stage.upper()} with something that is not an "
+                                     f"SMTP reply: {_one_line(exc.message)}", in_doubt=stage == Stage.DATA) from None
+            if exc.code == 530 or (stage == Stage.MAIL and exc.code >= 500):
+                # Refused for every recipient alike: authentication required (a forgotten MAILER_SMTP_USER), or
+                # our sender address is refused. Marking recipients failed would burn the campaign.
+                await self._reset()
+                what = "asks for authentication" if exc.code == 530 else f"refused the sender {message.mail_from}"
+                raise SessionRefused(f"SMTP server {where} {what} at {stage.upper()}: {exc.code} "
+                                     f"{_one_line(exc.message)}") from None
             reply = classify(exc.code, _one_line(exc.message), stage)
             if reply.connection_lost or exc.code == 421:
                 await self.close()

@@ -178,6 +178,7 @@ class Outcome:
     smtp_code: int | None = None
     smtp_reply: str = ""
     message_id: str = ""
+    suppress: bool = False  # the reply says the mailbox does not exist: never mail the address again
 
 
 class Store:
@@ -668,6 +669,18 @@ class Store:
         with self.transaction():
             self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (stamp(), campaign_id))
 
+    def _move(self, campaign_id: int, old: str, new: str, reply: str, now: str, extra: str = "") -> int:
+        """Every delivery of a campaign in status `old` (and matching `extra` SQL) to `new`, each with an event."""
+        where = f"campaign_id = ? AND status = ?{extra}"
+        self.conn.execute(
+            "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
+            f"SELECT id, ?, attempts, ?, ? FROM deliveries WHERE {where}", (new, reply, now, campaign_id, old),
+        )
+        return int(self.conn.execute(
+            f"UPDATE deliveries SET status = ?, smtp_reply = ?, updated = ?, next_attempt = NULL WHERE {where}",
+            (new, reply, now, campaign_id, old),
+        ).rowcount)
+
     # ---- leases: one sender per campaign -----------------------------------------------------------------------
 
     def acquire_lease(self, campaign_id: int, seconds: float = 60.0) -> str:
@@ -805,6 +818,58 @@ class Store:
                 "SELECT id, ?, attempts, ?, ?, ? FROM deliveries WHERE id = ?",
                 (str(outcome.status), outcome.smtp_code, outcome.smtp_reply, now, outcome.delivery_id),
             )
+            if outcome.suppress:
+                email, detail = self._refusal(outcome.delivery_id)
+                self.suppress_address(email, "bounced", detail)
+
+    def _refusal(self, delivery_id: int) -> tuple[str, str]:
+        """The address of a delivery refused at RCPT and the suppression detail that names the refusal (the same
+        text both when suppressing and when a paused campaign takes the suppression back)."""
+        email, campaign_id, code, reply = self.conn.execute(
+            "SELECT email, campaign_id, smtp_code, smtp_reply FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        return email, f"campaign {campaign_id}: {code} {reply}"
+
+    def requeue_failed(self, campaign_id: int) -> tuple[int, int]:
+        """failed -> queued on purpose (`mailer retry --failed`), for people still active and not suppressed; the
+        expiry clock starts again. Returns (requeued, left failed because the person is gone or suppressed)."""
+        now = stamp()
+        still_wanted = (" AND subscriber_id IN (SELECT s.id FROM subscribers s WHERE s.status = 'active' "
+                        "AND s.email NOT IN (SELECT email FROM suppressions))")
+        with self.transaction():
+            self.conn.execute(
+                f"UPDATE deliveries SET first_attempt = NULL WHERE campaign_id = ? AND status = 'failed'{still_wanted}",
+                (campaign_id,),
+            )
+            requeued = self._move(campaign_id, "failed", "queued", "requeued by mailer retry --failed", now,
+                                  still_wanted)
+            left = self.counts(campaign_id).get("failed", 0)
+        return requeued, left
+
+    def requeue_refused(self, delivery_ids: Iterable[int], reason: str) -> int:
+        """Failed deliveries back to queued when their refusals turned out to be the relay's, not the recipients':
+        a suppression their RCPT reply made is taken back with them."""
+        now = stamp()
+        requeued = 0
+        with self.transaction():
+            for delivery_id in delivery_ids:
+                email, detail = self._refusal(delivery_id)
+                cur = self.conn.execute(
+                    "UPDATE deliveries SET status = 'queued', smtp_reply = ?, updated = ?, next_attempt = NULL "
+                    "WHERE id = ? AND status = 'failed'", (reason, now, delivery_id),
+                )
+                if not cur.rowcount:
+                    continue
+                requeued += 1
+                self.conn.execute(
+                    "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
+                    "SELECT id, 'queued', attempts, ?, ? FROM deliveries WHERE id = ?", (reason, now, delivery_id),
+                )
+                if self.conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'bounced' AND detail = ?",
+                                     (email, detail)).rowcount:
+                    self.conn.execute("UPDATE subscribers SET status = 'active', updated = ? WHERE email = ? "
+                                      "AND status = 'bounced'", (now, email))
+        return requeued
 
     def delivery_log(self, campaign_id: int, status: str | None = None) -> Iterator[dict[str, Any]]:
         sql = ("SELECT id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, "

@@ -397,6 +397,117 @@ def test_deferred_beyond_max_wait_is_left_for_mailer_retry(
     assert (logged["email"], logged["status"], logged["smtp_code"]) == (stuck, "deferred", 451)
 
 
+# ---- refusals of the session, not of a recipient ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "text", "says"), [
+    (530, "5.7.0 Authentication required", "asks for authentication"),
+    (553, "5.7.1 <bounces@example.org>: Sender address rejected: not owned by user", "refused the sender"),
+])
+def test_a_refused_sender_or_session_stops_with_exit_4_and_leaves_everyone_queued(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, code: int, text: str, says: str
+) -> None:
+    emails = readers(20)
+    add_subscribers(store, emails)
+    smtp_server.set_rule("*", Rule(stage="mail", code=code, text=text))
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port)
+
+    assert status == 4, out + err
+    assert_one_error_line(err)
+    assert says in err and str(code) in err and "run the same command to resume" in err
+    assert smtp_server.received == []
+    assert by_status(deliveries(tmp_path)) == {"queued": 20}  # nobody burnt
+    smtp_server.set_rule("*", Rule(stage="mail"))  # the relay fixed (MAILER_SMTP_USER set, sender allowed)
+    status, out, err, _ = run_send(tmp_path, smtp_server.port)
+    assert status == 0, out + err
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)
+
+
+def test_a_reply_that_is_not_smtp_stops_the_campaign_and_marks_nobody_failed(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(20))
+    smtp_server.set_rule("*", Rule(stage="rcpt", raw="hello, this is not SMTP"))
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "2")
+
+    assert status == 4, out + err
+    assert_one_error_line(err)
+    assert "not an SMTP reply" in err and "hello, this is not SMTP" in err
+    assert by_status(deliveries(tmp_path)) == {"queued": 20}
+
+
+def test_a_reply_that_is_not_smtp_after_data_is_in_doubt_and_resent_with_the_same_message_id(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(5)
+    add_subscribers(store, emails)
+    garbled = emails[0]
+    smtp_server.set_rule(garbled, Rule(stage="data", raw="OK!!", times=1))
+    data_attempts = record_data_attempts(smtp_server)
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "1", env=FAST_RETRY)
+
+    assert status == 4, out + err
+    row = deliveries(tmp_path)[garbled]
+    assert row["status"] == "deferred" and "in doubt" in row["smtp_reply"]
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, env=FAST_RETRY)
+    assert status == 0, out + err
+    assert by_status(deliveries(tmp_path)) == {"sent": 5}
+    assert [mid for rcpt, mid in data_attempts if rcpt == garbled] == [row["message_id"]] * 2
+
+
+def test_the_same_permanent_refusal_for_many_recipients_in_a_row_pauses_the_campaign(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    emails = readers(30)
+    add_subscribers(store, emails)
+    for email in emails:  # as Postfix words it: the address in the reply, the rest the same for everyone
+        smtp_server.set_rule(email, Rule(stage="rcpt", code=550, text=f"5.1.1 <{email}>: Recipient address "
+                                         "rejected: User unknown in virtual mailbox table"))
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "1",
+                                   env={"MAILER_PAUSE_AFTER": "5"})
+
+    assert status == 4, out + err
+    assert_one_error_line(err)
+    assert "5 recipients in a row were refused with the same reply (the last: 550 5.1.1 <" in err
+    assert "paused" in err
+    assert by_status(deliveries(tmp_path)) == {"queued": 30}  # the five are queued again
+    shown = run_cli("suppressions", "ls", "--json")
+    assert json.loads(shown.stdout) == []  # and the 5.1.1 suppressions taken back with them
+    for email in emails:
+        smtp_server.set_rule(email, Rule())
+    status, out, err, _ = run_send(tmp_path, smtp_server.port)
+    assert status == 0, out + err
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)
+
+
+@pytest.mark.parametrize(("text", "suppressed"), [
+    ("5.1.1 <{}>: Recipient address rejected: User unknown", True),
+    ("5.2.1 mailbox disabled, not accepting messages", True),
+    ("5.7.1 <{}>: Relay access denied", False),  # policy, not the mailbox: never suppresses
+    ("5.7.606 Access denied, banned sending IP", False),
+])
+def test_a_mailbox_unknown_at_rcpt_suppresses_the_address_as_a_dsn_would(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli, text: str, suppressed: bool
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    gone = emails[1]
+    smtp_server.set_rule(gone, Rule(stage="rcpt", code=550, text=text.format(gone)))
+
+    status, out, err, _ = run_send(tmp_path, smtp_server.port)
+
+    assert status == 3, out + err
+    assert deliveries(tmp_path)[gone]["status"] == "failed"
+    rows = json.loads(run_cli("suppressions", "ls", "--json").stdout)
+    assert [r["email"] for r in rows] == ([gone] if suppressed else [])
+    subs = json.loads(run_cli("subs", "ls", "--list", "bulletin", "--json").stdout)
+    assert {s["email"]: s["status"] for s in subs}[gone] == ("bounced" if suppressed else "active")
+
+
 # ---- a relay that goes away and comes back ---------------------------------------------------------------------
 
 

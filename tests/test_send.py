@@ -375,3 +375,30 @@ def test_sending_a_complete_campaign_again_says_nothing_was_sent(
     assert again.returncode == 0
     assert "was already complete: nothing was sent now" in again.stderr
     assert len(smtp_server.received) == 3
+
+
+# ---- retry: on purpose --------------------------------------------------------------------------------------------
+
+
+def test_retry_failed_requeues_the_failed_on_purpose_but_not_who_left_since(
+    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    subs = add_subscribers(store, [*THREE, "zhao@example.org"])
+    for email in ("li@example.com", "zhang@example.net", "zhao@example.org"):
+        smtp_server.set_rule(email, Rule(stage="data", code=554, text="5.7.1 blocked by policy", times=1))
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    first = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", env=env)
+    assert first.returncode == 3
+    campaign_id = campaigns(run_cli)[0]["id"]
+    store.unsubscribe(subs[3].id, "test")  # zhao leaves meanwhile
+    assert run_cli("retry", str(campaign_id), env=env).returncode == 3  # without --failed: nothing to do
+
+    result = run_cli("retry", str(campaign_id), "--failed", env=env)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "2 failed recipient(s) queued again; 1 left failed: unsubscribed or suppressed since" in result.stderr
+    rows = log_rows(run_cli, campaign_id)
+    assert {e: r["status"] for e, r in rows.items()} == {
+        "wang@example.org": "sent", "li@example.com": "sent", "zhang@example.net": "sent",
+        "zhao@example.org": "failed"}
+    assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(THREE)
