@@ -490,8 +490,26 @@ def campaigns_ls(
         _print_json(rows)
         return
     _table(["id", "issue", "list", "created", "counts"],
-           [[r["id"], r["issue"] + (" (test)" if r["test"] else ""), r["list"], r["created"],
+           [[r["id"], r["issue"] + (" (test)" if r["test"] else "") + (" (cancelled)" if r["cancelled"] else ""),
+             r["list"], r["created"],
              ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()))] for r in rows])
+
+
+@campaigns_app.command("cancel")
+def campaigns_cancel(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+) -> None:
+    """Stop a campaign for good: whoever it has not reached yet is skipped (refused while it is being sent).
+
+    Example: mailer campaigns cancel 1
+    """
+    store = _store(ctx)
+    found = store.get_campaign(campaign)
+    skipped = store.cancel_campaign(found.id)
+    sent = store.counts(found.id).get(DeliveryStatus.SENT, 0)
+    out.print(f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
+              markup=False, highlight=False)
 
 
 LOG_COLUMNS = ["email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued", "updated"]

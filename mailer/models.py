@@ -92,6 +92,8 @@ class Campaign:
     content_hash: str
     created: str
     is_test: bool = False
+    finished: str | None = None
+    cancelled: str | None = None
 
 
 @dataclass

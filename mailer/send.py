@@ -325,20 +325,11 @@ def open_campaign(
         )
         _, salt = store.campaign_rendered(campaign.id)
         return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
-    campaign = store.find_campaign(prepared.mailing_list.id, issue.slug)
-    if campaign is None:
-        campaign = store.create_campaign(
-            prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
-            issue_to_json(issue), secrets.token_hex(8),
-        )
-    rendered, salt = store.campaign_rendered(campaign.id)
-    if rendered["content_hash"] != issue.content_hash:
-        prepared.warnings.append(
-            f"{prepared.issue_path} changed since campaign {campaign.id} started; "
-            "resuming with the content that was snapshotted then"
-        )
-        prepared = PreparedIssue(prepared.mailing_list, issue_from_json(rendered), prepared.sender,
-                                 prepared.issue_path, prepared.warnings)
+    campaign = store.create_campaign(  # or the existing campaign of this content and list: resume it
+        prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
+        issue_to_json(issue), secrets.token_hex(8),
+    )
+    _, salt = store.campaign_rendered(campaign.id)
     return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
 
 
@@ -446,7 +437,7 @@ class Engine:
                         self.fatal = self.fatal or problem
                         may_send = False
                     elif self.store.mark_sending(*sending) is None:
-                        may_send = False  # recorded since it was read (by another sender): not ours to send
+                        may_send = False  # recorded or cancelled since it was read: not ours to send
         except StoreWriteError as exc:
             # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
             # again on resume) and the next message is not marked, so it does not leave.
@@ -620,7 +611,7 @@ async def send_issue(
     store: Store, config: Config, issue_path: Path, list_name: str, options: SendOptions,
     settings: Sequence[SMTPSettings], progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
 ) -> SendSummary:
-    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same issue and list."""
+    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same content and list."""
     started = time.monotonic()
     prepared = prepare_issue(store, config, issue_path, list_name)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
@@ -630,10 +621,20 @@ async def send_issue(
         template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
         total = count_recipients(store, prepared.mailing_list.id)
         return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
+    if not options.test_email:  # what would be refused is refused before any SMTP
+        issue = prepared.issue
+        _refuse_cancelled(store.find_campaign(prepared.mailing_list.id, issue.content_hash))
+        store.check_new_content(prepared.mailing_list.id, issue.slug, str(issue_path), issue.content_hash)
     await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
     campaign, template = open_campaign(store, prepared, options, config.secret, signer)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
                                   prepared.warnings, resume=f"mailer send {issue_path} --list {list_name}")
+
+
+def _refuse_cancelled(campaign: Campaign | None) -> None:
+    if campaign is not None and campaign.cancelled:
+        raise MailerError(f"campaign {campaign.id} of this content and list was cancelled at {campaign.cancelled}; "
+                          "nothing was sent (changed content makes a new campaign)")
 
 
 async def deliver_campaign(
@@ -646,6 +647,7 @@ async def deliver_campaign(
     lease), deliver, and sum up. A stop the run could not help (the relay gone past its grace, the sender refused,
     a full disk, the lease lost) is in the summary, with the counts and the command that resumes."""
     started = time.monotonic() if started is None else started
+    _refuse_cancelled(campaign)
     owner = store.acquire_lease(campaign.id, options.lease_seconds)
     stop = stop or asyncio.Event()
     lost: list[MailerError] = []
@@ -868,6 +870,7 @@ async def retry_campaign(
     to the failed ones too."""
     started = time.monotonic()
     campaign = store.get_campaign(campaign_ref)
+    _refuse_cancelled(campaign)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     await probe_relays(settings)
 

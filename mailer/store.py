@@ -21,7 +21,7 @@ import sqlite_utils
 from mailer.errors import CampaignBusy, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, Subscriber, SubscriberStatus
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
 
@@ -75,7 +75,6 @@ CREATE TABLE IF NOT EXISTS campaigns (
     lease_owner TEXT,
     lease_until TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS campaigns_issue ON campaigns (list_id, slug) WHERE is_test = 0;
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
     campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
@@ -150,6 +149,14 @@ UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
     # The name typed into the sign-up form stays with its request until the mailbox owner confirms that request:
     # a stranger re-posting the form for someone's address must not change what later mail calls them.
     5: "ALTER TABLE signup_requests ADD COLUMN name TEXT NOT NULL DEFAULT '';",
+    # Issue 11: a campaign is what is sent (list and content), not the issue's name: December's issue.md is not
+    # November's. Campaigns can be cancelled.
+    6: """
+DROP INDEX IF EXISTS campaigns_issue;
+CREATE INDEX IF NOT EXISTS campaigns_content ON campaigns (list_id, content_hash) WHERE is_test = 0;
+CREATE INDEX IF NOT EXISTS campaigns_slug ON campaigns (list_id, slug);
+ALTER TABLE campaigns ADD COLUMN cancelled TEXT;
+""",
 }
 
 
@@ -582,11 +589,38 @@ class Store:
 
     # ---- campaigns ---------------------------------------------------------------------------------------------
 
-    def find_campaign(self, list_id: int, slug: str) -> Campaign | None:
+    def find_campaign(self, list_id: int, content_hash: str) -> Campaign | None:
+        """The campaign that sends this content to this list: what is sent names a campaign, not the issue's
+        file name (the latest one, should a database from before schema 5 hold two)."""
         row = self.conn.execute(
-            "SELECT * FROM campaigns WHERE list_id = ? AND slug = ? AND is_test = 0", (list_id, slug)
+            "SELECT * FROM campaigns WHERE list_id = ? AND content_hash = ? AND is_test = 0 ORDER BY id DESC LIMIT 1",
+            (list_id, content_hash),
         ).fetchone()
         return _campaign(row, self.conn) if row else None
+
+    def unfinished_campaign(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> Campaign | None:
+        """A campaign of the same issue (name or file) with other content that still has recipients to send."""
+        rows = self.conn.execute(
+            "SELECT * FROM campaigns c WHERE list_id = ? AND is_test = 0 AND cancelled IS NULL AND content_hash <> ? "
+            "AND (slug = ? OR issue_path = ?) AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id "
+            "AND d.status IN ('queued', 'sending', 'deferred')) ORDER BY id",
+            (list_id, content_hash, slug, issue_path),
+        ).fetchall()
+        return _campaign(rows[0], self.conn) if rows else None
+
+    def check_new_content(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> None:
+        """Refuse new content under the name or file of a campaign that is not finished: that campaign would
+        otherwise be resumed with content the editor no longer sees, or mixed with the new one."""
+        if self.find_campaign(list_id, content_hash) is not None:
+            return
+        unfinished = self.unfinished_campaign(list_id, slug, issue_path, content_hash)
+        if unfinished is not None:
+            raise MailerError(
+                f"{issue_path} is not what campaign {unfinished.id} sends to this list ({unfinished.issue_path}, "
+                f"issue '{unfinished.slug}', other content), and that campaign is not finished "
+                f"({self.waiting(unfinished.id)} recipient(s) still to send): finish it as it was snapshotted with "
+                f"'mailer retry {unfinished.id}', or cancel it with 'mailer campaigns cancel {unfinished.id}' and "
+                "send again (a new campaign mails the whole list)")
 
     def get_campaign(self, ref: str | int) -> Campaign:
         row = None
@@ -612,14 +646,16 @@ class Store:
     ) -> Campaign:
         """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction.
 
-        For a real send, if another process created the campaign of this issue and list first, that one is
-        returned: the check and the insert share one write transaction, so two senders never make two."""
+        For a real send, the campaign of this content and list is returned if it exists (another process may have
+        created it first: the check and the insert share one write transaction, so two senders never make two);
+        see check_new_content for what is refused."""
         now = stamp()
         with self.transaction():
             if not is_test:
-                existing = self.find_campaign(list_id, slug)
+                existing = self.find_campaign(list_id, content_hash)
                 if existing is not None:
                     return existing
+                self.check_new_content(list_id, slug, issue_path, content_hash)
             cur = self.conn.execute(
                 "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, is_test, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -647,14 +683,15 @@ class Store:
     def campaigns_with_counts(self, include_tests: bool = False) -> list[dict[str, Any]]:
         where = "" if include_tests else "WHERE c.is_test = 0"
         rows = self.conn.execute(
-            f"SELECT c.id, c.slug, l.name, c.subject, c.created, c.finished, c.is_test, c.issue_path "
+            f"SELECT c.id, c.slug, l.name, c.subject, c.created, c.finished, c.is_test, c.issue_path, c.cancelled "
             f"FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id"
         ).fetchall()
         out = []
         for row in rows:
             out.append({
                 "id": row[0], "issue": row[1], "list": row[2], "subject": row[3], "created": row[4],
-                "finished": row[5], "test": bool(row[6]), "issue_path": row[7], "counts": self.counts(row[0]),
+                "finished": row[5], "test": bool(row[6]), "issue_path": row[7], "cancelled": row[8],
+                "counts": self.counts(row[0]),
             })
         return out
 
@@ -665,9 +702,41 @@ class Store:
             )
         }
 
+    def waiting(self, campaign_id: int) -> int:
+        """Recipients of a campaign still to be sent (queued, deferred, or caught in `sending` by a crash)."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('queued', 'sending', 'deferred')",
+            (campaign_id,),
+        ).fetchone()[0])
+
     def finish_campaign(self, campaign_id: int) -> None:
         with self.transaction():
             self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (stamp(), campaign_id))
+
+    def cancel_campaign(self, campaign_id: int) -> int:
+        """Stop a campaign for good: its recipients still to send become `skipped`; returns how many.
+
+        Refused while a sender holds the campaign (CampaignBusy): that run would go on with its in-flight
+        messages, and it is the one that knows how they ended."""
+        now = stamp()
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT lease_owner, lease_until, cancelled FROM campaigns WHERE id = ?", (campaign_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no campaign {campaign_id} (see: mailer campaigns ls)")
+            if row[2]:
+                raise MailerError(f"campaign {campaign_id} was already cancelled at {row[2]}")
+            _check_holder(campaign_id, row[0], row[1], lease_owner())
+            self.conn.execute(
+                "UPDATE campaigns SET cancelled = ?, finished = COALESCE(finished, ?), lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ?", (now, now, campaign_id),
+            )
+            skipped = 0
+            for status, reply in (("queued", "campaign cancelled"), ("deferred", "campaign cancelled"),
+                                  ("sending", "campaign cancelled; an interrupted run may have sent it")):
+                skipped += self._move(campaign_id, status, "skipped", reply, now)
+        return skipped
 
     def _move(self, campaign_id: int, old: str, new: str, reply: str, now: str, extra: str = "") -> int:
         """Every delivery of a campaign in status `old` (and matching `extra` SQL) to `new`, each with an event."""
@@ -788,7 +857,7 @@ class Store:
 
     def mark_sending(self, delivery_id: int, message_id: str) -> int | None:
         """queued -> sending, committed before the message leaves; returns the attempt number, or None when the
-        delivery is no longer queued (recorded since it was read): then it must not be sent."""
+        delivery is no longer queued (recorded or cancelled since it was read): then it must not be sent."""
         now = stamp()
         with self.transaction():
             row = self.conn.execute(
@@ -1040,5 +1109,5 @@ def _campaign(row: tuple[Any, ...], conn: sqlite3.Connection) -> Campaign:
     return Campaign(
         id=data["id"], list_id=data["list_id"], slug=data["slug"], subject=data["subject"],
         issue_path=data["issue_path"], content_hash=data["content_hash"], created=data["created"],
-        is_test=bool(data["is_test"]),
+        is_test=bool(data["is_test"]), finished=data.get("finished"), cancelled=data.get("cancelled"),
     )

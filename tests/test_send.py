@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 from collections import Counter
 from email import message_from_bytes
 from pathlib import Path
@@ -375,6 +376,83 @@ def test_sending_a_complete_campaign_again_says_nothing_was_sent(
     assert again.returncode == 0
     assert "was already complete: nothing was sent now" in again.stderr
     assert len(smtp_server.received) == 3
+
+
+# ---- what a campaign is: the content and the list, not the file name ---------------------------------------------
+
+
+def write_issue(path: Path, subject: str, body: str = "正文。") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"---\nsubject: {subject}\n---\n\n你好。\n\n## 本期\n\n{body}\n", encoding="utf-8")
+    return path
+
+
+def test_a_new_issue_with_the_name_of_a_finished_one_is_a_new_campaign(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    november = write_issue(tmp_path / "nov" / "issue.md", "十一月")
+    december = write_issue(tmp_path / "dec" / "issue.md", "十二月")
+    assert run_cli("send", str(november), "--list", "bulletin", "--yes", env=env).returncode == 0
+
+    result = run_cli("send", str(december), "--list", "bulletin", "--yes", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "already complete" not in result.stderr
+    subjects = Counter(str(message_from_bytes(c.data)["Subject"]) for c in smtp_server.received)
+    assert len(smtp_server.received) == 6 and len(subjects) == 2  # each issue to each reader
+    assert [(c["issue"], c["counts"]) for c in campaigns(run_cli)] == [("issue", {"sent": 3})] * 2
+
+
+def test_a_changed_issue_for_a_campaign_in_progress_is_refused_until_it_is_finished_or_cancelled(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted"))
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    first = run_cli("send", str(issue), "--list", "bulletin", "--yes", "--max-wait", "0", env=env)
+    assert first.returncode == 0, first.stderr
+    (campaign,) = campaigns(run_cli)
+    assert campaign["counts"] == {"sent": 2, "deferred": 1}  # not finished: one waits for its retry
+    write_issue(issue, "第1期", body="正文（更正）。")  # the editor fixes a typo and sends again
+    connections = smtp_server.connections
+
+    refused = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert_one_error_line(refused.stderr)
+    line = refused.stderr
+    assert f"campaign {campaign['id']}" in line and "not finished (1 recipient(s) still to send)" in line
+    assert f"mailer retry {campaign['id']}" in line and f"mailer campaigns cancel {campaign['id']}" in line
+    assert smtp_server.connections == connections and len(smtp_server.received) == 2  # nothing sent
+    cancelled = run_cli("campaigns", "cancel", str(campaign["id"]))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "1 recipient(s) not reached are skipped, 2 had it" in cancelled.stdout
+    smtp_server.set_rule("li@example.com", Rule())
+    again = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
+    assert again.returncode == 0, again.stderr
+    assert [c["counts"] for c in campaigns(run_cli)] == [{"sent": 2, "skipped": 1}, {"sent": 3}]
+    retried = run_cli("retry", str(campaign["id"]), env=env)  # a cancelled campaign stays cancelled
+    assert retried.returncode == 1 and "was cancelled" in retried.stderr
+    assert len(smtp_server.received) == 5
+
+
+def test_a_campaign_being_sent_cannot_be_cancelled_under_its_sender(
+    store: Store, tmp_path: Path, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    list_id = store.get_list("bulletin").id
+    add_subscribers(store, THREE)
+    campaign = store.create_campaign(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
+    store.acquire_lease(campaign.id)  # this (live) test process is sending it
+
+    result = run_cli("campaigns", "cancel", str(campaign.id))
+
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr)
+    assert f"campaign {campaign.id} is being sent by process {os.getpid()}" in result.stderr
+    assert store.counts(campaign.id) == {"queued": 3}
 
 
 # ---- retry: on purpose --------------------------------------------------------------------------------------------
