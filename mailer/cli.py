@@ -24,7 +24,7 @@ from rich.text import Text
 
 from mailer import __version__
 from mailer.config import Config, ensure_secret, load_config
-from mailer.errors import MailerError
+from mailer.errors import MailerError, UsageError
 from mailer.exit_codes import ExitCode
 from mailer.message import clean_header_text
 from mailer.models import DeliveryStatus, SendSummary
@@ -414,7 +414,8 @@ def send(
     workers: Annotated[int, typer.Option(min=1, max=32, help="Sending processes (one per core is plenty).")] = 1,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
-    smtp_port: Annotated[int | None, typer.Option(help="SMTP port (env MAILER_SMTP_PORT).")] = None,
+    smtp_port: Annotated[int | None, typer.Option(min=1, max=65535, help="SMTP port (env MAILER_SMTP_PORT).")]
+    = None,
     templates: TemplatesOpt = None,
 ) -> None:
     """Send an issue to a list (running it again resumes the same campaign).
@@ -424,11 +425,15 @@ def send(
     from mailer.addresses import normalise_address
     from mailer.send import SendOptions, count_recipients, send_issue, smtp_settings
 
+    if not (dry_run or test or yes or sys.stdin.isatty()):
+        # From cron or a script nobody can answer the question: mailing a whole list takes saying so.
+        raise UsageError(f"mailer send asks before mailing a list, and stdin is not a terminal: add --yes to send "
+                         f"{issue} to list {list_name} (or --dry-run, or --test EMAIL); nothing was sent")
     config = _config(ctx, templates)
     store = _store(ctx)
     options = SendOptions.for_config(config, dry_run=dry_run, test_email=normalise_address(test) if test else None,
                                      concurrency=concurrency, rate=rate, max_wait=max_wait, workers=workers)
-    if not (dry_run or test or yes) and sys.stdin.isatty():
+    if not (dry_run or test or yes):
         total = count_recipients(store, store.get_list(list_name).id)
         if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
             raise typer.Exit(ExitCode.ERROR)
@@ -456,7 +461,7 @@ def retry(
     """Send again to the deferred (and what a stop left queued) recipients of a campaign; with --failed, to its
     failed ones too, on purpose (after fixing what refused them).
 
-    Example: mailer retry 1
+    Example: mailer retry 1 --due-only
     """
     from mailer.send import SendOptions, retry_campaign, smtp_settings
 
@@ -544,9 +549,9 @@ def log(
         for r in rows:
             writer.writerow([r[k] for k in LOG_COLUMNS])
     else:
-        _table(["email", "status", "tries", "code", "reply", "updated"],
-               [[r["email"], r["status"], r["attempts"], r["smtp_code"], r["smtp_reply"][:60], r["updated"]]
-                for r in rows], title=f"campaign {found.id}: {found.subject}")
+        _table(["email", "status", "tries", "code", "reply", "message-id", "updated"],
+               [[r["email"], r["status"], r["attempts"], r["smtp_code"], r["smtp_reply"][:60], r["message_id"],
+                 r["updated"]] for r in rows], title=f"campaign {found.id}: {found.subject}")
 
 
 # ---- subscriber side: web endpoints, returned mail ----------------------------------------------------------------

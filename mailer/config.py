@@ -112,8 +112,10 @@ _TOML = {
 
 # The range of each number. A value outside it used to fail later, naming nothing: a NaN timeout was a traceback,
 # port 70000 "connection refused", a port `true` in mailer.toml became port 1.
-_WHOLE_RANGES = {"smtp_port": (1, 65535), "concurrency": (1, 64), "soft_bounce_limit": (1, 1_000_000)}
-_SECONDS = {"smtp_timeout", "retry_base", "retry_max", "retry_expiry"}  # finite and above 0
+_WHOLE_RANGES = {"smtp_port": (1, 65535), "concurrency": (1, 64), "soft_bounce_limit": (1, 1_000_000),
+                 "pause_after": (0, 1_000_000)}
+_SECONDS = {"smtp_timeout", "retry_base", "retry_max", "retry_expiry", "lease_seconds"}  # finite and above 0
+_SECONDS_OR_NONE = {"relay_grace"}  # finite, 0 or more: 0 gives a relay no time at all
 
 
 def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
@@ -136,6 +138,8 @@ def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
             raise ConfigError(f"{source}: {key} = {raw!r} must be from {low} to {high}")
     elif name in _SECONDS and not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds above 0")
+    elif name in _SECONDS_OR_NONE and not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds, 0 or more")
     return value
 
 

@@ -152,6 +152,9 @@ def smtp_settings(config: Config, host: str | None = None, port: int | None = No
         ))
     if not relays:
         raise UsageError("no SMTP host configured")
+    for relay in relays:
+        if not 0 < relay.port < 65536:
+            raise UsageError(f"SMTP port {relay.port} of {relay.host} is not a TCP port (1 to 65535)")
     return relays
 
 
@@ -382,8 +385,13 @@ class Engine:
             wait = (_parse_stamp(earliest) - self.clock()).total_seconds()
             if self.monotonic() + max(wait, 0) > deadline:
                 return  # left deferred, with next_attempt set, for `mailer retry`
-            if wait > 0 and await pause(wait, self.stop):
-                return
+            if wait > 0:
+                deferred = self.store.counts(self.campaign.id).get(DeliveryStatus.DEFERRED, 0)
+                self.progress.note(f"waiting {wait:.0f}s for the retry time of {deferred} deferred recipient(s) "
+                                   f"(--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' sends them "
+                                   "later")
+                if await pause(wait, self.stop):
+                    return
             self.store.requeue_due(self.campaign.id, stamp(self.clock()), self.part)
             await self._drain_queue()
 
@@ -866,12 +874,20 @@ async def retry_campaign(
     progress: ProgressSink | None = None, stop: asyncio.Event | None = None, *, due_only: bool = False,
     failed: bool = False,
 ) -> SendSummary:
-    """Send again to deferred recipients (all of them, or only those whose backoff has passed), and with `failed`
-    to the failed ones too."""
+    """Send again to deferred recipients (all of them, or with `due_only` those whose backoff has passed, without
+    waiting for the others), and with `failed` to the failed ones too."""
     started = time.monotonic()
     campaign = store.get_campaign(campaign_ref)
     _refuse_cancelled(campaign)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
+    if due_only:
+        options = replace(options, max_wait=0.0)  # keep to the schedule: what is not due waits for its time
+        if not failed and not store.count_due(campaign.id, stamp()):
+            counts = store.counts(campaign.id)
+            earliest = store.next_retry(campaign.id)
+            note = f"nothing is due yet; the next retry time is {earliest}" if earliest else "nothing is due"
+            return SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
+                               elapsed=time.monotonic() - started, warnings=[note])
     await probe_relays(settings)
 
     def requeue(store: Store) -> list[str]:

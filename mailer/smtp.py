@@ -5,6 +5,8 @@ cannot be used at all" are raised as SMTPUnavailable so the engine can stop befo
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import ipaddress
@@ -104,6 +106,30 @@ def classify(code: int, text: str, stage: Stage) -> Reply:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
+
+
+_BASE64_WORD = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
+
+
+def without_credentials(text: str, user: str, password: str) -> str:
+    """A relay's reply to AUTH with what was sent for it taken out: some relays echo the AUTH argument, which is
+    the user and password in base64 (PLAIN, LOGIN) or the user and a digest of the password (CRAM-MD5)."""
+    secret = password.encode("utf-8")
+    name = user.encode("utf-8")
+
+    def sent_by_us(word: str) -> bool:
+        try:
+            decoded = base64.b64decode(word + "=" * (-len(word) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return bool((secret and secret in decoded) or (name and (decoded == name or decoded.startswith(name + b" "))))
+
+    text = _BASE64_WORD.sub(lambda m: "[redacted]" if sent_by_us(m.group(0)) else m.group(0), text)
+    if len(password) >= 4:
+        text = text.replace(password, "[redacted]")
+    elif password:
+        text = " ".join("[redacted]" if word == password else word for word in text.split(" "))
+    return text
 
 
 def _garbled(code: int) -> bool:
@@ -219,7 +245,7 @@ class Session:
             await _close_quietly(client)
             failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 454: try again later
             raise failure(f"SMTP login to {where} as {s.user!r} refused: {exc.code} "
-                          f"{_one_line(exc.message)}") from None
+                          f"{_one_line(without_credentials(exc.message, s.user, s.password))}") from None
         except aiosmtplib.SMTPConnectResponseError as exc:
             await _close_quietly(client)
             failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 421 at the greeting

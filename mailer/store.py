@@ -826,6 +826,13 @@ class Store:
         with self.transaction():
             return self.conn.execute(sql, args).rowcount
 
+    def count_due(self, campaign_id: int, now: str) -> int:
+        """Deliveries a run would send now: queued, left in `sending`, or deferred with their retry time come."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND (status IN ('queued', 'sending') OR "
+            "(status = 'deferred' AND (next_attempt IS NULL OR next_attempt <= ?)))", (campaign_id, now),
+        ).fetchone()[0])
+
     def attempt_info(self, delivery_id: int) -> tuple[int, str | None]:
         """(attempts so far, time of the first attempt) of one delivery."""
         row = self.conn.execute(

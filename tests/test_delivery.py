@@ -5,6 +5,7 @@ processes, a real aiosmtpd server on 127.0.0.1, real SQLite files."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -610,6 +611,53 @@ def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
     copies = copies_by_recipient(smtp_server.received)
     assert set(copies) == set(emails)
     assert sum(len(ids) - 1 for ids in copies.values()) <= 2
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_a_relay_that_echoes_the_auth_argument_never_gets_the_credentials_printed(
+    store: Store, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(3))
+    password = "wrong-pw-Xk9"
+    sent = [base64.b64encode(raw).decode() for raw in (f"\0u\0{password}".encode(), password.encode())]
+    with CaptureServer(tmp_path / "auth-outbox", users={"u": "right-pw-Zq7"}, echo_auth=True) as server:
+        status, out, err, _ = run_send(tmp_path, server.port, env={"MAILER_SMTP_USER": "u",
+                                                                   "MAILER_SMTP_PASSWORD": password})
+
+    assert status == 4, out + err
+    assert_one_error_line(err)
+    assert "535" in err and "[redacted]" in err
+    for secret in (password, *sent):
+        assert secret not in out + err
+
+
+@pytest.mark.parametrize(("args", "env", "code", "says"), [
+    (("--smtp-port", "70000"), {}, 2, "--smtp-port"),
+    ((), {"MAILER_SMTP_HOST": "127.0.0.1:0"}, 2, "not a TCP port"),
+    ((), {"MAILER_SMTP_PORT": "70000"}, 1, "must be from 1 to 65535"),  # a setting: a configuration error
+])
+def test_a_port_out_of_range_is_one_error_line_not_connection_refused(
+    store: Store, tmp_path: Path, args: tuple[str, ...], env: dict[str, str], code: int, says: str
+) -> None:
+    add_subscribers(store, readers(1))
+    status, out, err, _ = run_send(tmp_path, None, *args, env=env)
+    assert status == code, out + err
+    assert says in assert_one_error_line_text(err)
+    assert deliveries(tmp_path) == {}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_an_smtp_timeout_that_is_not_a_number_of_seconds_is_one_config_error(
+    store: Store, tmp_path: Path, value: str
+) -> None:
+    status, out, err, _ = run_send(tmp_path, None, env={"MAILER_SMTP_TIMEOUT": value})
+    assert status == 1, out + err
+    assert f"MAILER_SMTP_TIMEOUT = '{value}' must be a number of seconds" in assert_one_error_line_text(err)
+
+
+def assert_one_error_line_text(stderr: str) -> str:
+    assert_one_error_line(stderr)
+    return stderr.strip()
 
 
 # ---- one sender per campaign, rate, relays --------------------------------------------------------------------

@@ -455,7 +455,25 @@ def test_a_campaign_being_sent_cannot_be_cancelled_under_its_sender(
     assert store.counts(campaign.id) == {"queued": 3}
 
 
-# ---- retry: on purpose --------------------------------------------------------------------------------------------
+# ---- asking first, and saying so off a terminal -------------------------------------------------------------------
+
+
+def test_a_real_send_off_a_terminal_without_yes_is_a_usage_error_and_sends_nothing(
+    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    add_subscribers(store, THREE)
+
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--smtp-port", str(smtp_server.port),
+                     input="")  # stdin a pipe, as from cron
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert_one_error_line(result.stderr)
+    assert "--yes" in result.stderr and "nothing was sent" in result.stderr
+    assert smtp_server.connections == 0
+    assert campaigns(run_cli, "--tests") == []
+
+
+# ---- retry: on purpose, with progress, on schedule --------------------------------------------------------------
 
 
 def test_retry_failed_requeues_the_failed_on_purpose_but_not_who_left_since(
@@ -480,3 +498,46 @@ def test_retry_failed_requeues_the_failed_on_purpose_but_not_who_left_since(
         "wang@example.org": "sent", "li@example.com": "sent", "zhang@example.net": "sent",
         "zhao@example.org": "failed"}
     assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(THREE)
+
+
+def test_retry_says_what_it_waits_for_and_due_only_returns_at_once_when_nothing_is_due(
+    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted", times=2))
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port), "MAILER_RETRY_BASE": "0.5"}
+    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--max-wait", "0",
+                   env=env).returncode == 0
+    campaign_id = campaigns(run_cli)[0]["id"]
+
+    waited = run_cli("retry", str(campaign_id), env=env)  # deferred again once, then due within --max-wait
+
+    assert waited.returncode == 0, waited.stderr
+    assert "waiting" in waited.stderr and "for the retry time of 1 deferred recipient(s)" in waited.stderr
+    assert "3 sent" in waited.stdout
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted", times=1))
+    store.conn.execute("UPDATE deliveries SET status = 'queued' WHERE email = 'li@example.com'")
+    assert run_cli("retry", str(campaign_id), "--max-wait", "0", env={**env, "MAILER_RETRY_BASE": "3600"}
+                   ).returncode == 0
+    connections = smtp_server.connections
+
+    due_only = run_cli("retry", str(campaign_id), "--due-only", env=env)
+
+    assert due_only.returncode == 0, due_only.stderr
+    assert "nothing is due yet; the next retry time is" in due_only.stderr
+    assert smtp_server.connections == connections  # it did not even connect, let alone wait
+
+
+def test_the_log_table_shows_the_message_id(
+    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+) -> None:
+    add_subscribers(store, THREE)
+    run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+    campaign_id = campaigns(run_cli)[0]["id"]
+
+    table = run_cli("log", str(campaign_id))
+
+    assert table.returncode == 0, table.stderr
+    assert "message-id" in table.stdout
+    for row in log_rows(run_cli, campaign_id).values():
+        assert row["message_id"] in table.stdout
