@@ -328,7 +328,8 @@ def open_campaign(
         )
         _, salt = store.campaign_rendered(campaign.id)
         return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
-    campaign = store.create_campaign(  # or the existing campaign of this content and list: resume it
+    # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
+    campaign = store.find_campaign(prepared.mailing_list.id, issue.content_hash) or store.create_campaign(
         prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
         issue_to_json(issue), secrets.token_hex(8),
     )

@@ -987,6 +987,25 @@ def test_a_sender_whose_lease_was_taken_while_it_was_stopped_stops_before_its_ne
     assert {e for e, r in rows.items() if r["status"] == "sent"} == {c.rcpt_tos[0] for c in smtp_server.received}
 
 
+def test_a_holder_stopped_inside_a_transaction_is_named_at_once_not_after_waiting_for_the_lock(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(3))
+    campaign, _ = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), SendOptions(),
+                                config.secret)
+    store.acquire_lease(campaign.id)  # this test process holds the campaign...
+    with closing(sqlite3.connect(tmp_path / "mailer.db", isolation_level=None)) as stalled:
+        stalled.execute("BEGIN IMMEDIATE")  # ...and, as if stopped mid-commit, SQLite's write lock
+
+        code, out, err, _ = run_send(tmp_path, smtp_server.port)
+
+        stalled.execute("ROLLBACK")
+    assert code == 1, out + err
+    assert_one_error_line(err)
+    assert f"campaign {campaign.id} is being sent by process {os.getpid()}" in err  # not "database is locked"
+    assert smtp_server.received == []
+
+
 def test_a_lease_holder_on_this_host_is_told_apart_by_pid_and_start_time() -> None:
     me = lease_owner()
     host, pid, start = me.split(":")
