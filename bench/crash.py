@@ -42,8 +42,8 @@ def make_db(folder: Path, n: int) -> None:
     store = Store.open(config.db_path, must_exist=False)
     store.init()
     create_list(store, "bulletin", "Bulletin", "Bulletin <bulletin@example.org>", "", "en")
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email=f"r{i:05d}@example.org") for i in range(n)], "bench")
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email=f"r{i:05d}@example.org") for i in range(n)], "bench")
     store.close()
 
 

@@ -112,7 +112,7 @@ def prepare_db(folder: Path, n: int, port: int) -> Config:
     store.init()
     create_list(store, "bench", "知识产权运营简报", "知识产权运营简报 <bulletin@example.org>", "", "zh")
     for start in range(0, n, 10_000):
-        store.upsert_subscribers(1, (Subscriber(email=f"reader{i}@example.org", name="王小明")
+        store.subscribers.upsert(1, (Subscriber(email=f"reader{i}@example.org", name="王小明")
                                      for i in range(start, min(n, start + 10_000))), "bench")
     store.close()
     return config

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
-from enum import StrEnum
 
 from mailer.message import clean_header_text
+from mailer.models import ReturnedKind
 
 VERP_RE = re.compile(rb"\bbounces\+([a-z2-7]{16,64})@", re.IGNORECASE)
 UNSUBSCRIBE_RE = re.compile(r"\bunsubscribe\+([a-z2-7]{16,64})@", re.IGNORECASE)
@@ -35,19 +35,11 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"|failure notice|退信|无法投递|投递失败", re.IGNORECASE)
 
 
-class Kind(StrEnum):
-    HARD = "hard"  # permanent failure (5.x.x): bounced, the address is suppressed
-    SOFT = "soft"  # transient failure or delay (4.x.x): counted
-    COMPLAINT = "complaint"  # the recipient marked it as spam: suppressed
-    UNSUBSCRIBE = "unsubscribe"  # a mail to the List-Unsubscribe mailto address
-    OTHER = "other"  # not a report we act on (auto-reply, success DSN, unknown)
-
-
 @dataclass(frozen=True)
 class Finding:
     """One address a report is about, and what happened to it."""
 
-    kind: Kind
+    kind: ReturnedKind
     email: str = ""
     status: str = ""  # enhanced status code, e.g. 5.1.1
     diagnostic: str = ""
@@ -101,15 +93,15 @@ def _status_of(status: str, diagnostic: str) -> str:
     return f"{code.group(1)}.0.0" if code else ""
 
 
-def _kind_of(action: str, status: str) -> Kind:
+def _kind_of(action: str, status: str) -> ReturnedKind:
     action = action.lower()
     if action in ("delivered", "relayed", "expanded"):
-        return Kind.OTHER
+        return ReturnedKind.OTHER
     if action == "delayed" or status.startswith("4"):
-        return Kind.SOFT
+        return ReturnedKind.SOFT
     if status.startswith("5") or action == "failed":
-        return Kind.HARD
-    return Kind.OTHER
+        return ReturnedKind.HARD
+    return ReturnedKind.OTHER
 
 
 def _dsn_findings(blocks: list[Message]) -> list[Finding]:
@@ -203,14 +195,14 @@ def _fallback_findings(msg: Message, text: str) -> list[Finding]:
     line = next((ln for ln in text.splitlines() if status and status in ln), "")
     hard = [_one_line(a.decode("utf-8", "replace"), 254).lower() for a in sorted(permanent)]
     soft = [_one_line(a.decode("utf-8", "replace"), 254).lower() for a in sorted(temporary - permanent)]
-    findings = [Finding(Kind.HARD, a, status if status[:1] != "4" else "5.0.0", _one_line(line)) for a in hard]
-    findings += [Finding(Kind.SOFT, a, status if status[:1] == "4" else "4.0.0", _one_line(line)) for a in soft]
+    findings = [Finding(ReturnedKind.HARD, a, status if status[:1] != "4" else "5.0.0", _one_line(line)) for a in hard]
+    findings += [Finding(ReturnedKind.SOFT, a, status if status[:1] == "4" else "4.0.0", _one_line(line)) for a in soft]
     if findings:
         return findings
     failed = [_address(a).lower() for a in str(msg.get("X-Failed-Recipients", "")).split(",") if a.strip()]
     if not failed and not BOUNCE_SUBJECT_RE.search(str(msg.get("Subject", ""))):
         return []
-    kind = Kind.SOFT if status.startswith("4") else Kind.HARD if status.startswith("5") else Kind.OTHER
+    kind = {"4": ReturnedKind.SOFT, "5": ReturnedKind.HARD}.get(status[:1], ReturnedKind.OTHER)
     return [Finding(kind, email, status, _one_line(line)) for email in failed or [""]]
 
 
@@ -251,7 +243,7 @@ def parse_returned(raw: bytes) -> ReturnedMail:
             email = _address(str(fields.get("Original-Rcpt-To", ""))).lower()
         if not email and originals:
             email = _address(str(originals[0].get("To", "")).rpartition("<")[2]).lower()
-        findings.append(Finding(Kind.COMPLAINT, email, "", _one_line(msg.get("Subject", ""))))
+        findings.append(Finding(ReturnedKind.COMPLAINT, email, "", _one_line(msg.get("Subject", ""))))
     else:
         for part in msg.walk():
             if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
@@ -259,5 +251,5 @@ def parse_returned(raw: bytes) -> ReturnedMail:
         if not findings and not unsubscribe:
             findings = _fallback_findings(msg, text)
     if unsubscribe and not findings:
-        findings.append(Finding(Kind.UNSUBSCRIBE, "", "", subject))
+        findings.append(Finding(ReturnedKind.UNSUBSCRIBE, "", "", subject))
     return ReturnedMail(key, subject, findings, list(dict.fromkeys(tokens)), unsubscribe, message_ids)

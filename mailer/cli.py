@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -68,6 +69,11 @@ def _config(ctx: typer.Context, templates: Path | None = None) -> Config:
 
 def _store(ctx: typer.Context) -> Store:
     return Store.open(_config(ctx).db_path)
+
+
+def _optional_store(config: Config, list_name: str | None) -> contextlib.AbstractContextManager[Store | None]:
+    """The database when a command is asked for a list's settings (render, preview --list); none otherwise."""
+    return Store.open(config.db_path) if list_name else contextlib.nullcontext()
 
 
 def _run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None) -> T:
@@ -136,9 +142,8 @@ def init(ctx: typer.Context) -> None:
     Example: mailer init
     """
     config = ensure_secret(_config(ctx))
-    store = Store.open(config.db_path, must_exist=False)
-    created = store.init()
-    store.close()
+    with Store.open(config.db_path, must_exist=False) as store:
+        created = store.init()
     out.print(f"{'created' if created else 'up to date'}: {config.db_path}")
 
 
@@ -160,8 +165,8 @@ def lists_create(
     """
     from mailer.subscriptions import create_list
 
-    store = _store(ctx)
-    created = create_list(store, name, title, from_, reply_to, lang)
+    with _store(ctx) as store:
+        created = create_list(store, name, title, from_, reply_to, lang)
     out.print(f"created list {created.name}")
 
 
@@ -171,12 +176,14 @@ def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     Example: mailer lists ls
     """
-    rows = _store(ctx).lists_with_counts()
+    with _store(ctx) as store:
+        rows = store.lists.with_counts()
     if as_json:
-        _print_json(rows)
+        _print_json([{"name": r.name, "title": r.title, "from": r.from_addr, "lang": r.lang, "created": r.created,
+                      "active": r.active, "total": r.total} for r in rows])
         return
     _table(["name", "title", "from", "lang", "active", "total"],
-           [[r["name"], r["title"], r["from"], r["lang"], r["active"], r["total"]] for r in rows])
+           [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows])
 
 
 # ---- subscribers -------------------------------------------------------------------------------------------------
@@ -195,7 +202,8 @@ def subs_add(
     """
     from mailer.subscriptions import add_subscriber
 
-    sub, added = add_subscriber(_store(ctx), list_name, email, name)
+    with _store(ctx) as store:
+        sub, added = add_subscriber(store, list_name, email, name)
     out.print(f"{'added' if added else 'updated'} {sub.email} ({sub.status})")
 
 
@@ -212,7 +220,8 @@ def subs_import(
     from mailer.addresses import DELIMITER_NAMES
     from mailer.subscriptions import import_csv
 
-    result = import_csv(_store(ctx), list_name, file)
+    with _store(ctx) as store:
+        result = import_csv(store, list_name, file)
     if result.encoding == "gb18030" or result.delimiter != ",":
         # Not silent: a file that is neither UTF-8 nor comma-separated says how it was read.
         how = [*(["GB18030"] if result.encoding == "gb18030" else []),
@@ -244,16 +253,16 @@ def subs_ls(
     """
     from mailer.subscriptions import subscribers
 
-    store = _store(ctx)
-    rows = subscribers(store, list_name, status)
-    # Suppressed addresses (bounced or complained, on any list) are never mailed whatever their status says.
-    suppressed = {row["email"]: row["reason"] for row in store.suppressions()}
-    if as_json:
-        _print_json([{"email": s.email, "name": s.name, "status": s.status, "suppressed": suppressed.get(s.email),
-                      "attrs": s.attrs} for s in rows])
-        return
-    _table(["email", "name", "status", "suppressed"],
-           [[s.email, s.name, s.status, suppressed.get(s.email, "")] for s in rows])
+    with _store(ctx) as store:
+        rows = subscribers(store, list_name, status)
+        # Suppressed addresses (bounced or complained, on any list) are never mailed whatever their status says.
+        suppressed = {row.email: row.reason for row in store.suppressions.all()}
+        if as_json:
+            _print_json([{"email": s.email, "name": s.name, "status": s.status, "suppressed": suppressed.get(s.email),
+                          "attrs": s.attrs} for s in rows])
+            return
+        _table(["email", "name", "status", "suppressed"],
+               [[s.email, s.name, s.status, suppressed.get(s.email, "")] for s in rows])
 
 
 @subs_app.command("export")
@@ -269,23 +278,24 @@ def subs_export(
     """
     from mailer.subscriptions import export_csv
 
-    chunks = export_csv(_store(ctx), list_name)
-    if output is None:
-        for chunk in chunks:
-            sys.stdout.write(chunk)
-        return
-    # Written beside the target and renamed at the end: a failure half-way leaves no half an export behind.
-    partial = output.with_name(f".{output.name}.part")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as fh:
+    with _store(ctx) as store:
+        chunks = export_csv(store, list_name)
+        if output is None:
             for chunk in chunks:
-                fh.write(chunk)
-        partial.replace(output)
-    except OSError as exc:
-        raise MailerError(f"cannot write {output}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
+                sys.stdout.write(chunk)
+            return
+        # Written beside the target and renamed at the end: a failure half-way leaves no half an export behind.
+        partial = output.with_name(f".{output.name}.part")
+        try:
+            with partial.open("w", encoding="utf-8", newline="") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+            partial.replace(output)
+        except OSError as exc:
+            raise MailerError(f"cannot write {output}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
     err.print(f"wrote {output}", markup=False, highlight=False)
 
 
@@ -297,7 +307,8 @@ def subs_remove(ctx: typer.Context, email: Annotated[str, typer.Argument()], lis
     """
     from mailer.subscriptions import remove_subscriber
 
-    remove_subscriber(_store(ctx), list_name, email)
+    with _store(ctx) as store:
+        remove_subscriber(store, list_name, email)
     out.print(f"removed {email}")
 
 
@@ -309,7 +320,8 @@ def unsubscribe(ctx: typer.Context, email: Annotated[str, typer.Argument()], lis
     """
     from mailer.subscriptions import unsubscribe_by_hand
 
-    changed = unsubscribe_by_hand(_store(ctx), list_name, email)
+    with _store(ctx) as store:
+        changed = unsubscribe_by_hand(store, list_name, email)
     out.print(f"{email} {'unsubscribed' if changed else 'was already unsubscribed'}")
 
 
@@ -332,14 +344,14 @@ def render(
     from mailer.send import render_to_dir
 
     config = _config(ctx, templates)
-    store = Store.open(config.db_path) if list_name else None
     def warn(warning: str) -> None:
         err.print(f"warning: {warning}", markup=False, highlight=False)
 
-    try:
-        paths = render_to_dir(issue, output, config, store, list_name, warn)
-    except OSError as exc:
-        raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
+    with _optional_store(config, list_name) as store:
+        try:
+            paths = render_to_dir(issue, output, config, store, list_name, warn)
+        except OSError as exc:
+            raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
     for path in paths:
         out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False, highlight=False)
 
@@ -430,20 +442,20 @@ def send(
         raise UsageError(f"mailer send asks before mailing a list, and stdin is not a terminal: add --yes to send "
                          f"{issue} to list {list_name} (or --dry-run, or --test EMAIL); nothing was sent")
     config = _config(ctx, templates)
-    store = _store(ctx)
     options = SendOptions.for_config(config, dry_run=dry_run, test_email=normalise_address(test) if test else None,
                                      concurrency=concurrency, rate=rate, max_wait=max_wait, workers=workers)
-    if not (dry_run or test or yes):
-        total = count_recipients(store, store.get_list(list_name).id)
-        if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
-            raise typer.Exit(ExitCode.ERROR)
-    stop = asyncio.Event()
-    progress = _RichProgress(err.is_terminal and not dry_run)
-    try:
-        summary = _run(send_issue(store, config, issue, list_name, options,
-                                  smtp_settings(config, smtp_host, smtp_port), progress, stop), stop)
-    finally:
-        progress.stop()
+    with _store(ctx) as store:
+        if not (dry_run or test or yes):
+            total = count_recipients(store, store.lists.get(list_name).id)
+            if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
+                raise typer.Exit(ExitCode.ERROR)
+        stop = asyncio.Event()
+        progress = _RichProgress(err.is_terminal and not dry_run)
+        try:
+            summary = _run(send_issue(store, config, issue, list_name, options,
+                                      smtp_settings(config, smtp_host, smtp_port), progress, stop), stop)
+        finally:
+            progress.stop()
     _finish_send(summary)
 
 
@@ -469,11 +481,12 @@ def retry(
     stop = asyncio.Event()
     progress = _RichProgress(err.is_terminal)
     options = SendOptions.for_config(config, concurrency=concurrency, rate=rate, max_wait=max_wait)
-    try:
-        summary = _run(retry_campaign(_store(ctx), config, campaign, options, smtp_settings(config), progress, stop,
-                                      due_only=due_only, failed=failed), stop)
-    finally:
-        progress.stop()
+    with _store(ctx) as store:
+        try:
+            summary = _run(retry_campaign(store, config, campaign, options, smtp_settings(config), progress, stop,
+                                          due_only=due_only, failed=failed), stop)
+        finally:
+            progress.stop()
     _finish_send(summary)
 
 
@@ -490,14 +503,14 @@ def campaigns_ls(
 
     Example: mailer campaigns ls --json
     """
-    rows = _store(ctx).campaigns_with_counts(include_tests=tests)
+    with _store(ctx) as store:
+        rows = store.campaigns.with_counts(include_tests=tests)
     if as_json:
-        _print_json(rows)
+        _print_json([dataclasses.asdict(r) for r in rows])
         return
     _table(["id", "issue", "list", "created", "counts"],
-           [[r["id"], r["issue"] + (" (test)" if r["test"] else "") + (" (cancelled)" if r["cancelled"] else ""),
-             r["list"], r["created"],
-             ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()))] for r in rows])
+           [[r.id, r.issue + (" (test)" if r.test else "") + (" (cancelled)" if r.cancelled else ""), r.list, r.created,
+             ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))] for r in rows])
 
 
 @campaigns_app.command("cancel")
@@ -509,10 +522,10 @@ def campaigns_cancel(
 
     Example: mailer campaigns cancel 1
     """
-    store = _store(ctx)
-    found = store.get_campaign(campaign)
-    skipped = store.cancel_campaign(found.id)
-    sent = store.counts(found.id).get(DeliveryStatus.SENT, 0)
+    with _store(ctx) as store:
+        found = store.campaigns.get(campaign)
+        skipped = store.campaigns.cancel(found.id)
+        sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
     out.print(f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
               markup=False, highlight=False)
 
@@ -536,22 +549,22 @@ def log(
         raise typer.BadParameter("choose one of --json and --csv")
     if status and status not in tuple(DeliveryStatus):
         raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
-    store = _store(ctx)
-    found = store.get_campaign(campaign)
-    rows = store.delivery_log(found.id, status)
-    if as_json:
-        _print_json([{k: r[k] for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
-    elif as_csv:
-        from mailer.spreadsheet import SpreadsheetWriter
+    with _store(ctx) as store:
+        found = store.campaigns.get(campaign)
+        rows = store.deliveries.log(found.id, DeliveryStatus(status) if status else None)
+        if as_json:
+            _print_json([{k: getattr(r, k) for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
+        elif as_csv:
+            from mailer.spreadsheet import SpreadsheetWriter
 
-        writer = SpreadsheetWriter(sys.stdout)
-        writer.writerow(LOG_COLUMNS)
-        for r in rows:
-            writer.writerow([r[k] for k in LOG_COLUMNS])
-    else:
-        _table(["email", "status", "tries", "code", "reply", "message-id", "updated"],
-               [[r["email"], r["status"], r["attempts"], r["smtp_code"], r["smtp_reply"][:60], r["message_id"],
-                 r["updated"]] for r in rows], title=f"campaign {found.id}: {found.subject}")
+            writer = SpreadsheetWriter(sys.stdout)
+            writer.writerow(LOG_COLUMNS)
+            for r in rows:
+                writer.writerow([getattr(r, k) for k in LOG_COLUMNS])
+        else:
+            _table(["email", "status", "tries", "code", "reply", "message-id", "updated"],
+                   [[r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
+                    for r in rows], title=f"campaign {found.id}: {found.subject}")
 
 
 # ---- subscriber side: web endpoints, returned mail ----------------------------------------------------------------
@@ -576,14 +589,11 @@ def serve(
     from mailer.web import serve as run_server
 
     config = _config(ctx, templates)
-    store = Store.open(config.db_path)  # a missing or uninitialised database is one clear line, before binding
-    try:
-        for row in store.lists_with_counts():
-            if not row["from"]:
-                err.print(f"warning: list {row['name']} has no From address: its sign-up form answers 'not "
+    with Store.open(config.db_path) as store:  # a missing or uninitialised database is one clear line, before binding
+        for row in store.lists.with_counts():
+            if not row.from_addr:
+                err.print(f"warning: list {row.name} has no From address: its sign-up form answers 'not "
                           "available' until it has one", markup=False, highlight=False)
-    finally:
-        store.close()
     run_server(config, host, port, trusted_proxies, ready=lambda url: err.print(
         f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False))
 
@@ -608,11 +618,8 @@ def bounces_scan(
     from mailer.inbox import scan
 
     config = _config(ctx)
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         rows = scan(store, config.secret, path, config.soft_bounce_limit)
-    finally:
-        store.close()
     if as_json:
         _print_json([{"origin": r.origin, "kind": r.kind, "email": r.email, "campaign": r.campaign,
                       "status": r.status, "result": r.result, "matched": r.matched} for r in rows])
@@ -694,32 +701,32 @@ def preview(
     from mailer.preview import live_preview, preview_issue, serve_live_preview
 
     config = _config(ctx, templates)
-    store = Store.open(config.db_path) if list_name else None
-    if watch:
-        def report(live: Any) -> None:
-            if live.error:
-                err.print(f"error: {live.error}", markup=False, highlight=False)
-            for warning in live.warnings:
-                err.print(f"warning: {warning}", markup=False, highlight=False)
-            err.print(f"rendered {issue} (version {live.version})", markup=False, highlight=False)
+    with _optional_store(config, list_name) as store:
+        if watch:
+            def report(live: Any) -> None:
+                if live.error:
+                    err.print(f"error: {live.error}", markup=False, highlight=False)
+                for warning in live.warnings:
+                    err.print(f"warning: {warning}", markup=False, highlight=False)
+                err.print(f"rendered {issue} (version {live.version})", markup=False, highlight=False)
 
-        live = live_preview(issue, config, store, list_name, report)
-        if live.message is None:
-            raise MailerError(live.error)
-        serve_live_preview(live, port, ready=lambda url: err.print(
-            f"previewing on {url} (updates when {issue} changes); Ctrl-C stops", markup=False, highlight=False))
-        return
-    result = preview_issue(issue, output, config, store, list_name, offline=offline)
-    assert result.screenshots is not None
-    for path in (result.screenshots.desktop, result.screenshots.mobile):
-        out.print(f"wrote {path}", markup=False, highlight=False)
-    html_size, message_size = len(result.message.html.encode("utf-8")), len(result.message.data)
-    out.print(f"HTML {html_size / 1024:.1f} KB, whole message {message_size / 1024:.1f} KB", markup=False,
-              highlight=False)
-    for warning in result.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False)
-    if not result.warnings:
-        out.print("no compatibility problems found", markup=False, highlight=False)
+            live = live_preview(issue, config, store, list_name, report)
+            if live.message is None:
+                raise MailerError(live.error)
+            serve_live_preview(live, port, ready=lambda url: err.print(
+                f"previewing on {url} (updates when {issue} changes); Ctrl-C stops", markup=False, highlight=False))
+            return
+        result = preview_issue(issue, output, config, store, list_name, offline=offline)
+        assert result.screenshots is not None
+        for path in (result.screenshots.desktop, result.screenshots.mobile):
+            out.print(f"wrote {path}", markup=False, highlight=False)
+        html_size, message_size = len(result.message.html.encode("utf-8")), len(result.message.data)
+        out.print(f"HTML {html_size / 1024:.1f} KB, whole message {message_size / 1024:.1f} KB", markup=False,
+                  highlight=False)
+        for warning in result.warnings:
+            err.print(f"warning: {warning}", markup=False, highlight=False)
+        if not result.warnings:
+            out.print("no compatibility problems found", markup=False, highlight=False)
 
 
 suppressions_app = typer.Typer(help="Addresses never mailed again, on any list (bounced, complained).\n\n"
@@ -733,13 +740,12 @@ def suppressions_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     Example: mailer suppressions ls --json
     """
-    store = _store(ctx)
-    rows = store.suppressions()
-    store.close()
+    with _store(ctx) as store:
+        rows = store.suppressions.all()
     if as_json:
-        _print_json(rows)
+        _print_json([dataclasses.asdict(r) for r in rows])
         return
-    _table(["email", "reason", "detail", "since"], [[r["email"], r["reason"], r["detail"], r["created"]] for r in rows])
+    _table(["email", "reason", "detail", "since"], [[r.email, r.reason, r.detail, r.created] for r in rows])
 
 
 @suppressions_app.command("remove")
@@ -750,11 +756,8 @@ def suppressions_remove(ctx: typer.Context, email: Annotated[str, typer.Argument
     """
     from mailer.addresses import normalise_address
 
-    store = _store(ctx)
-    try:
-        store.unsuppress(normalise_address(email))
-    finally:
-        store.close()
+    with _store(ctx) as store:
+        store.suppressions.remove(normalise_address(email))
     out.print(f"{email} may be mailed again", markup=False, highlight=False)
 
 
@@ -810,11 +813,11 @@ def demo(
         result = _run(run_demo(workdir, _config(ctx).base_url, progress))
     finally:
         progress.stop()
-    store = Store.open(result.db_path)
     campaign_id = result.summary.campaign_id
-    rows = list(store.delivery_log(campaign_id or 0))
+    with Store.open(result.db_path) as store:
+        rows = list(store.deliveries.log(campaign_id or 0))
     _table(["email", "name", "status", "code", "message-id"],
-           [[r["email"], r["name"], r["status"], r["smtp_code"], r["message_id"]] for r in rows],
+           [[r.email, r.name, r.status, r.smtp_code, r.message_id] for r in rows],
            title=f"delivery log of campaign {campaign_id}")
     out.print(_summary_line(result.summary), markup=False, highlight=False)
     out.print(f"imported {result.imported.added} subscribers; database {result.db_path}", highlight=False)

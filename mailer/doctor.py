@@ -60,7 +60,7 @@ def check_database(config: Config) -> tuple[list[Finding], list[dict[str, str]]]
     except MailerError as exc:
         return [error(str(exc))], []
     try:
-        lists = [{"name": row["name"], "from": row["from"] or ""} for row in store.lists_with_counts()]
+        lists = [{"name": row.name, "from": row.from_addr or ""} for row in store.lists.with_counts()]
     finally:
         store.close()
     return [ok(f"database {config.db_path} is initialised ({len(lists)} list{'s' if len(lists) != 1 else ''})")], lists

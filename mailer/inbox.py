@@ -9,11 +9,11 @@ import mailbox
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mailer.bounces import Finding, Kind, ReturnedMail, parse_returned
+from mailer.bounces import Finding, ReturnedMail, parse_returned
 from mailer.errors import MailerError
-from mailer.store import Store
+from mailer.models import ReturnedKind, SuppressionReason, UnsubscribeSource
+from mailer.store import DeliveryRef, Store
 from mailer.tokens import BadToken, TokenKind, read_token
 
 
@@ -77,7 +77,7 @@ class _Matcher:
         self.secret = secret
         self.soft_limit = soft_limit
 
-    def delivery(self, report: ReturnedMail) -> tuple[dict[str, Any] | None, str]:
+    def delivery(self, report: ReturnedMail) -> tuple[DeliveryRef | None, str]:
         for token in report.verp_tokens:
             try:
                 parsed = read_token(self.secret, token, TokenKind.BOUNCE)
@@ -85,53 +85,54 @@ class _Matcher:
                 continue
             if parsed.a == 0:  # a sign-up confirmation: the "delivery" is the subscriber
                 try:
-                    sub = self.store.subscriber_by_id(parsed.b)
+                    sub = self.store.subscribers.by_id(parsed.b)
                 except MailerError:
                     continue
-                return {"id": None, "campaign_id": 0, "subscriber_id": sub.id, "email": sub.email}, "verp"
-            ref = self.store.delivery_ref(parsed.b)
-            if ref is not None and ref["campaign_id"] == parsed.a:
+                return DeliveryRef(None, 0, sub.id, sub.email), "verp"
+            ref = self.store.deliveries.ref(parsed.b)
+            if ref is not None and ref.campaign_id == parsed.a:
                 return ref, "verp"
         for message_id in report.message_ids:
-            ref = self.store.delivery_by_message_id(message_id)
+            ref = self.store.deliveries.by_message_id(message_id)
             if ref is not None:
                 return ref, "message-id"
         return None, ""
 
     def record(self, origin: str, report: ReturnedMail) -> list[ScanRow]:
-        if any(f.kind == Kind.UNSUBSCRIBE for f in report.findings):
+        if any(f.kind == ReturnedKind.UNSUBSCRIBE for f in report.findings):
             return [self._unsubscribe(origin, report)]
-        acted = [f for f in report.findings if f.kind != Kind.OTHER]
+        acted = [f for f in report.findings if f.kind != ReturnedKind.OTHER]
         if not acted:
-            return [ScanRow(origin, Kind.OTHER, "", None, "", f"ignored: not a bounce ({report.subject[:60]})")]
+            return [ScanRow(origin, ReturnedKind.OTHER, "", None, "", f"ignored: not a bounce ({report.subject[:60]})")]
         ref, how = self.delivery(report)
         if ref is None:
             return [ScanRow(origin, f.kind, f.email, None, f.status,
                             "unmatched: no valid VERP address or known Message-ID") for f in acted]
         # With VERP one report is about one delivery; the report may name an alias, our log names the recipient.
-        finding = next((f for f in acted if f.email == ref["email"].lower()), acted[0])
+        finding = next((f for f in acted if f.email == ref.email.lower()), acted[0])
         return [self._apply(origin, report, finding, ref, how)]
 
-    def _apply(self, origin: str, report: ReturnedMail, finding: Finding, ref: dict[str, Any], how: str) -> ScanRow:
+    def _apply(self, origin: str, report: ReturnedMail, finding: Finding, ref: DeliveryRef, how: str) -> ScanRow:
         store = self.store
-        email = ref["email"]
-        campaign = ref["campaign_id"]
-        if not store.record_returned(report.key, email, finding.kind, campaign, ref["id"], finding.status,
+        email = ref.email
+        campaign = ref.campaign_id
+        if not store.returned.record(report.key, email, finding.kind, campaign, ref.id, finding.status,
                                      finding.diagnostic, origin):
             return ScanRow(origin, finding.kind, email, campaign, finding.status, "duplicate: already counted")
         detail = f"{finding.status} {finding.diagnostic}".strip()
-        if finding.kind == Kind.HARD:
-            if ref["id"] is not None:
-                store.mark_bounced(ref["id"], finding.status, finding.diagnostic)
-            store.suppress_address(email, "bounced", detail)
+        if finding.kind == ReturnedKind.HARD:
+            if ref.id is not None:
+                store.deliveries.mark_bounced(ref.id, finding.status, finding.diagnostic)
+            store.suppressions.suppress_address(email, SuppressionReason.BOUNCED, detail)
             result = f"bounced and suppressed (matched by {how})"
-        elif finding.kind == Kind.COMPLAINT:
-            store.suppress_address(email, "complained", detail)
+        elif finding.kind == ReturnedKind.COMPLAINT:
+            store.suppressions.suppress_address(email, SuppressionReason.COMPLAINED, detail)
             result = f"complaint: unsubscribed and suppressed (matched by {how})"
         else:
-            count = store.soft_bounce_count(email)
+            count = store.returned.soft_bounce_count(email)
             if count >= self.soft_limit:
-                store.suppress_address(email, "soft-bounces", f"{count} soft bounces; last: {detail}")
+                store.suppressions.suppress_address(email, SuppressionReason.SOFT_BOUNCES,
+                                                    f"{count} soft bounces; last: {detail}")
                 result = f"soft bounce {count}/{self.soft_limit}: suppressed (matched by {how})"
             else:
                 result = f"soft bounce {count}/{self.soft_limit} counted (matched by {how})"
@@ -141,17 +142,19 @@ class _Matcher:
         for token in report.unsubscribe_tokens:
             try:
                 parsed = read_token(self.secret, token, TokenKind.UNSUBSCRIBE)
-                sub = self.store.subscriber_by_id(parsed.b)
+                sub = self.store.subscribers.by_id(parsed.b)
             except (BadToken, MailerError):
                 continue
             if sub.list_id != parsed.a:
                 continue
-            if not self.store.record_returned(report.key, sub.email, Kind.UNSUBSCRIBE, None, None, "", "", origin):
-                return ScanRow(origin, Kind.UNSUBSCRIBE, sub.email, None, "", "duplicate: already counted")
-            changed = self.store.unsubscribe(sub.id, source="mailto")
-            return ScanRow(origin, Kind.UNSUBSCRIBE, sub.email, None, "",
+            if not self.store.returned.record(report.key, sub.email, ReturnedKind.UNSUBSCRIBE, None, None, "", "",
+                                              origin):
+                return ScanRow(origin, ReturnedKind.UNSUBSCRIBE, sub.email, None, "", "duplicate: already counted")
+            changed = self.store.subscribers.unsubscribe(sub.id, UnsubscribeSource.MAILTO)
+            return ScanRow(origin, ReturnedKind.UNSUBSCRIBE, sub.email, None, "",
                            "unsubscribed (mailto)" if changed else "already unsubscribed")
-        return ScanRow(origin, Kind.UNSUBSCRIBE, "", None, "", "unmatched: the unsubscribe address is not valid")
+        return ScanRow(origin, ReturnedKind.UNSUBSCRIBE, "", None, "",
+                       "unmatched: the unsubscribe address is not valid")
 
 
 def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[ScanRow]:
@@ -164,12 +167,13 @@ def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[S
         if not raw.strip():
             continue
         if is_binary(raw):
-            rows.append(ScanRow(origin, Kind.OTHER, "", None, "", "ignored: binary data, not a mail message"))
+            rows.append(ScanRow(origin, ReturnedKind.OTHER, "", None, "", "ignored: binary data, not a mail message"))
             continue
         try:
             report = parse_returned(raw)
         except Exception as exc:  # one broken message must not stop a cron job at it on every run
-            rows.append(ScanRow(origin, Kind.OTHER, "", None, "", f"ignored: unreadable ({type(exc).__name__})"))
+            rows.append(ScanRow(origin, ReturnedKind.OTHER, "", None, "",
+                                f"ignored: unreadable ({type(exc).__name__})"))
             continue
         rows += matcher.record(origin, report)
     return rows

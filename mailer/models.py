@@ -1,6 +1,7 @@
-"""The nouns of the domain as plain dataclasses and enums.
+"""The nouns of the domain as plain dataclasses and enums: lists, subscribers, campaigns, deliveries and the
+statuses and reasons they move through.
 
-No I/O and no behaviour beyond small derived properties; store.py maps them to and from SQLite."""
+No I/O and no behaviour beyond small derived properties; the store package maps them to and from SQLite."""
 
 from __future__ import annotations
 
@@ -26,6 +27,35 @@ class DeliveryStatus(StrEnum):
     BOUNCED = "bounced"
 
 
+class UnsubscribeSource(StrEnum):
+    """Who or what unsubscribed someone (the `unsubscribes` table says it for each)."""
+
+    PAGE = "page"  # the button on the unsubscribe page
+    ONE_CLICK = "one-click"  # RFC 8058: the mail client's own button
+    MAILTO = "mailto"  # a mail to the List-Unsubscribe address
+    OPS = "ops"  # mailer unsubscribe EMAIL --list L
+    REMOVED = "removed"  # mailer subs remove, for someone a delivery log still names
+    COMPLAINT = "complaint"  # they marked an issue as spam
+
+
+class SuppressionReason(StrEnum):
+    """Why an address is never mailed again."""
+
+    BOUNCED = "bounced"  # the mailbox does not exist (a DSN, or 5.1.x at RCPT)
+    COMPLAINED = "complained"  # a complaint report: the person said no
+    SOFT_BOUNCES = "soft-bounces"  # MAILER_SOFT_BOUNCE_LIMIT transient failures
+
+
+class ReturnedKind(StrEnum):
+    """What a piece of returned mail says about one address."""
+
+    HARD = "hard"  # permanent failure (5.x.x): bounced, the address is suppressed
+    SOFT = "soft"  # transient failure or delay (4.x.x): counted
+    COMPLAINT = "complaint"  # the recipient marked it as spam: suppressed
+    UNSUBSCRIBE = "unsubscribe"  # a mail to the List-Unsubscribe mailto address
+    OTHER = "other"  # not a report we act on (auto-reply, success DSN, unknown)
+
+
 class Lang(StrEnum):
     ZH = "zh"
     EN = "en"
@@ -40,10 +70,6 @@ class MailingList:
     reply_to: str
     lang: str
     created: str = ""
-
-    @property
-    def from_domain(self) -> str:
-        return self.from_addr.rpartition("@")[2].rstrip(">").strip().lower() or "localhost"
 
 
 @dataclass(frozen=True)
@@ -66,7 +92,7 @@ class Subscriber:
     email: str
     name: str = ""
     attrs: dict[str, str] = field(default_factory=dict)
-    status: str = SubscriberStatus.ACTIVE
+    status: SubscriberStatus = SubscriberStatus.ACTIVE
     id: int = 0
     list_id: int = 0
 

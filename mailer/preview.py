@@ -27,13 +27,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.models import Recipient
 from mailer.render import InlineImage, layout_files
 from mailer.send import GMAIL_CLIP_BYTES, build_template, prepare_sample
 from mailer.smtp import is_loopback
-from mailer.store import Store, utcnow
+from mailer.store import Store
 
 CHROMIUM = "/usr/bin/chromium"
 # What `mailer preview` needs beyond the main job, in one line: a Python extra and two Debian packages.

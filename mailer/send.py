@@ -21,14 +21,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from mailer.clock import parse_stamp, stamp, utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, SMTPUnavailable, TemplateError, UsageError
 from mailer.exit_codes import ExitCode
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
-from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber
+from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber, SubscriberStatus
 from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage, probe
-from mailer.store import Outcome, Partition, Store, StoreWriteError, stamp, utcnow
+from mailer.store import Outcome, Partition, Store, StoreWriteError
+from mailer.store.leases import LeaseLost
 
 T = TypeVar("T")
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML
@@ -56,10 +58,6 @@ class _NoProgress:
 
     def note(self, text: str) -> None:
         return None
-
-
-class LeaseLost(MailerError):
-    """This sender no longer holds its campaign (or a worker's parent is gone): it must not send another message."""
 
 
 class CampaignPaused(SMTPUnavailable):
@@ -194,7 +192,7 @@ def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -
 
 def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str) -> PreparedIssue:
     """Read and render the issue for the list: every template error surfaces here, before any SMTP."""
-    mailing_list = store.get_list(list_name)
+    mailing_list = store.lists.get(list_name)
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path),
@@ -222,13 +220,13 @@ def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIss
     the list has it, it is a misspelling: stop before the first message rather than mail everyone a blank."""
     if not issue.attr_keys:
         return []
-    have = store.attribute_counts(mailing_list.id, issue.attr_keys)
-    active = store.count_recipients(mailing_list.id)
+    have = store.subscribers.attribute_counts(mailing_list.id, issue.attr_keys)
+    active = store.subscribers.count_recipients(mailing_list.id)
     if not active:
         return []
     unknown = [key for key in issue.attr_keys if not have.get(key)]
     if unknown:
-        known = store.attribute_counts(mailing_list.id, None)
+        known = store.subscribers.attribute_counts(mailing_list.id, None)
         hint = f" (its subscribers have: {', '.join(sorted(known))})" if known else " (its subscribers have none)"
         raise TemplateError(
             f"{issue_path}: {', '.join('{{ subscriber.' + k + ' }}' for k in unknown)} is not an attribute of any "
@@ -305,13 +303,13 @@ def dkim_signer(config: Config) -> MessageSigner | None:
 
 
 def sample_subscriber(store: Store, list_id: int) -> Subscriber:
-    for sub in store.iter_subscribers(list_id, "active"):
+    for sub in store.subscribers.of_list(list_id, SubscriberStatus.ACTIVE):
         return sub
     return Subscriber(email="reader@example.org", name="")
 
 
 def count_recipients(store: Store, list_id: int) -> int:
-    return store.count_recipients(list_id)
+    return store.subscribers.count_recipients(list_id)
 
 
 def open_campaign(
@@ -322,18 +320,18 @@ def open_campaign(
     if options.test_email:
         sample = sample_subscriber(store, prepared.mailing_list.id)
         recipient = Subscriber(id=0, email=options.test_email, name=sample.name, attrs=sample.attrs)
-        campaign = store.create_campaign(
+        campaign = store.campaigns.create(
             prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
             issue_to_json(issue), secrets.token_hex(8), is_test=True, test_recipient=recipient,
         )
-        _, salt = store.campaign_rendered(campaign.id)
+        _, salt = store.campaigns.rendered(campaign.id)
         return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
     # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
-    campaign = store.find_campaign(prepared.mailing_list.id, issue.content_hash) or store.create_campaign(
+    campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or store.campaigns.create(
         prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
         issue_to_json(issue), secrets.token_hex(8),
     )
-    _, salt = store.campaign_rendered(campaign.id)
+    _, salt = store.campaigns.rendered(campaign.id)
     return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
 
 
@@ -380,26 +378,26 @@ class Engine:
         await self._drain_queue()
         deadline = self.monotonic() + self.options.max_wait
         while not (self.stop.is_set() or self.fatal):
-            earliest = self.store.next_retry(self.campaign.id, self.part)
+            earliest = self.store.deliveries.next_retry(self.campaign.id, self.part)
             if earliest is None:
                 return
-            wait = (_parse_stamp(earliest) - self.clock()).total_seconds()
+            wait = (parse_stamp(earliest) - self.clock()).total_seconds()
             if self.monotonic() + max(wait, 0) > deadline:
                 return  # left deferred, with next_attempt set, for `mailer retry`
             if wait > 0:
-                deferred = self.store.counts(self.campaign.id).get(DeliveryStatus.DEFERRED, 0)
+                deferred = self.store.deliveries.counts(self.campaign.id).get(DeliveryStatus.DEFERRED, 0)
                 self.progress.note(f"waiting {wait:.0f}s for the retry time of {deferred} deferred recipient(s) "
                                    f"(--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' sends them "
                                    "later")
                 if await pause(wait, self.stop):
                     return
-            self.store.requeue_due(self.campaign.id, stamp(self.clock()), self.part)
+            self.store.deliveries.requeue_due(self.campaign.id, stamp(self.clock()), self.part)
             await self._drain_queue()
 
     async def _drain_queue(self) -> None:
         # The sessions share one iterator, each taking the next recipient when it is free: reading it never awaits
         # (SQLite hands out CHUNK rows at a time), so no producer task and queue hand-over per recipient is needed.
-        recipients = self.store.iter_queued(self.campaign.id, self.part)
+        recipients = self.store.deliveries.queued(self.campaign.id, self.part)
         # A TaskGroup: should one session fail unexpectedly, the others are cancelled rather than left sending.
         try:
             async with asyncio.TaskGroup() as sessions:
@@ -409,8 +407,8 @@ class Engine:
             raise failed.exceptions[0] from failed  # as the session raised it (cli.py maps MailerError to one line)
         if isinstance(self.fatal, CampaignPaused):
             _, delivery_ids = self.refusals
-            self.store.requeue_refused(delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} "
-                                                     "equal refusals in a row")
+            self.store.deliveries.requeue_refused(
+                delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} equal refusals in a row")
         if self.fatal:
             raise self.fatal
 
@@ -439,13 +437,13 @@ class Engine:
         try:
             with self.store.transaction():
                 for outcome, next_attempt in unrecorded:
-                    self.store.record(outcome, next_attempt)
+                    self.store.deliveries.record(outcome, next_attempt)
                 if sending is not None:
                     problem = self._lease_problem()
                     if problem:
                         self.fatal = self.fatal or problem
                         may_send = False
-                    elif self.store.mark_sending(*sending) is None:
+                    elif self.store.deliveries.mark_sending(*sending) is None:
                         may_send = False  # recorded or cancelled since it was read: not ours to send
         except StoreWriteError as exc:
             # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
@@ -458,14 +456,14 @@ class Engine:
     def _lease_problem(self) -> MailerError | None:
         if self.lease.orphaned():
             return LeaseLost(f"the parent process {self.lease.parent_pid} of this worker is gone")
-        if self.store.lease_holder(self.campaign.id) == self.lease.owner:
+        if self.store.leases.holder(self.campaign.id) == self.lease.owner:
             return None
-        return lost_lease(self.store, self.campaign.id)
+        return self.store.leases.lost(self.campaign.id)
 
     async def _deliver(
         self, session: Session, recipient: Recipient, unrecorded: list[tuple[Outcome, str | None]]
     ) -> None:
-        if not self.campaign.is_test and not self.store.subscriber_active(recipient.subscriber_id):
+        if not self.campaign.is_test and not self.store.subscribers.is_mailable(recipient.subscriber_id):
             unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None,
                                        "unsubscribed or suppressed"), None))
             self.progress.advance(DeliveryStatus.SKIPPED, recipient.email)
@@ -552,10 +550,10 @@ class Engine:
         if status == DeliveryStatus.FAILED and reply.stage not in ("end-of-data",):
             text = f"{reply.stage}: {reply.text}"
         if status == DeliveryStatus.DEFERRED:
-            attempts, first = self.store.attempt_info(recipient.delivery_id)
+            attempts, first = self.store.deliveries.attempt_info(recipient.delivery_id)
             now = self.clock()
             retry = self.options.retry
-            if first and (now - _parse_stamp(first)).total_seconds() >= retry.expiry:
+            if first and (now - parse_stamp(first)).total_seconds() >= retry.expiry:
                 status = DeliveryStatus.FAILED
                 text = f"expired after {attempts} attempts; last reply: {reply.text}"
             else:
@@ -606,10 +604,6 @@ def _refusal_text(text: str) -> str:
     return " ".join(_ADDRESS_IN_REPLY.sub("", text).split()).lower()
 
 
-def _parse_stamp(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 async def probe_relays(relays: Sequence[SMTPSettings]) -> None:
     """Every relay must answer (and accept our login) before any state changes: otherwise exit 4."""
     for relay in relays:
@@ -632,8 +626,8 @@ async def send_issue(
         return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
     if not options.test_email:  # what would be refused is refused before any SMTP
         issue = prepared.issue
-        _refuse_cancelled(store.find_campaign(prepared.mailing_list.id, issue.content_hash))
-        store.check_new_content(prepared.mailing_list.id, issue.slug, str(issue_path), issue.content_hash)
+        _refuse_cancelled(store.campaigns.find(prepared.mailing_list.id, issue.content_hash))
+        store.campaigns.check_new_content(prepared.mailing_list.id, issue.slug, str(issue_path), issue.content_hash)
     await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
     campaign, template = open_campaign(store, prepared, options, config.secret, signer)
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
@@ -657,7 +651,7 @@ async def deliver_campaign(
     a full disk, the lease lost) is in the summary, with the counts and the command that resumes."""
     started = time.monotonic() if started is None else started
     _refuse_cancelled(campaign)
-    owner = store.acquire_lease(campaign.id, options.lease_seconds)
+    owner = store.leases.acquire(campaign.id, options.lease_seconds)
     stop = stop or asyncio.Event()
     lost: list[MailerError] = []
     renew = asyncio.create_task(_keep_lease(store, campaign.id, owner, options.lease_seconds, stop, lost))
@@ -666,8 +660,8 @@ async def deliver_campaign(
     try:
         if requeue is not None:
             notes.extend(requeue(store))
-        in_doubt = store.requeue(campaign.id, [DeliveryStatus.SENDING])
-        counts = store.counts(campaign.id)
+        in_doubt = store.deliveries.requeue(campaign.id, [DeliveryStatus.SENDING])
+        counts = store.deliveries.counts(campaign.id)
         already_done = not counts.get(DeliveryStatus.QUEUED) and not counts.get(DeliveryStatus.DEFERRED)
         total = sum(counts.values())
         sink = progress or _NoProgress()
@@ -684,12 +678,12 @@ async def deliver_campaign(
         with contextlib.suppress(asyncio.CancelledError):
             await renew
         with contextlib.suppress(StoreWriteError):  # a full disk: the summary says so, the lease expires
-            store.release_lease(campaign.id, owner)
+            store.leases.release(campaign.id, owner)
     stopped = stopped or (lost[0] if lost else None)
-    counts = store.counts(campaign.id)
+    counts = store.deliveries.counts(campaign.id)
     unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
     if not unfinished and not stopped:
-        store.finish_campaign(campaign.id)
+        store.campaigns.finish(campaign.id)
     if already_done and not campaign.is_test:
         notes.append(f"campaign {campaign.id} of this issue and list was already complete: nothing was sent now "
                      f"(the counts below are the campaign's; see: mailer log {campaign.id})")
@@ -721,9 +715,9 @@ def template_for_campaign(
     store: Store, campaign: Campaign, base_url: str, secret: bytes, signer: MessageSigner | None = None,
 ) -> MessageTemplate:
     """The message skeleton of an existing campaign, from the issue as it was snapshotted."""
-    rendered, salt = store.campaign_rendered(campaign.id)
+    rendered, salt = store.campaigns.rendered(campaign.id)
     issue = issue_from_json(rendered)
-    mailing_list = store.get_list_by_id(campaign.list_id)
+    mailing_list = store.lists.by_id(campaign.list_id)
     prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url),
                              Path(campaign.issue_path))
     return build_template(prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test)
@@ -756,7 +750,7 @@ async def _run_workers(
         proc.start()
     for _, writer in pipes:
         writer.close()
-    seen = store.counts(campaign.id)
+    seen = store.deliveries.counts(campaign.id)
     loop = asyncio.get_running_loop()
     stopping = False
     while any(proc.is_alive() for proc in procs):
@@ -785,7 +779,7 @@ async def _run_workers(
 
 
 def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink: ProgressSink) -> dict[str, int]:
-    counts = store.counts(campaign_id)
+    counts = store.deliveries.counts(campaign_id)
     for status in (DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED):
         for _ in range(max(0, counts.get(status, 0) - seen.get(status, 0))):
             sink.advance(status, "")
@@ -806,7 +800,7 @@ def _worker_process(parent_pid: int, owner: str, reports: Any, db_path: Path, ca
             loop.add_signal_handler(sig, stop.set)
         store = Store.open(db_path)
         try:
-            campaign = store.get_campaign(campaign_id)
+            campaign = store.campaigns.get(campaign_id)
             template = template_for_campaign(store, campaign, base_url, secret, signer)
             await Engine(store, template, campaign, relays, options, None, stop, part=part,
                          lease=Lease(owner, parent_pid)).run()
@@ -853,21 +847,13 @@ async def _keep_lease(store: Store, campaign_id: int, owner: str, seconds: float
     while True:
         await asyncio.sleep(seconds / 3)
         try:
-            held = store.renew_lease(campaign_id, owner, seconds)
+            held = store.leases.renew(campaign_id, owner, seconds)
         except StoreWriteError:
             continue  # the disk is full: the next `sending` commit fails as well and stops the campaign
         if not held:
-            lost.append(lost_lease(store, campaign_id))
+            lost.append(store.leases.lost(campaign_id))
             stop.set()
             return
-
-
-def lost_lease(store: Store, campaign_id: int) -> LeaseLost:
-    """Why this sender may not go on: who holds its campaign now."""
-    host, pid, _ = [*(store.lease_holder(campaign_id) or "").split(":"), "", ""][:3]
-    now = f"process {pid} on {host} holds it now" if pid else "it was released"
-    return LeaseLost(f"this run no longer holds campaign {campaign_id} ({now}; was this process stopped past its "
-                     "lease?): it stopped before its next message")
 
 
 async def retry_campaign(
@@ -878,14 +864,14 @@ async def retry_campaign(
     """Send again to deferred recipients (all of them, or with `due_only` those whose backoff has passed, without
     waiting for the others), and with `failed` to the failed ones too."""
     started = time.monotonic()
-    campaign = store.get_campaign(campaign_ref)
+    campaign = store.campaigns.get(campaign_ref)
     _refuse_cancelled(campaign)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     if due_only:
         options = replace(options, max_wait=0.0)  # keep to the schedule: what is not due waits for its time
-        if not failed and not store.count_due(campaign.id, stamp()):
-            counts = store.counts(campaign.id)
-            earliest = store.next_retry(campaign.id)
+        if not failed and not store.deliveries.count_due(campaign.id, stamp()):
+            counts = store.deliveries.counts(campaign.id)
+            earliest = store.deliveries.next_retry(campaign.id)
             note = f"nothing is due yet; the next retry time is {earliest}" if earliest else "nothing is due"
             return SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
                                elapsed=time.monotonic() - started, warnings=[note])
@@ -894,10 +880,10 @@ async def retry_campaign(
     def requeue(store: Store) -> list[str]:
         notes = []
         if failed:
-            requeued, left = store.requeue_failed(campaign.id)
+            requeued, left = store.deliveries.requeue_failed(campaign.id)
             notes.append(f"{requeued} failed recipient(s) queued again" + (
                 f"; {left} left failed: unsubscribed or suppressed since" if left else ""))
-        store.requeue_due(campaign.id, stamp() if due_only else None)
+        store.deliveries.requeue_due(campaign.id, stamp() if due_only else None)
         return notes
 
     return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,

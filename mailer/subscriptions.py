@@ -14,12 +14,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from mailer.addresses import CsvProblem, csv_delimiter, decode_csv, normalise_address, read_subscribers_csv
+from mailer.clock import stamp
 from mailer.errors import MailerError, NotFoundError, UsageError
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, clean_header_text, parse_from
-from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus, Theme
+from mailer.models import Lang, MailingList, Recipient, Subscriber, SubscriberStatus, Theme, UnsubscribeSource
 from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.spreadsheet import SpreadsheetWriter
-from mailer.store import Store, stamp
+from mailer.store import Store
 from mailer.tokens import BadToken, TokenKind, make_token, read_token
 
 _BATCH = 1000
@@ -45,22 +46,21 @@ def create_list(store: Store, name: str, title: str, from_addr: str, reply_to: s
         parse_from(from_addr)
     if reply_to:
         reply_to = normalise_address(reply_to)
-    return store.create_list(name, clean_header_text(title), clean_header_text(from_addr), reply_to, lang)
+    return store.lists.create(name, clean_header_text(title), clean_header_text(from_addr), reply_to, lang)
 
 
 def add_subscriber(store: Store, list_name: str, email: str, name: str = "") -> tuple[Subscriber, bool]:
     """Add (or update the name of) one subscriber; True when newly added."""
-    mailing_list = store.get_list(list_name)
+    mailing_list = store.lists.get(list_name)
     address = normalise_address(email)
-    added, _, _, _ = store.upsert_subscribers(
-        mailing_list.id, [Subscriber(email=address, name=clean_header_text(name))], source="cli"
-    )
-    return store.get_subscriber(mailing_list.id, address), bool(added)
+    counts = store.subscribers.upsert(mailing_list.id, [Subscriber(email=address, name=clean_header_text(name))],
+                                      source="cli")
+    return store.subscribers.get(mailing_list.id, address), bool(counts.added)
 
 
 def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
     """Import a subscriber CSV: good rows are added or updated in batches, bad rows come back by line number."""
-    mailing_list = store.get_list(list_name)
+    mailing_list = store.lists.get(list_name)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -78,32 +78,32 @@ def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
             continue
         batch.append(item)
         if len(batch) >= _BATCH:
-            totals = [a + b for a, b in zip(totals, store.upsert_subscribers(mailing_list.id, batch, "import"),
+            totals = [a + b for a, b in zip(totals, store.subscribers.upsert(mailing_list.id, batch, "import"),
                                             strict=True)]
             batch = []
     if batch:
-        totals = [a + b for a, b in zip(totals, store.upsert_subscribers(mailing_list.id, batch, "import"),
+        totals = [a + b for a, b in zip(totals, store.subscribers.upsert(mailing_list.id, batch, "import"),
                                         strict=True)]
     return ImportResult(totals[0], totals[1], totals[2], problems, totals[3], decoded.encoding, delimiter)
 
 
 def subscribers(store: Store, list_name: str, status: str | None = None) -> Iterator[Subscriber]:
-    mailing_list = store.get_list(list_name)
+    mailing_list = store.lists.get(list_name)
     if status and status not in tuple(SubscriberStatus):
         raise UsageError(f"--status must be one of {', '.join(SubscriberStatus)}, not {status!r}")
-    return store.iter_subscribers(mailing_list.id, status)
+    return store.subscribers.of_list(mailing_list.id, SubscriberStatus(status) if status else None)
 
 
 def export_csv(store: Store, list_name: str) -> Iterator[str]:
     """The list as CSV text, a chunk of rows at a time: email, name, status, then every attribute seen."""
-    mailing_list = store.get_list(list_name)
+    mailing_list = store.lists.get(list_name)
     keys: list[str] = []
-    for sub in store.iter_subscribers(mailing_list.id):
+    for sub in store.subscribers.of_list(mailing_list.id):
         keys.extend(k for k in sub.attrs if k not in keys)
     buffer = io.StringIO()
     writer = SpreadsheetWriter(buffer)
     writer.writerow(["email", "name", "status", *keys])
-    for n, sub in enumerate(store.iter_subscribers(mailing_list.id), start=1):
+    for n, sub in enumerate(store.subscribers.of_list(mailing_list.id), start=1):
         writer.writerow([sub.email, sub.name, sub.status, *(sub.attrs.get(k, "") for k in keys)])
         if n % 500 == 0:
             yield buffer.getvalue()
@@ -113,14 +113,14 @@ def export_csv(store: Store, list_name: str) -> Iterator[str]:
 
 
 def remove_subscriber(store: Store, list_name: str, email: str) -> None:
-    mailing_list = store.get_list(list_name)
-    store.remove_subscriber(mailing_list.id, normalise_address(email))
+    mailing_list = store.lists.get(list_name)
+    store.subscribers.remove(mailing_list.id, normalise_address(email))
 
 
 def unsubscribe_by_hand(store: Store, list_name: str, email: str) -> bool:
-    mailing_list = store.get_list(list_name)
-    sub = store.get_subscriber(mailing_list.id, normalise_address(email))
-    return store.unsubscribe(sub.id, source="ops")
+    mailing_list = store.lists.get(list_name)
+    sub = store.subscribers.get(mailing_list.id, normalise_address(email))
+    return store.subscribers.unsubscribe(sub.id, UnsubscribeSource.OPS)
 
 
 # ---- the subscriber's own side: links in mail, the sign-up form ---------------------------------------------------
@@ -172,12 +172,12 @@ def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> Lin
     parsed = read_token(secret, token, kind)
     if parsed.b == 0:  # test sends use subscriber 0
         try:
-            raise TestLink(store.get_list_by_id(parsed.a))
+            raise TestLink(store.lists.by_id(parsed.a))
         except NotFoundError:
             raise BadToken("no such list") from None
     try:
-        subscriber = store.subscriber_by_id(parsed.b)
-        mailing_list = store.get_list_by_id(parsed.a)
+        subscriber = store.subscribers.by_id(parsed.b)
+        mailing_list = store.lists.by_id(parsed.a)
     except MailerError:
         raise BadToken("no such subscriber") from None
     if subscriber.list_id != mailing_list.id:
@@ -185,10 +185,11 @@ def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> Lin
     return LinkTarget(mailing_list, subscriber)
 
 
-def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: str) -> tuple[LinkTarget, bool]:
+def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: UnsubscribeSource,
+                           ) -> tuple[LinkTarget, bool]:
     """RFC 8058 one-click or the page's button: unsubscribe now (idempotent); True if it changed anything."""
     target = link_target(store, secret, token, TokenKind.UNSUBSCRIBE)
-    return target, store.unsubscribe(target.subscriber.id, source=source)
+    return target, store.subscribers.unsubscribe(target.subscriber.id, source)
 
 
 @dataclass(frozen=True)
@@ -211,21 +212,21 @@ def request_signup(
     kept with the request, not the subscriber: only the confirmation of that request (by whoever reads the
     mailbox) may put it into later mail."""
     limits = limits or SignupLimits()
-    mailing_list = store.get_list(list_name)
+    mailing_list = store.lists.get(list_name)
     address = normalise_address(email)
-    if store.signup_counts(address, client, stamp(now - limits.client_window))[1] >= limits.client_max:
+    if store.signups.counts(address, client, stamp(now - limits.client_window))[1] >= limits.client_max:
         return Signup(SignupOutcome.LIMITED)
-    mailed_today = store.signup_counts(address, client, stamp(now - timedelta(days=1)))[0]
-    last = store.last_confirmation_mail(address)
+    mailed_today = store.signups.counts(address, client, stamp(now - timedelta(days=1)))[0]
+    last = store.signups.last_mailed(address)
     too_soon = last is not None and last > stamp(now - limits.address_interval)
     subscriber = None
     outcome = SignupOutcome.QUIET
-    if not store.is_suppressed(address):
-        subscriber = store.upsert_pending(mailing_list.id, address)
+    if not store.suppressions.is_suppressed(address):
+        subscriber = store.subscribers.add_pending(mailing_list.id, address)
         can_join = subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
         if can_join and not too_soon and mailed_today < limits.address_per_day:
             outcome = SignupOutcome.MAIL
-    request_id = store.log_signup(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now),
+    request_id = store.signups.log(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now),
                                   clean_header_text(name)[:200])
     return Signup(outcome, subscriber, request_id)
 
@@ -243,7 +244,7 @@ def requested_name(store: Store, secret: bytes, token: str) -> str:
     request_id = read_token(secret, token, TokenKind.CONFIRM).c
     if not request_id:
         return ""
-    return store.signup_request_name(request_id, target.mailing_list.id, target.subscriber.email) or ""
+    return store.signups.requested_name(request_id, target.mailing_list.id, target.subscriber.email) or ""
 
 
 def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool,
@@ -256,19 +257,19 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     sub = target.subscriber
     if sub.status == SubscriberStatus.ACTIVE:
         return target, ConfirmState.CONFIRMED
-    requested = store.last_confirmation_mail(sub.email, target.mailing_list.id)
+    requested = store.signups.last_mailed(sub.email, target.mailing_list.id)
     if sub.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED) or requested is None \
-            or store.is_suppressed(sub.email):
+            or store.suppressions.is_suppressed(sub.email):
         return target, ConfirmState.GONE
     if sub.status == SubscriberStatus.UNSUBSCRIBED:
-        left = store.unsubscribe_source(sub.id)
-        if left is not None and left[1] >= requested:
+        left = store.subscribers.last_unsubscribe(sub.id)
+        if left is not None and left.at >= requested:
             return target, ConfirmState.GONE
     if requested < stamp(now - CONFIRM_TTL):
         return target, ConfirmState.EXPIRED
     if apply:
         chosen = requested_name(store, secret, token) if name is None else name
-        store.confirm_subscriber(sub.id, clean_header_text(chosen)[:200])
+        store.subscribers.confirm(sub.id, clean_header_text(chosen)[:200])
         return target, ConfirmState.CONFIRMED
     return target, ConfirmState.READY
 

@@ -26,13 +26,14 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mailer.addresses import AddressError
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, NotFoundError
 from mailer.message import BuiltMessage
-from mailer.models import MailingList, SubscriberStatus
+from mailer.models import MailingList, SubscriberStatus, UnsubscribeSource
 from mailer.render import memory_ceiling, render_page
 from mailer.send import dkim_signer, send_one, smtp_settings
-from mailer.store import Store, utcnow
+from mailer.store import Store
 from mailer.subscriptions import (
     ConfirmState,
     LinkTarget,
@@ -267,7 +268,7 @@ class WebApp:
         one_click = str(form.get("List-Unsubscribe", "")) == "One-Click"
         try:
             target, _ = await self._with_store(lambda store: unsubscribe_with_token(
-                store, self.config.secret, token, "one-click" if one_click else "page"))
+                store, self.config.secret, token, UnsubscribeSource.ONE_CLICK if one_click else UnsubscribeSource.PAGE))
         except BadToken as problem:
             return self._bad_link(problem)
         words = self._words(target.mailing_list)
@@ -279,7 +280,7 @@ class WebApp:
 
     async def _list(self, name: str) -> MailingList | None:
         try:
-            return await self._with_store(lambda store: store.get_list(name))  # type: ignore[no-any-return]
+            return await self._with_store(lambda store: store.lists.get(name))  # type: ignore[no-any-return]
         except NotFoundError:
             return None
 
@@ -382,7 +383,7 @@ class WebApp:
             if not delivered:
                 # Not counted against the address: the person can simply send the form again.
                 log.warning("confirmation mail to %s not sent: %s", mask_address(email), problem)
-                await self._with_store(lambda store: store.forget_confirmation_mail(email))
+                await self._with_store(lambda store: store.signups.forget_last_mail(email))
         finally:
             self.pending -= 1
 

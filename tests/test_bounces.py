@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mailer.bounces import Kind, parse_returned
+from mailer.bounces import parse_returned
 from mailer.capture import CaptureServer
 from mailer.config import Config
-from mailer.models import DeliveryStatus, Subscriber, SubscriberStatus
+from mailer.models import DeliveryStatus, ReturnedKind, Subscriber, SubscriberStatus
 from mailer.send import SendOptions, send_issue, smtp_settings
 from mailer.store import Store
 from mailer.web import create_app
@@ -57,8 +57,8 @@ def sent_messages(smtp: CaptureServer) -> dict[str, Sent]:
 
 @pytest.fixture
 async def campaign(store: Store, config: Config, smtp_server: CaptureServer) -> dict[str, Sent]:
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email=e, name="读者") for e in READERS], "test")
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email=e, name="读者") for e in READERS], "test")
     settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
     summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=2), settings)
     assert summary.counts == {"sent": len(READERS)}
@@ -83,26 +83,26 @@ SAMPLE = Sent("li.na@example.net", "bounces+aaaabbbbccccddddeeee@example.org", "
 
 
 @pytest.mark.parametrize(("fixture", "kind", "status"), [
-    ("rfc3464-5.1.1.eml", Kind.HARD, "5.1.1"),
-    ("rfc3464-4.2.2.eml", Kind.SOFT, "4.2.2"),
-    ("gmail.eml", Kind.HARD, "5.1.1"),
-    ("exchange.eml", Kind.HARD, "5.1.10"),
-    ("qmail.eml", Kind.HARD, "5.1.1"),
-    ("complaint-arf.eml", Kind.COMPLAINT, ""),
-    ("mailto-unsubscribe.eml", Kind.UNSUBSCRIBE, ""),
+    ("rfc3464-5.1.1.eml", ReturnedKind.HARD, "5.1.1"),
+    ("rfc3464-4.2.2.eml", ReturnedKind.SOFT, "4.2.2"),
+    ("gmail.eml", ReturnedKind.HARD, "5.1.1"),
+    ("exchange.eml", ReturnedKind.HARD, "5.1.10"),
+    ("qmail.eml", ReturnedKind.HARD, "5.1.1"),
+    ("complaint-arf.eml", ReturnedKind.COMPLAINT, ""),
+    ("mailto-unsubscribe.eml", ReturnedKind.UNSUBSCRIBE, ""),
 ])
-def test_each_kind_of_report_is_read(fixture: str, kind: Kind, status: str) -> None:
+def test_each_kind_of_report_is_read(fixture: str, kind: ReturnedKind, status: str) -> None:
     report = parse_returned(fill(fixture, SAMPLE))
     assert [f.kind for f in report.findings] == [kind]
     finding = report.findings[0]
     assert finding.status == status
-    if kind in (Kind.HARD, Kind.SOFT, Kind.COMPLAINT):
+    if kind in (ReturnedKind.HARD, ReturnedKind.SOFT, ReturnedKind.COMPLAINT):
         assert finding.email == SAMPLE.email
-    if kind == Kind.UNSUBSCRIBE:
+    if kind == ReturnedKind.UNSUBSCRIBE:
         assert report.unsubscribe_tokens == ["ffffgggghhhhiiiijjjj"]
     elif fixture != "exchange.eml":  # Exchange answers the From address: no VERP, only the Message-ID
         assert report.verp_tokens[0] == "aaaabbbbccccddddeeee"
-    if kind != Kind.UNSUBSCRIBE:
+    if kind != ReturnedKind.UNSUBSCRIBE:
         assert SAMPLE.message_id in report.message_ids
 
 
@@ -114,7 +114,7 @@ def test_diagnostic_is_one_line_and_the_key_is_the_dsn_message_id() -> None:
 
 def test_an_auto_reply_is_not_a_bounce() -> None:
     report = parse_returned(fill("out-of-office.eml", SAMPLE))
-    assert all(f.kind == Kind.OTHER for f in report.findings)
+    assert all(f.kind == ReturnedKind.OTHER for f in report.findings)
 
 
 # ---- scanning a mailbox: matching and recording --------------------------------------------------------------------
@@ -146,18 +146,19 @@ def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent
     assert "matched by message-id" in exchange["result"]
     for email in (r[0].email, r[1].email, r[2].email, r[3].email):
         assert delivery_status(store, email) == DeliveryStatus.BOUNCED
-        assert store.suppression(email)[0] == "bounced"
-        assert store.get_subscriber(store.get_list("bulletin").id, email).status == SubscriberStatus.BOUNCED
-    assert delivery_status(store, r[4].email) == DeliveryStatus.SENT and not store.is_suppressed(r[4].email)
+        assert store.suppressions.get(email).reason == "bounced"
+        assert store.subscribers.get(store.lists.get("bulletin").id, email).status == SubscriberStatus.BOUNCED
+    assert delivery_status(store, r[4].email) == DeliveryStatus.SENT
+    assert not store.suppressions.is_suppressed(r[4].email)
     code, reply = store.conn.execute("SELECT smtp_code, smtp_reply FROM deliveries WHERE email = ?",
                                      (r[0].email,)).fetchone()
     assert code == 550 and reply.startswith("5.1.1 ")  # the receiver's answer, not our relay's 250
-    assert store.suppression(r[0].email)[1].startswith("5.1.1 ")
+    assert store.suppressions.get(r[0].email).detail.startswith("5.1.1 ")
 
     again = scan_json(run_cli, tmp_path / "Maildir")  # reading the mailbox again changes nothing
     assert {row["result"] for row in again if row["email"] in {x.email for x in r[:5]}} == \
         {"duplicate: already counted"}
-    assert store.soft_bounce_count(r[4].email) == 1
+    assert store.returned.soft_bounce_count(r[4].email) == 1
 
     log = json.loads(run_cli("log", "1", "--status", "bounced", "--json").stdout)
     assert sorted(row["email"] for row in log) == sorted(x.email for x in r[:4])
@@ -165,8 +166,8 @@ def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent
 
 def test_soft_bounces_suppress_after_the_limit(store: Store, config: Config, smtp_server: CaptureServer,
                                                tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email="full@example.net")], "test")
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email="full@example.net")], "test")
     settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
     issues = []
     for n in range(2):
@@ -180,8 +181,8 @@ def test_soft_bounces_suppress_after_the_limit(store: Store, config: Config, smt
         (tmp_path / f"dsn{n}.eml").write_bytes(raw)
         rows = scan_json(run_cli, tmp_path / f"dsn{n}.eml", env={"MAILER_SOFT_BOUNCE_LIMIT": "2"})
         assert rows[0]["result"].startswith(f"soft bounce {n + 1}/2"), rows
-        assert store.is_suppressed("full@example.net") == (n == 1)
-    assert store.suppression("full@example.net")[0] == "soft-bounces"
+        assert store.suppressions.is_suppressed("full@example.net") == (n == 1)
+    assert store.suppressions.get("full@example.net").reason == "soft-bounces"
 
 
 def test_complaint_and_mailto_unsubscribe_from_an_mbox(campaign: dict[str, Sent], store: Store, tmp_path: Path,
@@ -198,11 +199,11 @@ def test_complaint_and_mailto_unsubscribe_from_an_mbox(campaign: dict[str, Sent]
         ("unsubscribe", r[6].email, "unsubscribed"),
         ("unsubscribe", r[6].email, "already unsubscribed"),
     ]
-    list_id = store.get_list("bulletin").id
-    assert store.get_subscriber(list_id, r[6].email).status == SubscriberStatus.UNSUBSCRIBED
-    sub6 = store.get_subscriber(list_id, r[6].email)
-    assert store.unsubscribe_source(sub6.id)[0] == "mailto"
-    assert store.suppression(r[5].email)[0] == "complained"
+    list_id = store.lists.get("bulletin").id
+    assert store.subscribers.get(list_id, r[6].email).status == SubscriberStatus.UNSUBSCRIBED
+    sub6 = store.subscribers.get(list_id, r[6].email)
+    assert store.subscribers.last_unsubscribe(sub6.id).source == "mailto"
+    assert store.suppressions.get(r[5].email).reason == "complained"
 
 
 def test_a_folder_of_eml_files_and_a_forged_unsubscribe(campaign: dict[str, Sent], store: Store, tmp_path: Path,
@@ -214,7 +215,7 @@ def test_a_folder_of_eml_files_and_a_forged_unsubscribe(campaign: dict[str, Sent
     (folder / "1.eml").write_bytes(fill("mailto-unsubscribe.eml", forged))
     rows = scan_json(run_cli, folder)
     assert rows[0]["result"].startswith("unmatched") and not rows[0]["matched"]
-    assert store.get_subscriber(store.get_list("bulletin").id, r.email).status == SubscriberStatus.ACTIVE
+    assert store.subscribers.get(store.lists.get("bulletin").id, r.email).status == SubscriberStatus.ACTIVE
 
 
 def test_a_broken_message_is_skipped_and_the_rest_is_read(campaign: dict[str, Sent], store: Store,
@@ -246,8 +247,8 @@ def test_scan_of_a_missing_path_is_one_error_line(store: Store, tmp_path: Path, 
 def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
     store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path, run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email=e) for e in READERS[:4]], "test")
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email=e) for e in READERS[:4]], "test")
     holder: dict[str, Config] = {}
 
     def make(url: str) -> object:
@@ -279,7 +280,7 @@ def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
     csv_path = tmp_path / "again.csv"
     csv_path.write_text("email\n" + "\n".join(READERS[:4]) + "\n", encoding="utf-8")
     assert run_cli("subs", "import", str(csv_path), "--list", "bulletin").returncode == 0
-    assert store.count_recipients(list_id) == 2
+    assert store.subscribers.count_recipients(list_id) == 2
 
 
 def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp_path: Path,
@@ -289,12 +290,12 @@ def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp
     scan_json(run_cli, tmp_path / "dsn.eml")
     listed = json.loads(run_cli("suppressions", "ls", "--json").stdout)
     assert [(r["email"], r["reason"]) for r in listed] == [(bounced.email, "bounced")]
-    list_id = store.get_list("bulletin").id
-    before = store.count_recipients(list_id)
+    list_id = store.lists.get("bulletin").id
+    before = store.subscribers.count_recipients(list_id)
     result = run_cli("suppressions", "remove", bounced.email)
     assert result.returncode == 0, result.stderr
-    assert store.get_subscriber(list_id, bounced.email).status == SubscriberStatus.ACTIVE
-    assert store.count_recipients(list_id) == before + 1
+    assert store.subscribers.get(list_id, bounced.email).status == SubscriberStatus.ACTIVE
+    assert store.subscribers.count_recipients(list_id) == before + 1
     again = run_cli("suppressions", "remove", bounced.email)
     assert again.returncode == 1 and again.stderr.startswith("error: ") and "not suppressed" in again.stderr
 
@@ -305,9 +306,9 @@ def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp
 def interrupted_campaign(store: Store) -> int:
     """A second campaign whose snapshot was written and whose run stopped before anyone was mailed: every delivery
     queued, none with a Message-ID yet."""
-    list_id = store.get_list("bulletin").id
-    campaign = store.create_campaign(list_id, "interrupted", "第13期", "interrupted.md", "h", {}, "salt")
-    assert store.counts(campaign.id) == {"queued": len(READERS)}
+    list_id = store.lists.get("bulletin").id
+    campaign = store.campaigns.create(list_id, "interrupted", "第13期", "interrupted.md", "h", {}, "salt")
+    assert store.deliveries.counts(campaign.id) == {"queued": len(READERS)}
     return campaign.id
 
 
@@ -321,20 +322,20 @@ def test_a_blank_message_id_matches_no_delivery(fixture: str, campaign: dict[str
     (tmp_path / "forged.eml").write_bytes(fill(fixture, forged))
     rows = scan_json(run_cli, tmp_path / "forged.eml")
     assert [row["result"].split(":")[0] for row in rows] == ["unmatched"], rows
-    assert not store.is_suppressed(victim.email)
-    assert store.get_subscriber(store.get_list("bulletin").id, victim.email).status == SubscriberStatus.ACTIVE
+    assert not store.suppressions.is_suppressed(victim.email)
+    assert store.subscribers.get(store.lists.get("bulletin").id, victim.email).status == SubscriberStatus.ACTIVE
 
 
 def test_a_message_id_matches_only_a_delivery_that_was_sent_with_it(campaign: dict[str, Sent],
                                                                     store: Store) -> None:
     interrupted = interrupted_campaign(store)
-    assert store.delivery_by_message_id("") is None
+    assert store.deliveries.by_message_id("") is None
     sent = campaign[READERS[0]]
-    assert store.delivery_by_message_id(sent.message_id)["email"] == READERS[0]
+    assert store.deliveries.by_message_id(sent.message_id).email == READERS[0]
     # A Message-ID the engine may know before the first attempt names no mail that exists.
     store.conn.execute("UPDATE deliveries SET message_id = '<mailer.x.1.abc@example.org>' WHERE campaign_id = ?",
                        (interrupted,))
-    assert store.delivery_by_message_id("<mailer.x.1.abc@example.org>") is None
+    assert store.deliveries.by_message_id("<mailer.x.1.abc@example.org>") is None
 
 
 def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: dict[str, Sent], store: Store,
@@ -345,7 +346,8 @@ def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: d
     assert finding.diagnostic == "550 5.1.1 User unknown"
     (tmp_path / "dsn.eml").write_bytes(raw)
     assert scan_json(run_cli, tmp_path / "dsn.eml")[0]["result"].startswith("bounced")
-    assert store.suppression(reader.email) == ("bounced", "5.1.1 550 5.1.1 User unknown")
+    suppression = store.suppressions.get(reader.email)
+    assert suppression and (suppression.reason, suppression.detail) == ("bounced", "5.1.1 550 5.1.1 User unknown")
     # Rows stored before this check (or a relay's reply) are cleaned where they are printed too.
     store.conn.execute("UPDATE deliveries SET smtp_reply = '550 \x1b[2Jgone\x07' WHERE email = ?", (READERS[2],))
     for args in (("suppressions", "ls"), ("log", "1")):
@@ -361,10 +363,10 @@ UTF8_SAMPLE = Sent("李四@example.net", SAMPLE.verp, SAMPLE.message_id, SAMPLE.
 
 
 @pytest.mark.parametrize(("fixture", "kind", "status"), [
-    ("postfix-smtputf8-delay.eml", Kind.SOFT, "4.4.1"),  # message/global-headers
-    ("postfix-smtputf8-failed.eml", Kind.HARD, "5.1.1"),  # message/global
+    ("postfix-smtputf8-delay.eml", ReturnedKind.SOFT, "4.4.1"),  # message/global-headers
+    ("postfix-smtputf8-failed.eml", ReturnedKind.HARD, "5.1.1"),  # message/global
 ])
-def test_a_global_delivery_status_report_is_read(fixture: str, kind: Kind, status: str) -> None:
+def test_a_global_delivery_status_report_is_read(fixture: str, kind: ReturnedKind, status: str) -> None:
     report = parse_returned(fill(fixture, UTF8_SAMPLE))
     assert [(f.kind, f.email, f.status) for f in report.findings] == [(kind, "李四@example.net", status)]
     assert report.verp_tokens[0] == "aaaabbbbccccddddeeee"
@@ -380,14 +382,14 @@ def test_a_global_report_may_be_transfer_encoded_and_spell_characters_as_unitext
     for name, encoded in (("base64", base64.encodebytes(body)), ("quoted-printable", quopri.encodestring(body))):
         part = f"Content-Type: message/global-delivery-status\nContent-Transfer-Encoding: {name}\n\n".encode()
         report = parse_returned(head + part + encoded + boundary + tail)
-        assert [(f.kind, f.email) for f in report.findings] == [(Kind.SOFT, "李四@example.net")], name
+        assert [(f.kind, f.email) for f in report.findings] == [(ReturnedKind.SOFT, "李四@example.net")], name
 
 
 async def test_scan_matches_rfc6533_reports_by_verp_and_by_message_id(store: Store, config: Config,
                                                                       smtp_server: CaptureServer, tmp_path: Path,
                                                                       run_cli) -> None:  # type: ignore[no-untyped-def]
     readers = ["李四@example.net", "王五@example.net"]
-    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email=e) for e in readers], "test")
+    store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email=e) for e in readers], "test")
     settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
     summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
     assert summary.counts == {"sent": 2}
@@ -402,4 +404,4 @@ async def test_scan_matches_rfc6533_reports_by_verp_and_by_message_id(store: Sto
         (readers[0], "soft", "soft bounce 1/3 counted (matched by verp)"),
         (readers[1], "hard", "bounced and suppressed (matched by message-id)"),
     ]
-    assert store.suppression(readers[1])[0] == "bounced" and not store.is_suppressed(readers[0])
+    assert store.suppressions.get(readers[1]).reason == "bounced" and not store.suppressions.is_suppressed(readers[0])

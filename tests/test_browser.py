@@ -90,8 +90,8 @@ def text_link(data: bytes, pattern: str) -> str:
 
 def test_unsubscribe_from_the_link_in_a_sent_issue(browser: object, site: Config, store: Store,
                                                    smtp_server: CaptureServer) -> None:
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email="zhang.wei@example.org", name="张伟")], "test")
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email="zhang.wei@example.org", name="张伟")], "test")
     send_now(store, site, SAMPLE_ISSUE, "bulletin")
     [mail] = smtp_server.received
     link = html_link(mail.data, r'<a class="unsubscribe"[^>]*href="([^"]+)"')
@@ -102,22 +102,22 @@ def test_unsubscribe_from_the_link_in_a_sent_issue(browser: object, site: Config
     assert page.locator("h1").inner_text() == "退订「知识产权运营简报」"
     assert "zh***@example.org" in page.content()
     shot(page, "unsubscribe-zh.png")
-    assert store.get_subscriber(list_id, "zhang.wei@example.org").status == SubscriberStatus.ACTIVE
+    assert store.subscribers.get(list_id, "zhang.wei@example.org").status == SubscriberStatus.ACTIVE
 
     page.get_by_role("button", name="确认退订").click()
     page.wait_for_load_state()
     assert page.locator("h1").inner_text() == "已退订"
     shot(page, "unsubscribed-zh.png")
-    sub = store.get_subscriber(list_id, "zhang.wei@example.org")
+    sub = store.subscribers.get(list_id, "zhang.wei@example.org")
     assert sub.status == SubscriberStatus.UNSUBSCRIBED
-    assert store.unsubscribe_source(sub.id)[0] == "page"
+    assert store.subscribers.last_unsubscribe(sub.id).source == "page"
     page.close()
 
 
 def test_english_unsubscribe_page(browser: object, site: Config, store: Store, smtp_server: CaptureServer,
                                   tmp_path: Path) -> None:
-    list_id = store.get_list("weekly").id
-    store.upsert_subscribers(list_id, [Subscriber(email="ann@example.org", name="Ann")], "test")
+    list_id = store.lists.get("weekly").id
+    store.subscribers.upsert(list_id, [Subscriber(email="ann@example.org", name="Ann")], "test")
     issue = tmp_path / "notes.md"
     issue.write_text("---\nsubject: Weekly Notes 1\n---\n\nHello.\n\n## News\n\nSomething new.\n", encoding="utf-8")
     send_now(store, site, issue, "weekly")
@@ -129,13 +129,13 @@ def test_english_unsubscribe_page(browser: object, site: Config, store: Store, s
     page.get_by_role("button", name="Unsubscribe").click()
     page.wait_for_load_state()
     assert page.locator("h1").inner_text() == "You are unsubscribed"
-    assert store.get_subscriber(list_id, "ann@example.org").status == SubscriberStatus.UNSUBSCRIBED
+    assert store.subscribers.get(list_id, "ann@example.org").status == SubscriberStatus.UNSUBSCRIBED
     page.close()
 
 
 def test_sign_up_and_confirm_in_the_browser(browser: object, site: Config, store: Store,
                                             smtp_server: CaptureServer) -> None:
-    list_id = store.get_list("bulletin").id
+    list_id = store.lists.get("bulletin").id
     page = browser.new_page(viewport={"width": 800, "height": 700}, locale="zh-CN")  # type: ignore[attr-defined]
     page.goto(f"{site.base_url}/s/bulletin")
     assert page.locator("h1").inner_text() == "订阅「知识产权运营简报」"
@@ -147,19 +147,19 @@ def test_sign_up_and_confirm_in_the_browser(browser: object, site: Config, store
     page.get_by_role("button", name="订阅").click()
     page.wait_for_load_state()
     assert page.locator("h1").inner_text() == "请查收确认邮件"
-    assert store.get_subscriber(list_id, "li.na@example.org").status == SubscriberStatus.PENDING
+    assert store.subscribers.get(list_id, "li.na@example.org").status == SubscriberStatus.PENDING
 
     [mail] = smtp_server.received
     link = text_link(mail.data, r"https?://\S+/c/[a-z0-9]+")
     page.goto(link)
     assert page.locator("h1").inner_text() == "确认订阅「知识产权运营简报」"
     shot(page, "confirm-zh.png")
-    assert store.get_subscriber(list_id, "li.na@example.org").status == SubscriberStatus.PENDING
+    assert store.subscribers.get(list_id, "li.na@example.org").status == SubscriberStatus.PENDING
     page.get_by_role("button", name="确认订阅").click()
     page.wait_for_load_state()
     assert page.locator("h1").inner_text() == "订阅成功"
     shot(page, "confirmed-zh.png")
-    assert store.get_subscriber(list_id, "li.na@example.org").status == SubscriberStatus.ACTIVE
+    assert store.subscribers.get(list_id, "li.na@example.org").status == SubscriberStatus.ACTIVE
     page.close()
 
 

@@ -199,10 +199,10 @@ def test_version(tmp_path: Path) -> None:
 def test_init_migrates_a_schema_4_database_and_keeps_its_sign_ups(tmp_path: Path) -> None:
     import sqlite3
 
-    from mailer.store import _MIGRATIONS, _SCHEMA
+    from tests.test_store import RELEASED_STEPS, SCHEMA_1
 
     conn = sqlite3.connect(tmp_path / "mailer.db")
-    conn.executescript(_SCHEMA + _MIGRATIONS[2] + _MIGRATIONS[3] + _MIGRATIONS[4] + "PRAGMA user_version = 4;")
+    conn.executescript(SCHEMA_1 + "".join(RELEASED_STEPS[v] for v in (2, 3, 4)) + "PRAGMA user_version = 4;")
     conn.execute("INSERT INTO lists (name, created) VALUES ('bulletin', 'now')")
     conn.execute("INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (1, 'a@example.org', "
                  "'127.0.0.1', 1, 'now')")

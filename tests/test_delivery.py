@@ -723,7 +723,7 @@ async def test_the_engine_takes_one_rate_slot_per_message_across_its_sessions(
     time_ = VirtualTime()
     limiter = RateLimiter(40, clock=time_.clock, sleep=time_.sleep)
 
-    await Engine(store, template, campaign, settings, options, lease=Lease(store.acquire_lease(campaign.id)),
+    await Engine(store, template, campaign, settings, options, lease=Lease(store.leases.acquire(campaign.id)),
                  limiter=limiter).run()
 
     assert len(smtp_server.received) == 81
@@ -993,7 +993,7 @@ def test_a_holder_stopped_inside_a_transaction_is_named_at_once_not_after_waitin
     add_subscribers(store, readers(3))
     campaign, _ = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), SendOptions(),
                                 config.secret)
-    store.acquire_lease(campaign.id)  # this test process holds the campaign...
+    store.leases.acquire(campaign.id)  # this test process holds the campaign...
     with closing(sqlite3.connect(tmp_path / "mailer.db", isolation_level=None)) as stalled:
         stalled.execute("BEGIN IMMEDIATE")  # ...and, as if stopped mid-commit, SQLite's write lock
 

@@ -31,7 +31,7 @@ def imported_distributions() -> dict[str, set[str]]:
     """Distribution name -> the mailer modules that import it directly."""
     owners = importlib.metadata.packages_distributions()
     found: dict[str, set[str]] = {}
-    for module in sorted((REPO / "mailer").glob("*.py")):
+    for module in sorted((REPO / "mailer").rglob("*.py")):
         for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
@@ -40,7 +40,7 @@ def imported_distributions() -> dict[str, set[str]]:
                 if top == "mailer" or top in sys.stdlib_module_names:
                     continue
                 for dist in owners.get(top, [f"<no distribution for {top}>"]):
-                    found.setdefault(_name(dist), set()).add(module.name)
+                    found.setdefault(_name(dist), set()).add(module.relative_to(REPO / "mailer").as_posix())
     return found
 
 

@@ -49,7 +49,9 @@ def test_the_wheel_carries_layouts_pages_and_samples(tmp_path: Path) -> None:
         for name, original in shipped.items():
             assert name in names, sorted(names)
             assert archive.read(name) == original.read_bytes(), name  # a copy of the file, not a dangling link
-        modules = {f"mailer/{path.name}" for path in (REPO / "mailer").glob("*.py")}
+        # every module, in subpackages too (setuptools ships only the packages pyproject.toml lists)
+        modules = {path.relative_to(REPO).as_posix() for path in (REPO / "mailer").rglob("*.py")
+                   if "__pycache__" not in path.parts}
         assert modules <= names, modules - names
     data = {name for name in names if not name.endswith(".py") and ".dist-info/" not in name}
     assert data == set(shipped), data - set(shipped)  # nothing from the checkout comes along by accident

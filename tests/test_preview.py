@@ -379,7 +379,7 @@ def test_send_warns_about_clipping_and_dkim_misalignment(store: Store, smtp_serv
                                                          tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     big = tmp_path / "big.md"
     big.write_text("---\nsubject: Big\n---\n\n## One\n\n" + "这是一段很长的正文。" * 4000 + "\n", encoding="utf-8")
-    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email="a@example.org")], "test")
+    store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email="a@example.org")], "test")
     from mailer.dkim import generate_key
 
     key = generate_key("s1", "other.example", tmp_path / "keys").path
@@ -395,7 +395,7 @@ def test_send_dry_run_warns_about_an_image_that_will_go_out_broken(store: Store,
     issue = tmp_path / "pictures.md"
     issue.write_text("---\nsubject: 本期图表\n---\n\n## 图表\n\n![Chart](images/chart.png)\n\n"
                      "![Logo](https://cdn.example.org/logo.png)\n", encoding="utf-8")
-    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email="a@example.org")], "test")
+    store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email="a@example.org")], "test")
     result = run_cli("send", str(issue), "--list", "bulletin", "--dry-run")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]

@@ -74,7 +74,7 @@ def test_code_in_a_layout_is_refused_naming_the_layout_and_line(tmp_path: Path) 
 def test_send_of_an_issue_reading_the_password_stops_before_any_message(
     store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
 ) -> None:
-    store.upsert_subscribers(store.get_list("bulletin").id, [Subscriber(email="wang@example.org")], "test")
+    store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email="wang@example.org")], "test")
     issue = tmp_path / "evil.md"
     issue.write_text(issue_with('{{ cycler.__init__.__globals__.os.environ.get("MAILER_SMTP_PASSWORD") }}'),
                      encoding="utf-8")

@@ -24,9 +24,9 @@ THREE = ["wang@example.org", "li@example.com", "zhang@example.net"]
 
 
 def add_subscribers(store: Store, emails: list[str]) -> list[Subscriber]:
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email=e, name=f"读者{i}") for i, e in enumerate(emails)], "test")
-    return [store.get_subscriber(list_id, e) for e in emails]
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email=e, name=f"读者{i}") for i, e in enumerate(emails)], "test")
+    return [store.subscribers.get(list_id, e) for e in emails]
 
 
 def message_id_of(captured: Captured) -> str:
@@ -242,7 +242,7 @@ async def test_unsubscribed_while_queued_is_skipped(store: Store, config: Config
     assert halted.interrupted
     assert halted.counts == {"queued": 3}
     assert smtp_server.received == []
-    assert store.unsubscribe(subs[1].id, source="test")
+    assert store.subscribers.unsubscribe(subs[1].id, source="test")
 
     resumed = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
 
@@ -273,7 +273,7 @@ def test_template_error_stops_before_anything_is_sent(
 
 def test_dry_run_sends_nothing_and_counts_recipients(store: Store, smtp_server: CaptureServer, run_cli) -> None:
     add_subscribers(store, [*THREE, "zhao@example.org"])
-    store.unsubscribe(store.get_subscriber(store.get_list("bulletin").id, "zhao@example.org").id, "test")
+    store.subscribers.unsubscribe(store.subscribers.get(store.lists.get("bulletin").id, "zhao@example.org").id, "test")
 
     result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--dry-run",
                      "--smtp-port", str(smtp_server.port))
@@ -442,17 +442,17 @@ def test_a_changed_issue_for_a_campaign_in_progress_is_refused_until_it_is_finis
 def test_a_campaign_being_sent_cannot_be_cancelled_under_its_sender(
     store: Store, tmp_path: Path, run_cli  # type: ignore[no-untyped-def]
 ) -> None:
-    list_id = store.get_list("bulletin").id
+    list_id = store.lists.get("bulletin").id
     add_subscribers(store, THREE)
-    campaign = store.create_campaign(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
-    store.acquire_lease(campaign.id)  # this (live) test process is sending it
+    campaign = store.campaigns.create(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
+    store.leases.acquire(campaign.id)  # this (live) test process is sending it
 
     result = run_cli("campaigns", "cancel", str(campaign.id))
 
     assert result.returncode == 1
     assert_one_error_line(result.stderr)
     assert f"campaign {campaign.id} is being sent by process {os.getpid()}" in result.stderr
-    assert store.counts(campaign.id) == {"queued": 3}
+    assert store.deliveries.counts(campaign.id) == {"queued": 3}
 
 
 # ---- asking first, and saying so off a terminal -------------------------------------------------------------------
@@ -486,7 +486,7 @@ def test_retry_failed_requeues_the_failed_on_purpose_but_not_who_left_since(
     first = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", env=env)
     assert first.returncode == 3
     campaign_id = campaigns(run_cli)[0]["id"]
-    store.unsubscribe(subs[3].id, "test")  # zhao leaves meanwhile
+    store.subscribers.unsubscribe(subs[3].id, "test")  # zhao leaves meanwhile
     assert run_cli("retry", str(campaign_id), env=env).returncode == 3  # without --failed: nothing to do
 
     result = run_cli("retry", str(campaign_id), "--failed", env=env)

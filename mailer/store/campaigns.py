@@ -1,0 +1,169 @@
+"""Campaigns: an issue rendered for a list, written with the snapshot of its recipients (active, not suppressed)
+before the first message leaves; found again by list and content to resume; cancelled for good.
+
+Must not send or render; the content arrives rendered (campaign.py) and deliveries.py moves each recipient."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mailer.errors import MailerError, NotFoundError, UsageError
+from mailer.models import Campaign, DeliveryStatus, Subscriber
+from mailer.store.connection import Repository
+from mailer.store.leases import check_holder, lease_owner
+
+_COLUMNS = "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled"
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    """A campaign as `mailer campaigns ls` shows it."""
+
+    id: int
+    issue: str
+    list: str
+    subject: str
+    created: str
+    finished: str | None
+    test: bool
+    issue_path: str
+    cancelled: str | None
+    counts: dict[str, int]
+
+
+class Campaigns(Repository):
+    def find(self, list_id: int, content_hash: str) -> Campaign | None:
+        """The campaign that sends this content to this list: what is sent names a campaign, not the issue's
+        file name (the latest one, should a database from before schema 5 hold two)."""
+        return self._first("list_id = ? AND content_hash = ? AND is_test = 0 ORDER BY id DESC LIMIT 1",
+                           (list_id, content_hash))
+
+    def unfinished(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> Campaign | None:
+        """A campaign of the same issue (name or file) with other content that still has recipients to send."""
+        return self._first(
+            "list_id = ? AND is_test = 0 AND cancelled IS NULL AND content_hash <> ? AND (slug = ? OR issue_path = ?) "
+            "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = campaigns.id "
+            "AND d.status IN ('queued', 'sending', 'deferred')) ORDER BY id", (list_id, content_hash, slug, issue_path))
+
+    def _first(self, condition: str, args: tuple[Any, ...]) -> Campaign | None:
+        for row in self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE {condition}", args):
+            return Campaign(**{**row, "is_test": bool(row["is_test"])})
+        return None
+
+    def check_new_content(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> None:
+        """Refuse new content under the name or file of a campaign that is not finished: that campaign would
+        otherwise be resumed with content the editor no longer sees, or mixed with the new one."""
+        if self.find(list_id, content_hash) is not None:
+            return
+        unfinished = self.unfinished(list_id, slug, issue_path, content_hash)
+        if unfinished is not None:
+            raise MailerError(
+                f"{issue_path} is not what campaign {unfinished.id} sends to this list ({unfinished.issue_path}, "
+                f"issue '{unfinished.slug}', other content), and that campaign is not finished "
+                f"({self.store.deliveries.waiting(unfinished.id)} recipient(s) still to send): finish it as it was "
+                f"snapshotted with 'mailer retry {unfinished.id}', or cancel it with 'mailer campaigns cancel "
+                f"{unfinished.id}' and send again (a new campaign mails the whole list)")
+
+    def get(self, ref: str | int) -> Campaign:
+        """A campaign by id, or by the issue's slug when that names one campaign."""
+        found = None
+        if str(ref).isascii() and str(ref).isdigit() and int(ref) < 2**63:  # '²' is a digit; SQLite ids are 64-bit
+            found = self._first("id = ?", (int(ref),))
+        if found is None:
+            rows = list(self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE slug = ? AND is_test = 0",
+                                            (str(ref),)))
+            if len(rows) > 1:
+                raise UsageError(f"{ref!r} names {len(rows)} campaigns; use the id from: mailer campaigns ls")
+            found = Campaign(**{**rows[0], "is_test": bool(rows[0]["is_test"])}) if rows else None
+        if found is None:
+            raise NotFoundError(f"no campaign {ref!r} (see: mailer campaigns ls)")
+        return found
+
+    def rendered(self, campaign_id: int) -> tuple[dict[str, Any], str]:
+        """The rendered issue as it was snapshotted (RenderedIssue JSON) and the campaign's Message-ID salt."""
+        rendered, salt = self.conn.execute("SELECT rendered, salt FROM campaigns WHERE id = ?",
+                                           (campaign_id,)).fetchone()
+        return json.loads(rendered), salt
+
+    def create(
+        self, list_id: int, slug: str, subject: str, issue_path: str, content_hash: str,
+        rendered: dict[str, Any], salt: str, *, is_test: bool = False,
+        test_recipient: Subscriber | None = None,
+    ) -> Campaign:
+        """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction.
+
+        For a real send, the campaign of this content and list is returned if it exists (another process may have
+        created it first: the check and the insert share one write transaction, so two senders never make two);
+        see check_new_content for what is refused."""
+        now = self.store.now()
+        with self.store.transaction():
+            if not is_test:
+                existing = self.find(list_id, content_hash)
+                if existing is not None:
+                    return existing
+                self.check_new_content(list_id, slug, issue_path, content_hash)
+            cur = self.conn.execute(
+                "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, is_test, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (list_id, slug, subject, issue_path, content_hash, json.dumps(rendered, ensure_ascii=False), salt,
+                 int(is_test), now),
+            )
+            campaign_id = int(cur.lastrowid or 0)
+            if test_recipient is not None:
+                self.conn.execute(
+                    "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (campaign_id, test_recipient.id, test_recipient.email, test_recipient.name,
+                     json.dumps(test_recipient.attrs, ensure_ascii=False), now, now),
+                )
+            else:
+                self.conn.execute(
+                    "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "
+                    "SELECT ?, s.id, s.email, s.name, s.attrs, 'queued', ?, ? FROM subscribers s "
+                    "WHERE s.list_id = ? AND s.status = 'active' "
+                    "AND s.email NOT IN (SELECT email FROM suppressions) ORDER BY s.id",
+                    (campaign_id, now, now, list_id),
+                )
+        return self.get(campaign_id)
+
+    def with_counts(self, include_tests: bool = False) -> list[CampaignSummary]:
+        where = "" if include_tests else "WHERE c.is_test = 0"
+        rows = self.store.db.query(
+            "SELECT c.id, c.slug AS issue, l.name AS list, c.subject, c.created, c.finished, c.is_test AS test, "
+            f"c.issue_path, c.cancelled FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id")
+        return [CampaignSummary(**{**row, "test": bool(row["test"]),
+                                   "counts": self.store.deliveries.counts(row["id"])}) for row in list(rows)]
+
+    def finish(self, campaign_id: int) -> None:
+        with self.store.transaction():
+            self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (self.store.now(), campaign_id))
+
+    def cancel(self, campaign_id: int) -> int:
+        """Stop a campaign for good: its recipients still to send become `skipped`; returns how many.
+
+        Refused while a sender holds the campaign (CampaignBusy): that run would go on with its in-flight
+        messages, and it is the one that knows how they ended."""
+        now = self.store.now()
+        self.store.leases.check_free(campaign_id, lease_owner())
+        with self.store.transaction():
+            row = self.conn.execute(
+                "SELECT lease_owner, lease_until, cancelled FROM campaigns WHERE id = ?", (campaign_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no campaign {campaign_id} (see: mailer campaigns ls)")
+            holder, until, cancelled = row
+            if cancelled:
+                raise MailerError(f"campaign {campaign_id} was already cancelled at {cancelled}")
+            check_holder(campaign_id, holder, until, lease_owner(), now)
+            self.conn.execute(
+                "UPDATE campaigns SET cancelled = ?, finished = COALESCE(finished, ?), lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ?", (now, now, campaign_id),
+            )
+            skipped = 0
+            for status, reply in ((DeliveryStatus.QUEUED, "campaign cancelled"),
+                                  (DeliveryStatus.DEFERRED, "campaign cancelled"),
+                                  (DeliveryStatus.SENDING, "campaign cancelled; an interrupted run may have sent it")):
+                skipped += self.store.deliveries.move(campaign_id, status, DeliveryStatus.SKIPPED, reply, now)
+        return skipped

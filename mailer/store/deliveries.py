@@ -1,0 +1,294 @@
+"""Each recipient of a campaign and its history: queued -> sending -> sent | deferred | failed | skipped, later
+bounced, every change an event with its time, attempt, SMTP code and reply; the queue streamed CHUNK at a time.
+
+The engine's hot path lives here and stays hand-written SQL (see the package docstring). Must not decide an
+outcome (the engine does) or hold a lease (leases.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mailer.models import DeliveryStatus, Recipient, SuppressionReason
+from mailer.store.connection import Repository
+
+CHUNK = 500  # recipients read per query: memory stays flat however long the list
+Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one SMTP attempt ended as, ready to be recorded."""
+
+    delivery_id: int
+    status: DeliveryStatus
+    smtp_code: int | None = None
+    smtp_reply: str = ""
+    message_id: str = ""
+    suppress: bool = False  # the reply says the mailbox does not exist: never mail the address again
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of `mailer log`: a recipient of a campaign and where their delivery stands."""
+
+    id: int
+    email: str
+    name: str
+    status: DeliveryStatus
+    attempts: int
+    smtp_code: int | None
+    smtp_reply: str
+    message_id: str
+    queued: str
+    updated: str
+    next_attempt: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    """Which delivery a returned report is about (no id: a sign-up confirmation, mailed outside campaigns)."""
+
+    id: int | None
+    campaign_id: int
+    subscriber_id: int
+    email: str
+    status: DeliveryStatus | None = None
+    message_id: str = ""
+
+
+_LOG_COLUMNS = ("id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, "
+                "next_attempt")
+_REF_COLUMNS = "id, campaign_id, subscriber_id, email, status, message_id"
+
+
+class Deliveries(Repository):
+    # ---- the hot path: one session's queue, its `sending` marks and outcomes ------------------------------------
+
+    def queued(self, campaign_id: int, part: Partition = (0, 1)) -> Iterator[Recipient]:
+        """Queued recipients in id order, read CHUNK at a time; `part` (k, n) keeps those with id % n == k."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, subscriber_id, email, name, attrs FROM deliveries WHERE campaign_id = ? "
+                f"AND status = 'queued' AND id > ? AND id % ? = ? ORDER BY id LIMIT {CHUNK}",
+                (campaign_id, last, part[1], part[0]),
+            ).fetchall()
+            if not rows:
+                return
+            for delivery_id, subscriber_id, email, name, attrs in rows:
+                yield Recipient(delivery_id, subscriber_id, email, name, json.loads(attrs))
+                last = delivery_id
+
+    def mark_sending(self, delivery_id: int, message_id: str) -> int | None:
+        """queued -> sending, committed before the message leaves; returns the attempt number, or None when the
+        delivery is no longer queued (recorded or cancelled since it was read): then it must not be sent."""
+        now = self.store.now()
+        with self.store.transaction():
+            row = self.conn.execute(
+                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, message_id = ?, updated = ?, "
+                "first_attempt = COALESCE(first_attempt, ?) WHERE id = ? AND status = 'queued' RETURNING attempts",
+                (message_id, now, now, delivery_id),
+            ).fetchone()
+            if row is None:
+                return None
+            (attempt,) = row
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, at) VALUES (?, 'sending', ?, ?)",
+                (delivery_id, attempt, now),
+            )
+        return int(attempt)
+
+    def record(self, outcome: Outcome, next_attempt: str | None = None) -> None:
+        now = self.store.now()
+        with self.store.transaction():
+            self.conn.execute(
+                "UPDATE deliveries SET status = ?, smtp_code = ?, smtp_reply = ?, updated = ?, next_attempt = ?, "
+                "message_id = CASE WHEN ? = '' THEN message_id ELSE ? END WHERE id = ?",
+                (str(outcome.status), outcome.smtp_code, outcome.smtp_reply, now, next_attempt,
+                 outcome.message_id, outcome.message_id, outcome.delivery_id),
+            )
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
+                "SELECT id, ?, attempts, ?, ?, ? FROM deliveries WHERE id = ?",
+                (str(outcome.status), outcome.smtp_code, outcome.smtp_reply, now, outcome.delivery_id),
+            )
+            if outcome.suppress:
+                email, detail = self._refusal(outcome.delivery_id)
+                self.store.suppressions.suppress_address(email, SuppressionReason.BOUNCED, detail)
+
+    def attempt_info(self, delivery_id: int) -> tuple[int, str | None]:
+        """(attempts so far, time of the first attempt) of one delivery."""
+        attempts, first = self.conn.execute(
+            "SELECT attempts, first_attempt FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        return int(attempts), first
+
+    def _refusal(self, delivery_id: int) -> tuple[str, str]:
+        """The address of a delivery refused at RCPT and the suppression detail that names the refusal (the same
+        text both when suppressing and when a paused campaign takes the suppression back)."""
+        email, campaign_id, code, reply = self.conn.execute(
+            "SELECT email, campaign_id, smtp_code, smtp_reply FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        return email, f"campaign {campaign_id}: {code} {reply}"
+
+    # ---- a campaign's queue as a whole -------------------------------------------------------------------------
+
+    def counts(self, campaign_id: int) -> dict[str, int]:
+        return {status: n for status, n in self.conn.execute(
+            "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,))}
+
+    def waiting(self, campaign_id: int) -> int:
+        """Recipients of a campaign still to be sent (queued, deferred, or caught in `sending` by a crash)."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND status IN ('queued', 'sending', 'deferred')",
+            (campaign_id,),
+        ).fetchone()
+        return int(count)
+
+    def count_due(self, campaign_id: int, now: str) -> int:
+        """Deliveries a run would send now: queued, left in `sending`, or deferred with their retry time come."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND (status IN ('queued', 'sending') OR "
+            "(status = 'deferred' AND (next_attempt IS NULL OR next_attempt <= ?)))", (campaign_id, now),
+        ).fetchone()
+        return int(count)
+
+    def next_retry(self, campaign_id: int, part: Partition = (0, 1)) -> str | None:
+        """The earliest next_attempt among the campaign's deferred deliveries (of one partition)."""
+        (earliest,) = self.conn.execute(
+            "SELECT MIN(next_attempt) FROM deliveries WHERE campaign_id = ? AND status = 'deferred' AND id % ? = ?",
+            (campaign_id, part[1], part[0]),
+        ).fetchone()
+        return earliest
+
+    def requeue(self, campaign_id: int, statuses: Iterable[DeliveryStatus]) -> int:
+        """Put deliveries in `statuses` back to queued (their Message-ID is derived, so it stays the same)."""
+        statuses = [str(status) for status in statuses]
+        marks = ",".join("?" for _ in statuses)
+        with self.store.transaction():
+            cur = self.conn.execute(
+                f"UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status IN ({marks})",
+                (self.store.now(), campaign_id, *statuses),
+            )
+        return cur.rowcount
+
+    def requeue_due(self, campaign_id: int, now: str | None = None, part: Partition = (0, 1)) -> int:
+        """deferred -> queued for the deliveries whose retry time has come (all of them when `now` is None)."""
+        sql = ("UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status = 'deferred' "
+               "AND id % ? = ?")
+        args: list[Any] = [self.store.now(), campaign_id, part[1], part[0]]
+        if now is not None:
+            sql += " AND (next_attempt IS NULL OR next_attempt <= ?)"
+            args.append(now)
+        with self.store.transaction():
+            return self.conn.execute(sql, args).rowcount
+
+    def requeue_failed(self, campaign_id: int) -> tuple[int, int]:
+        """failed -> queued on purpose (`mailer retry --failed`), for people still active and not suppressed; the
+        expiry clock starts again. Returns (requeued, left failed because the person is gone or suppressed)."""
+        now = self.store.now()
+        still_wanted = (" AND subscriber_id IN (SELECT s.id FROM subscribers s WHERE s.status = 'active' "
+                        "AND s.email NOT IN (SELECT email FROM suppressions))")
+        with self.store.transaction():
+            self.conn.execute(
+                f"UPDATE deliveries SET first_attempt = NULL WHERE campaign_id = ? AND status = 'failed'{still_wanted}",
+                (campaign_id,),
+            )
+            requeued = self.move(campaign_id, DeliveryStatus.FAILED, DeliveryStatus.QUEUED,
+                                 "requeued by mailer retry --failed", now, still_wanted)
+            left = self.counts(campaign_id).get(DeliveryStatus.FAILED, 0)
+        return requeued, left
+
+    def requeue_refused(self, delivery_ids: Iterable[int], reason: str) -> int:
+        """Failed deliveries back to queued when their refusals turned out to be the relay's, not the recipients':
+        a suppression their RCPT reply made is taken back with them."""
+        now = self.store.now()
+        requeued = 0
+        with self.store.transaction():
+            for delivery_id in delivery_ids:
+                email, detail = self._refusal(delivery_id)
+                cur = self.conn.execute(
+                    "UPDATE deliveries SET status = 'queued', smtp_reply = ?, updated = ?, next_attempt = NULL "
+                    "WHERE id = ? AND status = 'failed'", (reason, now, delivery_id),
+                )
+                if not cur.rowcount:
+                    continue
+                requeued += 1
+                self.conn.execute(
+                    "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
+                    "SELECT id, 'queued', attempts, ?, ? FROM deliveries WHERE id = ?", (reason, now, delivery_id),
+                )
+                self.store.suppressions.take_back(email, detail)
+        return requeued
+
+    def move(self, campaign_id: int, old: DeliveryStatus, new: DeliveryStatus, reply: str, now: str,
+             extra: str = "") -> int:
+        """Every delivery of a campaign in status `old` (and matching `extra` SQL) to `new`, each with an event."""
+        where = f"campaign_id = ? AND status = ?{extra}"
+        self.conn.execute(
+            "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
+            f"SELECT id, ?, attempts, ?, ? FROM deliveries WHERE {where}", (str(new), reply, now, campaign_id,
+                                                                             str(old)),
+        )
+        return int(self.conn.execute(
+            f"UPDATE deliveries SET status = ?, smtp_reply = ?, updated = ?, next_attempt = NULL WHERE {where}",
+            (str(new), reply, now, campaign_id, str(old)),
+        ).rowcount)
+
+    # ---- reading the log, and returned mail ------------------------------------------------------------------
+
+    def log(self, campaign_id: int, status: DeliveryStatus | None = None) -> Iterator[LogEntry]:
+        """Every recipient of a campaign (with one status) in id order, read CHUNK at a time."""
+        last = 0
+        while True:
+            args: list[Any] = [campaign_id, last]
+            extra = ""
+            if status:
+                extra = " AND status = ?"
+                args.append(str(status))
+            rows = list(self.store.db.query(f"SELECT {_LOG_COLUMNS} FROM deliveries WHERE campaign_id = ? AND id > ?"
+                                            f"{extra} ORDER BY id LIMIT {CHUNK}", args))
+            if not rows:
+                return
+            for row in rows:
+                yield LogEntry(**{**row, "status": DeliveryStatus(row["status"])})
+            last = rows[-1]["id"]
+
+    def ref(self, delivery_id: int) -> DeliveryRef | None:
+        return self._ref("id = ?", (delivery_id,))
+
+    def by_message_id(self, message_id: str) -> DeliveryRef | None:
+        """The delivery whose message went out with this Message-ID. Only an attempted delivery qualifies:
+        mark_sending sets the Message-ID and counts the attempt in one transaction, so `attempts > 0` is what says a
+        message with that ID was handed to the relay (sent, bounced, deferred or in doubt). A delivery still queued
+        for its first attempt has no mail anywhere to bounce, and a blank ID names nothing."""
+        if not message_id.strip():
+            return None
+        return self._ref("message_id = ? AND attempts > 0 ORDER BY id DESC LIMIT 1", (message_id,))
+
+    def _ref(self, condition: str, args: tuple[Any, ...]) -> DeliveryRef | None:
+        for row in self.store.db.query(f"SELECT {_REF_COLUMNS} FROM deliveries WHERE {condition}", args):
+            return DeliveryRef(**{**row, "status": DeliveryStatus(row["status"])})
+        return None
+
+    def mark_bounced(self, delivery_id: int, code: str, text: str) -> None:
+        """The delivery ends `bounced`, with the DSN's status and diagnostic recorded as an event."""
+        now = self.store.now()
+        # The log shows the receiver's reply from the DSN (e.g. 550), not the 250 our relay gave at send time.
+        reply_code = re.search(r"\b([45]\d\d)\b", text)
+        smtp_code = int(reply_code.group(1)) if reply_code else None
+        reply = f"{code} {text}".strip()
+        with self.store.transaction():
+            self.conn.execute(
+                "UPDATE deliveries SET status = 'bounced', smtp_code = ?, smtp_reply = ?, updated = ?, "
+                "next_attempt = NULL WHERE id = ?", (smtp_code, reply, now, delivery_id),
+            )
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
+                "SELECT id, 'bounced', attempts, ?, ?, ? FROM deliveries WHERE id = ?",
+                (smtp_code, reply, now, delivery_id),
+            )

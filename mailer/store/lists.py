@@ -1,0 +1,263 @@
+"""Mailing lists and their subscribers: create, look up, import (insert or update, never resubscribing), stream,
+count, remove, unsubscribe and confirm.
+
+Must not decide who is mailed (campaigns.py snapshots that) or parse addresses (addresses.py does, before)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from mailer.errors import MailerError, NotFoundError
+from mailer.models import MailingList, Subscriber, SubscriberStatus, UnsubscribeSource
+from mailer.store.connection import Repository
+from mailer.store.deliveries import CHUNK
+from mailer.store.suppressions import suppressed_status
+
+
+@dataclass(frozen=True)
+class ListSummary:
+    """A list as `mailer lists ls` shows it."""
+
+    name: str
+    title: str
+    from_addr: str
+    lang: str
+    created: str
+    active: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    source: UnsubscribeSource
+    at: str
+
+
+class UpsertCounts(NamedTuple):
+    added: int = 0
+    updated: int = 0
+    kept: int = 0  # unsubscribed or bounced: their status is not changed by an import
+    suppressed: int = 0  # new, but their address is suppressed: listed, never mailed
+
+
+_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created"
+
+
+class Lists(Repository):
+    def create(self, name: str, title: str, from_addr: str, reply_to: str, lang: str) -> MailingList:
+        if self.conn.execute("SELECT 1 FROM lists WHERE name = ?", (name,)).fetchone():
+            raise MailerError(f"list {name!r} already exists")
+        self.store.db["lists"].insert(
+            {"name": name, "title": title, "from_addr": from_addr, "reply_to": reply_to, "lang": lang,
+             "created": self.store.now()}
+        )
+        return self.get(name)
+
+    def get(self, name: str) -> MailingList:
+        for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists WHERE name = ?", (name,)):
+            return MailingList(**row)
+        known = [n for (n,) in self.conn.execute("SELECT name FROM lists ORDER BY name")]
+        hint = f" (lists: {', '.join(known)})" if known else " (create it with: mailer lists create NAME)"
+        raise NotFoundError(f"no list named {name!r}{hint}")
+
+    def by_id(self, list_id: int) -> MailingList:
+        for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists WHERE id = ?", (list_id,)):
+            return MailingList(**row)
+        raise NotFoundError(f"no list with id {list_id}")
+
+    def with_counts(self) -> list[ListSummary]:
+        return [ListSummary(**row) for row in self.store.db.query(
+            "SELECT l.name, l.title, l.from_addr, l.lang, l.created, COALESCE(SUM(s.status = 'active'), 0) AS active,"
+            " COUNT(s.id) AS total FROM lists l LEFT JOIN subscribers s ON s.list_id = l.id GROUP BY l.id "
+            "ORDER BY l.name")]
+
+
+class Subscribers(Repository):
+    def upsert(self, list_id: int, rows: Iterable[Subscriber], source: str) -> UpsertCounts:
+        """Insert or update; never changes the status of someone unsubscribed or bounced. A new address that is
+        suppressed joins as suppress_address would have left it (bounced, or unsubscribed after a complaint), not
+        active."""
+        added = updated = kept = suppressed = 0
+        now = self.store.now()
+        with self.store.transaction():
+            for sub in rows:
+                existing = self.conn.execute(
+                    "SELECT id, status FROM subscribers WHERE list_id = ? AND email = ?", (list_id, sub.email)
+                ).fetchone()
+                attrs = json.dumps(sub.attrs, ensure_ascii=False, sort_keys=True)
+                if existing is None:
+                    suppression = self.store.suppressions.get(sub.email)
+                    status = sub.status if suppression is None else suppressed_status(suppression.reason)
+                    self.conn.execute(
+                        "INSERT INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (list_id, sub.email, sub.name, attrs, str(status), source, now, now),
+                    )
+                    if suppression is None:
+                        added += 1
+                    else:
+                        suppressed += 1
+                    continue
+                subscriber_id, status = existing
+                self.conn.execute("UPDATE subscribers SET name = ?, attrs = ?, updated = ? WHERE id = ?",
+                                  (sub.name, attrs, now, subscriber_id))
+                if status in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED):
+                    kept += 1
+                else:
+                    updated += 1
+        return UpsertCounts(added, updated, kept, suppressed)
+
+    def of_list(self, list_id: int, status: SubscriberStatus | None = None) -> Iterator[Subscriber]:
+        """The subscribers of a list (with one status) in id order, read CHUNK at a time."""
+        last = 0
+        while True:
+            # With a status, subscribers_status (list_id, status, id) walks in id order. Without one, SQLite took the
+            # (list_id, email) index and sorted the whole list again for every chunk of 500, work growing with the
+            # square of the list (export of 100,000: 4.3 s, 1.25 s now). `+` keeps list_id off that index, so each
+            # chunk walks the rowid on from `last`.
+            column = "list_id" if status else "+list_id"
+            sql = f"SELECT id, email, name, attrs, status FROM subscribers WHERE {column} = ? AND id > ?"
+            args: list[Any] = [list_id, last]
+            if status:
+                sql += " AND status = ?"
+                args.append(str(status))
+            rows = self.conn.execute(sql + f" ORDER BY id LIMIT {CHUNK}", args).fetchall()
+            if not rows:
+                return
+            for subscriber_id, email, name, attrs, row_status in rows:
+                yield Subscriber(id=subscriber_id, email=email, name=name, attrs=json.loads(attrs),
+                                 status=SubscriberStatus(row_status), list_id=list_id)
+                last = subscriber_id
+
+    def count_recipients(self, list_id: int) -> int:
+        """How many a campaign snapshot of this list would hold: active and not suppressed."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM subscribers s WHERE s.list_id = ? AND s.status = 'active' "
+            "AND s.email NOT IN (SELECT email FROM suppressions)", (list_id,),
+        ).fetchone()
+        return int(count)
+
+    def attribute_counts(self, list_id: int, keys: Iterable[str] | None) -> dict[str, int]:
+        """How many active subscribers of a list have each attribute (with a non-empty value); every attribute
+        when `keys` is None."""
+        rows = self.conn.execute(
+            "SELECT j.key, COUNT(*) FROM subscribers s, json_each(s.attrs) j WHERE s.list_id = ? "
+            "AND s.status = 'active' AND j.value <> '' GROUP BY j.key", (list_id,),
+        ).fetchall()
+        counts = {str(key): int(n) for key, n in rows}
+        return counts if keys is None else {key: counts.get(key, 0) for key in keys}
+
+    def get(self, list_id: int, email: str) -> Subscriber:
+        for subscriber in self._where("list_id = ? AND email = ?", (list_id, email)):
+            return subscriber
+        raise NotFoundError(f"{email} is not on this list")
+
+    def by_id(self, subscriber_id: int) -> Subscriber:
+        for subscriber in self._where("id = ?", (subscriber_id,)):
+            return subscriber
+        raise NotFoundError("no such subscriber")
+
+    def _where(self, condition: str, args: tuple[Any, ...]) -> Iterator[Subscriber]:
+        rows = self.conn.execute(f"SELECT id, email, name, attrs, status, list_id FROM subscribers WHERE {condition}",
+                                 args)
+        for subscriber_id, email, name, attrs, status, list_id in rows:
+            yield Subscriber(id=subscriber_id, email=email, name=name, attrs=json.loads(attrs),
+                             status=SubscriberStatus(status), list_id=list_id)
+
+    def is_mailable(self, subscriber_id: int) -> bool:
+        """Still active and not suppressed: asked before each message of a campaign (someone who unsubscribed
+        while it runs is skipped)."""
+        row = self.conn.execute(
+            "SELECT s.status, EXISTS (SELECT 1 FROM suppressions WHERE email = s.email) FROM subscribers s "
+            "WHERE s.id = ?", (subscriber_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        status, suppressed = row
+        return bool(status == SubscriberStatus.ACTIVE and not suppressed)
+
+    def remove(self, list_id: int, email: str) -> None:
+        sub = self.get(list_id, email)
+        with self.store.transaction():
+            (in_campaigns,) = self.conn.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE subscriber_id = ?", (sub.id,)
+            ).fetchone()
+            if in_campaigns:
+                # Delivery history keeps the row: mark it gone instead of deleting what the log refers to.
+                now = self.store.now()
+                self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                                  (str(SubscriberStatus.UNSUBSCRIBED), now, sub.id))
+                self._record_unsubscribe(sub.id, UnsubscribeSource.REMOVED, now)
+            else:
+                self.conn.execute("DELETE FROM unsubscribes WHERE subscriber_id = ?", (sub.id,))
+                self.conn.execute("DELETE FROM subscribers WHERE id = ?", (sub.id,))
+
+    def unsubscribe(self, subscriber_id: int, source: UnsubscribeSource) -> bool:
+        """Mark unsubscribed (idempotent); queued deliveries to them are skipped. True if it changed anything."""
+        now = self.store.now()
+        with self.store.transaction():
+            row = self.conn.execute("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+            if row is None:
+                raise NotFoundError("no such subscriber")
+            (status,) = row
+            if status == SubscriberStatus.UNSUBSCRIBED:
+                return False
+            self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                              (str(SubscriberStatus.UNSUBSCRIBED), now, subscriber_id))
+            self._record_unsubscribe(subscriber_id, source, now)
+        return True
+
+    def _record_unsubscribe(self, subscriber_id: int, source: UnsubscribeSource, now: str) -> None:
+        self.conn.execute("INSERT INTO unsubscribes (subscriber_id, source, at) VALUES (?, ?, ?)",
+                          (subscriber_id, str(source), now))
+
+    def mark_suppressed(self, email: str, status: SubscriberStatus, now: str) -> None:
+        """The active or pending subscriptions of a suppressed address take `status` (bounced, or unsubscribed
+        after a complaint, with the unsubscribe recorded)."""
+        ids = [subscriber_id for (subscriber_id,) in self.conn.execute(
+            "SELECT id FROM subscribers WHERE email = ? AND status IN ('active', 'pending')", (email,))]
+        for subscriber_id in ids:
+            self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                              (str(status), now, subscriber_id))
+            if status == SubscriberStatus.UNSUBSCRIBED:
+                self._record_unsubscribe(subscriber_id, UnsubscribeSource.COMPLAINT, now)
+
+    def reactivate_bounced(self, email: str, now: str) -> None:
+        """The bounced subscriptions of an address whose suppression was lifted become active again."""
+        self.conn.execute("UPDATE subscribers SET status = 'active', updated = ? WHERE email = ? "
+                          "AND status = 'bounced'", (now, email))
+
+    def last_unsubscribe(self, subscriber_id: int) -> Unsubscribe | None:
+        """How and when a subscriber last unsubscribed."""
+        row = self.conn.execute(
+            "SELECT source, at FROM unsubscribes WHERE subscriber_id = ? ORDER BY id DESC LIMIT 1", (subscriber_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        source, at = row
+        return Unsubscribe(UnsubscribeSource(source), at)
+
+    def add_pending(self, list_id: int, email: str) -> Subscriber:
+        """A web sign-up: a new address becomes pending (nameless: the name waits with the request for the
+        confirmation); anyone already known keeps their status and name (someone who unsubscribed stays so until
+        they confirm: a stranger typing their address changes nothing)."""
+        now = self.store.now()
+        self.conn.execute(
+            "INSERT OR IGNORE INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
+            "VALUES (?, ?, '', '{}', 'pending', 'web', ?, ?)", (list_id, email, now, now),
+        )
+        return self.get(list_id, email)
+
+    def confirm(self, subscriber_id: int, name: str = "") -> bool:
+        """pending or unsubscribed -> active (double opt-in done), taking the confirmed request's name unless it is
+        blank; True if it changed anything."""
+        now = self.store.now()
+        cur = self.conn.execute(
+            "UPDATE subscribers SET status = 'active', confirmed = ?, updated = ?, "
+            "name = CASE WHEN ? = '' THEN name ELSE ? END WHERE id = ? AND status IN ('pending', 'unsubscribed')",
+            (now, now, name, name, subscriber_id),
+        )
+        return cur.rowcount > 0

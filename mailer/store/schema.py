@@ -1,0 +1,229 @@
+"""The database's shape: the tables of schema 1, each migration since, and the views that explain a mailer.db to
+someone who opens it with `sqlite-utils` or Datasette. Owns `init` (create or migrate, in one transaction).
+
+Must not read or write rows beyond what a migration moves; the repositories do that."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+SCHEMA_VERSION = 7
+
+# Schema 1, as every database began. It stays SQL: sqlite-utils' table.create has no table-level UNIQUE over two
+# columns, and a database made today must have the very tables one made at schema 1 has after its migrations.
+SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS lists (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL DEFAULT '',
+    from_addr TEXT NOT NULL DEFAULT '',
+    reply_to TEXT NOT NULL DEFAULT '',
+    lang TEXT NOT NULL DEFAULT 'zh',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscribers (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    UNIQUE (list_id, email)
+);
+CREATE INDEX IF NOT EXISTS subscribers_status ON subscribers (list_id, status, id);
+CREATE TABLE IF NOT EXISTS suppressions (
+    email TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unsubscribes (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    slug TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    rendered TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    is_test INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    finished TEXT,
+    lease_owner TEXT,
+    lease_until TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+    subscriber_id INTEGER NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    smtp_code INTEGER,
+    smtp_reply TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    queued TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    next_attempt TEXT,
+    UNIQUE (campaign_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (campaign_id, status, id);
+CREATE TABLE IF NOT EXISTS delivery_events (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    smtp_code INTEGER,
+    smtp_reply TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_events_delivery ON delivery_events (delivery_id);
+"""
+
+# Issue 5: sign-up requests (rate limits, double opt-in) and returned mail (bounces, complaints, mailto
+# unsubscribes), each report read once.
+_SIGNUPS_AND_RETURNED_MAIL = """
+CREATE TABLE IF NOT EXISTS signup_requests (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS returned_mail (
+    id INTEGER PRIMARY KEY,
+    report_key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    campaign_id INTEGER,
+    delivery_id INTEGER,
+    status TEXT NOT NULL DEFAULT '',
+    diagnostic TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    UNIQUE (report_key, email)
+);
+"""
+
+# What ops ask of a mailer.db, as views a person can open in Datasette or query with `sqlite-utils`. Added by
+# schema 7; they hold no data, so they are made again (replaced) whenever their definition changes.
+VIEWS = {
+    "delivery_log": """SELECT d.id AS delivery_id, c.id AS campaign_id, c.slug AS issue, c.subject, l.name AS list,
+       d.email, d.name, d.status, d.attempts, d.smtp_code, d.smtp_reply, d.message_id, d.queued, d.first_attempt,
+       d.updated, d.next_attempt, s.status AS subscriber_status
+FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id JOIN lists l ON l.id = c.list_id
+LEFT JOIN subscribers s ON s.id = d.subscriber_id""",
+    "campaign_counts": """SELECT c.id AS campaign_id, c.slug AS issue, l.name AS list, c.subject, c.created,
+       c.finished, c.cancelled, c.is_test, d.status, COUNT(d.id) AS recipients
+FROM campaigns c JOIN lists l ON l.id = c.list_id LEFT JOIN deliveries d ON d.campaign_id = c.id
+GROUP BY c.id, d.status""",
+    "list_members": """SELECT l.name AS list, s.email, s.name, s.status, s.source, s.created, s.confirmed, s.updated,
+       su.reason AS suppressed
+FROM subscribers s JOIN lists l ON l.id = s.list_id LEFT JOIN suppressions su ON su.email = s.email""",
+}
+
+
+def _script(sql: str) -> Callable[[sqlite_utils.Database], None]:
+    """A migration written as SQL, run statement by statement inside init's transaction (executescript would
+    commit it)."""
+
+    def run(db: sqlite_utils.Database) -> None:
+        for statement in statements(sql):
+            db.conn.execute(statement)
+
+    return run
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of an SQL script, each whole."""
+    found, pending = [], ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        found.append(pending.strip())
+    return found
+
+
+def _schema_3(db: sqlite_utils.Database) -> None:
+    _script(_SIGNUPS_AND_RETURNED_MAIL)(db)
+    db["signup_requests"].create_index(["email", "at"], "signup_requests_email", if_not_exists=True)
+    db["signup_requests"].create_index(["client", "at"], "signup_requests_client", if_not_exists=True)
+    db["returned_mail"].create_index(["email", "kind"], "returned_mail_email", if_not_exists=True)
+    # DSNs that carry no VERP address are matched by the Message-ID of the original.
+    db["deliveries"].create_index(["message_id"], "deliveries_message_id", if_not_exists=True)
+    db["subscribers"].add_column("confirmed", str)
+
+
+def _schema_6(db: sqlite_utils.Database) -> None:
+    # Issue 11: a campaign is what is sent (list and content), not the issue's name: December's issue.md is not
+    # November's. Campaigns can be cancelled. The partial index is SQL: create_index has no WHERE.
+    _script("""DROP INDEX IF EXISTS campaigns_issue;
+CREATE INDEX IF NOT EXISTS campaigns_content ON campaigns (list_id, content_hash) WHERE is_test = 0;""")(db)
+    db["campaigns"].create_index(["list_id", "slug"], "campaigns_slug", if_not_exists=True)
+    db["campaigns"].add_column("cancelled", str)
+
+
+def _schema_7(db: sqlite_utils.Database) -> None:
+    for name, sql in VIEWS.items():
+        db.create_view(name, sql, replace=True)
+
+
+# Each entry takes the schema from version N-1 to N; a fresh database gets schema 1 and then every step.
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    2: lambda db: db["deliveries"].add_column("first_attempt", str),
+    3: _schema_3,
+    # Addresses are compared in lower case from now on; a row whose lower-case twin exists is left as it was.
+    4: _script("""
+UPDATE OR IGNORE subscribers SET email = lower(email) WHERE email <> lower(email);
+UPDATE OR IGNORE suppressions SET email = lower(email) WHERE email <> lower(email);
+UPDATE OR IGNORE returned_mail SET email = lower(email) WHERE email <> lower(email);
+UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
+"""),
+    # The name typed into the sign-up form stays with its request until the mailbox owner confirms that request:
+    # a stranger re-posting the form for someone's address must not change what later mail calls them.
+    5: lambda db: db["signup_requests"].add_column("name", str, not_null_default=""),
+    6: _schema_6,
+    7: _schema_7,
+}
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def init(conn: sqlite3.Connection) -> bool:
+    """Create or migrate the schema in one write transaction; True when something was created or changed."""
+    db = sqlite_utils.Database(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(conn)  # read under the write lock: two `mailer init` never migrate twice
+        for statement in statements(SCHEMA_1):
+            conn.execute(statement)
+        for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[step](db)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version < SCHEMA_VERSION

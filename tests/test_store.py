@@ -1,0 +1,273 @@
+"""The store package: a database made at any older schema migrates to exactly the schema a new one has, keeping
+its rows; the views answer what ops ask; the store is a context manager on an injected clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailer.models import DeliveryStatus, Subscriber, SubscriberStatus
+from mailer.store import Store
+from mailer.store.schema import SCHEMA_VERSION, statements
+
+# The schema as mailer wrote it at each version, frozen here as old databases hold it (version 1 and the SQL of
+# each step that followed, as released): never edit, only add a version.
+SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS lists (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL DEFAULT '',
+    from_addr TEXT NOT NULL DEFAULT '',
+    reply_to TEXT NOT NULL DEFAULT '',
+    lang TEXT NOT NULL DEFAULT 'zh',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscribers (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    UNIQUE (list_id, email)
+);
+CREATE INDEX IF NOT EXISTS subscribers_status ON subscribers (list_id, status, id);
+CREATE TABLE IF NOT EXISTS suppressions (
+    email TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unsubscribes (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    slug TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    rendered TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    is_test INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    finished TEXT,
+    lease_owner TEXT,
+    lease_until TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+    subscriber_id INTEGER NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    smtp_code INTEGER,
+    smtp_reply TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    queued TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    next_attempt TEXT,
+    UNIQUE (campaign_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (campaign_id, status, id);
+CREATE TABLE IF NOT EXISTS delivery_events (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    smtp_code INTEGER,
+    smtp_reply TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_events_delivery ON delivery_events (delivery_id);
+"""
+
+
+RELEASED_STEPS: dict[int, str] = {
+    2: "ALTER TABLE deliveries ADD COLUMN first_attempt TEXT;",
+    # Issue 5: sign-up requests (rate limits, double opt-in), returned mail (bounces, complaints, mailto
+    # unsubscribes) read once each, and Message-ID lookups for DSNs that carry no VERP address.
+    3: """
+CREATE TABLE IF NOT EXISTS signup_requests (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signup_requests_email ON signup_requests (email, at);
+CREATE INDEX IF NOT EXISTS signup_requests_client ON signup_requests (client, at);
+CREATE TABLE IF NOT EXISTS returned_mail (
+    id INTEGER PRIMARY KEY,
+    report_key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    campaign_id INTEGER,
+    delivery_id INTEGER,
+    status TEXT NOT NULL DEFAULT '',
+    diagnostic TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    UNIQUE (report_key, email)
+);
+CREATE INDEX IF NOT EXISTS returned_mail_email ON returned_mail (email, kind);
+CREATE INDEX IF NOT EXISTS deliveries_message_id ON deliveries (message_id);
+ALTER TABLE subscribers ADD COLUMN confirmed TEXT;
+""",
+    # Addresses are compared in lower case from now on; a row whose lower-case twin exists is left as it was.
+    4: """
+UPDATE OR IGNORE subscribers SET email = lower(email) WHERE email <> lower(email);
+UPDATE OR IGNORE suppressions SET email = lower(email) WHERE email <> lower(email);
+UPDATE OR IGNORE returned_mail SET email = lower(email) WHERE email <> lower(email);
+UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
+""",
+    # The name typed into the sign-up form stays with its request until the mailbox owner confirms that request:
+    # a stranger re-posting the form for someone's address must not change what later mail calls them.
+    5: "ALTER TABLE signup_requests ADD COLUMN name TEXT NOT NULL DEFAULT '';",
+    # Issue 11: a campaign is what is sent (list and content), not the issue's name: December's issue.md is not
+    # November's. Campaigns can be cancelled.
+    6: """
+DROP INDEX IF EXISTS campaigns_issue;
+CREATE INDEX IF NOT EXISTS campaigns_content ON campaigns (list_id, content_hash) WHERE is_test = 0;
+CREATE INDEX IF NOT EXISTS campaigns_slug ON campaigns (list_id, slug);
+ALTER TABLE campaigns ADD COLUMN cancelled TEXT;
+""",
+}
+
+
+def _old_database(path: Path, version: int) -> None:
+    """A database of `version` with a list, a subscriber (in mixed case, as databases before schema 4 may hold
+    one), a campaign and its delivery."""
+    email = "Wang@Example.org" if version < 4 else "wang@example.org"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_1 + "".join(RELEASED_STEPS[v] for v in range(2, version + 1))
+                       + f"PRAGMA user_version = {version};")
+    conn.execute("INSERT INTO lists (name, created) VALUES ('bulletin', '2026-01-01T00:00:00.000Z')")
+    conn.execute("INSERT INTO subscribers (list_id, email, name, status, created, updated) VALUES "
+                 "(1, ?, '王', 'active', 'then', 'then')", (email,))
+    conn.execute("INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, created) "
+                 "VALUES (1, 'nov', 'November', 'nov.md', 'h', '{}', 's', 'then')")
+    conn.execute("INSERT INTO deliveries (campaign_id, subscriber_id, email, status, queued, updated) "
+                 "VALUES (1, 1, ?, 'sent', 'then', 'then')", (email,))
+    conn.commit()
+    conn.close()
+
+
+def _shape(path: Path) -> dict[str, object]:
+    """Every table's columns (name, type, not null, default, primary key) and every index's columns and
+    uniqueness, and the views' names: what a query can tell apart."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        shape: dict[str, object] = {"views": [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")]}
+        for table in tables:
+            columns = sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({table})"))
+            indexes = sorted(
+                (unique, partial, tuple(c for (_, _, c) in conn.execute(f"PRAGMA index_info('{name}')")))
+                for (_, name, unique, _, partial) in conn.execute(f"PRAGMA index_list({table})"))
+            shape[table] = (columns, indexes)
+        return shape
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_database_of_every_older_schema_migrates_to_the_new_one_and_keeps_its_rows(tmp_path: Path,
+                                                                                     version: int) -> None:
+    fresh = tmp_path / "fresh.db"
+    with Store.open(fresh, must_exist=False) as store:
+        assert store.init() is True
+    old = tmp_path / "old.db"
+    _old_database(old, version)
+    with Store.open(old, must_exist=False) as store:
+        assert store.init() is True
+        assert store.init() is False  # up to date: nothing more to do
+        [subscriber] = store.subscribers.of_list(store.lists.get("bulletin").id)
+        assert subscriber.email == "wang@example.org" and subscriber.status == SubscriberStatus.ACTIVE
+        assert store.deliveries.counts(1) == {"sent": 1}
+    assert _shape(old) == _shape(fresh)
+
+
+def test_the_released_steps_are_what_the_migrations_make(tmp_path: Path) -> None:
+    """Schema 6 made from the frozen SQL and schema 6 as the migrations make it are the same (so the fresh and
+    migrated databases above are compared against the schema users really have)."""
+    frozen = tmp_path / "frozen.db"
+    _old_database(frozen, 6)
+    made = tmp_path / "made.db"
+    conn = sqlite3.connect(made)
+    conn.executescript(SCHEMA_1 + "PRAGMA user_version = 1;")
+    conn.close()
+    with Store.open(made, must_exist=False) as store:
+        store.init()
+    shape = _shape(made)
+    assert shape.pop("views") == ["campaign_counts", "delivery_log", "list_members"]
+    frozen_shape = _shape(frozen)
+    frozen_shape.pop("views")
+    assert shape == frozen_shape
+
+
+def test_statements_keep_each_statement_whole() -> None:
+    assert statements("CREATE TABLE a (x TEXT DEFAULT ';');\nUPDATE a SET x = 1;\n") == [
+        "CREATE TABLE a (x TEXT DEFAULT ';');", "UPDATE a SET x = 1;"]
+
+
+def test_a_failed_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailer.store import schema
+
+    old = tmp_path / "old.db"
+    _old_database(old, 5)
+
+    def broken(db: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setitem(schema.MIGRATIONS, 7, broken)
+    with Store.open(old, must_exist=False) as store, pytest.raises(sqlite3.OperationalError):
+        store.init()
+    conn = sqlite3.connect(old)
+    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+    assert "cancelled" not in [row[1] for row in conn.execute("PRAGMA table_info(campaigns)")]
+
+
+def test_the_views_answer_what_ops_ask(store: Store) -> None:
+    bulletin = store.lists.get("bulletin")
+    store.subscribers.upsert(bulletin.id, [Subscriber(email="wang@example.org", name="王小明")], "test")
+    campaign = store.campaigns.create(bulletin.id, "nov", "November", "nov.md", "h", {}, "salt")
+    store.suppressions.suppress_address("wang@example.org", "bounced", "5.1.1")
+    rows = list(store.db.query("SELECT issue, list, email, name, status, subscriber_status FROM delivery_log"))
+    assert rows == [{"issue": "nov", "list": "bulletin", "email": "wang@example.org", "name": "王小明",
+                     "status": DeliveryStatus.QUEUED, "subscriber_status": "bounced"}]
+    counts = list(store.db.query("SELECT campaign_id, status, recipients FROM campaign_counts"))
+    assert counts == [{"campaign_id": campaign.id, "status": "queued", "recipients": 1}]
+    [member] = store.db.query("SELECT list, email, status, suppressed FROM list_members")
+    assert member == {"list": "bulletin", "email": "wang@example.org", "status": "bounced", "suppressed": "bounced"}
+
+
+def test_the_store_keeps_time_on_the_clock_it_is_given(config: object, tmp_path: Path) -> None:
+    moment = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    with Store.open(tmp_path / "clocked.db", must_exist=False, clock=lambda: moment) as store:
+        store.init()
+        created = store.lists.create("weekly", "", "", "", "en")
+    assert created.created == "2026-12-01T09:30:00.000Z"
+
+
+def test_a_closed_store_refuses_queries(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "x.db", must_exist=False) as store:
+        store.init()
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.lists.with_counts()
