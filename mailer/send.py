@@ -27,7 +27,7 @@ from mailer.errors import MailerError, SMTPUnavailable, TemplateError, UsageErro
 from mailer.exit_codes import ExitCode
 from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
 from mailer.models import Campaign, DeliveryStatus, MailingList, Recipient, SendSummary, Subscriber, SubscriberStatus
-from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
+from mailer.render import NO_LIST_TITLE, InlineImage, ListContext, RenderedIssue, render_issue
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage, probe
 from mailer.store import Outcome, Partition, Store, StoreWriteError
 from mailer.store.leases import LeaseLost
@@ -890,8 +890,10 @@ async def retry_campaign(
                                   resume=f"mailer retry {campaign.id}", requeue=requeue)
 
 
-DEFAULT_LIST = MailingList(id=0, name="sample", title="", from_addr="Newsletter <newsletter@example.org>",
-                           reply_to="", lang="zh")
+def no_list(lang: str) -> MailingList:
+    """The list a rendering without --list is shown for: a neutral stand-in, named as such in List-Id too."""
+    return MailingList(id=0, name="newsletter", title=NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"]),
+                       from_addr="Newsletter <newsletter@example.org>", reply_to="", lang=lang)
 
 
 def prepare_sample(
@@ -907,7 +909,8 @@ def prepare_sample(
     source = read_issue_file(issue_path)
     issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(lang="zh"),
                          read_file=issue_file_reader(issue_path), templates_dir=config.templates, theme=config.theme)
-    prepared = PreparedIssue(DEFAULT_LIST, issue, sender_for(DEFAULT_LIST, issue, config.base_url), issue_path,
+    neutral = no_list(issue.lang)
+    prepared = PreparedIssue(neutral, issue, sender_for(neutral, issue, config.base_url), issue_path,
                              list(issue.warnings))
     return prepared, Subscriber(email="reader@example.org", name="")
 

@@ -347,6 +347,8 @@ def test_preheader_masthead_and_readable_plain_text(tmp_path: Path) -> None:
     assert 'class="preheader" style="display:none' in body
     assert "第12期 \u00a0|\u00a0 2026年11月" in body  # issue number and date in the masthead
     assert sample.text.splitlines()[:2] == ["（简报名称）", "第12期 | 2026年11月"]  # no list: no list name
+    head = message_from_bytes(sample.data)
+    assert head["List-Id"] == "=?utf-8?b?77yI566A5oql5ZCN56ew77yJ?= <newsletter.example.org>"  # not a list "sample"
     for heading in ("【专题会议】", "【行业动态】", "【政策速递】", "【试点进展】", "【相关链接】"):
         assert f"\n{heading}\n" in sample.text
     assert "跨区域知识产权质押融资协作推进会在临江召开\n------" in sample.text
