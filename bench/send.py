@@ -36,12 +36,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mailer.config import Config, ensure_secret  # noqa: E402
+from mailer.engine import SendOptions  # noqa: E402
 from mailer.message import MessageTemplate, Sender  # noqa: E402
 from mailer.models import Recipient, Subscriber  # noqa: E402
 from mailer.render import ListContext, render_issue, substitute  # noqa: E402
-from mailer.send import SendOptions, run_event_loop, send_issue, smtp_settings  # noqa: E402
+from mailer.send import send_issue  # noqa: E402
+from mailer.smtp import relays  # noqa: E402
 from mailer.store import Store  # noqa: E402
 from mailer.subscriptions import create_list  # noqa: E402
+from mailer.workers import run_event_loop  # noqa: E402
 
 ISSUE = REPO / "issues" / "sample.md"
 
@@ -122,7 +125,7 @@ async def mailer_send(config: Config, sessions: int, workers: int = 1) -> tuple[
     store = Store.open(config.db_path)
     started = time.perf_counter()
     summary = await send_issue(store, config, ISSUE, "bench", SendOptions(concurrency=sessions, workers=workers),
-                               smtp_settings(config))
+                               relays(config))
     elapsed = time.perf_counter() - started
     store.close()
     return summary.counts.get("sent", 0) / elapsed, summary.counts.get("sent", 0)

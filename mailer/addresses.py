@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -256,3 +257,13 @@ def _swallowed(row: list[str], delimiter: str) -> bool:
     (an attribute such as a postal address may have one): a later line of a field that holds the delimiter is a
     row that was swallowed."""
     return any(any(delimiter in part for part in cell.splitlines()[1:]) for cell in row)
+
+
+def is_loopback(host: str) -> bool:
+    """A host name or IP address of this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import signal
 import sqlite3
 import sys
 from collections.abc import Coroutine
@@ -78,23 +77,13 @@ def _optional_store(config: Config, list_name: str | None) -> contextlib.Abstrac
 
 def _run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None) -> T:
     """Run a service coroutine; SIGINT/SIGTERM set `stop` so in-flight work finishes before we exit."""
+    from mailer.workers import run
 
     def stopping() -> None:
-        if stop is not None and not stop.is_set():
-            # Said at once: with a low --rate or a slow relay the in-flight messages may take a while.
-            err.print("stopping: no new recipients; in-flight messages finish and are recorded", markup=False)
-            stop.set()
+        # Said at once: with a low --rate or a slow relay the in-flight messages may take a while.
+        err.print("stopping: no new recipients; in-flight messages finish and are recorded", markup=False)
 
-    async def main() -> T:
-        loop = asyncio.get_running_loop()
-        if stop is not None:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stopping)
-        return await coro
-
-    from mailer.send import run_event_loop
-
-    return run_event_loop(main())
+    return run(coro, stop, stopping)
 
 
 def _print_json(rows: list[dict[str, Any]]) -> None:
@@ -341,7 +330,7 @@ def render(
 
     Example: mailer render issues/sample.md -o out
     """
-    from mailer.send import render_to_dir
+    from mailer.sample import render_to_dir
 
     config = _config(ctx, templates)
     def warn(warning: str) -> None:
@@ -435,7 +424,9 @@ def send(
     Example: mailer send issues/sample.md --list bulletin --test me@example.org
     """
     from mailer.addresses import normalise_address
-    from mailer.send import SendOptions, count_recipients, send_issue, smtp_settings
+    from mailer.engine import SendOptions
+    from mailer.send import send_issue
+    from mailer.smtp import relays
 
     if not (dry_run or test or yes or sys.stdin.isatty()):
         # From cron or a script nobody can answer the question: mailing a whole list takes saying so.
@@ -446,14 +437,14 @@ def send(
                                      concurrency=concurrency, rate=rate, max_wait=max_wait, workers=workers)
     with _store(ctx) as store:
         if not (dry_run or test or yes):
-            total = count_recipients(store, store.lists.get(list_name).id)
+            total = store.subscribers.count_recipients(store.lists.get(list_name).id)
             if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
                 raise typer.Exit(ExitCode.ERROR)
         stop = asyncio.Event()
         progress = _RichProgress(err.is_terminal and not dry_run)
         try:
             summary = _run(send_issue(store, config, issue, list_name, options,
-                                      smtp_settings(config, smtp_host, smtp_port), progress, stop), stop)
+                                      relays(config, smtp_host, smtp_port), progress, stop), stop)
         finally:
             progress.stop()
     _finish_send(summary)
@@ -475,7 +466,9 @@ def retry(
 
     Example: mailer retry 1 --due-only
     """
-    from mailer.send import SendOptions, retry_campaign, smtp_settings
+    from mailer.engine import SendOptions
+    from mailer.send import retry_campaign
+    from mailer.smtp import relays
 
     config = _config(ctx)
     stop = asyncio.Event()
@@ -483,7 +476,7 @@ def retry(
     options = SendOptions.for_config(config, concurrency=concurrency, rate=rate, max_wait=max_wait)
     with _store(ctx) as store:
         try:
-            summary = _run(retry_campaign(store, config, campaign, options, smtp_settings(config), progress, stop,
+            summary = _run(retry_campaign(store, config, campaign, options, relays(config), progress, stop,
                                           due_only=due_only, failed=failed), stop)
         finally:
             progress.stop()
@@ -669,11 +662,12 @@ def doctor(
 
     Example: mailer doctor
     """
-    from mailer.doctor import Level, dns_txt, run_checks
-    from mailer.send import smtp_settings
+    from mailer.dkim import dns_txt
+    from mailer.doctor import Level, run_checks
+    from mailer.smtp import relays
 
     config = _config(ctx)
-    findings = _run(run_checks(config, smtp_settings(config), dns_txt if dns else None))
+    findings = _run(run_checks(config, relays(config), dns_txt if dns else None))
     for finding in findings:
         out.print(str(finding), markup=False, highlight=False)
     if any(finding.level == Level.ERROR for finding in findings):
@@ -698,7 +692,8 @@ def preview(
 
     Example: mailer preview issues/sample.md -o preview
     """
-    from mailer.preview import live_preview, preview_issue, serve_live_preview
+    from mailer.preview import live_preview, preview_issue
+    from mailer.web.live import serve_live_preview
 
     config = _config(ctx, templates)
     with _optional_store(config, list_name) as store:

@@ -12,8 +12,11 @@ from pathlib import Path
 
 from mailer.capture import CaptureServer
 from mailer.config import Config, ensure_secret
+from mailer.engine import ProgressSink, SendOptions
 from mailer.models import SendSummary
-from mailer.send import ProgressSink, SendOptions, render_to_dir, send_issue, smtp_settings
+from mailer.sample import render_to_dir
+from mailer.send import send_issue
+from mailer.smtp import relays
 from mailer.store import Store
 from mailer.subscriptions import ImportResult, create_list, import_csv
 
@@ -62,7 +65,7 @@ async def _run_demo(workdir: Path, base_url: str, sample_issue: Path, sample_lis
         with CaptureServer(outbox) as server:
             config = config.with_overrides(smtp_port=server.port)
             summary = await send_issue(store, config, sample_issue, LIST_NAME, SendOptions(concurrency=4),
-                                       smtp_settings(config), progress)
+                                       relays(config), progress)
         rendered = render_to_dir(sample_issue, workdir / "rendered", config, store, LIST_NAME)
     finally:
         store.close()

@@ -352,3 +352,11 @@ def record_tags(txt: str | bytes) -> dict[str, str]:
         if eq:
             tags[tag.strip()] = "".join(value.split())
     return tags
+
+
+def dns_txt(name: str) -> bytes | None:
+    """The TXT record at `name` (its strings joined) from the system resolver, via dkimpy's DNS plug-in."""
+    from dkim.dnsplug import get_txt
+
+    found: bytes | None = get_txt(name)
+    return found

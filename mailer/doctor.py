@@ -5,20 +5,18 @@ up the published DKIM record); it changes nothing and never sends a message. Fin
 
 from __future__ import annotations
 
-import asyncio
 import re
-import smtplib
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mailer.addresses import is_loopback
 from mailer.config import Config
-from mailer.errors import MailerError
+from mailer.errors import MailerError, SMTPUnavailable
 from mailer.message import parse_from
-from mailer.smtp import SMTPSettings, is_loopback, probe
+from mailer.smtp import SMTPSettings, ehlo_features, probe
 from mailer.store import Store
 
 DnsLookup = Callable[[str], "bytes | str | None"]
@@ -165,13 +163,6 @@ def check_alignment(lists: list[dict[str, str]], dkim_domain: str) -> list[Findi
     return findings
 
 
-def _ehlo_features(relay: SMTPSettings) -> dict[str, str]:
-    """The relay's EHLO extensions, read over plain text (stdlib smtplib: no TLS, no login, nothing sent)."""
-    with smtplib.SMTP(relay.host, relay.port, local_hostname=socket.gethostname(), timeout=relay.timeout) as client:
-        client.ehlo()
-        return dict(client.esmtp_features)
-
-
 async def check_smtp(relay: SMTPSettings) -> Finding:
     """Reachable with the configured TLS mode and login (exactly as `mailer send` connects), and TLS offered."""
     relay = replace(relay, timeout=min(relay.timeout, PROBE_TIMEOUT))
@@ -186,8 +177,8 @@ async def check_smtp(relay: SMTPSettings) -> Finding:
     if relay.tls == "starttls":
         return ok(f"{where} reachable, STARTTLS negotiated{login}")
     try:
-        features = await asyncio.to_thread(_ehlo_features, relay)
-    except (OSError, smtplib.SMTPException) as exc:
+        features = await ehlo_features(relay)
+    except SMTPUnavailable as exc:
         return warning(f"{where} answered once, then not again: {exc}")
     offered = "starttls" in features
     if is_loopback(relay.host):  # nothing crosses a network
@@ -213,10 +204,3 @@ async def run_checks(
     for relay in relays:
         findings.append(await check_smtp(relay))
     return findings
-
-
-def dns_txt(name: str) -> bytes | None:
-    """The TXT record at `name` (its strings joined) from the system resolver, via dkimpy's DNS plug-in."""
-    from dkim.dnsplug import get_txt
-
-    return get_txt(name)  # type: ignore[no-any-return]

@@ -1,4 +1,6 @@
-"""Everything aiosmtplib: one persistent SMTP session, reply classification (sent / deferred / failed).
+"""Everything aiosmtplib: the relays of the configuration (MAILER_SMTP_HOST may list several), one persistent SMTP
+session, reply classification (sent / deferred / failed), the probe before a campaign, what a relay offers (for
+mailer doctor) and the one-off sender of a sign-up confirmation.
 
 The only module that imports aiosmtplib. It never logs or returns the password; errors that mean "this server
 cannot be used at all" are raised as SMTPUnavailable so the engine can stop before marking anyone failed."""
@@ -9,17 +11,19 @@ import base64
 import binascii
 import contextlib
 import functools
-import ipaddress
 import re
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 
-from mailer.errors import ConfigError, SMTPUnavailable
+from mailer.addresses import is_loopback
+from mailer.config import Config
+from mailer.errors import ConfigError, SMTPUnavailable, UsageError
 from mailer.message import BuiltMessage
 from mailer.models import DeliveryStatus
 
@@ -65,6 +69,31 @@ class SMTPSettings:
             )
 
 
+def relays(config: Config, host: str | None = None, port: int | None = None) -> list[SMTPSettings]:
+    """One SMTPSettings per relay: MAILER_SMTP_HOST (or --smtp-host) may list several as `host[:port],...`."""
+    relays = []
+    for item in filter(None, (part.strip() for part in (host or config.smtp_host).split(","))):
+        # host:port; an IPv6 literal (more than one colon) takes the default port
+        name, relay_port = item.split(":") if item.count(":") == 1 else (item, "")
+        if relay_port and not relay_port.isdigit():
+            raise UsageError(f"SMTP relay {item!r}: the port must be a number")
+        relays.append(SMTPSettings(
+            host=name,
+            port=port or (int(relay_port) if relay_port else config.smtp_port),
+            tls=config.smtp_tls,
+            user=config.smtp_user,
+            password=config.smtp_password,
+            timeout=config.smtp_timeout,
+            ca_file=config.smtp_ca,
+        ))
+    if not relays:
+        raise UsageError("no SMTP host configured")
+    for relay in relays:
+        if not 0 < relay.port < 65536:
+            raise UsageError(f"SMTP port {relay.port} of {relay.host} is not a TCP port (1 to 65535)")
+    return relays
+
+
 @functools.cache
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
     """Certificate and host name checked, against `ca_file` or the system's CAs; built once per process, since
@@ -74,15 +103,6 @@ def tls_context(ca_file: str = "") -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"MAILER_SMTP_CA: cannot load CA certificates from {ca_file}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -359,3 +379,34 @@ async def probe(settings: SMTPSettings) -> None:
     session = Session(settings)
     await session.open()
     await session.close()
+
+
+async def send_one(relays: Sequence[SMTPSettings], message: BuiltMessage) -> Reply:
+    """One message outside any campaign (a sign-up confirmation): the first relay that answers takes it.
+
+    Raises SMTPUnavailable when none can be used; any SMTP reply (sent, deferred, failed) is returned."""
+    unavailable: SMTPUnavailable | None = None
+    for relay in relays:
+        session = Session(relay)
+        try:
+            return await session.send(message)
+        except SMTPUnavailable as exc:
+            unavailable = exc
+        finally:
+            await session.close()
+    raise unavailable or SMTPUnavailable("no SMTP relay configured")
+
+
+async def ehlo_features(settings: SMTPSettings) -> dict[str, str]:
+    """The relay's EHLO extensions (lower-case names), read over plain text: no TLS, no login, nothing sent.
+    SMTPUnavailable when it does not answer."""
+    client = aiosmtplib.SMTP(hostname=settings.host, port=settings.port, timeout=settings.timeout, use_tls=False,
+                             start_tls=False, local_hostname=settings.local_hostname or socket.gethostname())
+    try:
+        await client.connect()
+        await client.ehlo()
+        return dict(client.esmtp_extensions)
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise SMTPUnavailable(_one_line(str(exc))) from None
+    finally:
+        await _close_quietly(client)

@@ -22,6 +22,7 @@ from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.spreadsheet import SpreadsheetWriter
 from mailer.store import Store
 from mailer.tokens import BadToken, TokenKind, make_token, read_token
+from mailer.wording import CONFIRM_BODY, CONFIRM_META, READER
 
 _BATCH = 1000
 
@@ -159,20 +160,22 @@ def mask_address(email: str) -> str:
     return f"{local[:keep]}***@{domain}"
 
 
-class TestLink(BadToken):
+@dataclass(frozen=True)
+class TestLink:
     """A genuine link from a test send (`mailer send --test`): it speaks for nobody on the list."""
 
-    def __init__(self, mailing_list: MailingList) -> None:
-        super().__init__("link of a test message")
-        self.mailing_list = mailing_list
+    __test__ = False  # not a pytest test class, whatever its name
+
+    mailing_list: MailingList
 
 
-def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> LinkTarget:
-    """Verify an unsubscribe or confirm token; BadToken for anything forged, truncated, of another kind or list."""
+def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> LinkTarget | TestLink:
+    """Verify an unsubscribe or confirm token: whom it speaks for, or a TestLink for a test send's link. BadToken
+    for anything forged, truncated, of another kind or list."""
     parsed = read_token(secret, token, kind)
     if parsed.b == 0:  # test sends use subscriber 0
         try:
-            raise TestLink(store.lists.by_id(parsed.a))
+            return TestLink(store.lists.by_id(parsed.a))
         except NotFoundError:
             raise BadToken("no such list") from None
     try:
@@ -186,10 +189,21 @@ def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> Lin
 
 
 def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: UnsubscribeSource,
-                           ) -> tuple[LinkTarget, bool]:
-    """RFC 8058 one-click or the page's button: unsubscribe now (idempotent); True if it changed anything."""
+                           ) -> tuple[LinkTarget | TestLink, bool]:
+    """RFC 8058 one-click or the page's button: unsubscribe now (idempotent); True if it changed anything. A test
+    send's link changes nothing."""
     target = link_target(store, secret, token, TokenKind.UNSUBSCRIBE)
+    if isinstance(target, TestLink):
+        return target, False
     return target, store.subscribers.unsubscribe(target.subscriber.id, source)
+
+
+def _confirm_target(store: Store, secret: bytes, token: str) -> LinkTarget:
+    """The subscriber a confirm link speaks for; a test send carries no confirm link, so one naming nobody is bad."""
+    target = link_target(store, secret, token, TokenKind.CONFIRM)
+    if isinstance(target, TestLink):
+        raise BadToken("a confirm link names no subscriber")
+    return target
 
 
 @dataclass(frozen=True)
@@ -240,7 +254,7 @@ class ConfirmState(StrEnum):
 
 def requested_name(store: Store, secret: bytes, token: str) -> str:
     """The name the sign-up request behind a confirm link asked for ("" for links older than kept requests)."""
-    target = link_target(store, secret, token, TokenKind.CONFIRM)
+    target = _confirm_target(store, secret, token)
     request_id = read_token(secret, token, TokenKind.CONFIRM).c
     if not request_id:
         return ""
@@ -253,7 +267,7 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent.
     Confirming sets the name `name` (what the owner left in the confirm page's field), else the one the confirmed
     request asked for; a blank one keeps the name already known."""
-    target = link_target(store, secret, token, TokenKind.CONFIRM)
+    target = _confirm_target(store, secret, token)
     sub = target.subscriber
     if sub.status == SubscriberStatus.ACTIVE:
         return target, ConfirmState.CONFIRMED
@@ -274,40 +288,13 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     return target, ConfirmState.READY
 
 
-# The confirmation mail's words. The list's title is data: it goes into front-matter values (given to the renderer,
-# never parsed as YAML) and the layout's masthead (autoescaped), never into Jinja or Markdown source.
-_CONFIRM_BODY = {
-    "zh": """{{ subscriber.email }} 刚刚申请订阅这份简报。请点击下面的链接确认：
-
-[确认订阅]({{ subscriber.confirm_url }})
-
-如果不是您本人申请，请忽略本邮件：不确认就不会收到任何邮件。链接 7 天内有效。
-""",
-    "en": """Someone, hopefully you, asked to subscribe {{ subscriber.email }} to this newsletter. Please confirm:
-
-[Confirm my subscription]({{ subscriber.confirm_url }})
-
-If it was not you, ignore this message: nothing will be sent unless you confirm. The link works for 7 days.
-""",
-}
-_CONFIRM_META = {
-    "zh": {"subject": "请确认订阅「{title}」", "preheader": "点击邮件中的链接即可完成订阅",
-           "why": "您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。"},
-    "en": {"subject": "Please confirm your subscription to {title}", "preheader": "One click and you are subscribed",
-           "why": "You receive this because this address was entered on the sign-up page of {title}."},
-}
-
-
-_READER = {"zh": "读者", "en": "reader"}
-
-
 @functools.lru_cache(maxsize=32)
 def _confirmation_issue(name: str, title: str, lang: str, templates_dir: Path | None, theme: Theme | None,
                         ) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
-    words = lang if lang in _CONFIRM_BODY else "en"
-    given = {key: value.format(title=title) for key, value in _CONFIRM_META[words].items()}
-    return render_issue(_CONFIRM_BODY[words], origin="confirmation.md",
+    words = lang if lang in CONFIRM_BODY else "en"
+    given = {key: value.format(title=title) for key, value in CONFIRM_META[words].items()}
+    return render_issue(CONFIRM_BODY[words], origin="confirmation.md",
                         list_ctx=ListContext(name=name, title=title, lang=lang), given=given,
                         templates_dir=templates_dir, theme=theme)
 
@@ -327,7 +314,7 @@ def build_confirmation(
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
     template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
-                               salt=secrets.token_hex(8), fallback_name=_READER.get(mailing_list.lang, "reader"),
+                               salt=secrets.token_hex(8), fallback_name=READER.get(mailing_list.lang, "reader"),
                                signer=signer)
     token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id, request_id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"

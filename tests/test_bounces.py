@@ -19,8 +19,10 @@ import pytest
 from mailer.bounces import parse_returned
 from mailer.capture import CaptureServer
 from mailer.config import Config
+from mailer.engine import SendOptions
 from mailer.models import DeliveryStatus, ReturnedKind, Subscriber, SubscriberStatus
-from mailer.send import SendOptions, send_issue, smtp_settings
+from mailer.send import send_issue
+from mailer.smtp import relays
 from mailer.store import Store
 from mailer.web import create_app
 from tests.conftest import SAMPLE_ISSUE, LiveWeb, web_config
@@ -59,7 +61,7 @@ def sent_messages(smtp: CaptureServer) -> dict[str, Sent]:
 async def campaign(store: Store, config: Config, smtp_server: CaptureServer) -> dict[str, Sent]:
     list_id = store.lists.get("bulletin").id
     store.subscribers.upsert(list_id, [Subscriber(email=e, name="读者") for e in READERS], "test")
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=2), settings)
     assert summary.counts == {"sent": len(READERS)}
     return sent_messages(smtp_server)
@@ -168,7 +170,7 @@ def test_soft_bounces_suppress_after_the_limit(store: Store, config: Config, smt
                                                tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     list_id = store.lists.get("bulletin").id
     store.subscribers.upsert(list_id, [Subscriber(email="full@example.net")], "test")
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     issues = []
     for n in range(2):
         issue = tmp_path / f"issue{n}.md"
@@ -257,7 +259,7 @@ def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
 
     with LiveWeb(make):
         web = holder["config"]
-        settings = smtp_settings(web)
+        settings = relays(web)
         asyncio.run(send_issue(store, web, SAMPLE_ISSUE, "bulletin", SendOptions(), settings))
         first = sent_messages(smtp_server)
         leaving = message_from_bytes(next(c.data for c in smtp_server.received if c.rcpt_tos[0] == READERS[0]))
@@ -390,7 +392,7 @@ async def test_scan_matches_rfc6533_reports_by_verp_and_by_message_id(store: Sto
                                                                       run_cli) -> None:  # type: ignore[no-untyped-def]
     readers = ["李四@example.net", "王五@example.net"]
     store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email=e) for e in readers], "test")
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
     assert summary.counts == {"sent": 2}
     sent = sent_messages(smtp_server)

@@ -16,9 +16,11 @@ import pytest
 
 from mailer.capture import CaptureServer
 from mailer.config import Config
+from mailer.engine import SendOptions
 from mailer.models import Subscriber, SubscriberStatus
 from mailer.preview import CHROMIUM_ARGS
-from mailer.send import SendOptions, send_issue, smtp_settings
+from mailer.send import send_issue
+from mailer.smtp import relays
 from mailer.store import Store
 from mailer.subscriptions import create_list
 from mailer.web import create_app
@@ -62,7 +64,7 @@ def send_now(store: Store, config: Config, issue: Path, list_name: str) -> None:
     """Send in a thread of its own: Playwright's sync API keeps an event loop running in this one."""
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, send_issue(store, config, issue, list_name, SendOptions(),
-                                            smtp_settings(config))).result()
+                                            relays(config))).result()
 
 
 def shot(page: object, name: str) -> Path:

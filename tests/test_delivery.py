@@ -27,9 +27,11 @@ from typing import Any
 import pytest
 import trustme
 
+from mailer.campaign import open_campaign, prepare_issue
 from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
-from mailer.send import Engine, Lease, RateLimiter, SendOptions, open_campaign, prepare_issue, smtp_settings
+from mailer.engine import CampaignLog, Engine, Lease, RateLimiter, SendOptions
+from mailer.smtp import relays
 from mailer.store import Store, holder_state, lease_owner
 from tests.conftest import SAMPLE_ISSUE
 from tests.test_send import add_subscribers, assert_one_error_line
@@ -585,7 +587,7 @@ def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
 ) -> None:
     emails = readers(200)
     add_subscribers(store, emails)
-    open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), SendOptions(), config.secret)
+    open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     # A file size limit is a full disk to SQLite (and needs no root): the WAL can grow by some 40 pages from here.
@@ -716,15 +718,14 @@ async def test_the_engine_takes_one_rate_slot_per_message_across_its_sessions(
     store: Store, config: Config, smtp_server: CaptureServer
 ) -> None:
     add_subscribers(store, readers(81))
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     options = SendOptions(concurrency=4, rate=40)
-    campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), options,
-                                       config.secret)
+    campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
     time_ = VirtualTime()
     limiter = RateLimiter(40, clock=time_.clock, sleep=time_.sleep)
 
-    await Engine(store, template, campaign, settings, options, lease=Lease(store.leases.acquire(campaign.id)),
-                 limiter=limiter).run()
+    await Engine(CampaignLog(store, campaign.id), template, campaign, settings, options,
+                 lease=Lease(store.leases.acquire(campaign.id)), limiter=limiter).run()
 
     assert len(smtp_server.received) == 81
     assert time_.wakes == pytest.approx([k / 40 for k in range(1, 81)])
@@ -991,8 +992,7 @@ def test_a_holder_stopped_inside_a_transaction_is_named_at_once_not_after_waitin
     store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
 ) -> None:
     add_subscribers(store, readers(3))
-    campaign, _ = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), SendOptions(),
-                                config.secret)
+    campaign, _ = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
     store.leases.acquire(campaign.id)  # this test process holds the campaign...
     with closing(sqlite3.connect(tmp_path / "mailer.db", isolation_level=None)) as stalled:
         stalled.execute("BEGIN IMMEDIATE")  # ...and, as if stopped mid-commit, SQLite's write lock

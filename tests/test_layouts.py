@@ -178,7 +178,7 @@ def test_accent_and_footer_are_written_once_in_mailer_toml(tmp_path: Path, run_c
 def test_a_logo_url_or_a_local_logo_embedded_in_the_message(tmp_path: Path, run_cli) -> None:
     from email import message_from_bytes
 
-    from mailer.preview import check_html
+    from mailer.checks import check_html
 
     (tmp_path / "mailer.toml").write_text('[theme]\nlogo = "https://cdn.example.org/logo.png"\nlogo_width = 120\n',
                                           encoding="utf-8")

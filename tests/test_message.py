@@ -20,6 +20,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from mailer.campaign import build_template, prepare_issue
 from mailer.config import Config
 from mailer.errors import HeaderError
 from mailer.message import (
@@ -33,7 +34,7 @@ from mailer.message import (
 )
 from mailer.models import Recipient
 from mailer.render import ListContext, RenderedIssue, render_issue
-from mailer.send import build_template, prepare_issue, render_to_dir
+from mailer.sample import render_to_dir
 from mailer.store import Store
 from mailer.tokens import BadToken, Token, TokenKind, make_token, read_token
 from tests.conftest import CHECK_EML

@@ -19,22 +19,17 @@ import pytest
 import uvicorn
 from PIL import Image, ImageDraw, ImageStat
 
+from mailer.campaign import issue_from_json, issue_to_json
 from mailer.capture import CaptureServer, free_port
+from mailer.checks import GMAIL_CLIP_BYTES, check_html
 from mailer.config import Config
 from mailer.dkim import Signer, generate_key
 from mailer.errors import TemplateError
 from mailer.models import Subscriber
-from mailer.preview import (
-    GMAIL_CLIP_BYTES,
-    LivePreview,
-    _allow_request,
-    check_html,
-    live_preview,
-    preview_issue,
-    render_sample,
-)
-from mailer.send import issue_from_json, issue_to_json
+from mailer.preview import LivePreview, _allow_request, live_preview, preview_issue
+from mailer.sample import build_sample
 from mailer.store import Store
+from mailer.web.live import live_app
 from tests.conftest import CHECK_EML, SAMPLE_CSV, SAMPLE_ISSUE
 
 
@@ -146,9 +141,9 @@ def test_an_issue_over_gmails_clipping_limit_is_reported(tmp_path: Path) -> None
     long_issue = tmp_path / "long.md"
     long_issue.write_text("---\nsubject: 很长的一期\n---\n\n## 第一部分\n\n"
                           + "\n\n".join(f"{i}. {paragraph}" for i in range(200)), encoding="utf-8")
-    short = render_sample(SAMPLE_ISSUE, Config(base_url="https://news.example.org"))
+    short = build_sample(SAMPLE_ISSUE, Config(base_url="https://news.example.org"))
 
-    message = render_sample(long_issue, Config(base_url="https://news.example.org"))
+    message = build_sample(long_issue, Config(base_url="https://news.example.org"))
 
     assert len(message.html.encode()) > GMAIL_CLIP_BYTES
     (warning,) = [w for w in check_html(message.html) if "Gmail clips" in w]
@@ -165,7 +160,7 @@ def live_server(tmp_path: Path) -> Iterator[tuple[str, Path, LivePreview]]:
     issue.write_text("---\nsubject: Draft one\n---\n\nFirst words.\n\n## Part\n\nText.\n", encoding="utf-8")
     live = live_preview(issue, Config(base_url="https://news.example.org"))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(live.app(poll_seconds=0.05), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(live_app(live, poll_seconds=0.05), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -208,7 +203,7 @@ def test_live_preview_reloads_when_the_issue_changes(live_server: tuple[str, Pat
 
 def test_live_preview_only_listens_on_this_machine() -> None:
     from mailer.errors import MailerError
-    from mailer.preview import serve_live_preview
+    from mailer.web.live import serve_live_preview
 
     live = LivePreview(lambda: (_ for _ in ()).throw(AssertionError()), lambda: iter(()))
     with pytest.raises(MailerError, match="only listens on this machine"):
@@ -270,7 +265,7 @@ def cid_issue(tmp_path: Path) -> Path:
 
 
 def test_images_cid_embeds_local_images_in_multipart_related(tmp_path: Path) -> None:
-    sample = render_sample(cid_issue(tmp_path), Config(base_url="https://news.example.org"))
+    sample = build_sample(cid_issue(tmp_path), Config(base_url="https://news.example.org"))
 
     message = message_from_bytes(sample.data, policy=policy.default)
     assert isinstance(message, EmailMessage)
@@ -321,17 +316,17 @@ def test_images_cid_refuses_files_outside_the_issue_folder_and_non_images(tmp_pa
         issue = folder / "x.md"
         issue.write_text(f"---\nsubject: x\nimages: cid\n---\n\n![x]({src})\n", encoding="utf-8")
         with pytest.raises(TemplateError, match=message):
-            render_sample(issue, config)
+            build_sample(issue, config)
     issue.write_text("---\nsubject: x\nimages: inline\n---\n\nx\n", encoding="utf-8")
     with pytest.raises(TemplateError, match="must be url or cid"):
-        render_sample(issue, config)
+        build_sample(issue, config)
 
 
 def test_images_by_url_stay_links_and_the_preview_says_so(tmp_path: Path) -> None:
     issue = tmp_path / "url.md"
     issue.write_text("---\nsubject: x\n---\n\n![Logo](https://cdn.example.org/logo.png)\n\n![Local](img/a.png)\n",
                      encoding="utf-8")
-    sample = render_sample(issue, Config(base_url="https://news.example.org"))
+    sample = build_sample(issue, Config(base_url="https://news.example.org"))
     assert message_from_bytes(sample.data).get_content_type() == "multipart/alternative"
     assert 'src="https://cdn.example.org/logo.png"' in sample.html
     warnings = "\n".join(check_html(sample.html))
@@ -340,7 +335,7 @@ def test_images_by_url_stay_links_and_the_preview_says_so(tmp_path: Path) -> Non
 
 
 def test_preheader_masthead_and_readable_plain_text(tmp_path: Path) -> None:
-    sample = render_sample(SAMPLE_ISSUE, Config(base_url="https://news.example.org"))
+    sample = build_sample(SAMPLE_ISSUE, Config(base_url="https://news.example.org"))
     body = sample.html.split("<body", 1)[1]
     # The preheader is the first text in the body (what inboxes show after the subject), hidden when opened.
     assert body.index("跨区域质押融资协作会议召开") < body.index("电子简报")
@@ -361,7 +356,7 @@ def test_images_cid_with_chinese_and_spaced_file_names(tmp_path: Path) -> None:
     write_png(tmp_path / "issue" / "images" / "图表 一.png")
     issue = tmp_path / "issue" / "zh.md"
     issue.write_text("---\nsubject: 图\nimages: cid\n---\n\n![图表](<images/图表 一.png>)\n", encoding="utf-8")
-    sample = render_sample(issue, Config(base_url="https://news.example.org"))
+    sample = build_sample(issue, Config(base_url="https://news.example.org"))
     message = message_from_bytes(sample.data, policy=policy.default)
     image = list(message.iter_parts())[1]
     assert image.get_content() == (tmp_path / "issue" / "images" / "图表 一.png").read_bytes()
@@ -413,7 +408,7 @@ def test_send_dry_run_warns_about_an_image_that_will_go_out_broken(store: Store,
 def test_preview_warns_about_a_subject_in_capitals(tmp_path: Path, subject: str, warned: bool) -> None:
     issue = tmp_path / "caps.md"
     issue.write_text(f"---\nsubject: \"{subject}\"\n---\n\n## One\n\nText.\n", encoding="utf-8")
-    sample = render_sample(issue, Config(base_url="https://news.example.org"))
+    sample = build_sample(issue, Config(base_url="https://news.example.org"))
     live = LivePreview(lambda: sample, lambda: iter(()))
     live.refresh(force=True)
     caps = [w for w in live.warnings if "in capitals" in w]

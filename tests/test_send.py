@@ -15,8 +15,10 @@ import pytest
 
 from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
+from mailer.engine import SendOptions
 from mailer.models import DeliveryStatus, Subscriber
-from mailer.send import SendOptions, retry_campaign, send_issue, smtp_settings
+from mailer.send import retry_campaign, send_issue
+from mailer.smtp import relays
 from mailer.store import Store
 from tests.conftest import SAMPLE_CSV, SAMPLE_ISSUE
 
@@ -57,7 +59,7 @@ async def test_200_subscribers_each_get_exactly_one_message_over_reused_connecti
 ) -> None:
     emails = [f"reader{i:03d}@example.org" for i in range(200)]
     add_subscribers(store, emails)
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
 
     summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=4), settings)
 
@@ -84,7 +86,7 @@ async def test_200_subscribers_each_get_exactly_one_message_over_reused_connecti
 
 async def test_concurrency_one_uses_a_single_session(store: Store, config: Config, smtp_server: CaptureServer) -> None:
     add_subscribers(store, [f"r{i}@example.org" for i in range(20)])
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     summary = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=1), settings)
     assert summary.counts == {"sent": 20}
     assert smtp_server.connections == 1  # one session for all 20 (the probe says no EHLO)
@@ -125,7 +127,7 @@ async def test_451_is_deferred_then_retry_sends_it_with_the_same_message_id(
 ) -> None:
     add_subscribers(store, THREE)
     smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted, try later", times=1))
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
 
     first = await send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings)
 
@@ -233,7 +235,7 @@ def test_sending_again_resumes_and_never_resends(store: Store, smtp_server: Capt
 
 async def test_unsubscribed_while_queued_is_skipped(store: Store, config: Config, smtp_server: CaptureServer) -> None:
     subs = add_subscribers(store, THREE)
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     stop = asyncio.Event()
     stop.set()  # stopped before the first message: the campaign and its snapshot exist, everyone is queued
 

@@ -11,8 +11,10 @@ import pytest
 
 from mailer.capture import CaptureServer, Rule
 from mailer.config import Config
+from mailer.engine import SendOptions
 from mailer.models import Subscriber
-from mailer.send import SendOptions, send_issue, smtp_settings
+from mailer.send import send_issue
+from mailer.smtp import relays
 from mailer.spreadsheet import SpreadsheetWriter, read_cell, spreadsheet_cell
 from mailer.store import Store
 from tests.conftest import SAMPLE_ISSUE
@@ -53,7 +55,7 @@ def test_log_csv_neutralises_smtp_replies(store: Store, config: Config, smtp_ser
     store.subscribers.upsert(list_id, [Subscriber(email="a@example.net"), Subscriber(email="b@example.net")], "t")
     smtp_server.set_rule("a@example.net", Rule(stage="data", code=550, text='=HYPERLINK("http://evil.test","x")'))
     smtp_server.set_rule("b@example.net", Rule(stage="rcpt", code=550, text="\x1b[2Jno such user"))
-    settings = smtp_settings(config.with_overrides(smtp_port=smtp_server.port))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
     asyncio.run(send_issue(store, config, SAMPLE_ISSUE, "bulletin", SendOptions(), settings))
     result = run_cli("log", "1", "--csv")
     assert result.returncode == 0, result.stderr

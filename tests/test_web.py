@@ -24,7 +24,8 @@ from mailer.models import SubscriberStatus
 from mailer.store import Store
 from mailer.subscriptions import SignupLimits, add_subscriber, create_list
 from mailer.tokens import TokenKind, make_token
-from mailer.web import WebApp, create_app
+from mailer.web import create_app
+from mailer.web.endpoints import WebApp
 from tests.conftest import CHECK_EML, LiveWeb, web_config
 
 

@@ -1,0 +1,212 @@
+"""A campaign's content and identity: an issue file read and rendered for one list (every template error found
+here, before any SMTP), its sender, the message skeleton, the rendered issue kept as JSON in the campaign's
+snapshot, and finding or creating the campaign of that content and list.
+
+Must not send, wait or hold a lease (send.py and engine.py do); talks to the store only to read the list and its
+subscribers' attributes and to write the snapshot."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailer.checks import image_source_warnings
+from mailer.config import Config
+from mailer.errors import MailerError, TemplateError, UsageError
+from mailer.message import MessageSigner, MessageTemplate, Sender, parse_from
+from mailer.models import Campaign, MailingList, Subscriber, SubscriberStatus
+from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
+from mailer.store import Store
+from mailer.wording import READER
+
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML
+
+
+@dataclass
+class PreparedIssue:
+    """An issue rendered for one list, with its message skeleton's inputs."""
+
+    mailing_list: MailingList
+    issue: RenderedIssue
+    sender: Sender
+    issue_path: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -> Sender:
+    from_value = issue.from_addr or mailing_list.from_addr
+    if not from_value:
+        raise UsageError(f"list {mailing_list.name!r} has no From address; set it with: "
+                         f"mailer lists create {mailing_list.name} --from \"Name <addr>\" (or 'from:' in the issue)")
+    name, addr = parse_from(from_value)
+    return Sender(
+        from_name=name,
+        from_addr=addr,
+        reply_to=mailing_list.reply_to,
+        list_name=mailing_list.name,
+        list_title=mailing_list.title or mailing_list.name,
+        base_url=base_url,
+    )
+
+
+def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str) -> PreparedIssue:
+    """Read and render the issue for the list: every template error surfaces here, before any SMTP."""
+    mailing_list = store.lists.get(list_name)
+    source = read_issue_file(issue_path)
+    ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
+    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path),
+                         templates_dir=config.templates, theme=config.theme_for(mailing_list.name))
+    warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
+    warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
+    sender = sender_for(mailing_list, issue, config.base_url)
+    size = len(issue.html.encode("utf-8"))
+    if size > GMAIL_CLIP_BYTES:
+        warnings.append(f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages over 102 KB, hiding the rest "
+                        "and the unsubscribe link (see: mailer preview)")
+    if config.dkim_domain:
+        from mailer.dkim import alignment
+
+        if alignment(sender.mail_domain, config.dkim_domain) is None:
+            warnings.append(f"From domain {sender.mail_domain} is not aligned with DKIM d={config.dkim_domain}: "
+                            "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)")
+    return PreparedIssue(mailing_list, issue, sender, issue_path, warnings)
+
+
+def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIssue, issue_path: Path) -> list[str]:
+    """`{{ subscriber.cty }}` renders (attributes are per person, any name goes), but if no active subscriber of
+    the list has it, it is a misspelling: stop before the first message rather than mail everyone a blank."""
+    if not issue.attr_keys:
+        return []
+    have = store.subscribers.attribute_counts(mailing_list.id, issue.attr_keys)
+    active = store.subscribers.count_recipients(mailing_list.id)
+    if not active:
+        return []
+    unknown = [key for key in issue.attr_keys if not have.get(key)]
+    if unknown:
+        known = store.subscribers.attribute_counts(mailing_list.id, None)
+        hint = f" (its subscribers have: {', '.join(sorted(known))})" if known else " (its subscribers have none)"
+        raise TemplateError(
+            f"{issue_path}: {', '.join('{{ subscriber.' + k + ' }}' for k in unknown)} is not an attribute of any "
+            f"subscriber of list {mailing_list.name!r}{hint}")
+    return [f"{active - have[key]} of {active} subscribers have no '{key}'; it will be blank for them"
+            for key in issue.attr_keys if have[key] < active]
+
+
+def read_issue_file(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MailerError(f"issue file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise MailerError(f"issue file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise MailerError(f"cannot read issue file {path}: {exc.strerror}") from None
+
+
+def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
+    """Reads files the issue names (its `images: cid` images), relative to its folder and never outside it."""
+    folder = Path(issue_path).resolve().parent
+
+    def read(name: str) -> bytes:
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder):
+            raise TemplateError(f"{issue_path}: {name} is outside the issue's folder {folder}")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise TemplateError(f"{issue_path}: {name} does not exist (looked for {path})") from None
+        except OSError as exc:
+            raise TemplateError(f"{issue_path}: cannot read {name}: {exc.strerror}") from None
+
+    return read
+
+
+def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
+    return {
+        "slug": issue.slug, "subject": issue.subject, "preheader": issue.preheader, "lang": issue.lang,
+        "html": issue.html, "text": issue.text, "meta": issue.meta, "attr_keys": list(issue.attr_keys),
+        "content_hash": issue.content_hash, "from_addr": issue.from_addr, "sections": list(issue.sections),
+        "images": [{"cid": i.cid, "filename": i.filename, "content_type": i.content_type,
+                    "data": base64.b64encode(i.data).decode("ascii")} for i in issue.images],
+    }
+
+
+def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
+    images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
+    return RenderedIssue(**{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]),
+                            "images": images})
+
+
+def build_template(
+    prepared: PreparedIssue, campaign_id: int, salt: str, secret: bytes, *,
+    signer: MessageSigner | None = None, test: bool = False,
+) -> MessageTemplate:
+    if not secret:
+        raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
+    return MessageTemplate(
+        prepared.issue, prepared.sender, secret=secret, campaign_id=campaign_id,
+        list_id=prepared.mailing_list.id, salt=salt,
+        fallback_name=READER.get(prepared.issue.lang, ""), signer=signer, test=test,
+    )
+
+
+def dkim_signer(config: Config) -> MessageSigner | None:
+    """The DKIM signer of MAILER_DKIM_* (key read and parsed once), or None when DKIM is not configured."""
+    if not (config.dkim_key or config.dkim_selector or config.dkim_domain):
+        return None
+    from mailer.dkim import load_signer  # cryptography is imported only when DKIM is configured
+
+    return load_signer(config)
+
+
+def sample_subscriber(store: Store, list_id: int) -> Subscriber:
+    for sub in store.subscribers.of_list(list_id, SubscriberStatus.ACTIVE):
+        return sub
+    return Subscriber(email="reader@example.org", name="")
+
+
+def open_campaign(
+    store: Store, prepared: PreparedIssue, secret: bytes, signer: MessageSigner | None = None, *,
+    test_email: str | None = None,
+) -> tuple[Campaign, MessageTemplate]:
+    """Find the campaign of this issue and list (resume) or create it with its recipient snapshot; with
+    `test_email`, a test campaign of one message to that address (as the list's first subscriber)."""
+    issue = prepared.issue
+    if test_email:
+        sample = sample_subscriber(store, prepared.mailing_list.id)
+        recipient = Subscriber(id=0, email=test_email, name=sample.name, attrs=sample.attrs)
+        campaign = store.campaigns.create(
+            prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
+            issue_to_json(issue), secrets.token_hex(8), is_test=True, test_recipient=recipient,
+        )
+        _, salt = store.campaigns.rendered(campaign.id)
+        return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
+    # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
+    campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or store.campaigns.create(
+        prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
+        issue_to_json(issue), secrets.token_hex(8),
+    )
+    _, salt = store.campaigns.rendered(campaign.id)
+    return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
+
+
+def template_for_campaign(
+    store: Store, campaign: Campaign, base_url: str, secret: bytes, signer: MessageSigner | None = None,
+) -> MessageTemplate:
+    """The message skeleton of an existing campaign, from the issue as it was snapshotted."""
+    rendered, salt = store.campaigns.rendered(campaign.id)
+    issue = issue_from_json(rendered)
+    mailing_list = store.lists.by_id(campaign.list_id)
+    prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url),
+                             Path(campaign.issue_path))
+    return build_template(prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test)
+
+
+def refuse_cancelled(campaign: Campaign | None) -> None:
+    if campaign is not None and campaign.cancelled:
+        raise MailerError(f"campaign {campaign.id} of this content and list was cancelled at {campaign.cancelled}; "
+                          "nothing was sent (changed content makes a new campaign)")

@@ -1,0 +1,419 @@
+"""The delivery engine: one campaign's queued recipients over `concurrency` reused SMTP sessions, at most `rate`
+messages a second, each committed `sending` before its message leaves and its outcome recorded after; deferrals
+waited for up to `max_wait`, a relay that went away waited for up to `relay_grace`.
+
+It is given what it works on, as listmonk's manager is given a data source and a messenger: a DeliveryLog (the
+campaign's rows; CampaignLog over the store in production) and a Transport (a factory of SMTP sessions;
+smtp.Session in production), and the clocks it reads. Must not print, exit, install signal handlers or choose
+processes (workers.py and the CLI do); raises MailerError for a campaign that cannot go on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from mailer.clock import parse_stamp, stamp, utcnow
+from mailer.config import Config
+from mailer.errors import MailerError
+from mailer.message import BuiltMessage, MessageTemplate
+from mailer.models import Campaign, DeliveryStatus, Recipient
+from mailer.policy import RefusalRun, RetryPolicy, mailbox_unknown
+from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage
+from mailer.store import Outcome, Partition, Store, StoreWriteError
+from mailer.store.leases import LeaseLost
+
+SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
+LEASE_SECONDS = 60.0
+RELAY_BACKOFF_MAX = 5.0  # seconds between two tries of an unreachable relay, at most
+
+
+@dataclass
+class SendOptions:
+    dry_run: bool = False
+    test_email: str | None = None
+    concurrency: int = 4
+    rate: float | None = None  # messages per second across all sessions
+    session_cap: int = SESSION_MESSAGE_CAP
+    max_wait: float = 0.0  # how long a run waits for deferred recipients' retry times (the CLI: 300 s)
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
+    workers: int = 1  # processes; each takes the deliveries whose id % workers == k, with its share of sessions
+    relay_grace: float = 60.0  # seconds a relay that worked may stay unreachable before the campaign stops
+    pause_after: int = 10  # identical permanent refusals in a row that pause the campaign (0: never)
+    lease_seconds: float = LEASE_SECONDS
+
+    @classmethod
+    def for_config(cls, config: Config, **values: Any) -> SendOptions:
+        """Options with the configured retry policy, relay grace, pause threshold and lease."""
+        return cls(retry=RetryPolicy.from_config(config), relay_grace=config.relay_grace,
+                   pause_after=config.pause_after, lease_seconds=config.lease_seconds, **values)
+
+
+class ProgressSink(Protocol):
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, status: DeliveryStatus, email: str) -> None: ...
+
+    def note(self, text: str) -> None:
+        """Why nothing moves for a while (waiting for retry times, for a relay to come back)."""
+
+
+class NoProgress:
+    def start(self, total: int, done: int) -> None:
+        return None
+
+    def advance(self, status: DeliveryStatus, email: str) -> None:
+        return None
+
+    def note(self, text: str) -> None:
+        return None
+
+
+class SMTPSession(Protocol):
+    """One reusable SMTP session, as smtp.Session is."""
+
+    connected: bool
+    sent_on_session: int
+
+    async def open(self) -> None: ...
+
+    async def send(self, message: BuiltMessage) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+Transport = Callable[[SMTPSettings], SMTPSession]
+
+
+class DeliveryLog(Protocol):
+    """The rows of one campaign the engine reads and writes (CampaignLog: the store's)."""
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
+
+    def queued(self, part: Partition) -> Iterator[Recipient]: ...
+
+    def is_mailable(self, subscriber_id: int) -> bool: ...
+
+    def mark_sending(self, delivery_id: int, message_id: str) -> int | None: ...
+
+    def record(self, outcome: Outcome, next_attempt: str | None = None) -> None: ...
+
+    def attempt_info(self, delivery_id: int) -> tuple[int, str | None]: ...
+
+    def holder(self) -> str | None: ...
+
+    def lost(self) -> LeaseLost: ...
+
+    def next_retry(self, part: Partition) -> str | None: ...
+
+    def deferred(self) -> int: ...
+
+    def requeue_due(self, now: str, part: Partition) -> int: ...
+
+    def requeue_refused(self, delivery_ids: list[int], reason: str) -> int: ...
+
+
+class CampaignLog:
+    """A DeliveryLog on the store: the campaign's deliveries, its lease, its subscribers' status."""
+
+    def __init__(self, store: Store, campaign_id: int) -> None:
+        self.campaign_id = campaign_id
+        self.store = store
+        self.transaction = store.transaction
+        # Per message: bound once, called directly.
+        self.mark_sending = store.deliveries.mark_sending
+        self.record = store.deliveries.record
+        self.is_mailable = store.subscribers.is_mailable
+        self.attempt_info = store.deliveries.attempt_info
+        self.requeue_refused = store.deliveries.requeue_refused
+
+    def queued(self, part: Partition) -> Iterator[Recipient]:
+        return self.store.deliveries.queued(self.campaign_id, part)
+
+    def holder(self) -> str | None:
+        return self.store.leases.holder(self.campaign_id)
+
+    def lost(self) -> LeaseLost:
+        return self.store.leases.lost(self.campaign_id)
+
+    def next_retry(self, part: Partition) -> str | None:
+        return self.store.deliveries.next_retry(self.campaign_id, part)
+
+    def deferred(self) -> int:
+        return self.store.deliveries.counts(self.campaign_id).get(DeliveryStatus.DEFERRED, 0)
+
+    def requeue_due(self, now: str, part: Partition) -> int:
+        return self.store.deliveries.requeue_due(self.campaign_id, now, part)
+
+
+async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:
+    """Sleep `seconds`, less if `stop` is set meanwhile (Ctrl-C acts at once); True when stopped."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
+class RateLimiter:
+    """At most `rate` acquisitions per second, spread evenly (a token bucket of depth one)."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float, asyncio.Event | None], Awaitable[bool]] = pause) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.clock = clock
+        self.sleep = sleep
+        self.next_slot = 0.0
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait for the next slot; False when `stop` was set meanwhile: at --rate 0.2 four sessions hold slots
+        up to 20 s ahead, and a Ctrl-C must not wait for them."""
+        if not self.interval:
+            return True
+        async with self.lock:
+            now = self.clock()
+            slot = max(self.next_slot, now)
+            self.next_slot = slot + self.interval
+        if slot > now:
+            return not await self.sleep(slot - now, stop)
+        return not (stop is not None and stop.is_set())
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What lets an engine send: its campaign's lease held by `owner` and, in a worker process, its parent (the
+    holder) alive. Checked in the transaction that marks each message `sending`, so a sender that lost either
+    stops before its next message."""
+
+    owner: str
+    parent_pid: int | None = None  # a worker's parent; a worker whose parent is gone must not send
+
+    def orphaned(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+
+Unrecorded = list[tuple[Outcome, str | None]]  # outcomes a session knows but has not committed, with retry times
+
+
+class Engine:
+    """Runs one campaign's queued deliveries over `concurrency` reused SMTP sessions spread over the relays."""
+
+    def __init__(
+        self, log: DeliveryLog, template: MessageTemplate, campaign: Campaign, relays: Sequence[SMTPSettings],
+        options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
+        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1), *, lease: Lease,
+        limiter: RateLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
+        transport: Transport = Session,
+    ) -> None:
+        self.part = part
+        self.log = log
+        self.template = template
+        self.campaign = campaign
+        self.relays = list(relays)
+        self.options = options
+        self.progress = progress or NoProgress()
+        self.stop = stop or asyncio.Event()
+        self.clock = clock
+        self.monotonic = monotonic
+        self.limiter = limiter or RateLimiter(options.rate)
+        self.lease = lease
+        self.transport = transport
+        self.fatal: MailerError | None = None
+        self.refusals = RefusalRun(options.pause_after)
+        self.unreachable_since: float | None = None
+
+    async def run(self) -> None:
+        """Deliver the queue, then wait (up to max_wait) for deferred recipients' retry times and go again."""
+        await self._drain_queue()
+        deadline = self.monotonic() + self.options.max_wait
+        while not (self.stop.is_set() or self.fatal):
+            earliest = self.log.next_retry(self.part)
+            if earliest is None:
+                return
+            wait = (parse_stamp(earliest) - self.clock()).total_seconds()
+            if self.monotonic() + max(wait, 0) > deadline:
+                return  # left deferred, with next_attempt set, for `mailer retry`
+            if wait > 0:
+                self.progress.note(f"waiting {wait:.0f}s for the retry time of {self.log.deferred()} deferred "
+                                   f"recipient(s) (--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' "
+                                   "sends them later")
+                if await pause(wait, self.stop):
+                    return
+            self.log.requeue_due(stamp(self.clock()), self.part)
+            await self._drain_queue()
+
+    async def _drain_queue(self) -> None:
+        # The sessions share one iterator, each taking the next recipient when it is free: reading it never awaits
+        # (SQLite hands out CHUNK rows at a time), so no producer task and queue hand-over per recipient is needed.
+        recipients = self.log.queued(self.part)
+        # A TaskGroup: should one session fail unexpectedly, the others are cancelled rather than left sending.
+        try:
+            async with asyncio.TaskGroup() as sessions:
+                for i in range(max(1, self.options.concurrency)):
+                    sessions.create_task(self._session(recipients, self.relays[i % len(self.relays)]))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from failed  # as the session raised it (the CLI maps MailerError to a line)
+        if self.refusals.paused is not None:
+            delivery_ids = self.refusals.delivery_ids
+            self.log.requeue_refused(
+                delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} equal refusals in a row")
+        if self.fatal:
+            raise self.fatal
+
+    async def _session(self, recipients: Iterator[Recipient], relay: SMTPSettings) -> None:
+        session = self.transport(relay)
+        unrecorded: Unrecorded = []
+        try:
+            # Stopping: what was not started stays queued for the next run.
+            while not (self.stop.is_set() or self.fatal) and (recipient := next(recipients, None)) is not None:
+                await self._deliver(session, recipient, unrecorded)
+        finally:
+            if unrecorded:
+                self._commit(unrecorded)
+            await session.close()
+
+    def _commit(self, unrecorded: Unrecorded, sending: tuple[int, str] | None = None) -> bool:
+        """One transaction: the outcomes this session has learnt since its last commit and, when it is about to
+        send, the next recipient marked `sending`. That saves a commit per message (~35 µs) without widening the
+        crash bound: `sending` is still committed before the message leaves, and a session never has more than one
+        row in `sending` (the previous message's outcome is in the same commit).
+
+        The mark is made only while this sender holds the campaign's lease (and, in a worker, its parent lives),
+        checked in that same transaction: a sender that lost it, stopped past its lease or orphaned, never sends
+        again. Returns whether the message may leave."""
+        may_send = sending is not None
+        try:
+            with self.log.transaction():
+                for outcome, next_attempt in unrecorded:
+                    self.log.record(outcome, next_attempt)
+                if sending is not None:
+                    problem = self._lease_problem()
+                    if problem:
+                        self.fatal = self.fatal or problem
+                        may_send = False
+                    elif self.log.mark_sending(*sending) is None:
+                        may_send = False  # recorded or cancelled since it was read: not ours to send
+        except StoreWriteError as exc:
+            # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
+            # again on resume) and the next message is not marked, so it does not leave.
+            self.fatal = self.fatal or exc
+            may_send = False
+        unrecorded.clear()
+        return may_send
+
+    def _lease_problem(self) -> MailerError | None:
+        if self.lease.orphaned():
+            return LeaseLost(f"the parent process {self.lease.parent_pid} of this worker is gone")
+        if self.log.holder() == self.lease.owner:
+            return None
+        return self.log.lost()
+
+    async def _deliver(self, session: SMTPSession, recipient: Recipient, unrecorded: Unrecorded) -> None:
+        if not self.campaign.is_test and not self.log.is_mailable(recipient.subscriber_id):
+            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None,
+                                       "unsubscribed or suppressed"), None))
+            self.progress.advance(DeliveryStatus.SKIPPED, recipient.email)
+            return
+        try:
+            message = self.template.build(recipient, self.clock())
+        except MailerError as exc:
+            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.FAILED, None, str(exc)), None))
+            self.progress.advance(DeliveryStatus.FAILED, recipient.email)
+            return
+        if self.limiter.interval:
+            if unrecorded:
+                self._commit(unrecorded)  # the rate limit may make us wait: record what is known first
+            if not await self.limiter.acquire(self.stop):
+                return  # stopped while waiting for the rate limit: still queued
+        while not self.fatal:
+            if session.sent_on_session >= self.options.session_cap:
+                await session.close()
+            if not session.connected:
+                if unrecorded:
+                    self._commit(unrecorded)  # opening may wait for the relay: record what is known first
+                if not await self._connect(session):
+                    return  # still queued
+            if not self._commit(unrecorded, (recipient.delivery_id, message.message_id)):
+                return
+            try:
+                reply = await session.send(message)
+            except RelayUnreachable as exc:
+                # The session had closed and the relay did not take us back: nothing left. Back in the queue,
+                # then wait for the relay in _connect.
+                unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                continue
+            except SessionRefused as exc:
+                if exc.in_doubt:  # the relay may have the message: deferred, retried with the same Message-ID
+                    unrecorded.append(self._outcome(recipient, message, Reply(
+                        DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True)))
+                else:
+                    unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                self.fatal = self.fatal or exc
+                return
+            except MailerError as exc:
+                # The settings cannot work (a refused login, a certificate): put this one back in the queue and
+                # stop the campaign, marking nobody failed.
+                unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                self.fatal = self.fatal or exc
+                return
+            self.unreachable_since = None
+            unrecorded.append(self._outcome(recipient, message, reply))
+            return
+
+    async def _connect(self, session: SMTPSession) -> bool:
+        """Open the session. A relay that worked (the probe, earlier messages) and now cannot be reached is
+        probably restarting: it is tried again with backoff for `relay_grace` seconds before the campaign stops.
+        False when it stopped (or was stopped)."""
+        delay = 0.5
+        while not (self.fatal or self.stop.is_set()):
+            try:
+                await session.open()
+                return True
+            except RelayUnreachable as exc:
+                now = self.monotonic()
+                if self.unreachable_since is None:
+                    self.unreachable_since = now
+                    if self.options.relay_grace:
+                        self.progress.note(f"{exc}; trying again for up to {self.options.relay_grace:.0f}s "
+                                           "(MAILER_RELAY_GRACE)")
+                left = self.unreachable_since + self.options.relay_grace - now
+                if left <= 0:
+                    grace = self.options.relay_grace
+                    self.fatal = self.fatal or RelayUnreachable(
+                        f"{exc}; still after {grace:.0f}s (MAILER_RELAY_GRACE)" if grace else str(exc))
+                    return False
+            except MailerError as exc:
+                self.fatal = self.fatal or exc
+                return False
+            if await pause(min(delay, left), self.stop):
+                return False
+            delay = min(delay * 2, RELAY_BACKOFF_MAX)
+        return False
+
+    def _outcome(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> tuple[Outcome, str | None]:
+        """What to record for one SMTP reply, and the retry time of a deferral."""
+        status, text, next_attempt = reply.status, reply.text, None
+        if status == DeliveryStatus.FAILED and reply.stage not in ("end-of-data",):
+            text = f"{reply.stage}: {reply.text}"
+        if status == DeliveryStatus.DEFERRED:
+            attempts, first = self.log.attempt_info(recipient.delivery_id)
+            now = self.clock()
+            if first and self.options.retry.expired(parse_stamp(first), now):
+                status = DeliveryStatus.FAILED
+                text = f"expired after {attempts} attempts; last reply: {reply.text}"
+            else:
+                next_attempt = stamp(self.options.retry.next_attempt(attempts, now))
+        paused = self.refusals.add(recipient.delivery_id, reply)
+        if paused is not None:
+            self.fatal = paused
+        self.progress.advance(status, recipient.email)
+        suppress = status == DeliveryStatus.FAILED and mailbox_unknown(reply)
+        return Outcome(recipient.delivery_id, status, reply.code, text, message.message_id, suppress), next_attempt

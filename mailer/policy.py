@@ -1,0 +1,94 @@
+"""What an SMTP reply means for a recipient and for the campaign: when a deferral is tried again (exponential
+backoff with jitter) and when it expires, which refusals say the mailbox does not exist (suppress it), and when
+refusal after refusal with the same words is the relay refusing the campaign (pause it).
+
+Decides only: no clock of its own (times are passed in), no I/O, no sending; engine.py acts on the answers."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from mailer.config import Config
+from mailer.errors import SMTPUnavailable
+from mailer.models import DeliveryStatus
+from mailer.smtp import Reply, Stage
+
+
+class CampaignPaused(SMTPUnavailable):
+    """Recipient after recipient refused with the same reply: the relay refusing the campaign, not them."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for 4xx replies, and when to give up (Postfix-like defaults)."""
+
+    base: float = 60.0
+    maximum: float = 4 * 3600.0
+    expiry: float = 3 * 86400.0
+    jitter: float = 0.2
+
+    @classmethod
+    def from_config(cls, config: Config) -> RetryPolicy:
+        return cls(config.retry_base, config.retry_max, config.retry_expiry)
+
+    def delay(self, attempt: int) -> float:
+        raw = min(self.base * 2 ** max(0, attempt - 1), self.maximum)
+        return raw * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def expired(self, first_attempt: datetime, now: datetime) -> bool:
+        """A recipient deferred since `first_attempt` is given up on at `now`."""
+        return (now - first_attempt).total_seconds() >= self.expiry
+
+    def next_attempt(self, attempt: int, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.delay(attempt))
+
+
+def mailbox_unknown(reply: Reply) -> bool:
+    """A refusal at RCPT saying the mailbox does not exist (5.1.1 bad mailbox, 5.1.2 bad domain, 5.1.3 bad address
+    syntax, 5.1.6 moved, 5.1.10 null MX, 5.2.1 disabled): the address is suppressed, as the same status in a DSN
+    does. Policy refusals (5.7.x: spam, relaying denied, DMARC) say nothing about the mailbox and never do."""
+    return (reply.stage == Stage.RCPT and reply.code is not None and 500 <= reply.code < 600
+            and bool(_MAILBOX_UNKNOWN.match(reply.text)))
+
+
+_MAILBOX_UNKNOWN = re.compile(r"\s*5\.(?:1\.(?:1|2|3|6|10)|2\.1)(?!\.?\d)")
+_ADDRESS_IN_REPLY = re.compile(r"<[^<>]*>|\S+@\S+")
+
+
+def refusal_text(text: str) -> str:
+    """A reply's text without the recipient's address, which relays put in it ("<x@y>: Relay access denied")."""
+    return " ".join(_ADDRESS_IN_REPLY.sub("", text).split()).lower()
+
+
+@dataclass
+class RefusalRun:
+    """The permanent refusals in a row with the same reply; `limit` of them pause the campaign: a relay that refuses
+    the sender's domain, or blocks the campaign as spam, says so to every recipient alike, and marking them all
+    failed would burn the list. Once paused, further equal refusals join the run (the sessions in flight finish),
+    and the whole run goes back to the queue."""
+
+    limit: int  # 0: never pause
+    key: tuple[int, str] | None = None
+    delivery_ids: list[int] = field(default_factory=list)
+    paused: CampaignPaused | None = None
+
+    def add(self, delivery_id: int, reply: Reply) -> CampaignPaused | None:
+        """Count one reply; the CampaignPaused to stop with when this reply made the run long enough."""
+        if reply.status == DeliveryStatus.FAILED and reply.code is not None:
+            this = (reply.code, refusal_text(reply.text))
+            if this == self.key:
+                self.delivery_ids.append(delivery_id)
+            elif self.paused is None:
+                self.key, self.delivery_ids = this, [delivery_id]
+        elif self.paused is None:
+            self.key, self.delivery_ids = None, []
+        if self.limit and len(self.delivery_ids) >= self.limit and self.key and self.paused is None:
+            self.paused = CampaignPaused(
+                f"{len(self.delivery_ids)} recipients in a row were refused with the same reply (the last: "
+                f"{reply.code} {reply.text}): that is the relay refusing this campaign rather than them "
+                f"(MAILER_PAUSE_AFTER={self.limit}), so it is paused and they are queued again")
+            return self.paused
+        return None

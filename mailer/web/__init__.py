@@ -1,0 +1,116 @@
+"""The HTTP side of mailer, on Starlette and uvicorn (the only package that imports them):
+
+    endpoints.py  `mailer serve`'s subscriber pages: unsubscribe (RFC 8058 one-click too), sign-up, confirm
+    pages.py      the page layout filled in, in the list's language, and the bilingual pages for bad requests
+    live.py       `mailer preview --watch`: the live-reloading preview on 127.0.0.1
+
+This module wraps the endpoints in an app with security headers and a redacting access log, binds sockets and runs
+uvicorn. Must not decide anything about subscribers (subscriptions.py does) or touch SQLite but through the store."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailer.clock import utcnow
+from mailer.config import Config
+from mailer.errors import MailerError
+from mailer.subscriptions import SignupLimits
+from mailer.web.endpoints import TOKEN_IN_PATH, WebApp
+
+log = logging.getLogger("mailer.web")
+
+SECURITY_HEADERS = {
+    # No scripts, no external resources, forms post only to us, never framed.
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    # The token in the URL must not leak to another site through the Referer header. Not "no-referrer": with it
+    # browsers send `Origin: null` on our own form posts, and the sign-up form's origin check needs the real one.
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+def create_app(config: Config, limits: SignupLimits | None = None,
+               clock: Callable[[], datetime] = utcnow) -> Starlette:
+    web = WebApp(config, limits, clock)
+    routes = [
+        Route("/u/{token}", _by_method(web.unsubscribe_page, web.unsubscribe), methods=["GET", "POST"]),
+        Route("/s/{list}", _by_method(web.signup_page, web.signup), methods=["GET", "POST"]),
+        Route("/c/{token}", _by_method(web.confirm_page, web.confirm), methods=["GET", "POST"]),
+        Route("/healthz", web.health, methods=["GET"]),
+    ]
+
+    async def harden(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.monotonic()
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Answered here, not by Starlette's outermost error handler, whose bare 500 would skip the headers
+            # below (and the page); the traceback goes to the log, with tokens redacted from the path.
+            log.exception("%s %s failed", request.method, TOKEN_IN_PATH.sub(r"/\1/…", request.url.path))
+            response = web.pages.unavailable()
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        # Our own access log: a token in a path is as good as the subscriber's consent, so it is never written.
+        path = TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/…", request.url.path)
+        log.info("%s %s %s %.0fms", request.method, path, response.status_code, (time.monotonic() - started) * 1000)
+        return response
+
+    app = Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=harden)])
+    app.router.redirect_slashes = False  # its redirect is built from the Host header, which a client chooses
+    app.state.web = web
+    return app
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _by_method(get: Endpoint, post: Endpoint) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        return await (post(request) if request.method == "POST" else get(request))
+
+    return endpoint
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for uvicorn: bound here, so a port in use is one clear line (uvicorn would exit with 3)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MailerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(config: Config, host: str, port: int, trusted_proxies: str, ready: Callable[[str], None] | None = None,
+          ) -> None:
+    """Run the app on uvicorn until interrupted. Behind a reverse proxy, the client address comes from
+    X-Forwarded-For only when the proxy is in `trusted_proxies` (the per-client sign-up limit relies on it)."""
+    import uvicorn
+
+    sock = listen_socket(host, port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), proxy_headers=True, forwarded_allow_ips=trusted_proxies,
+        access_log=False,  # uvicorn's access log would write unsubscribe tokens; ours redacts them
+        server_header=False, log_level="warning",
+    ))
+    if ready:
+        ready(f"http://{host}:{sock.getsockname()[1]}")
+    server.run(sockets=[sock])

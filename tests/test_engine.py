@@ -1,0 +1,164 @@
+"""The engine on its own: a real SQLite store as its delivery log, a fake transport that answers as it is told, and
+a clock the test moves, so retries, expiry, refusals and the rate limit are checked without a relay or a wait.
+(tests/test_delivery.py sends the same way through real SMTP servers.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mailer.campaign import open_campaign, prepare_issue
+from mailer.config import Config
+from mailer.engine import CampaignLog, Engine, Lease, RateLimiter, SendOptions
+from mailer.message import BuiltMessage
+from mailer.models import Campaign, DeliveryStatus, Subscriber
+from mailer.policy import RetryPolicy
+from mailer.smtp import RelayUnreachable, Reply, SMTPSettings, Stage, classify
+from mailer.store import Store
+from tests.conftest import SAMPLE_ISSUE
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeSession:
+    """One session of the fake relay: each message is answered by `answer(rcpt)`; the relay may be down."""
+
+    def __init__(self, relay: FakeRelay) -> None:
+        self.relay = relay
+        self.connected = False
+        self.sent_on_session = 0
+
+    async def open(self) -> None:
+        self.relay.opened += 1
+        if self.relay.down:
+            raise RelayUnreachable("cannot connect to SMTP server fake:25: connection refused")
+        self.connected = True
+        self.sent_on_session = 0
+
+    async def send(self, message: BuiltMessage) -> Reply:
+        self.relay.sent.append(message.rcpt_to)
+        self.sent_on_session += 1
+        return self.relay.answer(message.rcpt_to)
+
+    async def close(self) -> None:
+        self.connected = False
+
+
+class FakeRelay:
+    def __init__(self, answer: Callable[[str], Reply] = lambda rcpt: classify(250, "2.0.0 Ok", Stage.END_OF_DATA)):
+        self.answer = answer
+        self.down = False
+        self.opened = 0
+        self.sent: list[str] = []
+
+    def transport(self, settings: SMTPSettings) -> FakeSession:
+        return FakeSession(self)
+
+
+async def run_engine(store: Store, config: Config, relay: FakeRelay, clock: FakeClock, **options: object,
+                     ) -> tuple[Campaign, Engine]:
+    store.clock = clock  # the store stamps the rows (first attempt, updated) on the same clock as the engine
+    campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
+    engine = Engine(CampaignLog(store, campaign.id), template, campaign, [SMTPSettings()], SendOptions(**options),
+                    clock=clock, lease=Lease(store.leases.acquire(campaign.id)), transport=relay.transport)
+    await engine.run()
+    return campaign, engine
+
+
+def add(store: Store, *emails: str) -> None:
+    store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email=e) for e in emails], "test")
+
+
+def statuses(store: Store, campaign: Campaign) -> dict[str, str]:
+    return {row.email: row.status for row in store.deliveries.log(campaign.id)}
+
+
+async def test_every_recipient_is_sent_over_reused_sessions(store: Store, config: Config) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(10)))
+    relay = FakeRelay()
+    campaign, _ = await run_engine(store, config, relay, FakeClock(), concurrency=2, session_cap=3)
+    assert set(statuses(store, campaign).values()) == {"sent"}
+    assert sorted(relay.sent) == sorted(f"r{i}@example.org" for i in range(10))
+    assert relay.opened == 4  # two sessions of at most three messages, reopened: 3 + 3 + 3 + 1
+
+
+async def test_a_deferral_is_retried_after_its_backoff_on_the_engines_clock(store: Store, config: Config) -> None:
+    add(store, "slow@example.org")
+    clock = FakeClock()
+    relay = FakeRelay(lambda rcpt: classify(451, "4.7.1 try later", Stage.RCPT))
+    policy = RetryPolicy(base=60, maximum=3600, expiry=86400, jitter=0)
+    campaign, _ = await run_engine(store, config, relay, clock, retry=policy, max_wait=0)
+    [entry] = store.deliveries.log(campaign.id)
+    assert entry.status == DeliveryStatus.DEFERRED
+    assert entry.next_attempt == "2026-12-01T09:01:00.000Z"  # base 60 s after the attempt, on the fake clock
+
+    clock.now = START + timedelta(minutes=2)  # the retry time has come
+    store.deliveries.requeue_due(campaign.id, "2026-12-01T09:02:00.000Z")
+    relay.answer = lambda rcpt: classify(451, "4.7.1 try later", Stage.RCPT)
+    await run_engine(store, config, relay, clock, retry=policy, max_wait=0)
+    [entry] = store.deliveries.log(campaign.id)
+    assert entry.attempts == 2 and entry.next_attempt == "2026-12-01T09:04:00.000Z"  # doubled: 120 s
+
+
+async def test_a_recipient_deferred_past_the_expiry_fails(store: Store, config: Config) -> None:
+    add(store, "gone@example.org")
+    clock = FakeClock()
+    relay = FakeRelay(lambda rcpt: classify(450, "4.2.0 mailbox busy", Stage.RCPT))
+    policy = RetryPolicy(base=60, maximum=3600, expiry=3600, jitter=0)
+    campaign, _ = await run_engine(store, config, relay, clock, retry=policy)
+    clock.now = START + timedelta(hours=2)  # past the expiry since the first attempt
+    store.deliveries.requeue_due(campaign.id)
+    await run_engine(store, config, relay, clock, retry=policy)
+    [entry] = store.deliveries.log(campaign.id)
+    assert entry.status == DeliveryStatus.FAILED
+    assert entry.smtp_reply == "expired after 2 attempts; last reply: 4.2.0 mailbox busy"
+
+
+async def test_equal_refusals_in_a_row_pause_the_campaign_and_queue_them_again(store: Store,
+                                                                                 config: Config) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(6)))
+    relay = FakeRelay(lambda rcpt: classify(554, f"5.7.1 <{rcpt}>: Relay access denied", Stage.RCPT))
+    with pytest.raises(Exception, match="4 recipients in a row were refused with the same reply") as stopped:
+        await run_engine(store, config, relay, FakeClock(), concurrency=1, pause_after=4)
+    assert type(stopped.value).__name__ == "CampaignPaused"
+    campaign = store.campaigns.find(store.lists.get("bulletin").id, store.campaigns.get(1).content_hash)
+    assert campaign is not None
+    assert set(statuses(store, campaign).values()) == {"queued"}  # nobody burnt
+
+
+async def test_a_relay_that_stays_down_past_its_grace_stops_the_campaign(store: Store, config: Config) -> None:
+    add(store, "a@example.org", "b@example.org")
+    relay = FakeRelay()
+    relay.down = True
+    with pytest.raises(RelayUnreachable, match=r"still after 0s|connection refused"):
+        await run_engine(store, config, relay, FakeClock(), relay_grace=0)
+    assert relay.sent == []
+
+
+async def test_the_rate_limit_gives_each_message_its_slot(store: Store, config: Config) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(5)))
+    wakes: list[float] = []
+
+    async def sleep(seconds: float, stop: asyncio.Event | None) -> bool:
+        wakes.append(seconds)
+        return False
+
+    campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
+    relay = FakeRelay()
+    limiter = RateLimiter(10, clock=lambda: 0.0, sleep=sleep)
+    await Engine(CampaignLog(store, campaign.id), template, campaign, [SMTPSettings()],
+                 SendOptions(concurrency=2, rate=10), clock=FakeClock(), limiter=limiter,
+                 lease=Lease(store.leases.acquire(campaign.id)), transport=relay.transport).run()
+    assert len(relay.sent) == 5
+    assert wakes == pytest.approx([0.1, 0.2, 0.3, 0.4])  # the first at once, then one every 1/rate seconds
