@@ -1,5 +1,5 @@
-"""`python -m mailer`: the same as the `mailer` command."""
+"""`python -m mailer`: the console script."""
 
-from mailer.cli import main
+from mailer.cli import run
 
-main()
+run()

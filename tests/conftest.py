@@ -2,21 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import mailer.capture
 from mailer.capture import CaptureServer
 from mailer.config import Config, ensure_secret
 from mailer.store import Store
 from mailer.subscriptions import create_list
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _port_block() -> Iterator[int]:
+    """Ports for this test process to listen on: a block of its own, below the kernel's ephemeral range
+    (32768-60999), so pytest-xdist's workers never take each other's port between choosing one and binding it (a
+    port the kernel picks for `bind(0)` may be picked again for the other worker before the first one binds). The
+    block moves with the run (PYTEST_XDIST_TESTRUNUID), so two runs at once rarely share one either."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    run = sum(os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid())).encode()) % 6
+    start = 20000 + (run * 8 + (int(worker) % 8 if worker.isdigit() else 0)) * 150
+    while True:
+        yield from range(start, start + 150)
+
+
+_PORTS = _port_block()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port of this process's block that nothing listens on now (see _port_block)."""
+    for _ in range(150):
+        port = next(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this test process's block")
+
+
+mailer.capture.free_port = free_port  # CaptureServer, LiveWeb and the tests all choose ports this way
 SAMPLE_ISSUE = REPO / "issues" / "sample.md"
 SAMPLE_CSV = REPO / "subscribers" / "sample.csv"
 # The wire checker of ../shared (beside the clone in CI; /work/shared on the development machine).
@@ -56,19 +91,72 @@ def store(config: Config) -> Iterator[Store]:
     db.close()
 
 
+def _cli_environment(tmp_path: Path, env: dict[str, str] | None) -> dict[str, str]:
+    """The environment a test's `mailer` runs with: this one without MAILER_*, a database in tmp_path, no colour, and
+    wide lines, then the test's own variables."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    full_env.update({"MAILER_DB": str(tmp_path / "mailer.db"), "NO_COLOR": "1", "COLUMNS": "200"})
+    full_env.update(env or {})
+    return full_env
+
+
 @pytest.fixture
-def run_cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Run `python -m mailer ARGS` in tmp_path with a database there; returns CompletedProcess (text)."""
+def run_cli_process(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run `python -m mailer ARGS` in tmp_path with a database there; returns CompletedProcess (text). For what needs
+    a process of its own: signals, workers, another PYTHONPATH, a command that runs until stopped."""
 
     def run(*args: str, env: dict[str, str] | None = None, input: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-        full_env.update({"MAILER_DB": str(tmp_path / "mailer.db"), "NO_COLOR": "1", "COLUMNS": "200"})
-        full_env.update(env or {})
-        return subprocess.run([sys.executable, "-m", "mailer", *args], cwd=tmp_path, env=full_env, text=True,
-                              capture_output=True, input=input, timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "mailer", *args], cwd=tmp_path,
+                              env=_cli_environment(tmp_path, env), text=True, capture_output=True, input=input,
+                              timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, run_cli_process):  # type: ignore[no-untyped-def]
+    """Run `mailer ARGS` in tmp_path with a database there, in this process (see run_mailer). Returns
+    CompletedProcess (text), as run_cli_process does, which it hands over to when this process cannot stand in: a
+    test with a running event loop, another PYTHONPATH, or worker processes."""
+
+    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        if _needs_a_process(args, env):
+            return run_cli_process(*args, env=env, input=input, timeout=timeout)
+        return run_mailer(tmp_path, args, _cli_environment(tmp_path, env), input)
+
+    return run
+
+
+def run_mailer(cwd: Path, args: Sequence[str], variables: dict[str, str],
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`mailer ARGS` as `main(argv, env)` in this process, with its streams captured and the working folder and
+    environment variables a process of its own would have (both put back after)."""
+    from mailer.cli import Environment, main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_cwd, saved_env = Path.cwd(), dict(os.environ)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(variables)
+    try:
+        code = main(list(args), Environment(stdin=io.StringIO(input or ""), stdout=stdout, stderr=stderr,
+                                            variables=variables, program_name="mailer"))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["mailer", *args], int(code), stdout.getvalue(), stderr.getvalue())
+
+
+def _needs_a_process(args: tuple[str, ...], env: dict[str, str] | None) -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True  # main runs its own event loop, and installs signal handlers: only in a main thread
+    except RuntimeError:
+        pass
+    return "PYTHONPATH" in (env or {}) or "--workers" in args
 
 
 class LiveWeb:

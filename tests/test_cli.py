@@ -9,16 +9,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 import typer
 
-from mailer.cli import app
-from tests.conftest import REPO
+from mailer.cli.app import app
+from tests.conftest import REPO, run_mailer
 
 
-def _walk(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+def _walk(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     found = [(path, command)]
     for name, sub in sorted(getattr(command, "commands", {}).items()):
         found.extend(_walk(sub, (*path, name)))
@@ -47,10 +47,10 @@ README_COMMANDS = _readme_commands()
 
 
 def _mailer(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`mailer ARGS` in `cwd`, in this process (output and exit codes are all these tests read)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "MAILER_DB": str(cwd / "mailer.db"), **(env or {})})
-    return subprocess.run([sys.executable, "-m", "mailer", *args], cwd=cwd, env=full_env, text=True,
-                          capture_output=True, timeout=60)
+    return run_mailer(cwd, args, full_env)
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -68,7 +68,7 @@ def test_the_app_has_the_commands_of_the_spec() -> None:
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "mailer" for p, _ in COMMANDS])
-def test_help_exits_0(tmp_path: Path, path: tuple[str, ...], command: click.Command) -> None:
+def test_help_exits_0(tmp_path: Path, path: tuple[str, ...], command: Any) -> None:
     result = _mailer(tmp_path, *path, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: ")
@@ -78,7 +78,7 @@ def test_help_exits_0(tmp_path: Path, path: tuple[str, ...], command: click.Comm
 
 
 @pytest.mark.parametrize(("path", "command"), LEAVES, ids=[" ".join(p) for p, _ in LEAVES])
-def test_every_example_parses_as_its_command(path: tuple[str, ...], command: click.Command) -> None:
+def test_every_example_parses_as_its_command(path: tuple[str, ...], command: Any) -> None:
     examples = [line.strip() for line in (command.help or "").splitlines() if line.strip().startswith("Example:")]
     assert len(examples) == 1, f"{' '.join(path)}: no 'Example:' line in its help"
     words = shlex.split(examples[0].removeprefix("Example:"))

@@ -442,14 +442,14 @@ def test_a_changed_issue_for_a_campaign_in_progress_is_refused_until_it_is_finis
 
 
 def test_a_campaign_being_sent_cannot_be_cancelled_under_its_sender(
-    store: Store, tmp_path: Path, run_cli  # type: ignore[no-untyped-def]
+    store: Store, tmp_path: Path, run_cli_process  # type: ignore[no-untyped-def]
 ) -> None:
     list_id = store.lists.get("bulletin").id
     add_subscribers(store, THREE)
     campaign = store.campaigns.create(list_id, "n1", "第1期", "n1.md", "hash", {}, "salt")
     store.leases.acquire(campaign.id)  # this (live) test process is sending it
 
-    result = run_cli("campaigns", "cancel", str(campaign.id))
+    result = run_cli_process("campaigns", "cancel", str(campaign.id))  # another process than the holder
 
     assert result.returncode == 1
     assert_one_error_line(result.stderr)
@@ -543,3 +543,30 @@ def test_the_log_table_shows_the_message_id(
     assert "message-id" in table.stdout
     for row in log_rows(run_cli, campaign_id).values():
         assert row["message_id"] in table.stdout
+
+
+@pytest.mark.parametrize(("toml", "args", "sessions"), [
+    ("", (), 4),  # the default
+    ("concurrency = 2\n", (), 2),  # mailer.toml's, which send and retry used to read and ignore
+    ("concurrency = 2\n", ("--concurrency", "3"), 3),  # the option wins
+])
+def test_send_and_retry_take_their_sessions_from_mailer_toml_unless_told(
+    tmp_path: Path, store: Store, run_cli, monkeypatch: pytest.MonkeyPatch, toml: str, args: tuple[str, ...],
+    sessions: int,
+) -> None:
+    import mailer.send
+    from mailer.models import SendSummary
+
+    (tmp_path / "mailer.toml").write_text(toml, encoding="utf-8")
+    seen: list[int] = []
+
+    async def spy(*given: object, **named: object) -> SendSummary:
+        options = next(value for value in given if isinstance(value, SendOptions))
+        seen.append(options.concurrency)
+        return SendSummary(1)
+
+    monkeypatch.setattr(mailer.send, "send_issue", spy)
+    monkeypatch.setattr(mailer.send, "retry_campaign", spy)
+    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", *args).returncode == 0
+    assert run_cli("retry", "1", *args).returncode == 0
+    assert seen == [sessions, sessions]

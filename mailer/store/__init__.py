@@ -35,9 +35,24 @@ from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
 from mailer.store.signups import Signups
 from mailer.store.suppressions import ReturnedMail, Suppression, Suppressions
 
+DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name without importing sqlite3
+
 __all__ = [
-    "CHUNK", "CampaignSummary", "DeliveryRef", "ListSummary", "LogEntry", "Outcome", "Partition", "Store",
-    "StoreWriteError", "Suppression", "Unsubscribe", "describe_database_error", "holder_state", "lease_owner",
+    "CHUNK",
+    "CampaignSummary",
+    "DatabaseError",
+    "DeliveryRef",
+    "ListSummary",
+    "LogEntry",
+    "Outcome",
+    "Partition",
+    "Store",
+    "StoreWriteError",
+    "Suppression",
+    "Unsubscribe",
+    "describe_database_error",
+    "holder_state",
+    "lease_owner",
 ]
 
 

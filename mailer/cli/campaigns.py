@@ -1,0 +1,95 @@
+"""`mailer campaigns` and `mailer log`: what each send did, one row per recipient.
+
+Commands only: each parses, reads the store and prints."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+import typer
+
+from mailer.cli.common import (
+    JsonOpt,
+    app,
+    campaigns_app,
+    open_store,
+    print_json,
+    table,
+)
+from mailer.cli.shell import environment, out
+from mailer.models import DeliveryStatus
+
+
+@campaigns_app.command("ls")
+def campaigns_ls(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    tests: Annotated[bool, typer.Option("--tests", help="Include test sends.")] = False,
+) -> None:
+    """Each campaign with its delivery counts per status.
+
+    Example: mailer campaigns ls --json
+    """
+    with open_store(ctx) as store:
+        rows = store.campaigns.with_counts(include_tests=tests)
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in rows])
+        return
+    table(["id", "issue", "list", "created", "counts"],
+           [[r.id, r.issue + (" (test)" if r.test else "") + (" (cancelled)" if r.cancelled else ""), r.list, r.created,
+             ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))] for r in rows])
+
+
+@campaigns_app.command("cancel")
+def campaigns_cancel(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+) -> None:
+    """Stop a campaign for good: whoever it has not reached yet is skipped (refused while it is being sent).
+
+    Example: mailer campaigns cancel 1
+    """
+    with open_store(ctx) as store:
+        found = store.campaigns.get(campaign)
+        skipped = store.campaigns.cancel(found.id)
+        sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
+    out().print(f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
+              markup=False, highlight=False)
+
+
+LOG_COLUMNS = ["email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued", "updated"]
+
+
+@app.command()
+def log(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. deferred or failed.")] = None,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+) -> None:
+    """One row per recipient: status, attempts, last SMTP reply, Message-ID, times.
+
+    Example: mailer log 1 --status failed
+    """
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    if status and status not in tuple(DeliveryStatus):
+        raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
+    with open_store(ctx) as store:
+        found = store.campaigns.get(campaign)
+        rows = store.deliveries.log(found.id, DeliveryStatus(status) if status else None)
+        if as_json:
+            print_json([{k: getattr(r, k) for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
+        elif as_csv:
+            from mailer.spreadsheet import SpreadsheetWriter
+
+            writer = SpreadsheetWriter(environment().stdout)
+            writer.writerow(LOG_COLUMNS)
+            for r in rows:
+                writer.writerow([getattr(r, k) for k in LOG_COLUMNS])
+        else:
+            table(["email", "status", "tries", "code", "reply", "message-id", "updated"],
+                   [[r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
+                    for r in rows], title=f"campaign {found.id}: {found.subject}")

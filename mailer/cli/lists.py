@@ -1,0 +1,70 @@
+"""`mailer init` and `mailer lists`: the database and its mailing lists.
+
+Commands only: each parses, calls one service and prints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mailer.cli.common import (
+    JsonOpt,
+    app,
+    lists_app,
+    open_store,
+    print_json,
+    settings,
+    table,
+)
+from mailer.cli.shell import out
+from mailer.config import ensure_secret
+from mailer.store import Store
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create or migrate the database and the signing secret; safe to run again.
+
+    Example: mailer init
+    """
+    config = ensure_secret(settings(ctx))
+    with Store.open(config.db_path, must_exist=False) as store:
+        created = store.init()
+    out().print(f"{'created' if created else 'up to date'}: {config.db_path}")
+
+
+@lists_app.command("create")
+def lists_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Short name, e.g. bulletin.")],
+    title: Annotated[str, typer.Option(help="Title shown to subscribers.")] = "",
+    from_: Annotated[str, typer.Option("--from", help='From header, "Name <addr>".')] = "",
+    reply_to: Annotated[str, typer.Option("--reply-to", help="Reply-To address.")] = "",
+    lang: Annotated[str, typer.Option(help="Language of the list's pages and defaults: zh or en.")] = "zh",
+) -> None:
+    """Create a mailing list.
+
+    Example: mailer lists create bulletin --title 知识产权运营简报 --from "简报 <news@example.org>" --lang zh
+    """
+    from mailer.subscriptions import create_list
+
+    with open_store(ctx) as store:
+        created = create_list(store, name, title, from_, reply_to, lang)
+    out().print(f"created list {created.name}")
+
+
+@lists_app.command("ls")
+def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show the lists with their subscriber counts.
+
+    Example: mailer lists ls
+    """
+    with open_store(ctx) as store:
+        rows = store.lists.with_counts()
+    if as_json:
+        print_json([{"name": r.name, "title": r.title, "from": r.from_addr, "lang": r.lang, "created": r.created,
+                      "active": r.active, "total": r.total} for r in rows])
+        return
+    table(["name", "title", "from", "lang", "active", "total"],
+           [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows])
