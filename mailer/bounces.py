@@ -123,13 +123,13 @@ def _message_body(part: Message) -> bytes:
     UTF-8 and, unlike their RFC 3464 twins, allowed a Content-Transfer-Encoding (RFC 6532 3.5). So the bytes are
     rebuilt as they were written (the parser keeps raw header values, 8-bit octets as surrogates) and decoded."""
     payload = part.get_payload()
-    if isinstance(payload, list) and payload:
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
         inner = payload[0]
         head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items()).encode("ascii", "surrogateescape")
-        body = b"" if inner.is_multipart() else inner.get_payload(decode=True) or b""  # the inner part has no CTE
+        body = b"" if inner.is_multipart() else _decoded(inner)  # the inner part has no CTE
         raw = head + b"\n" + body if head else body
     else:
-        raw = part.get_payload(decode=True) or b""
+        raw = _decoded(part)
     if isinstance(payload, str):
         return raw  # get_payload(decode=True) applied the Content-Transfer-Encoding already
     encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
@@ -143,6 +143,17 @@ def _message_body(part: Message) -> bytes:
     return raw
 
 
+def _decoded(part: Message) -> bytes:
+    """A part's body with its Content-Transfer-Encoding undone (b"" for none, or for a multipart)."""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def _messages(payload: object) -> list[Message]:
+    """The parts of a parsed message/* payload (a list of messages for those types; anything else holds none)."""
+    return [item for item in payload if isinstance(item, Message)] if isinstance(payload, list) else []
+
+
 def _parse_fields(raw: bytes) -> Message:
     """One block of header fields, UTF-8 allowed (RFC 6532); undecodable octets become U+FFFD."""
     return Parser(policy=policy.default).parsestr(raw.decode("utf-8", "replace"), headersonly=True)
@@ -150,8 +161,7 @@ def _parse_fields(raw: bytes) -> Message:
 
 def _status_blocks(part: Message) -> list[Message]:
     if part.get_content_type() == "message/delivery-status":
-        blocks = part.get_payload()
-        return blocks if isinstance(blocks, list) else []
+        return _messages(part.get_payload())
     text = _message_body(part).replace(b"\r\n", b"\n")
     return [_parse_fields(block) for block in re.split(rb"\n[ \t]*\n", text.strip(b"\n")) if block.strip()]
 
@@ -163,11 +173,9 @@ def _original_headers(msg: Message) -> list[Message]:
     for part in msg.walk():
         ctype = part.get_content_type()
         if ctype == "message/rfc822":
-            payload = part.get_payload()
-            if isinstance(payload, list) and payload:
-                found.append(payload[0])
+            found.extend(_messages(part.get_payload())[:1])
         elif ctype == "text/rfc822-headers":
-            found.append(_parse_fields(part.get_payload(decode=True) or b""))
+            found.append(_parse_fields(_decoded(part)))
         elif ctype in ("message/global", "message/global-headers"):
             found.append(_parse_fields(_message_body(part)))
     return found
@@ -177,7 +185,7 @@ def _text_of(msg: Message) -> str:
     pieces = []
     for part in msg.walk():
         if part.get_content_maintype() == "text":
-            raw = part.get_payload(decode=True) or b""
+            raw = _decoded(part)
             pieces.append(raw.decode(part.get_content_charset() or "utf-8", "replace"))
     return "\n".join(pieces)
 
@@ -189,7 +197,7 @@ def _fallback_findings(msg: Message, text: str) -> list[Finding]:
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # its detectors assume well-formed mail (yale's indexes the From header); ours need not be
-        temporary, permanent = set(), set()
+        temporary, permanent = frozenset[bytes](), frozenset[bytes]()
     match = STATUS_RE.search(text)
     status = ".".join(match.groups()) if match else ""
     line = next((ln for ln in text.splitlines() if status and status in ln), "")
@@ -215,7 +223,7 @@ def report_key(msg: Message, raw: bytes) -> str:
 
 def parse_returned(raw: bytes) -> ReturnedMail:
     """Read one returned message: which of our messages it is about and what it says about which address."""
-    msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[assignment]
+    msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)
     key = report_key(msg, raw)
     subject = _one_line(msg.get("Subject", ""), 200)
     envelope = " ".join(str(v) for h in ENVELOPE_HEADERS for v in (msg.get_all(h) or []))
@@ -238,8 +246,9 @@ def parse_returned(raw: bytes) -> ReturnedMail:
         email = ""
         if feedback is not None:
             body = feedback.get_payload()
-            fields = body[0] if isinstance(body, list) and body else Parser(policy=policy.default).parsestr(
-                str(body).lstrip(), headersonly=True)
+            parts = _messages(body)
+            fields = parts[0] if parts else Parser(policy=policy.default).parsestr(str(body).lstrip(),
+                                                                                  headersonly=True)
             email = _address(str(fields.get("Original-Rcpt-To", ""))).lower()
         if not email and originals:
             email = _address(str(originals[0].get("To", "")).rpartition("<")[2]).lower()

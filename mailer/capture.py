@@ -85,7 +85,8 @@ class _Handler:
         if rule.hang:
             await asyncio.sleep(rule.hang)
         if rule.drop:
-            server.transport.close()
+            if server.transport is not None:
+                server.transport.close()
             return "421 4.4.2 connection dropped (test rule)"
         if rule.raw:
             return rule.raw
@@ -236,7 +237,7 @@ class CaptureServer:
         with self.state.lock:
             sessions = list(self.state.sessions)
         for session in sessions:
-            if session.transport is not None:
+            if isinstance(session.transport, asyncio.Transport):
                 session.transport.abort()
         for _ in range(3):
             await asyncio.sleep(0)  # the transports close their sockets in the loop's next rounds

@@ -78,8 +78,10 @@ class NoProgress:
 class SMTPSession(Protocol):
     """One reusable SMTP session, as smtp.Session is."""
 
-    connected: bool
     sent_on_session: int
+
+    @property
+    def connected(self) -> bool: ...
 
     async def open(self) -> None: ...
 

@@ -64,4 +64,5 @@ def atom_feed(info: FeedInfo, entries: Sequence[FeedEntry], fallback_updated: st
             sub(item, "summary", entry.summary)
         if entry.html:
             sub(item, "content", entry.html, type="html")
-    return ET.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
+    document: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+    return document + b"\n"

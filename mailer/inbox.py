@@ -54,9 +54,9 @@ def read_messages(path: Path) -> Iterator[tuple[str, bytes]]:
     except OSError as exc:
         raise MailerError(f"cannot read {path}: {exc.strerror}") from None
     if head.startswith(b"From "):
-        box = mailbox.mbox(str(path), create=False)
-        for n, key in enumerate(box.keys(), start=1):
-            yield f"{path.name}#{n}", box.get_bytes(key)
+        mbox = mailbox.mbox(str(path), create=False)
+        for n, key in enumerate(mbox.keys(), start=1):
+            yield f"{path.name}#{n}", mbox.get_bytes(key)
         return
     if not path.is_file() or is_binary(head):
         raise MailerError(f"{path} is not a mail message, an mbox or a Maildir (it holds binary data)")

@@ -35,7 +35,7 @@ class RetryPolicy:
         return cls(config.retry_base, config.retry_max, config.retry_expiry)
 
     def delay(self, attempt: int) -> float:
-        raw = min(self.base * 2 ** max(0, attempt - 1), self.maximum)
+        raw = min(self.base * 2.0 ** max(0, attempt - 1), self.maximum)
         return raw * random.uniform(1 - self.jitter, 1 + self.jitter)
 
     def expired(self, first_attempt: datetime, now: datetime) -> bool:

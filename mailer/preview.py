@@ -157,7 +157,7 @@ class LivePreview:
         self._lock = threading.Lock()
 
     def _snapshot(self) -> dict[Path, float]:
-        stamps = {}
+        stamps: dict[Path, float] = {}
         for path in self.watched():
             try:
                 stamps[path] = path.stat().st_mtime_ns

@@ -5,6 +5,7 @@ Pure: the secret is passed in. Tokens are lowercase base32 so they survive URLs 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def read_token(secret: bytes, token: str, kind: TokenKind) -> Token:
     padded = token.upper() + "=" * (-len(token) % 8)
     try:
         raw = base64.b32decode(padded)
-    except (ValueError, base64.binascii.Error):
+    except (ValueError, binascii.Error):
         raise BadToken("malformed token") from None
     if base64.b32encode(raw).decode("ascii").rstrip("=") != token.upper():
         raise BadToken("malformed token")  # non-zero trailing bits: another spelling of the same bytes

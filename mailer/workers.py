@@ -167,6 +167,6 @@ def run_event_loop(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
-def _join(procs: list[BaseProcess]) -> None:
+def _join(procs: Sequence[BaseProcess]) -> None:
     for proc in procs:
         proc.join()

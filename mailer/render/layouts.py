@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailer.errors import TemplateError
 
@@ -249,7 +250,7 @@ def template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templat
         lineno += line_offset  # the body's line numbers, counted from the top of the issue file
     if lineno:
         where = f"{where} line {lineno}"
-    text = str(exc.message if jinja_error and getattr(exc, "message", None) else exc)
+    text = str(getattr(exc, "message", None) or exc) if jinja_error else str(exc)
     message = (text.splitlines() or [""])[0] or type(exc).__name__
     if isinstance(exc, RecursionError):
         message = "it includes, imports or calls itself without end (maximum recursion depth exceeded)"

@@ -159,6 +159,7 @@ class Deliveries(Repository):
 
     def next_retry(self, campaign_id: int, part: Partition = (0, 1)) -> str | None:
         """The earliest next_attempt among the campaign's deferred deliveries (of one partition)."""
+        earliest: str | None
         (earliest,) = self.conn.execute(
             "SELECT MIN(next_attempt) FROM deliveries WHERE campaign_id = ? AND status = 'deferred' AND id % ? = ?",
             (campaign_id, part[1], part[0]),
@@ -167,12 +168,12 @@ class Deliveries(Repository):
 
     def requeue(self, campaign_id: int, statuses: Iterable[DeliveryStatus]) -> int:
         """Put deliveries in `statuses` back to queued (their Message-ID is derived, so it stays the same)."""
-        statuses = [str(status) for status in statuses]
-        marks = ",".join("?" for _ in statuses)
+        names = [str(status) for status in statuses]
+        marks = ",".join("?" for _ in names)
         with self.store.transaction():
             cur = self.conn.execute(
                 f"UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status IN ({marks})",
-                (self.store.now(), campaign_id, *statuses),
+                (self.store.now(), campaign_id, *names),
             )
         return cur.rowcount
 

@@ -111,6 +111,7 @@ class Leases(Repository):
         row = self.conn.execute("SELECT lease_owner FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
         if row is None:
             return None
+        holder: str | None
         (holder,) = row
         return holder
 

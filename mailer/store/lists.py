@@ -50,7 +50,7 @@ class Lists(Repository):
     def create(self, name: str, title: str, from_addr: str, reply_to: str, lang: str) -> MailingList:
         if self.conn.execute("SELECT 1 FROM lists WHERE name = ?", (name,)).fetchone():
             raise MailerError(f"list {name!r} already exists")
-        self.store.db["lists"].insert(
+        self.store.db.table("lists").insert(
             {"name": name, "title": title, "from_addr": from_addr, "reply_to": reply_to, "lang": lang,
              "created": self.store.now()}
         )

@@ -164,12 +164,12 @@ def statements(sql: str) -> list[str]:
 
 def _schema_3(db: sqlite_utils.Database) -> None:
     _script(_SIGNUPS_AND_RETURNED_MAIL)(db)
-    db["signup_requests"].create_index(["email", "at"], "signup_requests_email", if_not_exists=True)
-    db["signup_requests"].create_index(["client", "at"], "signup_requests_client", if_not_exists=True)
-    db["returned_mail"].create_index(["email", "kind"], "returned_mail_email", if_not_exists=True)
+    db.table("signup_requests").create_index(["email", "at"], "signup_requests_email", if_not_exists=True)
+    db.table("signup_requests").create_index(["client", "at"], "signup_requests_client", if_not_exists=True)
+    db.table("returned_mail").create_index(["email", "kind"], "returned_mail_email", if_not_exists=True)
     # DSNs that carry no VERP address are matched by the Message-ID of the original.
-    db["deliveries"].create_index(["message_id"], "deliveries_message_id", if_not_exists=True)
-    db["subscribers"].add_column("confirmed", str)
+    db.table("deliveries").create_index(["message_id"], "deliveries_message_id", if_not_exists=True)
+    db.table("subscribers").add_column("confirmed", str)
 
 
 def _schema_6(db: sqlite_utils.Database) -> None:
@@ -177,8 +177,8 @@ def _schema_6(db: sqlite_utils.Database) -> None:
     # November's. Campaigns can be cancelled. The partial index is SQL: create_index has no WHERE.
     _script("""DROP INDEX IF EXISTS campaigns_issue;
 CREATE INDEX IF NOT EXISTS campaigns_content ON campaigns (list_id, content_hash) WHERE is_test = 0;""")(db)
-    db["campaigns"].create_index(["list_id", "slug"], "campaigns_slug", if_not_exists=True)
-    db["campaigns"].add_column("cancelled", str)
+    db.table("campaigns").create_index(["list_id", "slug"], "campaigns_slug", if_not_exists=True)
+    db.table("campaigns").add_column("cancelled", str)
 
 
 def _schema_7(db: sqlite_utils.Database) -> None:
@@ -188,7 +188,7 @@ def _schema_7(db: sqlite_utils.Database) -> None:
 
 # Each entry takes the schema from version N-1 to N; a fresh database gets schema 1 and then every step.
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    2: lambda db: db["deliveries"].add_column("first_attempt", str),
+    2: lambda db: db.table("deliveries").add_column("first_attempt", str),
     3: _schema_3,
     # Addresses are compared in lower case from now on; a row whose lower-case twin exists is left as it was.
     4: _script("""
@@ -199,7 +199,7 @@ UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
 """),
     # The name typed into the sign-up form stays with its request until the mailbox owner confirms that request:
     # a stranger re-posting the form for someone's address must not change what later mail calls them.
-    5: lambda db: db["signup_requests"].add_column("name", str, not_null_default=""),
+    5: lambda db: db.table("signup_requests").add_column("name", str, not_null_default=""),
     6: _schema_6,
     7: _schema_7,
 }

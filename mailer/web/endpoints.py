@@ -269,10 +269,10 @@ class WebApp:
             # The name asked for is shown to the mailbox owner, who may change or clear it before confirming.
             fields = [{"name": "name", "type": "text", "label": words["name_label"], "value": shown_name,
                        "required": False, "autocomplete": "name"}]
-            form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {}, "fields": fields,
-                    "trap": ""}
+            confirm_form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {},
+                            "fields": fields, "trap": ""}
             return self.pages.page(lang, say(target, "confirm_heading"), [say(target, "confirm_ask")],
-                              list_title=title, form=form)
+                                   list_title=title, form=confirm_form)
         if state == ConfirmState.CONFIRMED:
             return self.pages.page(lang, words["confirmed_heading"], [say(target, "confirmed")], list_title=title)
         if state == ConfirmState.EXPIRED:
