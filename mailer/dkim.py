@@ -250,10 +250,6 @@ class Signer:
         data = _crlf(data)
         return self._signature_header(data, timestamp) + data
 
-    def signature_header(self, data: bytes, timestamp: int | None = None) -> bytes:
-        """The `DKIM-Signature: ...` header field (folded, ending in CRLF) for `data`."""
-        return self._signature_header(_crlf(data), timestamp)
-
     def _signature_header(self, data: bytes, timestamp: int | None) -> bytes:
         head, sep, body = data.partition(b"\r\n\r\n")
         if not sep and head.endswith(b"\r\n"):

@@ -29,7 +29,8 @@ from mailer.models import DeliveryStatus
 
 
 class Stage(StrEnum):
-    CONNECT = "connect"
+    """Where in a message's SMTP transaction a reply came."""
+
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"

@@ -20,6 +20,7 @@ from mailer.cli.common import (
 from mailer.cli.shell import err, out
 from mailer.exit_codes import ExitCode
 from mailer.store import Store
+from mailer.wording import STARTER_TITLE
 
 
 @app.command("new")
@@ -41,7 +42,7 @@ def new(
         out().print(f"created {path}", markup=False, highlight=False)
     for path in made.kept:
         out().print(f"kept {path} (already there; not overwritten)", markup=False, highlight=False)
-    title = "简报" if lang == "zh" else "Newsletter"
+    title = STARTER_TITLE.get(lang, STARTER_TITLE["en"])
     sender = f"{title} <news@example.org>"
     out().print(f"next, in {folder}:\n"
               f"  mailer init\n"
