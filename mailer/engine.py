@@ -3,8 +3,8 @@ messages a second, each committed `sending` before its message leaves and its ou
 waited for up to `max_wait`, a relay that went away waited for up to `relay_grace`.
 
 It is given what it works on, as listmonk's manager is given a data source and a messenger: a DeliveryLog (the
-campaign's rows; CampaignLog over the store in production) and a Transport (a factory of SMTP sessions;
-smtp.Session in production), and the clocks it reads. Must not print, exit, install signal handlers or choose
+campaign's rows; delivery_log.CampaignLog over the store in production) and a Transport (a factory of SMTP
+sessions; smtp.Session in production), and the clocks it reads. Must not print, exit, install signal handlers or choose
 processes (workers.py and the CLI do); raises MailerError for a campaign that cannot go on."""
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from mailer.clock import parse_stamp, stamp, utcnow
 from mailer.config import Config
+from mailer.delivery_log import DeliveryLog
 from mailer.errors import MailerError
 from mailer.message import BuiltMessage, MessageTemplate
 from mailer.models import Campaign, DeliveryStatus, Recipient
 from mailer.policy import RefusalRun, RetryPolicy, mailbox_unknown
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage
-from mailer.store import Outcome, Partition, Store, StoreWriteError
+from mailer.store import Outcome, Partition, StoreWriteError
 from mailer.store.leases import LeaseLost
 
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
@@ -91,67 +91,6 @@ class SMTPSession(Protocol):
 
 
 Transport = Callable[[SMTPSettings], SMTPSession]
-
-
-class DeliveryLog(Protocol):
-    """The rows of one campaign the engine reads and writes (CampaignLog: the store's)."""
-
-    def transaction(self) -> AbstractContextManager[Any]: ...
-
-    def queued(self, part: Partition) -> Iterator[Recipient]: ...
-
-    def is_mailable(self, subscriber_id: int) -> bool: ...
-
-    def mark_sending(self, delivery_id: int, message_id: str) -> int | None: ...
-
-    def record(self, outcome: Outcome, next_attempt: str | None = None) -> None: ...
-
-    def attempt_info(self, delivery_id: int) -> tuple[int, str | None]: ...
-
-    def holder(self) -> str | None: ...
-
-    def lost(self) -> LeaseLost: ...
-
-    def next_retry(self, part: Partition) -> str | None: ...
-
-    def deferred(self) -> int: ...
-
-    def requeue_due(self, now: str, part: Partition) -> int: ...
-
-    def requeue_refused(self, delivery_ids: list[int], reason: str) -> int: ...
-
-
-class CampaignLog:
-    """A DeliveryLog on the store: the campaign's deliveries, its lease, its subscribers' status."""
-
-    def __init__(self, store: Store, campaign_id: int) -> None:
-        self.campaign_id = campaign_id
-        self.store = store
-        self.transaction = store.transaction
-        # Per message: bound once, called directly.
-        self.mark_sending = store.deliveries.mark_sending
-        self.record = store.deliveries.record
-        self.is_mailable = store.subscribers.is_mailable
-        self.attempt_info = store.deliveries.attempt_info
-        self.requeue_refused = store.deliveries.requeue_refused
-
-    def queued(self, part: Partition) -> Iterator[Recipient]:
-        return self.store.deliveries.queued(self.campaign_id, part)
-
-    def holder(self) -> str | None:
-        return self.store.leases.holder(self.campaign_id)
-
-    def lost(self) -> LeaseLost:
-        return self.store.leases.lost(self.campaign_id)
-
-    def next_retry(self, part: Partition) -> str | None:
-        return self.store.deliveries.next_retry(self.campaign_id, part)
-
-    def deferred(self) -> int:
-        return self.store.deliveries.counts(self.campaign_id).get(DeliveryStatus.DEFERRED, 0)
-
-    def requeue_due(self, now: str, part: Partition) -> int:
-        return self.store.deliveries.requeue_due(self.campaign_id, now, part)
 
 
 async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:

@@ -89,11 +89,11 @@ class _Matcher:
                 except MailerError:
                     continue
                 return DeliveryRef(None, 0, sub.id, sub.email), "verp"
-            ref = self.store.deliveries.ref(parsed.b)
+            ref = self.store.returned.delivery(parsed.b)
             if ref is not None and ref.campaign_id == parsed.a:
                 return ref, "verp"
         for message_id in report.message_ids:
-            ref = self.store.deliveries.by_message_id(message_id)
+            ref = self.store.returned.by_message_id(message_id)
             if ref is not None:
                 return ref, "message-id"
         return None, ""
@@ -122,7 +122,7 @@ class _Matcher:
         detail = f"{finding.status} {finding.diagnostic}".strip()
         if finding.kind == ReturnedKind.HARD:
             if ref.id is not None:
-                store.deliveries.mark_bounced(ref.id, finding.status, finding.diagnostic)
+                store.returned.mark_bounced(ref.id, finding.status, finding.diagnostic)
             store.suppressions.suppress_address(email, SuppressionReason.BOUNCED, detail)
             result = f"bounced and suppressed (matched by {how})"
         elif finding.kind == ReturnedKind.COMPLAINT:

@@ -25,7 +25,8 @@ from mailer.campaign import (
 )
 from mailer.clock import stamp, utcnow
 from mailer.config import Config
-from mailer.engine import CampaignLog, Engine, Lease, NoProgress, ProgressSink, SendOptions
+from mailer.delivery_log import CampaignLog
+from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError
 from mailer.message import MessageTemplate
 from mailer.models import Campaign, DeliveryStatus, Recipient, SendSummary

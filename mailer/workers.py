@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailer.campaign import template_for_campaign
-from mailer.engine import CampaignLog, Engine, Lease, ProgressSink, SendOptions, pause
+from mailer.delivery_log import CampaignLog
+from mailer.engine import Engine, Lease, ProgressSink, SendOptions, pause
 from mailer.errors import MailerError
 from mailer.exit_codes import ExitCode
 from mailer.message import MessageSigner, MessageTemplate

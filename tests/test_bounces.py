@@ -331,13 +331,13 @@ def test_a_blank_message_id_matches_no_delivery(fixture: str, campaign: dict[str
 def test_a_message_id_matches_only_a_delivery_that_was_sent_with_it(campaign: dict[str, Sent],
                                                                     store: Store) -> None:
     interrupted = interrupted_campaign(store)
-    assert store.deliveries.by_message_id("") is None
+    assert store.returned.by_message_id("") is None
     sent = campaign[READERS[0]]
-    assert store.deliveries.by_message_id(sent.message_id).email == READERS[0]
+    assert store.returned.by_message_id(sent.message_id).email == READERS[0]
     # A Message-ID the engine may know before the first attempt names no mail that exists.
     store.conn.execute("UPDATE deliveries SET message_id = '<mailer.x.1.abc@example.org>' WHERE campaign_id = ?",
                        (interrupted,))
-    assert store.deliveries.by_message_id("<mailer.x.1.abc@example.org>") is None
+    assert store.returned.by_message_id("<mailer.x.1.abc@example.org>") is None
 
 
 def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: dict[str, Sent], store: Store,

@@ -30,7 +30,8 @@ import trustme
 from mailer.campaign import open_campaign, prepare_issue
 from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
-from mailer.engine import CampaignLog, Engine, Lease, RateLimiter, SendOptions
+from mailer.delivery_log import CampaignLog
+from mailer.engine import Engine, Lease, RateLimiter, SendOptions
 from mailer.smtp import relays
 from mailer.store import Store, holder_state, lease_owner
 from tests.conftest import SAMPLE_ISSUE

@@ -12,7 +12,8 @@ import pytest
 
 from mailer.campaign import open_campaign, prepare_issue
 from mailer.config import Config
-from mailer.engine import CampaignLog, Engine, Lease, RateLimiter, SendOptions
+from mailer.delivery_log import CampaignLog
+from mailer.engine import Engine, Lease, RateLimiter, SendOptions
 from mailer.message import BuiltMessage
 from mailer.models import Campaign, DeliveryStatus, Subscriber
 from mailer.policy import RetryPolicy

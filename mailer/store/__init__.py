@@ -29,11 +29,11 @@ from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
-from mailer.store.deliveries import CHUNK, Deliveries, DeliveryRef, LogEntry, Outcome, Partition
+from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
 from mailer.store.signups import Signups
-from mailer.store.suppressions import ReturnedMail, Suppression, Suppressions
+from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
 
 DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name without importing sqlite3
 

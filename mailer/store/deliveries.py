@@ -7,7 +7,6 @@ outcome (the engine does) or hold a lease (leases.py)."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,21 +47,8 @@ class LogEntry:
     next_attempt: str | None
 
 
-@dataclass(frozen=True)
-class DeliveryRef:
-    """Which delivery a returned report is about (no id: a sign-up confirmation, mailed outside campaigns)."""
-
-    id: int | None
-    campaign_id: int
-    subscriber_id: int
-    email: str
-    status: DeliveryStatus | None = None
-    message_id: str = ""
-
-
 _LOG_COLUMNS = ("id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, "
                 "next_attempt")
-_REF_COLUMNS = "id, campaign_id, subscriber_id, email, status, message_id"
 
 
 class Deliveries(Repository):
@@ -240,7 +226,7 @@ class Deliveries(Repository):
             (str(new), reply, now, campaign_id, str(old)),
         ).rowcount)
 
-    # ---- reading the log, and returned mail ------------------------------------------------------------------
+    # ---- reading the log ------------------------------------------------------------------------------------
 
     def log(self, campaign_id: int, status: DeliveryStatus | None = None) -> Iterator[LogEntry]:
         """Every recipient of a campaign (with one status) in id order, read CHUNK at a time."""
@@ -258,38 +244,3 @@ class Deliveries(Repository):
             for row in rows:
                 yield LogEntry(**{**row, "status": DeliveryStatus(row["status"])})
             last = rows[-1]["id"]
-
-    def ref(self, delivery_id: int) -> DeliveryRef | None:
-        return self._ref("id = ?", (delivery_id,))
-
-    def by_message_id(self, message_id: str) -> DeliveryRef | None:
-        """The delivery whose message went out with this Message-ID. Only an attempted delivery qualifies:
-        mark_sending sets the Message-ID and counts the attempt in one transaction, so `attempts > 0` is what says a
-        message with that ID was handed to the relay (sent, bounced, deferred or in doubt). A delivery still queued
-        for its first attempt has no mail anywhere to bounce, and a blank ID names nothing."""
-        if not message_id.strip():
-            return None
-        return self._ref("message_id = ? AND attempts > 0 ORDER BY id DESC LIMIT 1", (message_id,))
-
-    def _ref(self, condition: str, args: tuple[Any, ...]) -> DeliveryRef | None:
-        for row in self.store.db.query(f"SELECT {_REF_COLUMNS} FROM deliveries WHERE {condition}", args):
-            return DeliveryRef(**{**row, "status": DeliveryStatus(row["status"])})
-        return None
-
-    def mark_bounced(self, delivery_id: int, code: str, text: str) -> None:
-        """The delivery ends `bounced`, with the DSN's status and diagnostic recorded as an event."""
-        now = self.store.now()
-        # The log shows the receiver's reply from the DSN (e.g. 550), not the 250 our relay gave at send time.
-        reply_code = re.search(r"\b([45]\d\d)\b", text)
-        smtp_code = int(reply_code.group(1)) if reply_code else None
-        reply = f"{code} {text}".strip()
-        with self.store.transaction():
-            self.conn.execute(
-                "UPDATE deliveries SET status = 'bounced', smtp_code = ?, smtp_reply = ?, updated = ?, "
-                "next_attempt = NULL WHERE id = ?", (smtp_code, reply, now, delivery_id),
-            )
-            self.conn.execute(
-                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
-                "SELECT id, 'bounced', attempts, ?, ?, ? FROM deliveries WHERE id = ?",
-                (smtp_code, reply, now, delivery_id),
-            )

@@ -1,14 +1,17 @@
 """Addresses never mailed again, on any list (a failing mailbox, a complaint), and returned mail: each report
-about an address remembered once, so the same DSN read twice counts once.
+about an address remembered once, so the same DSN read twice counts once; the delivery a report is about (by VERP
+id or Message-ID), and a delivery that bounced.
 
 Must not parse reports (bounces.py does) or decide what a report means (inbox.py does)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from mailer.errors import NotFoundError
-from mailer.models import ReturnedKind, SubscriberStatus, SuppressionReason
+from mailer.models import DeliveryStatus, ReturnedKind, SubscriberStatus, SuppressionReason
 from mailer.store.connection import Repository
 
 
@@ -18,6 +21,18 @@ class Suppression:
     reason: SuppressionReason
     detail: str
     created: str
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    """Which delivery a returned report is about (no id: a sign-up confirmation, mailed outside campaigns)."""
+
+    id: int | None
+    campaign_id: int
+    subscriber_id: int
+    email: str
+    status: DeliveryStatus | None = None
+    message_id: str = ""
 
 
 def suppressed_status(reason: SuppressionReason | str) -> SubscriberStatus:
@@ -73,6 +88,9 @@ def _suppression(row: dict[str, str]) -> Suppression:
     return Suppression(row["email"], SuppressionReason(row["reason"]), row["detail"], row["created"])
 
 
+_REF_COLUMNS = "id, campaign_id, subscriber_id, email, status, message_id"
+
+
 class ReturnedMail(Repository):
     def record(
         self, report_key: str, email: str, kind: ReturnedKind, campaign_id: int | None, delivery_id: int | None,
@@ -93,3 +111,38 @@ class ReturnedMail(Repository):
             "WHERE email = ? AND kind = 'soft'", (email,),
         ).fetchone()
         return int(count)
+
+    def delivery(self, delivery_id: int) -> DeliveryRef | None:
+        return self._ref("id = ?", (delivery_id,))
+
+    def by_message_id(self, message_id: str) -> DeliveryRef | None:
+        """The delivery whose message went out with this Message-ID. Only an attempted delivery qualifies:
+        mark_sending sets the Message-ID and counts the attempt in one transaction, so `attempts > 0` is what says a
+        message with that ID was handed to the relay (sent, bounced, deferred or in doubt). A delivery still queued
+        for its first attempt has no mail anywhere to bounce, and a blank ID names nothing."""
+        if not message_id.strip():
+            return None
+        return self._ref("message_id = ? AND attempts > 0 ORDER BY id DESC LIMIT 1", (message_id,))
+
+    def _ref(self, condition: str, args: tuple[Any, ...]) -> DeliveryRef | None:
+        for row in self.store.db.query(f"SELECT {_REF_COLUMNS} FROM deliveries WHERE {condition}", args):
+            return DeliveryRef(**{**row, "status": DeliveryStatus(row["status"])})
+        return None
+
+    def mark_bounced(self, delivery_id: int, code: str, text: str) -> None:
+        """The delivery ends `bounced`, with the DSN's status and diagnostic recorded as an event."""
+        now = self.store.now()
+        # The log shows the receiver's reply from the DSN (e.g. 550), not the 250 our relay gave at send time.
+        reply_code = re.search(r"\b([45]\d\d)\b", text)
+        smtp_code = int(reply_code.group(1)) if reply_code else None
+        reply = f"{code} {text}".strip()
+        with self.store.transaction():
+            self.conn.execute(
+                "UPDATE deliveries SET status = 'bounced', smtp_code = ?, smtp_reply = ?, updated = ?, "
+                "next_attempt = NULL WHERE id = ?", (smtp_code, reply, now, delivery_id),
+            )
+            self.conn.execute(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
+                "SELECT id, 'bounced', attempts, ?, ?, ? FROM deliveries WHERE id = ?",
+                (smtp_code, reply, now, delivery_id),
+            )

@@ -1,6 +1,7 @@
 """The HTTP side of mailer, on Starlette and uvicorn (the only package that imports them):
 
-    endpoints.py  `mailer serve`'s subscriber pages: unsubscribe (RFC 8058 one-click too), sign-up, confirm
+    endpoints.py  `mailer serve`'s subscriber pages: unsubscribe (RFC 8058 one-click too) and confirm
+    signup.py     its sign-up form, double opt-in: the confirmation mail goes out after the answer
     pages.py      the page layout filled in, in the list's language, and the bilingual pages for bad requests
     live.py       `mailer preview --watch`: the live-reloading preview on 127.0.0.1
 
@@ -48,7 +49,7 @@ def create_app(config: Config, limits: SignupLimits | None = None,
     web = WebApp(config, limits, clock)
     routes = [
         Route("/u/{token}", _by_method(web.unsubscribe_page, web.unsubscribe), methods=["GET", "POST"]),
-        Route("/s/{list}", _by_method(web.signup_page, web.signup), methods=["GET", "POST"]),
+        Route("/s/{list}", _by_method(web.signups.page, web.signups.post), methods=["GET", "POST"]),
         Route("/c/{token}", _by_method(web.confirm_page, web.confirm), methods=["GET", "POST"]),
         Route("/healthz", web.health, methods=["GET"]),
     ]
