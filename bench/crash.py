@@ -50,10 +50,28 @@ def make_db(folder: Path, n: int) -> None:
 def mailer(folder: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     full.update({"MAILER_DB": str(folder / "mailer.db"), "MAILER_RETRY_BASE": "0.2", **(env or {})})
-    return subprocess.Popen([sys.executable, "-m", "mailer", "send", str(ISSUE), "--list", "bulletin", "--yes",
-                             "--smtp-port", str(port), "--concurrency", str(SESSIONS), *extra],
-                            cwd=folder, env=full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailer",
+            "send",
+            str(ISSUE),
+            "--list",
+            "bulletin",
+            "--yes",
+            "--smtp-port",
+            str(port),
+            "--concurrency",
+            str(SESSIONS),
+            *extra,
+        ],
+        cwd=folder,
+        env=full,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def tally(server: CaptureServer, n: int) -> tuple[int, int]:
@@ -79,8 +97,10 @@ def run_killed(folder: Path, server: CaptureServer, n: int, rng: random.Random, 
         raise SystemExit(f"resume failed ({resumed.returncode}): {err.decode()}")
     time.sleep(0.3)
     duplicates, lost = tally(server, n)
-    return f"kill -9 {after:4.2f}s in, {before:5d} received by then: {duplicates:3d} duplicates, {lost} lost " \
-           f"(bound {SESSIONS})"
+    return (
+        f"kill -9 {after:4.2f}s in, {before:5d} received by then: {duplicates:3d} duplicates, {lost} lost "
+        f"(bound {SESSIONS})"
+    )
 
 
 def run_stopped(folder: Path, server: CaptureServer, n: int, rng: random.Random, stopped_for: float) -> str:
@@ -101,8 +121,10 @@ def run_stopped(folder: Path, server: CaptureServer, n: int, rng: random.Random,
     time.sleep(0.3)
     duplicates, lost = tally(server, n)
     said = err.decode().strip().splitlines()[-1][:70] if err.strip() else "(nothing)"
-    return f"kill -STOP {after:4.2f}s in for {stopped_for:.0f} s; second send exit {second.returncode} {said!r}: " \
-           f"{duplicates} duplicates, {lost} lost"
+    return (
+        f"kill -STOP {after:4.2f}s in for {stopped_for:.0f} s; second send exit {second.returncode} {said!r}: "
+        f"{duplicates} duplicates, {lost} lost"
+    )
 
 
 def main() -> None:
@@ -111,8 +133,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenario", default="workers,single,sigstop")
-    parser.add_argument("--stopped-for", type=float, default=3.0,
-                        help="seconds the sigstop scenario keeps the sender stopped (its lease: 2 s)")
+    parser.add_argument(
+        "--stopped-for",
+        type=float,
+        default=3.0,
+        help="seconds the sigstop scenario keeps the sender stopped (its lease: 2 s)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     for scenario in args.scenario.split(","):

@@ -60,8 +60,14 @@ def main() -> None:
         signer = Signer.from_file(key.path, "bench", "example.org")
     ctx = ListContext("bulletin", "知识产权运营简报", "zh")
     issue = render_issue(ISSUE.read_text(encoding="utf-8"), str(ISSUE), ctx)
-    sender = Sender("知识产权运营简报", "bulletin@example.org", "editor@example.org", "bulletin", "知识产权运营简报",
-                    "https://news.example.org")
+    sender = Sender(
+        "知识产权运营简报",
+        "bulletin@example.org",
+        "editor@example.org",
+        "bulletin",
+        "知识产权运营简报",
+        "https://news.example.org",
+    )
     common = {"secret": b"k" * 32, "campaign_id": 1, "list_id": 1, "salt": "bench"}
     plain = MessageTemplate(issue, sender, **common)  # type: ignore[arg-type]
     signed = MessageTemplate(issue, sender, signer=signer, **common)  # type: ignore[arg-type]
@@ -83,8 +89,10 @@ def main() -> None:
     rsa = per_call_us(lambda i: signer.key.sign(header_bytes, padding.PKCS1v15(), hashes.SHA256()), args.n)
     reference = per_call_us(lambda i: dkimpy_signed(sample, signer), args.dkimpy_n, rounds=3)
 
-    print(f"sample issue: {len(sample):,} bytes a message; {platform.python_implementation()} "
-          f"{platform.python_version()}, {platform.machine()}")
+    print(
+        f"sample issue: {len(sample):,} bytes a message; {platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.machine()}"
+    )
     print(f"{'build (no DKIM)':<28}{build:>9.0f} us")
     print(f"{'build + sign':<28}{build_sign:>9.0f} us   (x{build_sign / build:.1f} the build alone)")
     print(f"{'  sign (mailer Signer)':<28}{sign:>9.0f} us")
@@ -94,10 +102,25 @@ def main() -> None:
 
 
 def dkimpy_signed(message: bytes, signer: Signer) -> bytes:
-    header = dkimpy.sign(message, signer.selector.encode(), signer.domain.encode(), signer.private_key_pem,
-                         canonicalize=(b"relaxed", b"relaxed"),
-                         include_headers=[b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
-                                          b"list-unsubscribe-post", b"list-id", b"mime-version", b"content-type"])
+    header = dkimpy.sign(
+        message,
+        signer.selector.encode(),
+        signer.domain.encode(),
+        signer.private_key_pem,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[
+            b"from",
+            b"to",
+            b"subject",
+            b"date",
+            b"message-id",
+            b"list-unsubscribe",
+            b"list-unsubscribe-post",
+            b"list-id",
+            b"mime-version",
+            b"content-type",
+        ],
+    )
     return bytes(header) + message
 
 

@@ -61,8 +61,7 @@ def smtp_sink() -> Iterator[int]:
     exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     port = free_port()
     args = [exe, "-u", "nobody"] if os.geteuid() == 0 else [exe]
-    proc = subprocess.Popen([*args, f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*args, f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             break
@@ -76,7 +75,9 @@ def smtp_sink() -> Iterator[int]:
 
 def rendered_sample() -> tuple[MessageTemplate, bytes]:
     issue = render_issue(ISSUE.read_text(encoding="utf-8"), str(ISSUE), ListContext("bench", "知识产权运营简报", "zh"))
-    sender = Sender("知识产权运营简报", "bulletin@example.org", "", "bench", "知识产权运营简报", "https://news.example.org")
+    sender = Sender(
+        "知识产权运营简报", "bulletin@example.org", "", "bench", "知识产权运营简报", "https://news.example.org"
+    )
     template = MessageTemplate(issue, sender, secret=b"k" * 32, campaign_id=1, list_id=1, salt="bench")
     sample = template.build(Recipient(1, 1, "wang@example.org", "王小明", {}), datetime.now(UTC))
     return template, sample.data
@@ -85,8 +86,24 @@ def rendered_sample() -> tuple[MessageTemplate, bytes]:
 def run_smtp_source(port: int, n: int, sessions: int, size: int) -> float:
     exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     started = time.perf_counter()
-    subprocess.run([exe, "-s", str(sessions), "-m", str(n), "-l", str(size), "-f", "bench@example.org",
-                    "-t", "sink@example.org", f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            exe,
+            "-s",
+            str(sessions),
+            "-m",
+            str(n),
+            "-l",
+            str(size),
+            "-f",
+            "bench@example.org",
+            "-t",
+            "sink@example.org",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return n / (time.perf_counter() - started)
 
 
@@ -115,8 +132,11 @@ def prepare_db(folder: Path, n: int, port: int) -> Config:
     store.init()
     create_list(store, "bench", "知识产权运营简报", "知识产权运营简报 <bulletin@example.org>", "", "zh")
     for start in range(0, n, 10_000):
-        store.subscribers.upsert(1, (Subscriber(email=f"reader{i}@example.org", name="王小明")
-                                     for i in range(start, min(n, start + 10_000))), "bench")
+        store.subscribers.upsert(
+            1,
+            (Subscriber(email=f"reader{i}@example.org", name="王小明") for i in range(start, min(n, start + 10_000))),
+            "bench",
+        )
     store.close()
     return config
 
@@ -124,8 +144,9 @@ def prepare_db(folder: Path, n: int, port: int) -> Config:
 async def mailer_send(config: Config, sessions: int, workers: int = 1) -> tuple[float, int]:
     store = Store.open(config.db_path)
     started = time.perf_counter()
-    summary = await send_issue(store, config, ISSUE, "bench", SendOptions(concurrency=sessions, workers=workers),
-                               relays(config))
+    summary = await send_issue(
+        store, config, ISSUE, "bench", SendOptions(concurrency=sessions, workers=workers), relays(config)
+    )
     elapsed = time.perf_counter() - started
     store.close()
     return summary.counts.get("sent", 0) / elapsed, summary.counts.get("sent", 0)
@@ -144,8 +165,9 @@ def run_mailmerge(port: int, n: int, folder: Path, data: bytes) -> float:
     exe = shutil.which("mailmerge") or str(Path(sys.executable).parent / "mailmerge")
     message = data.split(b"\r\n\r\n", 1)
     headers = b"TO: {{email}}\r\nFROM: bulletin@example.org\r\n" + b"\r\n".join(
-        line for line in message[0].split(b"\r\n") if line.lower().startswith((b"subject", b"mime-version",
-                                                                                 b"content-type"))
+        line
+        for line in message[0].split(b"\r\n")
+        if line.lower().startswith((b"subject", b"mime-version", b"content-type"))
     )
     (folder / "template.txt").write_bytes(headers + b"\r\n\r\n" + message[1])
     with (folder / "db.csv").open("w", newline="") as fh:
@@ -154,9 +176,24 @@ def run_mailmerge(port: int, n: int, folder: Path, data: bytes) -> float:
         writer.writerows([f"reader{i}@example.org", "王小明"] for i in range(n))
     (folder / "server.conf").write_text(f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\n")
     started = time.perf_counter()
-    subprocess.run([exe, "--no-dry-run", "--no-limit", "--template", "template.txt", "--database", "db.csv",
-                    "--config", "server.conf", "--output-format", "raw"], cwd=folder, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            exe,
+            "--no-dry-run",
+            "--no-limit",
+            "--template",
+            "template.txt",
+            "--database",
+            "db.csv",
+            "--config",
+            "server.conf",
+            "--output-format",
+            "raw",
+        ],
+        cwd=folder,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return n / (time.perf_counter() - started)
 
 
@@ -197,36 +234,51 @@ def main() -> None:
     parser.add_argument("--mailmerge-n", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes for the workers column")
     parser.add_argument("--rss", default="10000,100000", help="two list sizes for the peak-RSS comparison ('' skips)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each throughput figure this many times, keep the best (shared machines are noisy)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each throughput figure this many times, keep the best (shared machines are noisy)",
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child)
         return
     template, data = rendered_sample()
-    print(f"# mailer send benchmark, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; sample message {len(data):,} bytes, N = {args.n:,}, best of "
-          f"{args.repeat}; load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"# mailer send benchmark, {datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; sample message {len(data):,} bytes, N = {args.n:,}, best of "
+        f"{args.repeat}; load average before: {os.getloadavg()[0]:.2f}"
+    )
     ours, reference = build_cost(template)
-    print(f"build per recipient: mailer {ours * 1e6:.0f} us, EmailMessage {reference * 1e6:.0f} us "
-          f"-> {reference / ours:.1f}x less CPU")
-    print(f"\n| sessions | smtp-source msg/s | bare aiosmtplib msg/s | mailer msg/s | mailer/bare "
-          f"| mailer/smtp-source | mailer --workers {args.workers} msg/s | workers/smtp-source |")
+    print(
+        f"build per recipient: mailer {ours * 1e6:.0f} us, EmailMessage {reference * 1e6:.0f} us "
+        f"-> {reference / ours:.1f}x less CPU"
+    )
+    print(
+        f"\n| sessions | smtp-source msg/s | bare aiosmtplib msg/s | mailer msg/s | mailer/bare "
+        f"| mailer/smtp-source | mailer --workers {args.workers} msg/s | workers/smtp-source |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with smtp_sink() as port:
         for sessions in (int(c) for c in args.concurrency.split(",")):
             # Interleaved rounds, so a burst of load elsewhere does not hit one column only.
             rounds = [
-                (run_smtp_source(port, args.n, sessions, len(data)),
-                 run_event_loop(bare_aiosmtplib(port, args.n, sessions, data)),
-                 mailer_rate(port, args.n, sessions, 1),
-                 mailer_rate(port, args.n, max(sessions, args.workers), args.workers))
+                (
+                    run_smtp_source(port, args.n, sessions, len(data)),
+                    run_event_loop(bare_aiosmtplib(port, args.n, sessions, data)),
+                    mailer_rate(port, args.n, sessions, 1),
+                    mailer_rate(port, args.n, max(sessions, args.workers), args.workers),
+                )
                 for _ in range(args.repeat)
             ]
             wire, bare, rate, multi = (max(column) for column in zip(*rounds, strict=True))
-            print(f"| {sessions} | {wire:,.0f} | {bare:,.0f} | {rate:,.0f} | {rate / bare:.2f} | {rate / wire:.2f} "
-                  f"| {multi:,.0f} | {multi / wire:.2f} |", flush=True)
+            print(
+                f"| {sessions} | {wire:,.0f} | {bare:,.0f} | {rate:,.0f} | {rate / bare:.2f} | {rate / wire:.2f} "
+                f"| {multi:,.0f} | {multi / wire:.2f} |",
+                flush=True,
+            )
         if args.mailmerge_n:
             peers, rates = [], []
             for _ in range(args.repeat):
@@ -234,17 +286,22 @@ def main() -> None:
                     peers.append(run_mailmerge(port, args.mailmerge_n, Path(tmp), data))
                 rates.append(mailer_rate(port, args.mailmerge_n, 4, 1))
             peer, rate = max(peers), max(rates)
-            print(f"\nmailmerge ({args.mailmerge_n:,} messages, one connection each): {peer:,.0f} msg/s; "
-                  f"mailer (4 sessions, same list): {rate:,.0f} msg/s -> {rate / peer:.1f}x")
+            print(
+                f"\nmailmerge ({args.mailmerge_n:,} messages, one connection each): {peer:,.0f} msg/s; "
+                f"mailer (4 sessions, same list): {rate:,.0f} msg/s -> {rate / peer:.1f}x"
+            )
     if args.rss:
         small, large = (int(x) for x in args.rss.split(","))
         peaks = []
         for n in (small, large):
-            out = subprocess.run([sys.executable, __file__, "--rss-child", str(n)], check=True, text=True,
-                                 capture_output=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--rss-child", str(n)], check=True, text=True, capture_output=True
+            ).stdout
             peaks.append(int(out.strip().splitlines()[-1]))
-        print(f"\npeak RSS: {small:,} recipients {peaks[0] / 1024:.0f} MiB, {large:,} recipients "
-              f"{peaks[1] / 1024:.0f} MiB -> {peaks[1] / peaks[0]:.2f}x")
+        print(
+            f"\npeak RSS: {small:,} recipients {peaks[0] / 1024:.0f} MiB, {large:,} recipients "
+            f"{peaks[1] / 1024:.0f} MiB -> {peaks[1] / peaks[0]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def normalise_address(raw: str) -> str:
     if any(ch in text for ch in "\r\n\t\x00 <>,;"):
         raise AddressError(f"{raw!r} is not an email address")
     try:
-        result = validate_email(text, check_deliverability=False, allow_smtputf8=True, allow_quoted_local=False,
-                                test_environment=True)
+        result = validate_email(
+            text, check_deliverability=False, allow_smtputf8=True, allow_quoted_local=False, test_environment=True
+        )
     except EmailNotValidError as exc:
         raise AddressError(f"{raw!r} is not an email address ({exc})") from None
     # Lower case throughout (as listmonk does): nearly every mail system ignores case before the @, and one spelling
@@ -43,8 +44,11 @@ def normalise_address(raw: str) -> str:
 
 
 _BOMS = (  # longest first: the UTF-32 LE mark begins with the UTF-16 LE one
-    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
 )
 _GB = {"gb18030", "gbk", "gb2312", "hz"}
 
@@ -68,15 +72,17 @@ def decode_csv(data: bytes, origin: str) -> CsvText:
             try:
                 return CsvText(data.decode(encoding), encoding)
             except UnicodeDecodeError:
-                raise MailerError(f"{origin}: starts with a {encoding.upper()} byte-order mark but is not "
-                                  f"{encoding.upper()} text") from None
+                raise MailerError(
+                    f"{origin}: starts with a {encoding.upper()} byte-order mark but is not {encoding.upper()} text"
+                ) from None
     if b"\x00" in data:
         head = data[:4096]
         odd, even = head[1::2].count(0), head[0::2].count(0)
         if max(odd, even) > len(head) // 4:  # an ASCII header in UTF-16 is every other byte NUL
             order = "UTF-16LE" if odd > even else "UTF-16BE"
-            raise MailerError(f"{origin}: looks like {order} without a byte-order mark; "
-                              + _convert_hint(origin, order))
+            raise MailerError(
+                f"{origin}: looks like {order} without a byte-order mark; " + _convert_hint(origin, order)
+            )
         raise MailerError(f"{origin}: contains NUL bytes; not a CSV text file")
     try:
         return CsvText(data.decode("utf-8"), "utf-8")
@@ -136,8 +142,9 @@ def _not_utf8(origin: str, data: bytes, guesses: list[str]) -> str:
                 readings[encoding.upper().replace("_", "-")] = text
         if len(readings) > 1:
             at = next(i for i, byte in enumerate(line) if byte > 0x7F)
-            shown = ", ".join(f"{text[max(0, at - 12):at + 24].strip()!r} in {name}"
-                              for name, text in list(readings.items())[:3])
+            shown = ", ".join(
+                f"{text[max(0, at - 12) : at + 24].strip()!r} in {name}" for name, text in list(readings.items())[:3]
+            )
             hint = _convert_hint(origin, next(iter(readings))).replace("e.g.", "with the one that reads right, e.g.")
             return f"{origin}: not UTF-8 or GB18030 text; line {line_no} reads {shown}: {hint}"
     guess = first.upper().replace("_", "-")  # every likely reading agrees, or the guess is a multi-byte encoding
@@ -193,8 +200,9 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
     if "email" not in columns:
         others = [name for d, name in DELIMITER_NAMES.items() if d != delimiter and d in header[0]]
         hint = f"; it looks {others[0]}-separated" if len(header) == 1 and others else ""
-        raise MailerError(f"{origin}: the header row has no 'email' column (found: "
-                          f"{', '.join(columns) or 'nothing'}){hint}")
+        raise MailerError(
+            f"{origin}: the header row has no 'email' column (found: {', '.join(columns) or 'nothing'}){hint}"
+        )
     email_at = columns.index("email")
     name_at = columns.index("name") if "name" in columns else None
     seen: dict[str, int] = {}
@@ -211,22 +219,36 @@ def read_subscribers_csv(text: str, origin: str, delimiter: str = ",") -> Iterat
             continue
         line = reader.line_num
         if any(_STRAY.search(cell) for cell in row):
-            yield CsvProblem(first_line, "not UTF-8, though the rest of the file is; retype or re-save this row as "
-                             "UTF-8 (it is skipped)")
+            yield CsvProblem(
+                first_line,
+                "not UTF-8, though the rest of the file is; retype or re-save this row as UTF-8 (it is skipped)",
+            )
             continue
         if line > first_line and _swallowed(row, delimiter):
             # A quote that is never closed makes csv read every following line, up to the next quote or the end
             # of the file, as part of one field: say which lines went, instead of importing a garbled name.
-            yield CsvProblem(first_line, f"a quoted field is not closed, so lines {first_line}-{line} were read "
-                             "as one row; close the quote and import again (these lines are skipped)")
+            yield CsvProblem(
+                first_line,
+                f"a quoted field is not closed, so lines {first_line}-{line} were read "
+                "as one row; close the quote and import again (these lines are skipped)",
+            )
             continue
-        broken = next((columns[i] for i in (email_at, name_at) if i is not None and i < len(row)
-                       and ("\n" in row[i] or "\r" in row[i])), None)
+        broken = next(
+            (
+                columns[i]
+                for i in (email_at, name_at)
+                if i is not None and i < len(row) and ("\n" in row[i] or "\r" in row[i])
+            ),
+            None,
+        )
         if line > first_line and broken:
             # A quoted name with a line break in it (Alt+Enter in Excel) is closed properly: it is not the
             # unclosed quote above, though it may be one at the end of the file.
-            yield CsvProblem(first_line, f"the {broken} runs over lines {first_line}-{line} (a line break inside "
-                             "its quotes, or a quote never closed); put it on one line (this row is skipped)")
+            yield CsvProblem(
+                first_line,
+                f"the {broken} runs over lines {first_line}-{line} (a line break inside "
+                "its quotes, or a quote never closed); put it on one line (this row is skipped)",
+            )
             continue
         row = [read_cell(cell) for cell in row]  # a file `mailer subs export` wrote reads back as it was
         if not any(cell.strip() for cell in row):

@@ -49,8 +49,9 @@ def content_type_of(filename: str) -> str:
     return guessed.lower()
 
 
-def read_attachments(names: object, read_file: ReadFile | None, origin: str,
-                     limit: int = DEFAULT_LIMIT_BYTES) -> tuple[tuple[Attachment, ...], list[str]]:
+def read_attachments(
+    names: object, read_file: ReadFile | None, origin: str, limit: int = DEFAULT_LIMIT_BYTES
+) -> tuple[tuple[Attachment, ...], list[str]]:
     """The front matter's `attachments:` (a list of paths inside the issue's folder, or one path), read and checked;
     with the warnings an editor should see. Over `limit` bytes in all is a TemplateError: nothing is sent."""
     if names is None or names == [] or names == "":
@@ -58,8 +59,9 @@ def read_attachments(names: object, read_file: ReadFile | None, origin: str,
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-        raise TemplateError(f"{origin}: front matter 'attachments' must be a list of file names, e.g. "
-                            "attachments: [简报第10期.pdf]")
+        raise TemplateError(
+            f"{origin}: front matter 'attachments' must be a list of file names, e.g. attachments: [简报第10期.pdf]"
+        )
     if read_file is None:
         raise TemplateError(f"{origin}: attachments need the issue's folder to read them from")
     found: list[Attachment] = []
@@ -76,12 +78,16 @@ def read_attachments(names: object, read_file: ReadFile | None, origin: str,
         found.append(Attachment(filename, content_type_of(filename), data))
     total = sum(a.size for a in found)
     if total > limit:
-        raise TemplateError(f"{origin}: attachments are {total / 2**20:.1f} MB, over the limit of "
-                            f"{limit / 2**20:.0f} MB per message (MAILER_ATTACHMENT_LIMIT); link to the files instead")
+        raise TemplateError(
+            f"{origin}: attachments are {total / 2**20:.1f} MB, over the limit of "
+            f"{limit / 2**20:.0f} MB per message (MAILER_ATTACHMENT_LIMIT); link to the files instead"
+        )
     warnings = []
     if total > WARN_BYTES:
-        warnings.append(f"attachments make every message {total / 2**20:.1f} MB: over 2 MB, many receivers slow "
-                        "or spam-folder bulk mail; consider a link instead")
+        warnings.append(
+            f"attachments make every message {total / 2**20:.1f} MB: over 2 MB, many receivers slow "
+            "or spam-folder bulk mail; consider a link instead"
+        )
     return tuple(found), warnings
 
 
@@ -109,7 +115,7 @@ def _rfc2231(name: str) -> list[str]:
     pieces, i = [], 0
     while i < len(quoted):
         end = min(i + 54, len(quoted))
-        while end < len(quoted) and "%" in quoted[end - 2:end]:  # never split a %XX escape
+        while end < len(quoted) and "%" in quoted[end - 2 : end]:  # never split a %XX escape
             end -= 1
         pieces.append(quoted[i:end])
         i = end
@@ -121,22 +127,25 @@ def part_headers(attachment: Attachment) -> str:
     """The attachment part's header block (folded, CRLF), naming the file for every kind of reader."""
     name = attachment.filename
     if _ASCII_NAME.fullmatch(name) and len(name) <= 30 and len(attachment.content_type) <= 30:
-        return (f'Content-Type: {attachment.content_type}; name="{name}"\r\n'
-                "Content-Transfer-Encoding: base64\r\n"
-                f'Content-Disposition: attachment; filename="{name}"\r\n')
+        return (
+            f'Content-Type: {attachment.content_type}; name="{name}"\r\n'
+            "Content-Transfer-Encoding: base64\r\n"
+            f'Content-Disposition: attachment; filename="{name}"\r\n'
+        )
     encoded = _rfc2047(name)
     # application/vnd.openxmlformats-officedocument.wordprocessingml.document is 71 characters: fold before it
     kind = f"\r\n {attachment.content_type}" if len(attachment.content_type) > 60 else f" {attachment.content_type}"
-    return (f'Content-Type:{kind};\r\n name="{encoded}"\r\n'
-            "Content-Transfer-Encoding: base64\r\n"
-            f'Content-Disposition: attachment;\r\n filename="{encoded}";\r\n '
-            + ";\r\n ".join(_rfc2231(name)) + "\r\n")
+    return (
+        f'Content-Type:{kind};\r\n name="{encoded}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment;\r\n filename="{encoded}";\r\n ' + ";\r\n ".join(_rfc2231(name)) + "\r\n"
+    )
 
 
 def encode_part(boundary: str, attachment: Attachment) -> bytes:
     """`--boundary`, the headers and the base64 body (76-character lines): done once per campaign."""
     encoded = binascii.b2a_base64(attachment.data, newline=False)
-    body = b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    body = b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
     return f"\r\n--{boundary}\r\n{part_headers(attachment)}\r\n".encode("ascii") + body + b"\r\n"
 
 

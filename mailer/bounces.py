@@ -32,7 +32,9 @@ _UNITEXT_RE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "x-rcpt-to")
 BOUNCE_SUBJECT_RE = re.compile(
     r"undeliver|delivery (status notification|failure|has failed)|returned mail|mail delivery (failed|failure)"
-    r"|failure notice|退信|无法投递|投递失败", re.IGNORECASE)
+    r"|failure notice|退信|无法投递|投递失败",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -239,16 +241,16 @@ def parse_returned(raw: bytes) -> ReturnedMail:
     unsubscribe = list(dict.fromkeys(t.lower() for t in UNSUBSCRIBE_RE.findall(envelope)))
 
     findings: list[Finding] = []
-    report_type = str(msg.get_param("report-type", "") or "").lower() if msg.get_content_type() == \
-        "multipart/report" else ""
+    report_type = (
+        str(msg.get_param("report-type", "") or "").lower() if msg.get_content_type() == "multipart/report" else ""
+    )
     if report_type == "feedback-report":
         feedback = next((p for p in msg.walk() if p.get_content_type() == "message/feedback-report"), None)
         email = ""
         if feedback is not None:
             body = feedback.get_payload()
             parts = _messages(body)
-            fields = parts[0] if parts else Parser(policy=policy.default).parsestr(str(body).lstrip(),
-                                                                                  headersonly=True)
+            fields = parts[0] if parts else Parser(policy=policy.default).parsestr(str(body).lstrip(), headersonly=True)
             email = _address(str(fields.get("Original-Rcpt-To", ""))).lower()
         if not email and originals:
             email = _address(str(originals[0].get("To", "")).rpartition("<")[2]).lower()

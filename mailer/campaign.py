@@ -40,8 +40,10 @@ class PreparedIssue:
 def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -> Sender:
     from_value = issue.from_addr or mailing_list.from_addr
     if not from_value:
-        raise UsageError(f"list {mailing_list.name!r} has no From address; set it with: "
-                         f"mailer lists create {mailing_list.name} --from \"Name <addr>\" (or 'from:' in the issue)")
+        raise UsageError(
+            f"list {mailing_list.name!r} has no From address; set it with: "
+            f"mailer lists create {mailing_list.name} --from \"Name <addr>\" (or 'from:' in the issue)"
+        )
     name, addr = parse_from(from_value)
     return Sender(
         from_name=name,
@@ -58,21 +60,31 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     mailing_list = store.lists.get(list_name)
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
-    issue = render_issue(source, origin=str(issue_path), list_ctx=ctx, read_file=issue_file_reader(issue_path),
-                         templates_dir=config.templates, theme=config.theme_for(mailing_list.name))
+    issue = render_issue(
+        source,
+        origin=str(issue_path),
+        list_ctx=ctx,
+        read_file=issue_file_reader(issue_path),
+        templates_dir=config.templates,
+        theme=config.theme_for(mailing_list.name),
+    )
     warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
     sender = sender_for(mailing_list, issue, config.base_url)
     size = len(issue.html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
-        warnings.append(f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages over 102 KB, hiding the rest "
-                        "and the unsubscribe link (see: mailer preview)")
+        warnings.append(
+            f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages over 102 KB, hiding the rest "
+            "and the unsubscribe link (see: mailer preview)"
+        )
     if config.dkim_domain:
         from mailer.dkim import alignment
 
         if alignment(sender.mail_domain, config.dkim_domain) is None:
-            warnings.append(f"From domain {sender.mail_domain} is not aligned with DKIM d={config.dkim_domain}: "
-                            "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)")
+            warnings.append(
+                f"From domain {sender.mail_domain} is not aligned with DKIM d={config.dkim_domain}: "
+                "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)"
+            )
     return PreparedIssue(mailing_list, issue, sender, issue_path, warnings)
 
 
@@ -91,9 +103,13 @@ def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIss
         hint = f" (its subscribers have: {', '.join(sorted(known))})" if known else " (its subscribers have none)"
         raise TemplateError(
             f"{issue_path}: {', '.join('{{ subscriber.' + k + ' }}' for k in unknown)} is not an attribute of any "
-            f"subscriber of list {mailing_list.name!r}{hint}")
-    return [f"{active - have[key]} of {active} subscribers have no '{key}'; it will be blank for them"
-            for key in issue.attr_keys if have[key] < active]
+            f"subscriber of list {mailing_list.name!r}{hint}"
+        )
+    return [
+        f"{active - have[key]} of {active} subscribers have no '{key}'; it will be blank for them"
+        for key in issue.attr_keys
+        if have[key] < active
+    ]
 
 
 def read_issue_file(path: Path) -> str:
@@ -127,30 +143,57 @@ def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
 
 def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
     return {
-        "slug": issue.slug, "subject": issue.subject, "preheader": issue.preheader, "lang": issue.lang,
-        "html": issue.html, "text": issue.text, "meta": issue.meta, "attr_keys": list(issue.attr_keys),
-        "content_hash": issue.content_hash, "from_addr": issue.from_addr, "sections": list(issue.sections),
-        "images": [{"cid": i.cid, "filename": i.filename, "content_type": i.content_type,
-                    "data": base64.b64encode(i.data).decode("ascii")} for i in issue.images],
+        "slug": issue.slug,
+        "subject": issue.subject,
+        "preheader": issue.preheader,
+        "lang": issue.lang,
+        "html": issue.html,
+        "text": issue.text,
+        "meta": issue.meta,
+        "attr_keys": list(issue.attr_keys),
+        "content_hash": issue.content_hash,
+        "from_addr": issue.from_addr,
+        "sections": list(issue.sections),
+        "images": [
+            {
+                "cid": i.cid,
+                "filename": i.filename,
+                "content_type": i.content_type,
+                "data": base64.b64encode(i.data).decode("ascii"),
+            }
+            for i in issue.images
+        ],
     }
 
 
 def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
     images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
-    return RenderedIssue(**{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]),
-                            "images": images})
+    return RenderedIssue(
+        **{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]), "images": images}
+    )
 
 
 def build_template(
-    prepared: PreparedIssue, campaign_id: int, salt: str, secret: bytes, *,
-    signer: MessageSigner | None = None, test: bool = False,
+    prepared: PreparedIssue,
+    campaign_id: int,
+    salt: str,
+    secret: bytes,
+    *,
+    signer: MessageSigner | None = None,
+    test: bool = False,
 ) -> MessageTemplate:
     if not secret:
         raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
     return MessageTemplate(
-        prepared.issue, prepared.sender, secret=secret, campaign_id=campaign_id,
-        list_id=prepared.mailing_list.id, salt=salt,
-        fallback_name=READER.get(prepared.issue.lang, ""), signer=signer, test=test,
+        prepared.issue,
+        prepared.sender,
+        secret=secret,
+        campaign_id=campaign_id,
+        list_id=prepared.mailing_list.id,
+        salt=salt,
+        fallback_name=READER.get(prepared.issue.lang, ""),
+        signer=signer,
+        test=test,
     )
 
 
@@ -170,7 +213,11 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
 
 
 def open_campaign(
-    store: Store, prepared: PreparedIssue, secret: bytes, signer: MessageSigner | None = None, *,
+    store: Store,
+    prepared: PreparedIssue,
+    secret: bytes,
+    signer: MessageSigner | None = None,
+    *,
     test_email: str | None = None,
 ) -> tuple[Campaign, MessageTemplate]:
     """Find the campaign of this issue and list (resume) or create it with its recipient snapshot; with
@@ -180,33 +227,50 @@ def open_campaign(
         sample = sample_subscriber(store, prepared.mailing_list.id)
         recipient = Subscriber(id=0, email=test_email, name=sample.name, attrs=sample.attrs)
         campaign = store.campaigns.create(
-            prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
-            issue_to_json(issue), secrets.token_hex(8), is_test=True, test_recipient=recipient,
+            prepared.mailing_list.id,
+            issue.slug,
+            issue.subject,
+            str(prepared.issue_path),
+            issue.content_hash,
+            issue_to_json(issue),
+            secrets.token_hex(8),
+            is_test=True,
+            test_recipient=recipient,
         )
         _, salt = store.campaigns.rendered(campaign.id)
         return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
     # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
     campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or store.campaigns.create(
-        prepared.mailing_list.id, issue.slug, issue.subject, str(prepared.issue_path), issue.content_hash,
-        issue_to_json(issue), secrets.token_hex(8),
+        prepared.mailing_list.id,
+        issue.slug,
+        issue.subject,
+        str(prepared.issue_path),
+        issue.content_hash,
+        issue_to_json(issue),
+        secrets.token_hex(8),
     )
     _, salt = store.campaigns.rendered(campaign.id)
     return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
 
 
 def template_for_campaign(
-    store: Store, campaign: Campaign, base_url: str, secret: bytes, signer: MessageSigner | None = None,
+    store: Store,
+    campaign: Campaign,
+    base_url: str,
+    secret: bytes,
+    signer: MessageSigner | None = None,
 ) -> MessageTemplate:
     """The message skeleton of an existing campaign, from the issue as it was snapshotted."""
     rendered, salt = store.campaigns.rendered(campaign.id)
     issue = issue_from_json(rendered)
     mailing_list = store.lists.by_id(campaign.list_id)
-    prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url),
-                             Path(campaign.issue_path))
+    prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url), Path(campaign.issue_path))
     return build_template(prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test)
 
 
 def refuse_cancelled(campaign: Campaign | None) -> None:
     if campaign is not None and campaign.cancelled:
-        raise MailerError(f"campaign {campaign.id} of this content and list was cancelled at {campaign.cancelled}; "
-                          "nothing was sent (changed content makes a new campaign)")
+        raise MailerError(
+            f"campaign {campaign.id} of this content and list was cancelled at {campaign.cancelled}; "
+            "nothing was sent (changed content makes a new campaign)"
+        )

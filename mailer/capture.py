@@ -94,16 +94,18 @@ class _Handler:
             return f"{rule.code} {rule.text}"
         return None
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         with self.state.lock:
             self.state.connections += 1  # one EHLO per plain-text session: counts SMTP sessions
             self.state.sessions.add(server)
         session.host_name = hostname
         return responses
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
         rule = self._rule("*", "mail")
         if rule is not None:
             answer = await self._apply(server, rule)
@@ -113,8 +115,9 @@ class _Handler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         rule = self._rule(address, "rcpt")
         if rule is not None:
             answer = await self._apply(server, rule)
@@ -151,17 +154,22 @@ class _Authenticator:
         self.users = users
         self.echo = echo
 
-    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                 auth_data: Any) -> AuthResult:
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             user = auth_data.login.decode()
             if self.users.get(user) == auth_data.password.decode():
                 return AuthResult(success=True)
             if self.echo:  # as some relays do: the refusal repeats what the client sent (base64, as on the wire)
-                sent = (b"\0" + auth_data.login + b"\0" + auth_data.password if mechanism == "PLAIN"
-                        else auth_data.password)
-                return AuthResult(success=False, handled=False,
-                                  message=f"535 5.7.8 {mechanism} {base64.b64encode(sent).decode()} rejected")
+                sent = (
+                    b"\0" + auth_data.login + b"\0" + auth_data.password if mechanism == "PLAIN" else auth_data.password
+                )
+                return AuthResult(
+                    success=False,
+                    handled=False,
+                    message=f"535 5.7.8 {mechanism} {base64.b64encode(sent).decode()} rejected",
+                )
         return AuthResult(success=False, handled=False)
 
 
@@ -172,9 +180,17 @@ class CaptureServer:
     byte; with STARTTLS, AUTH is refused until the session is encrypted. With `echo_auth` a refused AUTH repeats
     the client's argument."""
 
-    def __init__(self, outbox: Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 users: dict[str, str] | None = None, tls: ssl.SSLContext | None = None,
-                 implicit_tls: bool = False, echo_auth: bool = False) -> None:
+    def __init__(
+        self,
+        outbox: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        users: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        echo_auth: bool = False,
+    ) -> None:
         if not host.startswith("127.") and host != "localhost":
             raise ValueError("the capture server only listens on loopback")
         if outbox is not None:
@@ -185,8 +201,11 @@ class CaptureServer:
         kwargs: dict[str, Any] = {}
         if users is not None:
             # aiosmtpd counts only STARTTLS as TLS for AUTH; with implicit TLS every byte is encrypted anyway.
-            kwargs = {"authenticator": _Authenticator(users, echo_auth), "auth_required": True,
-                      "auth_require_tls": tls is not None and not implicit_tls}
+            kwargs = {
+                "authenticator": _Authenticator(users, echo_auth),
+                "auth_required": True,
+                "auth_require_tls": tls is not None and not implicit_tls,
+            }
         if tls is not None:
             kwargs.update({"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": True})
         self.options = kwargs
@@ -196,8 +215,13 @@ class CaptureServer:
 
     def _controller(self) -> Controller:
         return Controller(
-            self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=True,
-            data_size_limit=50 * 1024 * 1024, server_hostname="capture.localhost", **self.options,
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            enable_SMTPUTF8=True,
+            data_size_limit=50 * 1024 * 1024,
+            server_hostname="capture.localhost",
+            **self.options,
         )
 
     @property

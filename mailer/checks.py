@@ -76,7 +76,7 @@ def _leftover_rules(styles: list[str]) -> list[str]:
 
 
 def _describe(src: str, limit: int = 60) -> str:
-    return src if len(src) <= limit else src[:limit - 3] + "..."
+    return src if len(src) <= limit else src[: limit - 3] + "..."
 
 
 def is_loopback_url(url: str) -> bool:
@@ -110,8 +110,10 @@ def check_subject(subject: str) -> list[str]:
     """What spam filters hold against the subject, one sentence each."""
     capitals = sum(ch.isupper() for ch in subject)
     if len(subject) >= _ALL_CAPS_MIN_LENGTH and capitals >= 2 and not any(ch.islower() for ch in subject):
-        return [f"the subject {_describe(subject)!r} is in capitals: spam filters score that (rspamd SUBJ_ALL_CAPS "
-                "+3.0); write it in normal case"]
+        return [
+            f"the subject {_describe(subject)!r} is in capitals: spam filters score that (rspamd SUBJ_ALL_CAPS "
+            "+3.0); write it in normal case"
+        ]
     return []
 
 
@@ -132,8 +134,10 @@ def check_html(html: str) -> list[str]:
         if problem:
             warnings.append(problem)
     for selector in _leftover_rules(collector.styles):
-        warnings.append(f"CSS rule '{_describe(selector)}' stayed in <style> (only @media rules should): Gmail's "
-                        "app and Outlook.com drop it; style the element inline instead")
+        warnings.append(
+            f"CSS rule '{_describe(selector)}' stayed in <style> (only @media rules should): Gmail's "
+            "app and Outlook.com drop it; style the element inline instead"
+        )
     seen = set()
     for href in collector.links:
         scheme_lower = href[:8].lower() + href[8:]  # HTTPS://EXAMPLE.ORG is as good as https://example.org
@@ -147,6 +151,8 @@ def check_html(html: str) -> list[str]:
             warnings.append(f"link {_describe(href)} has no https:// host: it cannot work in a mail client")
     size = len(html.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
-        warnings.append(f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages over 102 KB, hiding the rest "
-                        "(and the unsubscribe link) behind 'View entire message'")
+        warnings.append(
+            f"the HTML part is {size / 1024:.0f} KB: Gmail clips messages over 102 KB, hiding the rest "
+            "(and the unsubscribe link) behind 'View entire message'"
+        )
     return warnings

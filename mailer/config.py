@@ -112,8 +112,12 @@ _TOML = {
 
 # The range of each number. A value outside it used to fail later, naming nothing: a NaN timeout was a traceback,
 # port 70000 "connection refused", a port `true` in mailer.toml became port 1.
-_WHOLE_RANGES = {"smtp_port": (1, 65535), "concurrency": (1, 64), "soft_bounce_limit": (1, 1_000_000),
-                 "pause_after": (0, 1_000_000)}
+_WHOLE_RANGES = {
+    "smtp_port": (1, 65535),
+    "concurrency": (1, 64),
+    "soft_bounce_limit": (1, 1_000_000),
+    "pause_after": (0, 1_000_000),
+}
 _SECONDS = {"smtp_timeout", "retry_base", "retry_max", "retry_expiry", "lease_seconds"}  # finite and above 0
 _SECONDS_OR_NONE = {"relay_grace"}  # finite, 0 or more: 0 gives a relay no time at all
 
@@ -143,9 +147,7 @@ def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
     return value
 
 
-def load_config(
-    environ: dict[str, str] | None = None, cwd: Path | None = None, db_path: Path | None = None
-) -> Config:
+def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None, db_path: Path | None = None) -> Config:
     """Build the Config: defaults < mailer.toml < environment < explicit `db_path` (the --db option)."""
     env = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {}
@@ -196,19 +198,24 @@ def check_base_url(value: str) -> str:
         raise ConfigError(f"{where} must start with http:// or https://, not {value!r}")
     bad = _NOT_IN_URL.search(value)
     if bad:
-        raise ConfigError(f"{where} {value!r} contains {bad.group(0)!r} at position {bad.start()}: a URL has no "
-                          "spaces or control characters (percent-encode them)")
+        raise ConfigError(
+            f"{where} {value!r} contains {bad.group(0)!r} at position {bad.start()}: a URL has no "
+            "spaces or control characters (percent-encode them)"
+        )
     if not value.isascii():
-        raise ConfigError(f"{where} {value!r} is not ASCII: write the host in its xn-- form and percent-encode "
-                          "the path")
+        raise ConfigError(
+            f"{where} {value!r} is not ASCII: write the host in its xn-- form and percent-encode the path"
+        )
     parts = urlsplit(value)
     try:
         _ = parts.port  # parsed on access
     except ValueError:
         raise ConfigError(f"{where} {value!r} has an invalid port") from None
     if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"{where} {value!r} must be scheme://host[:port][/path], with no user, query or "
-                          "fragment (links are made by appending /u/TOKEN)")
+        raise ConfigError(
+            f"{where} {value!r} must be scheme://host[:port][/path], with no user, query or "
+            "fragment (links are made by appending /u/TOKEN)"
+        )
     return value.rstrip("/")
 
 
@@ -256,8 +263,11 @@ def _look(toml_path: Path, data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{toml_path}: lists.{name} must be a table: [lists.{name}.theme]")
         if "theme" in table:
             list_themes.append((name, _theme(toml_path, f"lists.{name}.theme", table["theme"], theme)))
-    return {"templates": _templates_folder(toml_path, data.get("templates")), "theme": theme,
-            "list_themes": tuple(list_themes)}
+    return {
+        "templates": _templates_folder(toml_path, data.get("templates")),
+        "theme": theme,
+        "list_themes": tuple(list_themes),
+    }
 
 
 def _theme(toml_path: Path, where: str, table: Any, base: Theme) -> Theme:
@@ -284,7 +294,7 @@ def _theme(toml_path: Path, where: str, table: Any, base: Theme) -> Theme:
         raw = table["footer"]
         lines = raw.splitlines() if isinstance(raw, str) else raw
         if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
-            raise ConfigError(f"{toml_path}: {where}.footer must be a list of lines: footer = [\"...\", \"...\"]")
+            raise ConfigError(f'{toml_path}: {where}.footer must be a list of lines: footer = ["...", "..."]')
         changes["footer"] = tuple(_one_line(line) for line in lines if line.strip())
     return replace(base, **changes)
 
@@ -302,8 +312,10 @@ def _logo(toml_path: Path, where: str, raw: Any) -> dict[str, Any]:
         return {"logo": "", "logo_data": b""}
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value):
         if not value.lower().startswith("https://") or re.search(r"[\s\"'<>]", value):
-            raise ConfigError(f"{toml_path}: {where}.logo = {raw!r}: use an https:// URL (mail clients block others) "
-                              "or a local image file")
+            raise ConfigError(
+                f"{toml_path}: {where}.logo = {raw!r}: use an https:// URL (mail clients block others) "
+                "or a local image file"
+            )
         return {"logo": value, "logo_data": b""}
     path = toml_path.parent / Path(value).expanduser()
     named = f"{toml_path}: {where}.logo = {raw!r}"
@@ -317,8 +329,10 @@ def _logo(toml_path: Path, where: str, raw: Any) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{named}: cannot read {path} ({exc.strerror})") from None
     if len(data) > MAX_LOGO_BYTES:
-        raise ConfigError(f"{named}: {path} is {max(status.st_size, len(data)) / 1e6:.1f} MB; the logo travels "
-                          f"inside every message, so it may be at most {MAX_LOGO_BYTES // 1000} KB")
+        raise ConfigError(
+            f"{named}: {path} is {max(status.st_size, len(data)) / 1e6:.1f} MB; the logo travels "
+            f"inside every message, so it may be at most {MAX_LOGO_BYTES // 1000} KB"
+        )
     from mailer.render import image_type  # only for a local logo: commands that never render do not load Jinja
 
     try:
@@ -364,6 +378,7 @@ def ensure_secret(config: Config) -> Config:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))
     except OSError as exc:
-        raise ConfigError(f"cannot create the signing secret {path}: {exc.strerror} (is --db in a writable "
-                          "folder?)") from None
+        raise ConfigError(
+            f"cannot create the signing secret {path}: {exc.strerror} (is --db in a writable folder?)"
+        ) from None
     return replace(config, secret=read_secret_file(path))

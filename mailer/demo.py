@@ -44,8 +44,9 @@ async def run_demo(workdir: Path, base_url: str, progress: ProgressSink | None =
         return await _run_demo(workdir, base_url, sample_issue, sample_list, progress)
 
 
-async def _run_demo(workdir: Path, base_url: str, sample_issue: Path, sample_list: Path,
-                    progress: ProgressSink | None) -> DemoResult:
+async def _run_demo(
+    workdir: Path, base_url: str, sample_issue: Path, sample_list: Path, progress: ProgressSink | None
+) -> DemoResult:
     workdir = workdir.resolve()
     for stale in ("mailer.db", "mailer.db-wal", "mailer.db-shm", "outbox", "rendered"):
         path = workdir / stale
@@ -59,13 +60,15 @@ async def _run_demo(workdir: Path, base_url: str, sample_issue: Path, sample_lis
     store = Store.open(config.db_path, must_exist=False)
     try:
         store.init()
-        create_list(store, LIST_NAME, "知识产权运营简报", "知识产权运营简报 <bulletin@example.org>",
-                    "editor@example.org", "zh")
+        create_list(
+            store, LIST_NAME, "知识产权运营简报", "知识产权运营简报 <bulletin@example.org>", "editor@example.org", "zh"
+        )
         imported = import_csv(store, LIST_NAME, sample_list)
         with CaptureServer(outbox) as server:
             config = config.with_overrides(smtp_port=server.port)
-            summary = await send_issue(store, config, sample_issue, LIST_NAME, SendOptions(concurrency=4),
-                                       relays(config), progress)
+            summary = await send_issue(
+                store, config, sample_issue, LIST_NAME, SendOptions(concurrency=4), relays(config), progress
+            )
         rendered = render_to_dir(sample_issue, workdir / "rendered", config, store, LIST_NAME)
     finally:
         store.close()

@@ -26,8 +26,17 @@ from mailer.errors import ConfigError, MailerError
 # Header fields covered by the signature, in this order when present. RFC 8058 section 4: List-Unsubscribe and
 # List-Unsubscribe-Post MUST be signed for one-click unsubscribe to be honoured.
 SIGNED_HEADERS = (
-    "from", "reply-to", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe",
-    "list-unsubscribe-post", "mime-version", "content-type",
+    "from",
+    "reply-to",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "mime-version",
+    "content-type",
 )
 # Listed once more than they occur ("oversigned", RFC 6376 section 8.15): a second From, Subject or
 # List-Unsubscribe added in transit or by a replayer then breaks the signature instead of being displayed.
@@ -83,7 +92,7 @@ def txt_value(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> str:
 def txt_record(selector: str, domain: str, key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> str:
     """`S._domainkey.D IN TXT "..." "..."`: the value split into strings of at most 255 octets."""
     value = txt_value(key)
-    chunks = [value[i:i + TXT_CHUNK] for i in range(0, len(value), TXT_CHUNK)]
+    chunks = [value[i : i + TXT_CHUNK] for i in range(0, len(value), TXT_CHUNK)]
     return f"{record_name(selector, domain)} IN TXT " + " ".join(f'"{chunk}"' for chunk in chunks)
 
 
@@ -103,8 +112,9 @@ def generate_key(selector: str, domain: str, directory: Path, bits: int = KEY_BI
     if path.exists():
         raise DKIMError(f"{path} already exists; remove it or choose another selector")
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -170,7 +180,7 @@ def _needs_wsp_fix(body: bytes) -> bool:
     for _ in range(64):
         if pos == -1:
             return False
-        if body[pos + 1:pos + 2] in (b" ", b"\r"):
+        if body[pos + 1 : pos + 2] in (b" ", b"\r"):
             return True
         pos = body.find(b" ", pos + 1)
     return b"  " in body or b" \r\n" in body
@@ -190,7 +200,7 @@ def _fold_tags(tags: list[tuple[str, str]]) -> str:
 def _b_tag(signature: str) -> str:
     """b= on lines of its own (as dkimpy does: some receivers mishandle a b= that shares a line), base64 broken
     anywhere: FWS inside b= is allowed and every verifier strips it."""
-    chunks = [signature[i:i + 72] for i in range(0, len(signature), 72)] or [""]
+    chunks = [signature[i : i + 72] for i in range(0, len(signature), 72)] or [""]
     return "\r\n b=" + "\r\n ".join(chunks) + "\r\n"
 
 
@@ -257,12 +267,20 @@ class Signer:
         fields = _parse_fields(head)
         names = self.header_names(fields)
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
-        folded = _fold_tags([
-            ("v", "1"), ("a", self.algorithm), ("c", self.canonicalization), ("d", self.domain),
-            ("i", f"@{self.domain}"), ("q", "dns/txt"), ("s", self.selector),
-            ("t", str(int(time.time()) if timestamp is None else int(timestamp))),
-            ("h", " : ".join(names)), ("bh", body_hash),
-        ])
+        folded = _fold_tags(
+            [
+                ("v", "1"),
+                ("a", self.algorithm),
+                ("c", self.canonicalization),
+                ("d", self.domain),
+                ("i", f"@{self.domain}"),
+                ("q", "dns/txt"),
+                ("s", self.selector),
+                ("t", str(int(time.time()) if timestamp is None else int(timestamp))),
+                ("h", " : ".join(names)),
+                ("bh", body_hash),
+            ]
+        )
         # RFC 6376 3.7: the signed header fields (the last unused instance of each name, from the bottom up),
         # then this header itself with b= empty and without its trailing CRLF.
         to_hash = [relaxed_header(name, value) for name, value in _select(fields, names)]
@@ -306,8 +324,15 @@ def load_signer(config: Config) -> Signer | None:
     key, selector, domain = config.dkim_key, config.dkim_selector, config.dkim_domain
     if not (key or selector or domain):
         return None
-    missing = [name for name, value in (("MAILER_DKIM_KEY", key), ("MAILER_DKIM_SELECTOR", selector),
-                                        ("MAILER_DKIM_DOMAIN", domain)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("MAILER_DKIM_KEY", key),
+            ("MAILER_DKIM_SELECTOR", selector),
+            ("MAILER_DKIM_DOMAIN", domain),
+        )
+        if not value
+    ]
     if missing:
         raise ConfigError(f"DKIM is half configured: set {' and '.join(missing)} too (or unset all three)")
     return Signer.from_file(Path(key).expanduser(), selector, domain)
@@ -315,13 +340,57 @@ def load_signer(config: Config) -> Signer | None:
 
 # Second-level registries where the organisational domain has three labels (example.com.cn, example.co.uk).
 # An approximation of the Public Suffix List, enough for DMARC relaxed alignment of common sender domains.
-_MULTI_LABEL_SUFFIXES = frozenset({
-    "com.cn", "net.cn", "org.cn", "gov.cn", "edu.cn", "ac.cn", "com.hk", "org.hk", "edu.hk", "com.tw", "org.tw",
-    "edu.tw", "idv.tw", "com.sg", "edu.sg", "com.my", "co.jp", "ne.jp", "or.jp", "ac.jp", "go.jp", "co.kr", "or.kr",
-    "ac.kr", "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "co.nz", "org.nz", "ac.nz", "com.au", "net.au",
-    "org.au", "edu.au", "gov.au", "co.in", "org.in", "ac.in", "com.br", "org.br", "com.mx", "co.za", "com.tr",
-    "co.il", "com.ar",
-})
+_MULTI_LABEL_SUFFIXES = frozenset(
+    {
+        "com.cn",
+        "net.cn",
+        "org.cn",
+        "gov.cn",
+        "edu.cn",
+        "ac.cn",
+        "com.hk",
+        "org.hk",
+        "edu.hk",
+        "com.tw",
+        "org.tw",
+        "edu.tw",
+        "idv.tw",
+        "com.sg",
+        "edu.sg",
+        "com.my",
+        "co.jp",
+        "ne.jp",
+        "or.jp",
+        "ac.jp",
+        "go.jp",
+        "co.kr",
+        "or.kr",
+        "ac.kr",
+        "co.uk",
+        "org.uk",
+        "ac.uk",
+        "gov.uk",
+        "me.uk",
+        "co.nz",
+        "org.nz",
+        "ac.nz",
+        "com.au",
+        "net.au",
+        "org.au",
+        "edu.au",
+        "gov.au",
+        "co.in",
+        "org.in",
+        "ac.in",
+        "com.br",
+        "org.br",
+        "com.mx",
+        "co.za",
+        "com.tr",
+        "co.il",
+        "com.ar",
+    }
+)
 
 
 def organisational_domain(domain: str) -> str:

@@ -66,8 +66,9 @@ def check_database(config: Config) -> tuple[list[Finding], list[dict[str, str]]]
 
 def check_secret(config: Config) -> Finding:
     if not config.secret:
-        return error("no signing secret for unsubscribe and confirmation links: run 'mailer init' "
-                     "(or set MAILER_SECRET)")
+        return error(
+            "no signing secret for unsubscribe and confirmation links: run 'mailer init' (or set MAILER_SECRET)"
+        )
     if len(config.secret) < 16:
         return warning(f"the signing secret is only {len(config.secret)} bytes; use 32 random bytes or more")
     return ok("signing secret set (links in messages are HMAC-signed)")
@@ -77,15 +78,21 @@ def check_base_url(config: Config) -> Finding:
     url = config.base_url
     host = urlsplit(url).hostname or ""
     if url == Config().base_url:
-        return warning(f"MAILER_BASE_URL is not set (the default {url} is this machine): unsubscribe and "
-                       "confirmation links will not work for subscribers; set it to the public https address of "
-                       "'mailer serve'")
+        return warning(
+            f"MAILER_BASE_URL is not set (the default {url} is this machine): unsubscribe and "
+            "confirmation links will not work for subscribers; set it to the public https address of "
+            "'mailer serve'"
+        )
     if is_loopback(host):
-        return warning(f"MAILER_BASE_URL {url} is this machine: unsubscribe and confirmation links will not work for "
-                       "subscribers; set it to the public https address of 'mailer serve'")
+        return warning(
+            f"MAILER_BASE_URL {url} is this machine: unsubscribe and confirmation links will not work for "
+            "subscribers; set it to the public https address of 'mailer serve'"
+        )
     if not url.startswith("https://"):
-        return warning(f"MAILER_BASE_URL {url} is not https: Gmail and Yahoo expect an https one-click unsubscribe "
-                       "link (RFC 8058), and links in plain http look unsafe")
+        return warning(
+            f"MAILER_BASE_URL {url} is not https: Gmail and Yahoo expect an https one-click unsubscribe "
+            "link (RFC 8058), and links in plain http look unsafe"
+        )
     return ok(f"base URL {url} is https")
 
 
@@ -94,9 +101,13 @@ def check_dkim(config: Config, dns_lookup: DnsLookup | None = None) -> tuple[lis
 
     Returns the findings and the signing domain (None when there is no usable key)."""
     if not (config.dkim_key or config.dkim_selector or config.dkim_domain):
-        return [warning("DKIM is not configured: Gmail and Yahoo require DKIM aligned with From for bulk mail; "
-                        "create a key with 'mailer dkim keygen --selector S --domain D' and set MAILER_DKIM_KEY, "
-                        "MAILER_DKIM_SELECTOR and MAILER_DKIM_DOMAIN")], None
+        return [
+            warning(
+                "DKIM is not configured: Gmail and Yahoo require DKIM aligned with From for bulk mail; "
+                "create a key with 'mailer dkim keygen --selector S --domain D' and set MAILER_DKIM_KEY, "
+                "MAILER_DKIM_SELECTOR and MAILER_DKIM_DOMAIN"
+            )
+        ], None
     from mailer.dkim import load_signer, record_name, record_tags
 
     try:
@@ -110,14 +121,22 @@ def check_dkim(config: Config, dns_lookup: DnsLookup | None = None) -> tuple[lis
     if bits < 2048:
         findings.append(warning(f"{where} has {bits} bits; use 2048 (mailer dkim keygen makes 2048-bit keys)"))
     else:
-        findings.append(ok(f"{where} is readable, private (0600), {bits}-bit RSA; signs as "
-                           f"d={signer.domain} s={signer.selector}"
-                           + ("" if dns_lookup else " (check its DNS record with: mailer doctor --dns)")))
+        findings.append(
+            ok(
+                f"{where} is readable, private (0600), {bits}-bit RSA; signs as "
+                f"d={signer.domain} s={signer.selector}"
+                + ("" if dns_lookup else " (check its DNS record with: mailer doctor --dns)")
+            )
+        )
     named = _KEYGEN_NAME.match(Path(config.dkim_key).name)
     if named and (named["selector"].lower(), named["domain"].lower()) != (signer.selector, signer.domain):
-        findings.append(warning(f"{where} was made for selector {named['selector']} of {named['domain']}, but "
-                                f"MAILER_DKIM_SELECTOR={signer.selector} and MAILER_DKIM_DOMAIN={signer.domain}: "
-                                "receivers will look up the wrong public key"))
+        findings.append(
+            warning(
+                f"{where} was made for selector {named['selector']} of {named['domain']}, but "
+                f"MAILER_DKIM_SELECTOR={signer.selector} and MAILER_DKIM_DOMAIN={signer.domain}: "
+                "receivers will look up the wrong public key"
+            )
+        )
     name = record_name(signer.selector, signer.domain)
     if dns_lookup is None:
         return findings, signer.domain
@@ -127,11 +146,19 @@ def check_dkim(config: Config, dns_lookup: DnsLookup | None = None) -> tuple[lis
         findings.append(warning(f"DNS lookup of {name} failed: {exc or type(exc).__name__}"))
         return findings, signer.domain
     if not published:
-        findings.append(error(f"no DKIM record at {name}: receivers cannot verify the signature; publish the "
-                              f"record 'mailer dkim keygen' printed: {signer.record}"))
+        findings.append(
+            error(
+                f"no DKIM record at {name}: receivers cannot verify the signature; publish the "
+                f"record 'mailer dkim keygen' printed: {signer.record}"
+            )
+        )
     elif record_tags(published).get("p") != signer.public_key:
-        findings.append(error(f"the key published at {name} is not the key in {config.dkim_key}: every signature "
-                              "will fail; publish this key's record or use the matching key file"))
+        findings.append(
+            error(
+                f"the key published at {name} is not the key in {config.dkim_key}: every signature "
+                "will fail; publish this key's record or use the matching key file"
+            )
+        )
     else:
         findings.append(ok(f"{name} publishes this key"))
     return findings, signer.domain
@@ -144,8 +171,12 @@ def check_alignment(lists: list[dict[str, str]], dkim_domain: str) -> list[Findi
     findings = []
     for row in lists:
         if not row["from"]:
-            findings.append(warning(f"list {row['name']}: no From address; set one with "
-                                    f"mailer lists create {row['name']} --from \"Name <addr>\""))
+            findings.append(
+                warning(
+                    f"list {row['name']}: no From address; set one with "
+                    f'mailer lists create {row["name"]} --from "Name <addr>"'
+                )
+            )
             continue
         try:
             _, addr = parse_from(row["from"])
@@ -155,11 +186,16 @@ def check_alignment(lists: list[dict[str, str]], dkim_domain: str) -> list[Findi
         from_domain = addr.rpartition("@")[2].lower()
         how = alignment(from_domain, dkim_domain)
         if how is None:
-            findings.append(error(f"list {row['name']}: From domain {from_domain} is not aligned with DKIM domain "
-                                  f"{dkim_domain}: DMARC fails; sign with MAILER_DKIM_DOMAIN={from_domain}"))
+            findings.append(
+                error(
+                    f"list {row['name']}: From domain {from_domain} is not aligned with DKIM domain "
+                    f"{dkim_domain}: DMARC fails; sign with MAILER_DKIM_DOMAIN={from_domain}"
+                )
+            )
         else:
-            findings.append(ok(f"list {row['name']}: From domain {from_domain} aligned with DKIM d={dkim_domain} "
-                               f"({how})"))
+            findings.append(
+                ok(f"list {row['name']}: From domain {from_domain} aligned with DKIM d={dkim_domain} ({how})")
+            )
     return findings
 
 
@@ -182,16 +218,23 @@ async def check_smtp(relay: SMTPSettings) -> Finding:
         return warning(f"{where} answered once, then not again: {exc}")
     offered = "starttls" in features
     if is_loopback(relay.host):  # nothing crosses a network
-        return ok(f"{where} reachable (plain text on this machine{login}"
-                  + ("; it also offers STARTTLS" if offered else "") + ")")
+        return ok(
+            f"{where} reachable (plain text on this machine{login}"
+            + ("; it also offers STARTTLS" if offered else "")
+            + ")"
+        )
     if offered:
-        return warning(f"{where} offers STARTTLS but MAILER_SMTP_TLS=none: set MAILER_SMTP_TLS=starttls so "
-                       "messages and the password cross the network encrypted")
+        return warning(
+            f"{where} offers STARTTLS but MAILER_SMTP_TLS=none: set MAILER_SMTP_TLS=starttls so "
+            "messages and the password cross the network encrypted"
+        )
     return warning(f"{where} offers no TLS: messages cross the network in plain text")
 
 
 async def run_checks(
-    config: Config, relays: Sequence[SMTPSettings], dns_lookup: DnsLookup | None = None,
+    config: Config,
+    relays: Sequence[SMTPSettings],
+    dns_lookup: DnsLookup | None = None,
 ) -> list[Finding]:
     """Every check, in the order a person fixes things: database, secret, base URL, DKIM, alignment, SMTP."""
     findings, lists = check_database(config)

@@ -51,8 +51,13 @@ class SendOptions:
     @classmethod
     def for_config(cls, config: Config, **values: Any) -> SendOptions:
         """Options with the configured retry policy, relay grace, pause threshold and lease."""
-        return cls(retry=RetryPolicy.from_config(config), relay_grace=config.relay_grace,
-                   pause_after=config.pause_after, lease_seconds=config.lease_seconds, **values)
+        return cls(
+            retry=RetryPolicy.from_config(config),
+            relay_grace=config.relay_grace,
+            pause_after=config.pause_after,
+            lease_seconds=config.lease_seconds,
+            **values,
+        )
 
 
 class ProgressSink(Protocol):
@@ -106,8 +111,12 @@ async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:
 class RateLimiter:
     """At most `rate` acquisitions per second, spread evenly (a token bucket of depth one)."""
 
-    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float, asyncio.Event | None], Awaitable[bool]] = pause) -> None:
+    def __init__(
+        self,
+        rate: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float, asyncio.Event | None], Awaitable[bool]] = pause,
+    ) -> None:
         self.interval = 1.0 / rate if rate else 0.0
         self.clock = clock
         self.sleep = sleep
@@ -148,10 +157,20 @@ class Engine:
     """Runs one campaign's queued deliveries over `concurrency` reused SMTP sessions spread over the relays."""
 
     def __init__(
-        self, log: DeliveryLog, template: MessageTemplate, campaign: Campaign, relays: Sequence[SMTPSettings],
-        options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
-        clock: Callable[[], datetime] = utcnow, part: Partition = (0, 1), *, lease: Lease,
-        limiter: RateLimiter | None = None, monotonic: Callable[[], float] = time.monotonic,
+        self,
+        log: DeliveryLog,
+        template: MessageTemplate,
+        campaign: Campaign,
+        relays: Sequence[SMTPSettings],
+        options: SendOptions,
+        progress: ProgressSink | None = None,
+        stop: asyncio.Event | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        part: Partition = (0, 1),
+        *,
+        lease: Lease,
+        limiter: RateLimiter | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
         transport: Transport = Session,
     ) -> None:
         self.part = part
@@ -183,9 +202,11 @@ class Engine:
             if self.monotonic() + max(wait, 0) > deadline:
                 return  # left deferred, with next_attempt set, for `mailer retry`
             if wait > 0:
-                self.progress.note(f"waiting {wait:.0f}s for the retry time of {self.log.deferred()} deferred "
-                                   f"recipient(s) (--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' "
-                                   "sends them later")
+                self.progress.note(
+                    f"waiting {wait:.0f}s for the retry time of {self.log.deferred()} deferred "
+                    f"recipient(s) (--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' "
+                    "sends them later"
+                )
                 if await pause(wait, self.stop):
                     return
             self.log.requeue_due(stamp(self.clock()), self.part)
@@ -205,7 +226,8 @@ class Engine:
         if self.refusals.paused is not None:
             delivery_ids = self.refusals.delivery_ids
             self.log.requeue_refused(
-                delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} equal refusals in a row")
+                delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} equal refusals in a row"
+            )
         if self.fatal:
             raise self.fatal
 
@@ -259,8 +281,9 @@ class Engine:
 
     async def _deliver(self, session: SMTPSession, recipient: Recipient, unrecorded: Unrecorded) -> None:
         if not self.campaign.is_test and not self.log.is_mailable(recipient.subscriber_id):
-            unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None,
-                                       "unsubscribed or suppressed"), None))
+            unrecorded.append(
+                (Outcome(recipient.delivery_id, DeliveryStatus.SKIPPED, None, "unsubscribed or suppressed"), None)
+            )
             self.progress.advance(DeliveryStatus.SKIPPED, recipient.email)
             return
         try:
@@ -293,8 +316,13 @@ class Engine:
                 continue
             except SessionRefused as exc:
                 if exc.in_doubt:  # the relay may have the message: deferred, retried with the same Message-ID
-                    unrecorded.append(self._outcome(recipient, message, Reply(
-                        DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True)))
+                    unrecorded.append(
+                        self._outcome(
+                            recipient,
+                            message,
+                            Reply(DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True),
+                        )
+                    )
                 else:
                     unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
                 self.fatal = self.fatal or exc
@@ -323,13 +351,15 @@ class Engine:
                 if self.unreachable_since is None:
                     self.unreachable_since = now
                     if self.options.relay_grace:
-                        self.progress.note(f"{exc}; trying again for up to {self.options.relay_grace:.0f}s "
-                                           "(MAILER_RELAY_GRACE)")
+                        self.progress.note(
+                            f"{exc}; trying again for up to {self.options.relay_grace:.0f}s (MAILER_RELAY_GRACE)"
+                        )
                 left = self.unreachable_since + self.options.relay_grace - now
                 if left <= 0:
                     grace = self.options.relay_grace
                     self.fatal = self.fatal or RelayUnreachable(
-                        f"{exc}; still after {grace:.0f}s (MAILER_RELAY_GRACE)" if grace else str(exc))
+                        f"{exc}; still after {grace:.0f}s (MAILER_RELAY_GRACE)" if grace else str(exc)
+                    )
                     return False
             except MailerError as exc:
                 self.fatal = self.fatal or exc

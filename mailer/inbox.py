@@ -106,8 +106,10 @@ class _Matcher:
             return [ScanRow(origin, ReturnedKind.OTHER, "", None, "", f"ignored: not a bounce ({report.subject[:60]})")]
         ref, how = self.delivery(report)
         if ref is None:
-            return [ScanRow(origin, f.kind, f.email, None, f.status,
-                            "unmatched: no valid VERP address or known Message-ID") for f in acted]
+            return [
+                ScanRow(origin, f.kind, f.email, None, f.status, "unmatched: no valid VERP address or known Message-ID")
+                for f in acted
+            ]
         # With VERP one report is about one delivery; the report may name an alias, our log names the recipient.
         finding = next((f for f in acted if f.email == ref.email.lower()), acted[0])
         return [self._apply(origin, report, finding, ref, how)]
@@ -116,8 +118,9 @@ class _Matcher:
         store = self.store
         email = ref.email
         campaign = ref.campaign_id
-        if not store.returned.record(report.key, email, finding.kind, campaign, ref.id, finding.status,
-                                     finding.diagnostic, origin):
+        if not store.returned.record(
+            report.key, email, finding.kind, campaign, ref.id, finding.status, finding.diagnostic, origin
+        ):
             return ScanRow(origin, finding.kind, email, campaign, finding.status, "duplicate: already counted")
         detail = f"{finding.status} {finding.diagnostic}".strip()
         if finding.kind == ReturnedKind.HARD:
@@ -131,8 +134,9 @@ class _Matcher:
         else:
             count = store.returned.soft_bounce_count(email)
             if count >= self.soft_limit:
-                store.suppressions.suppress_address(email, SuppressionReason.SOFT_BOUNCES,
-                                                    f"{count} soft bounces; last: {detail}")
+                store.suppressions.suppress_address(
+                    email, SuppressionReason.SOFT_BOUNCES, f"{count} soft bounces; last: {detail}"
+                )
                 result = f"soft bounce {count}/{self.soft_limit}: suppressed (matched by {how})"
             else:
                 result = f"soft bounce {count}/{self.soft_limit} counted (matched by {how})"
@@ -147,14 +151,22 @@ class _Matcher:
                 continue
             if sub.list_id != parsed.a:
                 continue
-            if not self.store.returned.record(report.key, sub.email, ReturnedKind.UNSUBSCRIBE, None, None, "", "",
-                                              origin):
+            if not self.store.returned.record(
+                report.key, sub.email, ReturnedKind.UNSUBSCRIBE, None, None, "", "", origin
+            ):
                 return ScanRow(origin, ReturnedKind.UNSUBSCRIBE, sub.email, None, "", "duplicate: already counted")
             changed = self.store.subscribers.unsubscribe(sub.id, UnsubscribeSource.MAILTO)
-            return ScanRow(origin, ReturnedKind.UNSUBSCRIBE, sub.email, None, "",
-                           "unsubscribed (mailto)" if changed else "already unsubscribed")
-        return ScanRow(origin, ReturnedKind.UNSUBSCRIBE, "", None, "",
-                       "unmatched: the unsubscribe address is not valid")
+            return ScanRow(
+                origin,
+                ReturnedKind.UNSUBSCRIBE,
+                sub.email,
+                None,
+                "",
+                "unsubscribed (mailto)" if changed else "already unsubscribed",
+            )
+        return ScanRow(
+            origin, ReturnedKind.UNSUBSCRIBE, "", None, "", "unmatched: the unsubscribe address is not valid"
+        )
 
 
 def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[ScanRow]:
@@ -172,8 +184,9 @@ def scan(store: Store, secret: bytes, path: Path, soft_limit: int = 3) -> list[S
         try:
             report = parse_returned(raw)
         except Exception as exc:  # one broken message must not stop a cron job at it on every run
-            rows.append(ScanRow(origin, ReturnedKind.OTHER, "", None, "",
-                                f"ignored: unreadable ({type(exc).__name__})"))
+            rows.append(
+                ScanRow(origin, ReturnedKind.OTHER, "", None, "", f"ignored: unreadable ({type(exc).__name__})")
+            )
             continue
         rows += matcher.record(origin, report)
     return rows

@@ -213,7 +213,7 @@ class _PartBody:
         if self.cte == "base64":
             encoded = binascii.b2a_base64(self._fill(self.pieces, values).encode("utf-8"), newline=False)
             # 76-character lines as the email package writes them (57 octets a line), in one C-level join.
-            return b"\r\n".join([encoded[i:i + 76] for i in range(0, len(encoded), 76)]) + b"\r\n"
+            return b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]) + b"\r\n"
         out = []
         for item in self.qp_lines:
             out.append(item if isinstance(item, str) else self._qp(self._fill(item, values).encode("utf-8")))
@@ -269,7 +269,7 @@ def unsubscribe_url(base_url: str, token: str) -> str:
 def _image_part(boundary: str, image: InlineImage) -> bytes:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", image.filename) or "image"
     encoded = binascii.b2a_base64(image.data, newline=False)
-    lines = b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    lines = b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
     head = (
         f"\r\n--{boundary}\r\n"
         f'Content-Type: {image.content_type}; name="{name}"\r\n'

@@ -55,8 +55,9 @@ def exposition(families: Iterable[Family]) -> str:
                 if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
                     raise ValueError(f"bad label name {key!r}")
             rendered = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in sorted(labels.items()))
-            lines.append(f"{family.name}{{{rendered}}} {_number(value)}" if rendered
-                         else f"{family.name} {_number(value)}")
+            lines.append(
+                f"{family.name}{{{rendered}}} {_number(value)}" if rendered else f"{family.name} {_number(value)}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -81,5 +82,5 @@ def reply_group(code: int | None, text: str) -> str:
         words = pattern.sub(replacement, words)
     prefix = f"{code} " if code else ""
     if code and words.startswith(str(code)):
-        words = words[len(str(code)):].lstrip(" -")
+        words = words[len(str(code)) :].lstrip(" -")
     return (prefix + words.lower()).strip()[:160] or "(no reply)"

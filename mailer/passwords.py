@@ -29,8 +29,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _scrypt(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2 ** log_n, r=r, p=p, dklen=32,
-                          maxmem=256 * 1024 * 1024)
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2**log_n, r=r, p=p, dklen=32, maxmem=256 * 1024 * 1024)
 
 
 def hash_password(password: str, log_n: int = DEFAULT_LOG_N) -> str:

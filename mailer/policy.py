@@ -50,8 +50,12 @@ def mailbox_unknown(reply: Reply) -> bool:
     """A refusal at RCPT saying the mailbox does not exist (5.1.1 bad mailbox, 5.1.2 bad domain, 5.1.3 bad address
     syntax, 5.1.6 moved, 5.1.10 null MX, 5.2.1 disabled): the address is suppressed, as the same status in a DSN
     does. Policy refusals (5.7.x: spam, relaying denied, DMARC) say nothing about the mailbox and never do."""
-    return (reply.stage == Stage.RCPT and reply.code is not None and 500 <= reply.code < 600
-            and bool(_MAILBOX_UNKNOWN.match(reply.text)))
+    return (
+        reply.stage == Stage.RCPT
+        and reply.code is not None
+        and 500 <= reply.code < 600
+        and bool(_MAILBOX_UNKNOWN.match(reply.text))
+    )
 
 
 _MAILBOX_UNKNOWN = re.compile(r"\s*5\.(?:1\.(?:1|2|3|6|10)|2\.1)(?!\.?\d)")
@@ -89,6 +93,7 @@ class RefusalRun:
             self.paused = CampaignPaused(
                 f"{len(self.delivery_ids)} recipients in a row were refused with the same reply (the last: "
                 f"{reply.code} {reply.text}): that is the relay refusing this campaign rather than them "
-                f"(MAILER_PAUSE_AFTER={self.limit}), so it is paused and they are queued again")
+                f"(MAILER_PAUSE_AFTER={self.limit}), so it is paused and they are queued again"
+            )
             return self.paused
         return None

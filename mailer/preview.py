@@ -33,8 +33,14 @@ INSTALL_HINT = "pip install 'mailer[preview]' and apt-get install chromium fonts
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 DESKTOP_WIDTH = 1200
@@ -71,8 +77,10 @@ def check_fonts(html: str) -> list[str]:
     if installed:
         return []
     why = "no Chinese font is installed" if installed is False else "fc-list is missing, so no font could be found"
-    return [f"{why}: the screenshots show empty boxes for CJK text (apt-get install fonts-noto-cjk fontconfig); "
-            "recipients see the text in their own fonts"]
+    return [
+        f"{why}: the screenshots show empty boxes for CJK text (apt-get install fonts-noto-cjk fontconfig); "
+        "recipients see the text in their own fonts"
+    ]
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,7 @@ def _allow_request(url: str, offline: bool) -> bool:
     return url.startswith(("data:", "about:")) or not offline or is_loopback_url(url)
 
 
-def screenshot(html: str, out_dir: Path, slug: str, offline: bool = False,
-               chromium: str = CHROMIUM) -> Screenshots:
+def screenshot(html: str, out_dir: Path, slug: str, offline: bool = False, chromium: str = CHROMIUM) -> Screenshots:
     """Full-page PNGs of the HTML at 1200 and 390 CSS pixels wide, from headless Chromium."""
     try:
         from playwright.sync_api import Error as PlaywrightError
@@ -111,9 +118,12 @@ def screenshot(html: str, out_dir: Path, slug: str, offline: bool = False,
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
                 for width, path in ((DESKTOP_WIDTH, shots.desktop), (MOBILE_WIDTH, shots.mobile)):
-                    page = browser.new_page(viewport={"width": width, "height": VIEWPORT_HEIGHT},
-                                            device_scale_factor=1, is_mobile=width == MOBILE_WIDTH,
-                                            has_touch=width == MOBILE_WIDTH)
+                    page = browser.new_page(
+                        viewport={"width": width, "height": VIEWPORT_HEIGHT},
+                        device_scale_factor=1,
+                        is_mobile=width == MOBILE_WIDTH,
+                        has_touch=width == MOBILE_WIDTH,
+                    )
                     page.route("**/*", route)
                     page.set_content(html, wait_until="load", timeout=30_000)
                     page.screenshot(path=str(path), full_page=True)
@@ -132,8 +142,15 @@ class PreviewResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def preview_issue(issue_path: Path, out_dir: Path, config: Config, store: Store | None = None,
-                  list_name: str | None = None, *, offline: bool = False) -> PreviewResult:
+def preview_issue(
+    issue_path: Path,
+    out_dir: Path,
+    config: Config,
+    store: Store | None = None,
+    list_name: str | None = None,
+    *,
+    offline: bool = False,
+) -> PreviewResult:
     """Render for a sample recipient, check it, and write <slug>-desktop.png and <slug>-mobile.png in out_dir."""
     message = build_sample(issue_path, config, store, list_name)
     warnings = [*message.notes, *check_message(message), *check_fonts(message.html)]
@@ -144,8 +161,12 @@ def preview_issue(issue_path: Path, out_dir: Path, config: Config, store: Store 
 class LivePreview:
     """The latest rendering of an issue, re-rendered when the issue, its images or the layouts change."""
 
-    def __init__(self, render: Callable[[], SampleMessage], watched: Callable[[], Iterator[Path]],
-                 on_render: Callable[[LivePreview], None] | None = None) -> None:
+    def __init__(
+        self,
+        render: Callable[[], SampleMessage],
+        watched: Callable[[], Iterator[Path]],
+        on_render: Callable[[LivePreview], None] | None = None,
+    ) -> None:
         self.render = render
         self.watched = watched
         self.on_render = on_render
@@ -184,8 +205,13 @@ class LivePreview:
         return True
 
 
-def live_preview(issue_path: Path, config: Config, store: Store | None = None, list_name: str | None = None,
-                 on_render: Callable[[LivePreview], None] | None = None) -> LivePreview:
+def live_preview(
+    issue_path: Path,
+    config: Config,
+    store: Store | None = None,
+    list_name: str | None = None,
+    on_render: Callable[[LivePreview], None] | None = None,
+) -> LivePreview:
     """A LivePreview of the issue that watches the issue file, the files beside it and the layouts."""
     issue_path = Path(issue_path)
 

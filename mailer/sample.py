@@ -55,12 +55,21 @@ class SampleMessage:
 
 def no_list(lang: str) -> MailingList:
     """The list a rendering without --list is shown for: a neutral stand-in, named as such in List-Id too."""
-    return MailingList(id=0, name="newsletter", title=NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"]),
-                       from_addr="Newsletter <newsletter@example.org>", reply_to="", lang=lang)
+    return MailingList(
+        id=0,
+        name="newsletter",
+        title=NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"]),
+        from_addr="Newsletter <newsletter@example.org>",
+        reply_to="",
+        lang=lang,
+    )
 
 
 def prepare_sample(
-    issue_path: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+    issue_path: Path,
+    config: Config,
+    store: Store | None = None,
+    list_name: str | None = None,
 ) -> tuple[PreparedIssue, Subscriber]:
     """The issue rendered for a list and that list's first active subscriber, or, with no list, for a sample
     Chinese list and reader (what `mailer render` and `mailer preview` show)."""
@@ -70,16 +79,28 @@ def prepare_sample(
         prepared = prepare_issue(store, config, issue_path, list_name)
         return prepared, sample_subscriber(store, prepared.mailing_list.id)
     source = read_issue_file(issue_path)
-    issue = render_issue(source, origin=str(issue_path), list_ctx=ListContext(lang="zh"),
-                         read_file=issue_file_reader(issue_path), templates_dir=config.templates, theme=config.theme)
+    issue = render_issue(
+        source,
+        origin=str(issue_path),
+        list_ctx=ListContext(lang="zh"),
+        read_file=issue_file_reader(issue_path),
+        templates_dir=config.templates,
+        theme=config.theme,
+    )
     neutral = no_list(issue.lang)
-    prepared = PreparedIssue(neutral, issue, sender_for(neutral, issue, config.base_url), issue_path,
-                             list(issue.warnings))
+    prepared = PreparedIssue(
+        neutral, issue, sender_for(neutral, issue, config.base_url), issue_path, list(issue.warnings)
+    )
     return prepared, Subscriber(email="reader@example.org", name="")
 
 
-def build_sample(issue_path: Path, config: Config, store: Store | None = None, list_name: str | None = None,
-                 warn: Callable[[str], None] | None = None) -> SampleMessage:
+def build_sample(
+    issue_path: Path,
+    config: Config,
+    store: Store | None = None,
+    list_name: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> SampleMessage:
     """The issue rendered and personalised for the list's first active subscriber (or a sample reader), exactly as
     `mailer send` would build it: the same template, the same DKIM signer. `warn` hears what mailer send would
     warn about as soon as the issue is rendered (before a bad DKIM key, say, stops the build)."""
@@ -92,12 +113,23 @@ def build_sample(issue_path: Path, config: Config, store: Store | None = None, l
     recipient = Recipient(0, sample.id, sample.email, sample.name, sample.attrs)
     message = template.build(recipient, utcnow())
     html, text = template.personal_bodies(recipient, message.unsubscribe_url)
-    return SampleMessage(prepared.issue.slug, html, text, message.data, prepared.issue.images,
-                         prepared.issue.subject, tuple(prepared.warnings))
+    return SampleMessage(
+        prepared.issue.slug,
+        html,
+        text,
+        message.data,
+        prepared.issue.images,
+        prepared.issue.subject,
+        tuple(prepared.warnings),
+    )
 
 
 def render_to_dir(
-    issue_path: Path, out_dir: Path, config: Config, store: Store | None = None, list_name: str | None = None,
+    issue_path: Path,
+    out_dir: Path,
+    config: Config,
+    store: Store | None = None,
+    list_name: str | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir;

@@ -23,8 +23,9 @@ def timezone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(f"unknown timezone {name!r}: use an IANA name such as Asia/Shanghai or Europe/Berlin, "
-                         "or UTC") from None
+        raise UsageError(
+            f"unknown timezone {name!r}: use an IANA name such as Asia/Shanghai or Europe/Berlin, or UTC"
+        ) from None
 
 
 def parse_send_at(text: str, zone: tzinfo, now: datetime) -> datetime:
@@ -40,12 +41,15 @@ def parse_send_at(text: str, zone: tzinfo, now: datetime) -> datetime:
     elif _LOCAL.fullmatch(value):
         moment = _in_zone(_fromiso(value, text), zone, text)
     else:
-        raise UsageError(f"--at {text!r}: write a time as YYYY-MM-DD HH:MM (in --tz), ISO 8601 with an offset "
-                         "(2026-12-05T09:00+08:00), or now")
+        raise UsageError(
+            f"--at {text!r}: write a time as YYYY-MM-DD HH:MM (in --tz), ISO 8601 with an offset "
+            "(2026-12-05T09:00+08:00), or now"
+        )
     moment = moment.astimezone(UTC)
     if moment < now - GRACE:
-        raise UsageError(f"--at {text!r} is in the past ({describe(moment, zone)}); give a later time, or --at now "
-                         "to send at once")
+        raise UsageError(
+            f"--at {text!r} is in the past ({describe(moment, zone)}); give a later time, or --at now to send at once"
+        )
     return moment
 
 
@@ -65,8 +69,10 @@ def _in_zone(naive: datetime, zone: tzinfo, text: str) -> datetime:
         gap = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive
         if gap:
             raise UsageError(f"--at {text!r} does not exist in {zone} (the clocks skip it); pick another time")
-        raise UsageError(f"--at {text!r} happens twice in {zone} (the clocks go back); add the offset, e.g. "
-                         f"{naive.isoformat(sep=' ', timespec='minutes')}{_offset(first)}")
+        raise UsageError(
+            f"--at {text!r} happens twice in {zone} (the clocks go back); add the offset, e.g. "
+            f"{naive.isoformat(sep=' ', timespec='minutes')}{_offset(first)}"
+        )
     return first
 
 

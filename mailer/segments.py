@@ -38,8 +38,12 @@ class Field:
 
     def __str__(self) -> str:
         # a space of any kind ends a bare word when it is read back (U+00A0 too), so such a name is quoted
-        bare = (self.name and not (_NAME_STOP & set(self.name)) and self.name.lower() not in _KEYWORDS
-                and not any(_is_control(ch) or ch.isspace() for ch in self.name))
+        bare = (
+            self.name
+            and not (_NAME_STOP & set(self.name))
+            and self.name.lower() not in _KEYWORDS
+            and not any(_is_control(ch) or ch.isspace() for ch in self.name)
+        )
         return self.name if bare else "`" + self.name.replace("`", "``") + "`"
 
     def value(self, record: Record) -> str:
@@ -214,7 +218,7 @@ def _tokens(source: str) -> list[_Token]:
             out.append(_Token(ch, ch, i + 1))
             i += 1
         elif ch in "=!<>":
-            op = source[i:i + 2] if source[i:i + 2] in ("!=", "<=", ">=") else ch
+            op = source[i : i + 2] if source[i : i + 2] in ("!=", "<=", ">=") else ch
             if op == "!":
                 raise SegmentError(f"column {i + 1}: '!' must be followed by '=' (write != for 'not equal')")
             out.append(_Token("op", op, i + 1))
@@ -239,10 +243,10 @@ def _read_quoted(source: str, start: int) -> tuple[str, int]:
     i = start + 1
     while i < len(source):
         ch = source[i]
-        if mark == '"' and ch == "\\" and source[i + 1:i + 2] in ('"', "\\"):
+        if mark == '"' and ch == "\\" and source[i + 1 : i + 2] in ('"', "\\"):
             chars.append(source[i + 1])
             i += 2
-        elif ch == mark and mark == "`" and source[i + 1:i + 2] == "`":
+        elif ch == mark and mark == "`" and source[i + 1 : i + 2] == "`":
             chars.append("`")
             i += 2
         elif ch == mark:
@@ -279,7 +283,7 @@ class _Parser:
 
     def parse(self) -> Expr:
         if self.peek().kind == "end":
-            raise SegmentError("the expression is empty (example: city = \"北京\")")
+            raise SegmentError('the expression is empty (example: city = "北京")')
         expr = self.or_expr()
         if self.peek().kind != "end":
             raise self.fail("'and', 'or' or the end")
@@ -337,8 +341,9 @@ class _Parser:
             value_tok = self.peek()
             value = self.value()
             if tok.text in ORDERING and not (_DATE.fullmatch(value) or _NUMBER.fullmatch(value)):
-                raise SegmentError(f"column {value_tok.column}: {tok.text} compares numbers or dates "
-                                   f"(YYYY-MM-DD), not {quote(value)}")
+                raise SegmentError(
+                    f"column {value_tok.column}: {tok.text} compares numbers or dates (YYYY-MM-DD), not {quote(value)}"
+                )
             return Compare(field, tok.text, value)
         if self.keyword("contains"):
             self.take()
@@ -390,8 +395,10 @@ def check_fields(expr: Expr, known: Iterable[str]) -> None:
         if field.name not in have:
             attrs = sorted(set(known))
             listed = ", ".join(attrs) if attrs else "none"
-            raise SegmentError(f"unknown field {field}: use {', '.join(BUILTIN_FIELDS)} or an attribute of the "
-                               f"list (its subscribers have: {listed})")
+            raise SegmentError(
+                f"unknown field {field}: use {', '.join(BUILTIN_FIELDS)} or an attribute of the "
+                f"list (its subscribers have: {listed})"
+            )
 
 
 def record_of(email: str, name: str, attrs: Mapping[str, Any], subscribed: str) -> dict[str, str]:

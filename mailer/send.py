@@ -43,8 +43,14 @@ async def probe_relays(relays: Sequence[SMTPSettings]) -> None:
 
 
 async def send_issue(
-    store: Store, config: Config, issue_path: Path, list_name: str, options: SendOptions,
-    settings: Sequence[SMTPSettings], progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
+    store: Store,
+    config: Config,
+    issue_path: Path,
+    list_name: str,
+    options: SendOptions,
+    settings: Sequence[SMTPSettings],
+    progress: ProgressSink | None = None,
+    stop: asyncio.Event | None = None,
 ) -> SendSummary:
     """Render once, snapshot the campaign, then deliver; resumes the campaign of the same content and list."""
     started = time.monotonic()
@@ -62,14 +68,32 @@ async def send_issue(
         store.campaigns.check_new_content(prepared.mailing_list.id, issue.slug, str(issue_path), issue.content_hash)
     await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
     campaign, template = open_campaign(store, prepared, config.secret, signer, test_email=options.test_email)
-    return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
-                                  prepared.warnings, resume=f"mailer send {issue_path} --list {list_name}")
+    return await deliver_campaign(
+        store,
+        campaign,
+        template,
+        settings,
+        options,
+        progress,
+        stop,
+        started,
+        prepared.warnings,
+        resume=f"mailer send {issue_path} --list {list_name}",
+    )
 
 
 async def deliver_campaign(
-    store: Store, campaign: Campaign, template: MessageTemplate, settings: Sequence[SMTPSettings],
-    options: SendOptions, progress: ProgressSink | None = None, stop: asyncio.Event | None = None,
-    started: float | None = None, warnings: list[str] | None = None, *, resume: str = "",
+    store: Store,
+    campaign: Campaign,
+    template: MessageTemplate,
+    settings: Sequence[SMTPSettings],
+    options: SendOptions,
+    progress: ProgressSink | None = None,
+    stop: asyncio.Event | None = None,
+    started: float | None = None,
+    warnings: list[str] | None = None,
+    *,
+    resume: str = "",
     requeue: Callable[[Store], list[str]] | None = None,
 ) -> SendSummary:
     """Hold the campaign's lease, put back what a crash left in `sending` (and what `requeue` puts back, under the
@@ -96,8 +120,16 @@ async def deliver_campaign(
             if options.workers > 1:
                 await run_workers(store, campaign, template, settings, options, sink, stop, owner)
             else:
-                await Engine(CampaignLog(store, campaign.id), template, campaign, settings, options, sink, stop,
-                             lease=Lease(owner)).run()
+                await Engine(
+                    CampaignLog(store, campaign.id),
+                    template,
+                    campaign,
+                    settings,
+                    options,
+                    sink,
+                    stop,
+                    lease=Lease(owner),
+                ).run()
         except MailerError as exc:
             stopped = exc
     finally:
@@ -112,16 +144,26 @@ async def deliver_campaign(
     if not unfinished and not stopped:
         store.campaigns.finish(campaign.id)
     if already_done and not campaign.is_test:
-        notes.append(f"campaign {campaign.id} of this issue and list was already complete: nothing was sent now "
-                     f"(the counts below are the campaign's; see: mailer log {campaign.id})")
+        notes.append(
+            f"campaign {campaign.id} of this issue and list was already complete: nothing was sent now "
+            f"(the counts below are the campaign's; see: mailer log {campaign.id})"
+        )
     if in_doubt:
         notes.append(f"{in_doubt} recipient(s) left in 'sending' by an interrupted run were sent again")
     if counts.get(DeliveryStatus.DEFERRED) and not stopped:
-        notes.append(f"{counts[DeliveryStatus.DEFERRED]} recipient(s) deferred; see: mailer log {campaign.id} "
-                     f"--status deferred, and send again later with: mailer retry {campaign.id}")
-    summary = SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
-                          elapsed=time.monotonic() - started, interrupted=stop.is_set() and not stopped,
-                          warnings=notes)
+        notes.append(
+            f"{counts[DeliveryStatus.DEFERRED]} recipient(s) deferred; see: mailer log {campaign.id} "
+            f"--status deferred, and send again later with: mailer retry {campaign.id}"
+        )
+    summary = SendSummary(
+        campaign.id,
+        sum(counts.values()),
+        counts,
+        test=campaign.is_test,
+        elapsed=time.monotonic() - started,
+        interrupted=stop.is_set() and not stopped,
+        warnings=notes,
+    )
     if stopped is not None:
         summary.stopped, summary.stop_code = _stop_line(stopped, campaign.id, counts, resume), int(stopped.exit_code)
     return summary
@@ -130,16 +172,18 @@ async def deliver_campaign(
 def _stop_line(reason: MailerError, campaign_id: int, counts: dict[str, int], resume: str) -> str:
     """The one line that says why a campaign stopped, where it stands, and how it goes on."""
     waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
-    line = f"{reason}; campaign {campaign_id} stopped with {counts.get(DeliveryStatus.SENT, 0)} sent and {waiting} " \
-           "waiting"
+    line = (
+        f"{reason}; campaign {campaign_id} stopped with {counts.get(DeliveryStatus.SENT, 0)} sent and {waiting} waiting"
+    )
     if isinstance(reason, LeaseLost):
         return line  # whoever holds the campaign now carries on
     then = "free some disk space, then run" if isinstance(reason, StoreWriteError) else "run"
     return f"{line}; {then} the same command to resume" + (f": {resume}" if resume else "")
 
 
-async def _keep_lease(store: Store, campaign_id: int, owner: str, seconds: float, stop: asyncio.Event,
-                      lost: list[MailerError]) -> None:
+async def _keep_lease(
+    store: Store, campaign_id: int, owner: str, seconds: float, stop: asyncio.Event, lost: list[MailerError]
+) -> None:
     """Renew the lease every third of its length. A renewal that changes no row means the campaign is no longer
     ours: stop (the engine itself checks the lease before each message, this also ends a run that is waiting)."""
     while True:
@@ -155,8 +199,15 @@ async def _keep_lease(store: Store, campaign_id: int, owner: str, seconds: float
 
 
 async def retry_campaign(
-    store: Store, config: Config, campaign_ref: str, options: SendOptions, settings: Sequence[SMTPSettings],
-    progress: ProgressSink | None = None, stop: asyncio.Event | None = None, *, due_only: bool = False,
+    store: Store,
+    config: Config,
+    campaign_ref: str,
+    options: SendOptions,
+    settings: Sequence[SMTPSettings],
+    progress: ProgressSink | None = None,
+    stop: asyncio.Event | None = None,
+    *,
+    due_only: bool = False,
     failed: bool = False,
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or with `due_only` those whose backoff has passed, without
@@ -171,18 +222,36 @@ async def retry_campaign(
             counts = store.deliveries.counts(campaign.id)
             earliest = store.deliveries.next_retry(campaign.id)
             note = f"nothing is due yet; the next retry time is {earliest}" if earliest else "nothing is due"
-            return SendSummary(campaign.id, sum(counts.values()), counts, test=campaign.is_test,
-                               elapsed=time.monotonic() - started, warnings=[note])
+            return SendSummary(
+                campaign.id,
+                sum(counts.values()),
+                counts,
+                test=campaign.is_test,
+                elapsed=time.monotonic() - started,
+                warnings=[note],
+            )
     await probe_relays(settings)
 
     def requeue(store: Store) -> list[str]:
         notes = []
         if failed:
             requeued, left = store.deliveries.requeue_failed(campaign.id)
-            notes.append(f"{requeued} failed recipient(s) queued again" + (
-                f"; {left} left failed: unsubscribed or suppressed since" if left else ""))
+            notes.append(
+                f"{requeued} failed recipient(s) queued again"
+                + (f"; {left} left failed: unsubscribed or suppressed since" if left else "")
+            )
         store.deliveries.requeue_due(campaign.id, stamp() if due_only else None)
         return notes
 
-    return await deliver_campaign(store, campaign, template, settings, options, progress, stop, started,
-                                  resume=f"mailer retry {campaign.id}", requeue=requeue)
+    return await deliver_campaign(
+        store,
+        campaign,
+        template,
+        settings,
+        options,
+        progress,
+        stop,
+        started,
+        resume=f"mailer retry {campaign.id}",
+        requeue=requeue,
+    )

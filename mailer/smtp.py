@@ -78,15 +78,17 @@ def relays(config: Config, host: str | None = None, port: int | None = None) -> 
         name, relay_port = item.split(":") if item.count(":") == 1 else (item, "")
         if relay_port and not relay_port.isdigit():
             raise UsageError(f"SMTP relay {item!r}: the port must be a number")
-        relays.append(SMTPSettings(
-            host=name,
-            port=port or (int(relay_port) if relay_port else config.smtp_port),
-            tls=config.smtp_tls,
-            user=config.smtp_user,
-            password=config.smtp_password,
-            timeout=config.smtp_timeout,
-            ca_file=config.smtp_ca,
-        ))
+        relays.append(
+            SMTPSettings(
+                host=name,
+                port=port or (int(relay_port) if relay_port else config.smtp_port),
+                tls=config.smtp_tls,
+                user=config.smtp_user,
+                password=config.smtp_password,
+                timeout=config.smtp_timeout,
+                ca_file=config.smtp_ca,
+            )
+        )
     if not relays:
         raise UsageError("no SMTP host configured")
     for relay in relays:
@@ -102,8 +104,9 @@ def tls_context(ca_file: str = "") -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_file or None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"MAILER_SMTP_CA: cannot load CA certificates from {ca_file}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(
+            f"MAILER_SMTP_CA: cannot load CA certificates from {ca_file}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -265,21 +268,31 @@ class Session:
         except aiosmtplib.SMTPAuthenticationError as exc:
             await _close_quietly(client)
             failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 454: try again later
-            raise failure(f"SMTP login to {where} as {s.user!r} refused: {exc.code} "
-                          f"{_one_line(without_credentials(exc.message, s.user, s.password))}") from None
+            raise failure(
+                f"SMTP login to {where} as {s.user!r} refused: {exc.code} "
+                f"{_one_line(without_credentials(exc.message, s.user, s.password))}"
+            ) from None
         except aiosmtplib.SMTPConnectResponseError as exc:
             await _close_quietly(client)
             failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 421 at the greeting
             raise failure(f"SMTP server {where} refused the session: {_one_line(str(exc))}") from None
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, aiosmtplib.SMTPServerDisconnected,
-                aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError) as exc:
+        except (
+            aiosmtplib.SMTPConnectError,
+            aiosmtplib.SMTPConnectTimeoutError,
+            aiosmtplib.SMTPServerDisconnected,
+            aiosmtplib.SMTPTimeoutError,
+            OSError,
+            ssl.SSLError,
+        ) as exc:
             await _close_quietly(client)
             untrusted = _certificate_error(exc)
             if untrusted is not None:
                 trusted = f"the CAs in {s.ca_file}" if s.ca_file else "the system's CAs (or set MAILER_SMTP_CA)"
-                raise SMTPUnavailable(f"TLS certificate of SMTP server {where} not accepted: "
-                                      f"{untrusted.verify_message}; it must be valid for {s.host} and signed by "
-                                      f"{trusted}") from None
+                raise SMTPUnavailable(
+                    f"TLS certificate of SMTP server {where} not accepted: "
+                    f"{untrusted.verify_message}; it must be valid for {s.host} and signed by "
+                    f"{trusted}"
+                ) from None
             failure = SMTPUnavailable if isinstance(exc, ssl.SSLError) else RelayUnreachable
             raise failure(f"cannot connect to SMTP server {where}: {_one_line(str(exc))}") from None
         except aiosmtplib.SMTPException as exc:
@@ -306,8 +319,12 @@ class Session:
                 await _greet(client)
             if utf8 and not client.supports_extension("smtputf8"):
                 # As Postfix: a permanent failure for this recipient (RFC 6531 3.4); other recipients go on.
-                return Reply(DeliveryStatus.FAILED, None,
-                             f"{self.settings.host} does not offer SMTPUTF8, which this address needs", stage)
+                return Reply(
+                    DeliveryStatus.FAILED,
+                    None,
+                    f"{self.settings.host} does not offer SMTPUTF8, which this address needs",
+                    stage,
+                )
             await _envelope_command(client, b"MAIL", message.mail_from, utf8)
             stage = Stage.RCPT
             await _envelope_command(client, b"RCPT", message.rcpt_to, utf8)
@@ -320,15 +337,19 @@ class Session:
             if _garbled(exc.code):
                 # The rest of what it said cannot be paired with our commands any more: this session is over.
                 await self.close()
-                raise SessionRefused(f"SMTP server {where} answered {stage.upper()} with something that is not an "
-                                     f"SMTP reply: {_one_line(exc.message)}", in_doubt=stage == Stage.DATA) from None
+                raise SessionRefused(
+                    f"SMTP server {where} answered {stage.upper()} with something that is not an "
+                    f"SMTP reply: {_one_line(exc.message)}",
+                    in_doubt=stage == Stage.DATA,
+                ) from None
             if exc.code == 530 or (stage == Stage.MAIL and exc.code >= 500):
                 # Refused for every recipient alike: authentication required (a forgotten MAILER_SMTP_USER), or
                 # our sender address is refused. Marking recipients failed would burn the campaign.
                 await self._reset()
                 what = "asks for authentication" if exc.code == 530 else f"refused the sender {message.mail_from}"
-                raise SessionRefused(f"SMTP server {where} {what} at {stage.upper()}: {exc.code} "
-                                     f"{_one_line(exc.message)}") from None
+                raise SessionRefused(
+                    f"SMTP server {where} {what} at {stage.upper()}: {exc.code} {_one_line(exc.message)}"
+                ) from None
             reply = classify(exc.code, _one_line(exc.message), stage)
             if reply.connection_lost or exc.code == 421:
                 await self.close()
@@ -401,8 +422,14 @@ async def send_one(relays: Sequence[SMTPSettings], message: BuiltMessage) -> Rep
 async def ehlo_features(settings: SMTPSettings) -> dict[str, str]:
     """The relay's EHLO extensions (lower-case names), read over plain text: no TLS, no login, nothing sent.
     SMTPUnavailable when it does not answer."""
-    client = aiosmtplib.SMTP(hostname=settings.host, port=settings.port, timeout=settings.timeout, use_tls=False,
-                             start_tls=False, local_hostname=settings.local_hostname or socket.gethostname())
+    client = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        timeout=settings.timeout,
+        use_tls=False,
+        start_tls=False,
+        local_hostname=settings.local_hostname or socket.gethostname(),
+    )
     try:
         await client.connect()
         await client.ehlo()

@@ -54,8 +54,9 @@ def add_subscriber(store: Store, list_name: str, email: str, name: str = "") -> 
     """Add (or update the name of) one subscriber; True when newly added."""
     mailing_list = store.lists.get(list_name)
     address = normalise_address(email)
-    counts = store.subscribers.upsert(mailing_list.id, [Subscriber(email=address, name=clean_header_text(name))],
-                                      source="cli")
+    counts = store.subscribers.upsert(
+        mailing_list.id, [Subscriber(email=address, name=clean_header_text(name))], source="cli"
+    )
     return store.subscribers.get(mailing_list.id, address), bool(counts.added)
 
 
@@ -79,12 +80,14 @@ def import_csv(store: Store, list_name: str, path: Path) -> ImportResult:
             continue
         batch.append(item)
         if len(batch) >= _BATCH:
-            totals = [a + b for a, b in zip(totals, store.subscribers.upsert(mailing_list.id, batch, "import"),
-                                            strict=True)]
+            totals = [
+                a + b for a, b in zip(totals, store.subscribers.upsert(mailing_list.id, batch, "import"), strict=True)
+            ]
             batch = []
     if batch:
-        totals = [a + b for a, b in zip(totals, store.subscribers.upsert(mailing_list.id, batch, "import"),
-                                        strict=True)]
+        totals = [
+            a + b for a, b in zip(totals, store.subscribers.upsert(mailing_list.id, batch, "import"), strict=True)
+        ]
     return ImportResult(totals[0], totals[1], totals[2], problems, totals[3], decoded.encoding, delimiter)
 
 
@@ -188,8 +191,12 @@ def link_target(store: Store, secret: bytes, token: str, kind: TokenKind) -> Lin
     return LinkTarget(mailing_list, subscriber)
 
 
-def unsubscribe_with_token(store: Store, secret: bytes, token: str, source: UnsubscribeSource,
-                           ) -> tuple[LinkTarget | TestLink, bool]:
+def unsubscribe_with_token(
+    store: Store,
+    secret: bytes,
+    token: str,
+    source: UnsubscribeSource,
+) -> tuple[LinkTarget | TestLink, bool]:
     """RFC 8058 one-click or the page's button: unsubscribe now (idempotent); True if it changed anything. A test
     send's link changes nothing."""
     target = link_target(store, secret, token, TokenKind.UNSUBSCRIBE)
@@ -216,7 +223,12 @@ class Signup:
 
 
 def request_signup(
-    store: Store, list_name: str, email: str, name: str, client: str, now: datetime,
+    store: Store,
+    list_name: str,
+    email: str,
+    name: str,
+    client: str,
+    now: datetime,
     limits: SignupLimits | None = None,
 ) -> Signup:
     """The sign-up form: record a pending subscriber and decide whether to mail a confirmation.
@@ -240,8 +252,9 @@ def request_signup(
         can_join = subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
         if can_join and not too_soon and mailed_today < limits.address_per_day:
             outcome = SignupOutcome.MAIL
-    request_id = store.signups.log(mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now),
-                                  clean_header_text(name)[:200])
+    request_id = store.signups.log(
+        mailing_list.id, address, client, outcome == SignupOutcome.MAIL, stamp(now), clean_header_text(name)[:200]
+    )
     return Signup(outcome, subscriber, request_id)
 
 
@@ -261,8 +274,9 @@ def requested_name(store: Store, secret: bytes, token: str) -> str:
     return store.signups.requested_name(request_id, target.mailing_list.id, target.subscriber.email) or ""
 
 
-def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *, apply: bool,
-                       name: str | None = None) -> tuple[LinkTarget, ConfirmState]:
+def confirm_with_token(
+    store: Store, secret: bytes, token: str, now: datetime, *, apply: bool, name: str | None = None
+) -> tuple[LinkTarget, ConfirmState]:
     """GET (apply=False) only looks; POST (apply=True) activates. The link proves the person reads that mailbox;
     it works for CONFIRM_TTL after the latest confirmation mail, and not if they unsubscribed after it was sent.
     Confirming sets the name `name` (what the owner left in the confirm page's field), else the one the confirmed
@@ -272,8 +286,11 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
     if sub.status == SubscriberStatus.ACTIVE:
         return target, ConfirmState.CONFIRMED
     requested = store.signups.last_mailed(sub.email, target.mailing_list.id)
-    if sub.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED) or requested is None \
-            or store.suppressions.is_suppressed(sub.email):
+    if (
+        sub.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED)
+        or requested is None
+        or store.suppressions.is_suppressed(sub.email)
+    ):
         return target, ConfirmState.GONE
     if sub.status == SubscriberStatus.UNSUBSCRIBED:
         left = store.subscribers.last_unsubscribe(sub.id)
@@ -289,19 +306,36 @@ def confirm_with_token(store: Store, secret: bytes, token: str, now: datetime, *
 
 
 @functools.lru_cache(maxsize=32)
-def _confirmation_issue(name: str, title: str, lang: str, templates_dir: Path | None, theme: Theme | None,
-                        ) -> RenderedIssue:
+def _confirmation_issue(
+    name: str,
+    title: str,
+    lang: str,
+    templates_dir: Path | None,
+    theme: Theme | None,
+) -> RenderedIssue:
     """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
     words = lang if lang in CONFIRM_BODY else "en"
     given = {key: value.format(title=title) for key, value in CONFIRM_META[words].items()}
-    return render_issue(CONFIRM_BODY[words], origin="confirmation.md",
-                        list_ctx=ListContext(name=name, title=title, lang=lang), given=given,
-                        templates_dir=templates_dir, theme=theme)
+    return render_issue(
+        CONFIRM_BODY[words],
+        origin="confirmation.md",
+        list_ctx=ListContext(name=name, title=title, lang=lang),
+        given=given,
+        templates_dir=templates_dir,
+        theme=theme,
+    )
 
 
 def build_confirmation(
-    mailing_list: MailingList, subscriber: Subscriber, secret: bytes, base_url: str, now: datetime,
-    signer: MessageSigner | None = None, request_id: int = 0, *, templates_dir: Path | None = None,
+    mailing_list: MailingList,
+    subscriber: Subscriber,
+    secret: bytes,
+    base_url: str,
+    now: datetime,
+    signer: MessageSigner | None = None,
+    request_id: int = 0,
+    *,
+    templates_dir: Path | None = None,
     theme: Theme | None = None,
 ) -> BuiltMessage:
     """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me"), in the
@@ -313,9 +347,16 @@ def build_confirmation(
     issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang, templates_dir, theme)
     sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
     # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
-    template = MessageTemplate(issue, sender, secret=secret, campaign_id=0, list_id=mailing_list.id,
-                               salt=secrets.token_hex(8), fallback_name=READER.get(mailing_list.lang, "reader"),
-                               signer=signer)
+    template = MessageTemplate(
+        issue,
+        sender,
+        secret=secret,
+        campaign_id=0,
+        list_id=mailing_list.id,
+        salt=secrets.token_hex(8),
+        fallback_name=READER.get(mailing_list.lang, "reader"),
+        signer=signer,
+    )
     token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id, request_id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"
     # The name typed into the form is not in the mail: a stranger could otherwise put their words into a mail to

@@ -85,23 +85,28 @@ TEXT: dict[str, dict[str, str]] = {
         "confirmed_heading": "You are subscribed",
         "confirmed": "{addr} is now subscribed to {title}. Welcome!",
         "expired_heading": "This link has expired",
-        "expired": "This confirmation link is more than 7 days old. Please sign up again and we will send a "
-        "new one.",
+        "expired": "This confirmation link is more than 7 days old. Please sign up again and we will send a new one.",
         "gone_heading": "This link no longer applies",
         "gone": "This confirmation link is no longer valid. To subscribe, please fill in the sign-up form again.",
     },
 }
 
 # Shown when we cannot (or must not) tell which list a request is about: both languages, nothing specific.
-BAD_LINK = ("链接无效 / Invalid link", [
-    "这个链接无效或不完整。请确认复制了邮件中的完整链接。",
-    "This link is not valid or is incomplete. Please make sure you copied the whole link from the email.",
-])
+BAD_LINK = (
+    "链接无效 / Invalid link",
+    [
+        "这个链接无效或不完整。请确认复制了邮件中的完整链接。",
+        "This link is not valid or is incomplete. Please make sure you copied the whole link from the email.",
+    ],
+)
 NO_LIST = ("没有这个列表 / No such list", ["没有找到这个邮件列表。", "There is no mailing list at this address."])
-UNAVAILABLE = ("暂时无法处理 / Not available right now", [
-    "服务暂时出了问题，您的请求没有完成。请稍后再试。",
-    "Something went wrong on our side and your request was not completed. Please try again later.",
-])
+UNAVAILABLE = (
+    "暂时无法处理 / Not available right now",
+    [
+        "服务暂时出了问题，您的请求没有完成。请稍后再试。",
+        "Something went wrong on our side and your request was not completed. Please try again later.",
+    ],
+)
 
 
 # The confirmation mail's words. The list's title is data: it goes into front-matter values (given to the renderer,
@@ -121,8 +126,14 @@ If it was not you, ignore this message: nothing will be sent unless you confirm.
 """,
 }
 CONFIRM_META = {
-    "zh": {"subject": "请确认订阅「{title}」", "preheader": "点击邮件中的链接即可完成订阅",
-           "why": "您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。"},
-    "en": {"subject": "Please confirm your subscription to {title}", "preheader": "One click and you are subscribed",
-           "why": "You receive this because this address was entered on the sign-up page of {title}."},
+    "zh": {
+        "subject": "请确认订阅「{title}」",
+        "preheader": "点击邮件中的链接即可完成订阅",
+        "why": "您收到这封邮件，是因为有人在「{title}」的订阅页面填写了这个邮箱地址。",
+    },
+    "en": {
+        "subject": "Please confirm your subscription to {title}",
+        "preheader": "One click and you are subscribed",
+        "why": "You receive this because this address was entered on the sign-up page of {title}.",
+    },
 }

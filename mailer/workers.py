@@ -33,8 +33,9 @@ from mailer.store import Partition, Store
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None,
-        on_stop: Callable[[], None] | None = None) -> T:
+def run(
+    coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None, on_stop: Callable[[], None] | None = None
+) -> T:
     """Run a coroutine on a fresh event loop; with `stop`, SIGINT and SIGTERM set it (after `on_stop`, the first
     time) so in-flight work finishes before the command returns."""
 
@@ -55,8 +56,14 @@ def run(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None,
 
 
 async def run_workers(
-    store: Store, campaign: Campaign, template: MessageTemplate, relays: Sequence[SMTPSettings],
-    options: SendOptions, sink: ProgressSink, stop: asyncio.Event, owner: str,
+    store: Store,
+    campaign: Campaign,
+    template: MessageTemplate,
+    relays: Sequence[SMTPSettings],
+    options: SendOptions,
+    sink: ProgressSink,
+    stop: asyncio.Event,
+    owner: str,
 ) -> None:
     """Deliver with `options.workers` processes (one per core), each on its partition of the deliveries.
 
@@ -70,9 +77,19 @@ async def run_workers(
     procs = [
         context.Process(
             target=_worker_process,
-            args=(os.getpid(), owner, pipes[k][1], store.path, campaign.id, (k, n), list(relays),
-                  replace(options, concurrency=shares[k], workers=1, rate=options.rate / n if options.rate else None),
-                  template.sender.base_url, template.secret, template.signer),
+            args=(
+                os.getpid(),
+                owner,
+                pipes[k][1],
+                store.path,
+                campaign.id,
+                (k, n),
+                list(relays),
+                replace(options, concurrency=shares[k], workers=1, rate=options.rate / n if options.rate else None),
+                template.sender.base_url,
+                template.secret,
+                template.signer,
+            ),
             daemon=False,
         )
         for k in range(n)
@@ -117,9 +134,19 @@ def _report_progress(store: Store, campaign_id: int, seen: dict[str, int], sink:
     return counts
 
 
-def _worker_process(parent_pid: int, owner: str, reports: Connection, db_path: Path, campaign_id: int,
-                    part: Partition, relays: list[SMTPSettings], options: SendOptions, base_url: str, secret: bytes,
-                    signer: MessageSigner | None = None) -> None:
+def _worker_process(
+    parent_pid: int,
+    owner: str,
+    reports: Connection,
+    db_path: Path,
+    campaign_id: int,
+    part: Partition,
+    relays: list[SMTPSettings],
+    options: SendOptions,
+    base_url: str,
+    secret: bytes,
+    signer: MessageSigner | None = None,
+) -> None:
     """Entry point of one worker process: its own event loop, SQLite connection and SMTP sessions, sending
     under its parent's lease (`owner`) only while `parent_pid` is its parent."""
     _die_with_parent(parent_pid)
@@ -132,8 +159,17 @@ def _worker_process(parent_pid: int, owner: str, reports: Connection, db_path: P
         with Store.open(db_path) as store:
             campaign = store.campaigns.get(campaign_id)
             template = template_for_campaign(store, campaign, base_url, secret, signer)
-            await Engine(CampaignLog(store, campaign.id), template, campaign, relays, options, None, stop, part=part,
-                         lease=Lease(owner, parent_pid)).run()
+            await Engine(
+                CampaignLog(store, campaign.id),
+                template,
+                campaign,
+                relays,
+                options,
+                None,
+                stop,
+                part=part,
+                lease=Lease(owner, parent_pid),
+            ).run()
         if stop.is_set():
             raise SystemExit(ExitCode.INTERRUPTED)
 

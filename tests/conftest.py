@@ -55,9 +55,14 @@ mailer.capture.free_port = free_port  # CaptureServer, LiveWeb and the tests all
 SAMPLE_ISSUE = REPO / "issues" / "sample.md"
 SAMPLE_CSV = REPO / "subscribers" / "sample.csv"
 # The wire checker of ../shared (beside the clone in CI; /work/shared on the development machine).
-CHECK_EML = next((p for p in (REPO.parent / "shared" / "tools" / "check_eml.py",
-                              Path("/work/shared/tools/check_eml.py")) if p.exists()),
-                 REPO.parent / "shared" / "tools" / "check_eml.py")
+CHECK_EML = next(
+    (
+        p
+        for p in (REPO.parent / "shared" / "tools" / "check_eml.py", Path("/work/shared/tools/check_eml.py"))
+        if p.exists()
+    ),
+    REPO.parent / "shared" / "tools" / "check_eml.py",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -105,11 +110,18 @@ def run_cli_process(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Run `python -m mailer ARGS` in tmp_path with a database there; returns CompletedProcess (text). For what needs
     a process of its own: signals, workers, another PYTHONPATH, a command that runs until stopped."""
 
-    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mailer", *args], cwd=tmp_path,
-                              env=_cli_environment(tmp_path, env), text=True, capture_output=True, input=input,
-                              timeout=timeout)
+    def run(
+        *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailer", *args],
+            cwd=tmp_path,
+            env=_cli_environment(tmp_path, env),
+            text=True,
+            capture_output=True,
+            input=input,
+            timeout=timeout,
+        )
 
     return run
 
@@ -120,8 +132,9 @@ def run_cli(tmp_path: Path, run_cli_process):  # type: ignore[no-untyped-def]
     CompletedProcess (text), as run_cli_process does, which it hands over to when this process cannot stand in: a
     test with a running event loop, another PYTHONPATH, or worker processes."""
 
-    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         if _needs_a_process(args, env):
             return run_cli_process(*args, env=env, input=input, timeout=timeout)
         return run_mailer(tmp_path, args, _cli_environment(tmp_path, env), input)
@@ -129,8 +142,9 @@ def run_cli(tmp_path: Path, run_cli_process):  # type: ignore[no-untyped-def]
     return run
 
 
-def run_mailer(cwd: Path, args: Sequence[str], variables: dict[str, str],
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_mailer(
+    cwd: Path, args: Sequence[str], variables: dict[str, str], input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """`mailer ARGS` as `main(argv, env)` in this process, with its streams captured and the working folder and
     environment variables a process of its own would have (both put back after)."""
     from mailer.cli import Environment, main
@@ -141,8 +155,12 @@ def run_mailer(cwd: Path, args: Sequence[str], variables: dict[str, str],
     os.environ.clear()
     os.environ.update(variables)
     try:
-        code = main(list(args), Environment(stdin=io.StringIO(input or ""), stdout=stdout, stderr=stderr,
-                                            variables=variables, program_name="mailer"))
+        code = main(
+            list(args),
+            Environment(
+                stdin=io.StringIO(input or ""), stdout=stdout, stderr=stderr, variables=variables, program_name="mailer"
+            ),
+        )
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
@@ -172,8 +190,9 @@ class LiveWeb:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = make_app(self.url)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveWeb:

@@ -30,16 +30,25 @@ def files(mapping: dict[str, bytes]):  # type: ignore[no-untyped-def]
 
 
 def wrap(*parts: bytes) -> EmailMessage:
-    raw = b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n' \
-          b"Content-Type: text/plain\r\n\r\nhi\r\n" + b"".join(parts) + b"\r\n--B--\r\n"
+    raw = (
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+        b"Content-Type: text/plain\r\n\r\nhi\r\n" + b"".join(parts) + b"\r\n--B--\r\n"
+    )
     for line in raw.split(b"\r\n"):
         assert len(line) <= 78, line
     return message_from_bytes(raw, policy=policy.default)  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("name", ["简报第10期.pdf", "report 2026 (final).pdf",
-                                  "简报第10期（印刷版）知识产权运营简报附件一：跨区域质押融资协作备忘录全文.pdf",
-                                  "Résumé.docx", "ملف.pdf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "简报第10期.pdf",
+        "report 2026 (final).pdf",
+        "简报第10期（印刷版）知识产权运营简报附件一：跨区域质押融资协作备忘录全文.pdf",
+        "Résumé.docx",
+        "ملف.pdf",
+    ],
+)
 def test_a_name_in_any_script_parses_back_with_the_same_bytes(name: str) -> None:
     [attachment], warnings = read_attachments([name], files({name: PDF}), "x.md")
     assert warnings == []
@@ -52,20 +61,28 @@ def test_a_name_in_any_script_parses_back_with_the_same_bytes(name: str) -> None
 def test_headers_for_a_plain_name_stay_plain() -> None:
     assert part_headers(Attachment("report.pdf", "application/pdf", PDF)) == (
         'Content-Type: application/pdf; name="report.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
-        'Content-Disposition: attachment; filename="report.pdf"\r\n')
+        'Content-Disposition: attachment; filename="report.pdf"\r\n'
+    )
 
 
 def test_folders_controls_and_quotes_never_reach_the_header() -> None:
-    [attachment], _ = read_attachments(["print/简报\r\nBcc: x@evil.test\".pdf"],
-                                       files({"print/简报\r\nBcc: x@evil.test\".pdf": PDF}), "x.md")
+    [attachment], _ = read_attachments(
+        ['print/简报\r\nBcc: x@evil.test".pdf'], files({'print/简报\r\nBcc: x@evil.test".pdf': PDF}), "x.md"
+    )
     assert attachment.filename == "简报Bcc: x@evil.test.pdf"
     assert "\r\nBcc" not in part_headers(attachment)
 
 
-@pytest.mark.parametrize(("name", "kind"), [("a.pdf", "application/pdf"), ("a.PNG", "image/png"),
-                                             ("a.tar.gz", "application/octet-stream"), ("noext", "application/"
-                                                                                        "octet-stream"),
-                                             ("a.csv", "text/csv")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a.pdf", "application/pdf"),
+        ("a.PNG", "image/png"),
+        ("a.tar.gz", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+        ("a.csv", "text/csv"),
+    ],
+)
 def test_content_types(name: str, kind: str) -> None:
     assert content_type_of(name) == kind
 
@@ -77,13 +94,16 @@ def test_one_name_or_none() -> None:
     assert one.filename == "a.pdf"
 
 
-@pytest.mark.parametrize(("value", "words"), [
-    ({"a": 1}, "must be a list of file names"),
-    ([""], "must be a list of file names"),
-    (["missing.pdf"], "missing.pdf does not exist"),
-    (["empty.pdf"], "attachment empty.pdf is empty"),
-    (["a.pdf", "sub/A.PDF"], "two attachments are named A.PDF"),
-])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({"a": 1}, "must be a list of file names"),
+        ([""], "must be a list of file names"),
+        (["missing.pdf"], "missing.pdf does not exist"),
+        (["empty.pdf"], "attachment empty.pdf is empty"),
+        (["a.pdf", "sub/A.PDF"], "two attachments are named A.PDF"),
+    ],
+)
 def test_bad_attachments_are_one_error(value: object, words: str) -> None:
     read = files({"empty.pdf": b"", "a.pdf": PDF, "sub/A.PDF": PDF})
     with pytest.raises(TemplateError, match=words):
@@ -99,7 +119,9 @@ def test_size_warning_and_limit() -> None:
 
 
 def test_describe_for_layouts() -> None:
-    assert describe([Attachment("简报.pdf", "application/pdf", b"x" * 1_300_000),
-                     Attachment("a.txt", "text/plain", b"x")]) == [
+    assert describe(
+        [Attachment("简报.pdf", "application/pdf", b"x" * 1_300_000), Attachment("a.txt", "text/plain", b"x")]
+    ) == [
         {"filename": "简报.pdf", "size": "1.2 MB", "content_type": "application/pdf"},
-        {"filename": "a.txt", "size": "1 KB", "content_type": "text/plain"}]
+        {"filename": "a.txt", "size": "1 KB", "content_type": "text/plain"},
+    ]

@@ -41,8 +41,14 @@ class Sent:
 
 def fill(name: str, sent: Sent) -> bytes:
     text = (FIXTURES / name).read_text(encoding="utf-8")
-    for marker, value in (("@@VERP@@", sent.verp), ("@@RCPT@@", sent.email), ("@@MSGID@@", sent.message_id),
-                          ("@@UNSUB@@", sent.unsubscribe), ("@@ESC@@", "\x1b"), ("@@BEL@@", "\x07")):
+    for marker, value in (
+        ("@@VERP@@", sent.verp),
+        ("@@RCPT@@", sent.email),
+        ("@@MSGID@@", sent.message_id),
+        ("@@UNSUB@@", sent.unsubscribe),
+        ("@@ESC@@", "\x1b"),
+        ("@@BEL@@", "\x07"),
+    ):
         text = text.replace(marker, value)
     return text.encode("utf-8")
 
@@ -52,8 +58,9 @@ def sent_messages(smtp: CaptureServer) -> dict[str, Sent]:
     for captured in smtp.received:
         msg = message_from_bytes(captured.data)
         mailto = str(msg["List-Unsubscribe"]).split("<mailto:", 1)[1].split("?", 1)[0]
-        out[captured.rcpt_tos[0]] = Sent(captured.rcpt_tos[0], captured.mail_from, str(msg["Message-ID"]).strip(),
-                                         mailto)
+        out[captured.rcpt_tos[0]] = Sent(
+            captured.rcpt_tos[0], captured.mail_from, str(msg["Message-ID"]).strip(), mailto
+        )
     return out
 
 
@@ -68,8 +75,11 @@ async def campaign(store: Store, config: Config, smtp_server: CaptureServer) -> 
 
 
 def delivery_status(store: Store, email: str) -> str:
-    return str(store.conn.execute(
-        "SELECT status FROM deliveries WHERE email = ? ORDER BY id DESC LIMIT 1", (email,)).fetchone()[0])
+    return str(
+        store.conn.execute(
+            "SELECT status FROM deliveries WHERE email = ? ORDER BY id DESC LIMIT 1", (email,)
+        ).fetchone()[0]
+    )
 
 
 def scan_json(run_cli, path: Path, env: dict[str, str] | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -80,19 +90,26 @@ def scan_json(run_cli, path: Path, env: dict[str, str] | None = None) -> list[di
 
 # ---- parsing (pure) ----------------------------------------------------------------------------------------------
 
-SAMPLE = Sent("li.na@example.net", "bounces+aaaabbbbccccddddeeee@example.org", "<m.1.2.abc@example.org>",
-              "unsubscribe+ffffgggghhhhiiiijjjj@example.org")
+SAMPLE = Sent(
+    "li.na@example.net",
+    "bounces+aaaabbbbccccddddeeee@example.org",
+    "<m.1.2.abc@example.org>",
+    "unsubscribe+ffffgggghhhhiiiijjjj@example.org",
+)
 
 
-@pytest.mark.parametrize(("fixture", "kind", "status"), [
-    ("rfc3464-5.1.1.eml", ReturnedKind.HARD, "5.1.1"),
-    ("rfc3464-4.2.2.eml", ReturnedKind.SOFT, "4.2.2"),
-    ("gmail.eml", ReturnedKind.HARD, "5.1.1"),
-    ("exchange.eml", ReturnedKind.HARD, "5.1.10"),
-    ("qmail.eml", ReturnedKind.HARD, "5.1.1"),
-    ("complaint-arf.eml", ReturnedKind.COMPLAINT, ""),
-    ("mailto-unsubscribe.eml", ReturnedKind.UNSUBSCRIBE, ""),
-])
+@pytest.mark.parametrize(
+    ("fixture", "kind", "status"),
+    [
+        ("rfc3464-5.1.1.eml", ReturnedKind.HARD, "5.1.1"),
+        ("rfc3464-4.2.2.eml", ReturnedKind.SOFT, "4.2.2"),
+        ("gmail.eml", ReturnedKind.HARD, "5.1.1"),
+        ("exchange.eml", ReturnedKind.HARD, "5.1.10"),
+        ("qmail.eml", ReturnedKind.HARD, "5.1.1"),
+        ("complaint-arf.eml", ReturnedKind.COMPLAINT, ""),
+        ("mailto-unsubscribe.eml", ReturnedKind.UNSUBSCRIBE, ""),
+    ],
+)
 def test_each_kind_of_report_is_read(fixture: str, kind: ReturnedKind, status: str) -> None:
     report = parse_returned(fill(fixture, SAMPLE))
     assert [f.kind for f in report.findings] == [kind]
@@ -122,28 +139,37 @@ def test_an_auto_reply_is_not_a_bounce() -> None:
 # ---- scanning a mailbox: matching and recording --------------------------------------------------------------------
 
 
-def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent], store: Store, tmp_path: Path,
-                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_scan_a_maildir_matches_records_and_counts_once(
+    campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     r = [campaign[e] for e in READERS]
     box = mailbox.Maildir(str(tmp_path / "Maildir"), create=True)
-    for raw in (fill("rfc3464-5.1.1.eml", r[0]), fill("gmail.eml", r[1]), fill("exchange.eml", r[2]),
-                fill("qmail.eml", r[3]), fill("rfc3464-4.2.2.eml", r[4]), fill("unknown-message.eml", r[0]),
-                fill("rfc3464-5.1.1.eml", r[0]),  # the same DSN twice
-                fill("out-of-office.eml", r[5])):
+    for raw in (
+        fill("rfc3464-5.1.1.eml", r[0]),
+        fill("gmail.eml", r[1]),
+        fill("exchange.eml", r[2]),
+        fill("qmail.eml", r[3]),
+        fill("rfc3464-4.2.2.eml", r[4]),
+        fill("unknown-message.eml", r[0]),
+        fill("rfc3464-5.1.1.eml", r[0]),  # the same DSN twice
+        fill("out-of-office.eml", r[5]),
+    ):
         box.add(raw)
 
     rows = scan_json(run_cli, tmp_path / "Maildir")
     by_result = sorted((row["email"], row["kind"], row["result"].split(" (")[0]) for row in rows)
-    assert by_result == sorted([
-        (r[0].email, "hard", "bounced and suppressed"),
-        (r[0].email, "hard", "duplicate: already counted"),
-        (r[1].email, "hard", "bounced and suppressed"),
-        (r[2].email, "hard", "bounced and suppressed"),
-        (r[3].email, "hard", "bounced and suppressed"),
-        (r[4].email, "soft", "soft bounce 1/3 counted"),
-        ("stranger@example.net", "hard", "unmatched: no valid VERP address or known Message-ID"),
-        ("", "other", "ignored: not a bounce"),
-    ])
+    assert by_result == sorted(
+        [
+            (r[0].email, "hard", "bounced and suppressed"),
+            (r[0].email, "hard", "duplicate: already counted"),
+            (r[1].email, "hard", "bounced and suppressed"),
+            (r[2].email, "hard", "bounced and suppressed"),
+            (r[3].email, "hard", "bounced and suppressed"),
+            (r[4].email, "soft", "soft bounce 1/3 counted"),
+            ("stranger@example.net", "hard", "unmatched: no valid VERP address or known Message-ID"),
+            ("", "other", "ignored: not a bounce"),
+        ]
+    )
     exchange = next(row for row in rows if row["email"] == r[2].email)
     assert "matched by message-id" in exchange["result"]
     for email in (r[0].email, r[1].email, r[2].email, r[3].email):
@@ -152,22 +178,25 @@ def test_scan_a_maildir_matches_records_and_counts_once(campaign: dict[str, Sent
         assert store.subscribers.get(store.lists.get("bulletin").id, email).status == SubscriberStatus.BOUNCED
     assert delivery_status(store, r[4].email) == DeliveryStatus.SENT
     assert not store.suppressions.is_suppressed(r[4].email)
-    code, reply = store.conn.execute("SELECT smtp_code, smtp_reply FROM deliveries WHERE email = ?",
-                                     (r[0].email,)).fetchone()
+    code, reply = store.conn.execute(
+        "SELECT smtp_code, smtp_reply FROM deliveries WHERE email = ?", (r[0].email,)
+    ).fetchone()
     assert code == 550 and reply.startswith("5.1.1 ")  # the receiver's answer, not our relay's 250
     assert store.suppressions.get(r[0].email).detail.startswith("5.1.1 ")
 
     again = scan_json(run_cli, tmp_path / "Maildir")  # reading the mailbox again changes nothing
-    assert {row["result"] for row in again if row["email"] in {x.email for x in r[:5]}} == \
-        {"duplicate: already counted"}
+    assert {row["result"] for row in again if row["email"] in {x.email for x in r[:5]}} == {
+        "duplicate: already counted"
+    }
     assert store.returned.soft_bounce_count(r[4].email) == 1
 
     log = json.loads(run_cli("log", "1", "--status", "bounced", "--json").stdout)
     assert sorted(row["email"] for row in log) == sorted(x.email for x in r[:4])
 
 
-def test_soft_bounces_suppress_after_the_limit(store: Store, config: Config, smtp_server: CaptureServer,
-                                               tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_soft_bounces_suppress_after_the_limit(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     list_id = store.lists.get("bulletin").id
     store.subscribers.upsert(list_id, [Subscriber(email="full@example.net")], "test")
     settings = relays(config.with_overrides(smtp_port=smtp_server.port))
@@ -187,12 +216,16 @@ def test_soft_bounces_suppress_after_the_limit(store: Store, config: Config, smt
     assert store.suppressions.get("full@example.net").reason == "soft-bounces"
 
 
-def test_complaint_and_mailto_unsubscribe_from_an_mbox(campaign: dict[str, Sent], store: Store, tmp_path: Path,
-                                                       run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_complaint_and_mailto_unsubscribe_from_an_mbox(
+    campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     r = [campaign[e] for e in READERS]
     box = mailbox.mbox(str(tmp_path / "returned.mbox"), create=True)
-    for raw in (fill("complaint-arf.eml", r[5]), fill("mailto-unsubscribe.eml", r[6]),
-                fill("mailto-unsubscribe.eml", r[6]).replace(b"unsub-request-1", b"unsub-request-2")):
+    for raw in (
+        fill("complaint-arf.eml", r[5]),
+        fill("mailto-unsubscribe.eml", r[6]),
+        fill("mailto-unsubscribe.eml", r[6]).replace(b"unsub-request-1", b"unsub-request-2"),
+    ):
         box.add(raw)
     box.flush()
     rows = scan_json(run_cli, tmp_path / "returned.mbox")
@@ -208,8 +241,9 @@ def test_complaint_and_mailto_unsubscribe_from_an_mbox(campaign: dict[str, Sent]
     assert store.suppressions.get(r[5].email).reason == "complained"
 
 
-def test_a_folder_of_eml_files_and_a_forged_unsubscribe(campaign: dict[str, Sent], store: Store, tmp_path: Path,
-                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_folder_of_eml_files_and_a_forged_unsubscribe(
+    campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "returned"
     folder.mkdir()
     r = campaign[READERS[7]]
@@ -220,8 +254,9 @@ def test_a_folder_of_eml_files_and_a_forged_unsubscribe(campaign: dict[str, Sent
     assert store.subscribers.get(store.lists.get("bulletin").id, r.email).status == SubscriberStatus.ACTIVE
 
 
-def test_a_broken_message_is_skipped_and_the_rest_is_read(campaign: dict[str, Sent], store: Store,
-                                                          tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_broken_message_is_skipped_and_the_rest_is_read(
+    campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     box = mailbox.mbox(str(tmp_path / "mixed.mbox"), create=True)
     box.add(b"Subject: no sender at all\n\nnot a bounce, no From: header\n")
     box.add(bytes(range(256)) * 4)
@@ -247,7 +282,11 @@ def test_scan_of_a_missing_path_is_one_error_line(store: Store, tmp_path: Path, 
 
 
 def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
-    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path, run_cli,  # type: ignore[no-untyped-def]
+    store: Store,
+    config: Config,
+    smtp_server: CaptureServer,
+    tmp_path: Path,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     list_id = store.lists.get("bulletin").id
     store.subscribers.upsert(list_id, [Subscriber(email=e) for e in READERS[:4]], "test")
@@ -285,8 +324,7 @@ def test_unsubscribed_and_bounced_readers_miss_the_next_issue(
     assert store.subscribers.count_recipients(list_id) == 2
 
 
-def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp_path: Path,
-                                    run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_suppressions_ls_and_remove(campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     bounced = campaign[READERS[0]]
     (tmp_path / "dsn.eml").write_bytes(fill("rfc3464-5.1.1.eml", bounced))
     scan_json(run_cli, tmp_path / "dsn.eml")
@@ -315,8 +353,9 @@ def interrupted_campaign(store: Store) -> int:
 
 
 @pytest.mark.parametrize("fixture", ["forged-blank-message-id.eml", "forged-complaint.eml"])
-def test_a_blank_message_id_matches_no_delivery(fixture: str, campaign: dict[str, Sent], store: Store,
-                                                tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_blank_message_id_matches_no_delivery(
+    fixture: str, campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     interrupted_campaign(store)
     victim = campaign[READERS[7]]
     forged = Sent(victim.email, "bounces+" + "a" * 26 + "@example.org", "", victim.unsubscribe)  # no valid VERP
@@ -328,20 +367,21 @@ def test_a_blank_message_id_matches_no_delivery(fixture: str, campaign: dict[str
     assert store.subscribers.get(store.lists.get("bulletin").id, victim.email).status == SubscriberStatus.ACTIVE
 
 
-def test_a_message_id_matches_only_a_delivery_that_was_sent_with_it(campaign: dict[str, Sent],
-                                                                    store: Store) -> None:
+def test_a_message_id_matches_only_a_delivery_that_was_sent_with_it(campaign: dict[str, Sent], store: Store) -> None:
     interrupted = interrupted_campaign(store)
     assert store.returned.by_message_id("") is None
     sent = campaign[READERS[0]]
     assert store.returned.by_message_id(sent.message_id).email == READERS[0]
     # A Message-ID the engine may know before the first attempt names no mail that exists.
-    store.conn.execute("UPDATE deliveries SET message_id = '<mailer.x.1.abc@example.org>' WHERE campaign_id = ?",
-                       (interrupted,))
+    store.conn.execute(
+        "UPDATE deliveries SET message_id = '<mailer.x.1.abc@example.org>' WHERE campaign_id = ?", (interrupted,)
+    )
     assert store.returned.by_message_id("<mailer.x.1.abc@example.org>") is None
 
 
-def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: dict[str, Sent], store: Store,
-                                                                     tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(
+    campaign: dict[str, Sent], store: Store, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     reader = campaign[READERS[1]]
     raw = fill("forged-blank-message-id.eml", reader).replace(b"=?utf-8?q?_?=", reader.message_id.encode())
     finding = parse_returned(raw).findings[0]
@@ -364,10 +404,13 @@ def test_terminal_escapes_in_a_report_are_neither_stored_nor_printed(campaign: d
 UTF8_SAMPLE = Sent("李四@example.net", SAMPLE.verp, SAMPLE.message_id, SAMPLE.unsubscribe)
 
 
-@pytest.mark.parametrize(("fixture", "kind", "status"), [
-    ("postfix-smtputf8-delay.eml", ReturnedKind.SOFT, "4.4.1"),  # message/global-headers
-    ("postfix-smtputf8-failed.eml", ReturnedKind.HARD, "5.1.1"),  # message/global
-])
+@pytest.mark.parametrize(
+    ("fixture", "kind", "status"),
+    [
+        ("postfix-smtputf8-delay.eml", ReturnedKind.SOFT, "4.4.1"),  # message/global-headers
+        ("postfix-smtputf8-failed.eml", ReturnedKind.HARD, "5.1.1"),  # message/global
+    ],
+)
 def test_a_global_delivery_status_report_is_read(fixture: str, kind: ReturnedKind, status: str) -> None:
     report = parse_returned(fill(fixture, UTF8_SAMPLE))
     assert [(f.kind, f.email, f.status) for f in report.findings] == [(kind, "李四@example.net", status)]
@@ -387,9 +430,9 @@ def test_a_global_report_may_be_transfer_encoded_and_spell_characters_as_unitext
         assert [(f.kind, f.email) for f in report.findings] == [(ReturnedKind.SOFT, "李四@example.net")], name
 
 
-async def test_scan_matches_rfc6533_reports_by_verp_and_by_message_id(store: Store, config: Config,
-                                                                      smtp_server: CaptureServer, tmp_path: Path,
-                                                                      run_cli) -> None:  # type: ignore[no-untyped-def]
+async def test_scan_matches_rfc6533_reports_by_verp_and_by_message_id(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     readers = ["李四@example.net", "王五@example.net"]
     store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email=e) for e in readers], "test")
     settings = relays(config.with_overrides(smtp_port=smtp_server.port))

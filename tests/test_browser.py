@@ -64,8 +64,7 @@ def site(config: Config, store: Store, smtp_server: CaptureServer) -> Iterator[C
 def send_now(store: Store, config: Config, issue: Path, list_name: str) -> None:
     """Send in a thread of its own: Playwright's sync API keeps an event loop running in this one."""
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, send_issue(store, config, issue, list_name, SendOptions(),
-                                            relays(config))).result()
+        pool.submit(asyncio.run, send_issue(store, config, issue, list_name, SendOptions(), relays(config))).result()
 
 
 def shot(page: object, name: str) -> Path:
@@ -91,8 +90,9 @@ def text_link(data: bytes, pattern: str) -> str:
     return match.group(0)
 
 
-def test_unsubscribe_from_the_link_in_a_sent_issue(browser: object, site: Config, store: Store,
-                                                   smtp_server: CaptureServer) -> None:
+def test_unsubscribe_from_the_link_in_a_sent_issue(
+    browser: object, site: Config, store: Store, smtp_server: CaptureServer
+) -> None:
     list_id = store.lists.get("bulletin").id
     store.subscribers.upsert(list_id, [Subscriber(email="zhang.wei@example.org", name="张伟")], "test")
     send_now(store, site, SAMPLE_ISSUE, "bulletin")
@@ -117,8 +117,9 @@ def test_unsubscribe_from_the_link_in_a_sent_issue(browser: object, site: Config
     page.close()
 
 
-def test_english_unsubscribe_page(browser: object, site: Config, store: Store, smtp_server: CaptureServer,
-                                  tmp_path: Path) -> None:
+def test_english_unsubscribe_page(
+    browser: object, site: Config, store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
     list_id = store.lists.get("weekly").id
     store.subscribers.upsert(list_id, [Subscriber(email="ann@example.org", name="Ann")], "test")
     issue = tmp_path / "notes.md"
@@ -144,8 +145,9 @@ def wait_for_mail(server: CaptureServer, count: int) -> list[Captured]:
     return server.received
 
 
-def test_sign_up_and_confirm_in_the_browser(browser: object, site: Config, store: Store,
-                                            smtp_server: CaptureServer) -> None:
+def test_sign_up_and_confirm_in_the_browser(
+    browser: object, site: Config, store: Store, smtp_server: CaptureServer
+) -> None:
     list_id = store.lists.get("bulletin").id
     page = browser.new_page(viewport={"width": 800, "height": 700}, locale="zh-CN")  # type: ignore[attr-defined]
     page.goto(f"{site.base_url}/s/bulletin")

@@ -19,7 +19,10 @@ def test_stacked_bar_pieces_are_proportional_and_in_status_order() -> None:
     assert background.get("fill") == "#eeeeee"
     assert (sent.get("fill"), float(sent.get("width") or 0)) == (STATUS_COLOURS["sent"], 300.0)
     assert (failed.get("fill"), float(failed.get("x") or 0), float(failed.get("width") or 0)) == (
-        STATUS_COLOURS["failed"], 300.0, 100.0)
+        STATUS_COLOURS["failed"],
+        300.0,
+        100.0,
+    )
     assert [t.text for t in ET.fromstring(svg).iter(f"{SVG}title")] == ["sent: 3", "failed: 1"]
 
 

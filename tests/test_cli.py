@@ -63,8 +63,23 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_the_app_has_the_commands_of_the_spec() -> None:
     paths = {" ".join(path) for path, _ in LEAVES}
-    assert {"init", "lists create", "lists ls", "subs add", "subs import", "subs ls", "subs export", "subs remove",
-            "render", "send", "campaigns ls", "log", "retry", "unsubscribe", "demo"} <= paths
+    assert {
+        "init",
+        "lists create",
+        "lists ls",
+        "subs add",
+        "subs import",
+        "subs ls",
+        "subs export",
+        "subs remove",
+        "render",
+        "send",
+        "campaigns ls",
+        "log",
+        "retry",
+        "unsubscribe",
+        "demo",
+    } <= paths
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "mailer" for p, _ in COMMANDS])
@@ -83,9 +98,9 @@ def test_every_example_parses_as_its_command(path: tuple[str, ...], command: Any
     assert len(examples) == 1, f"{' '.join(path)}: no 'Example:' line in its help"
     words = shlex.split(examples[0].removeprefix("Example:"))
     assert words[0] == "mailer"
-    assert tuple(words[1:1 + len(path)]) == path
+    assert tuple(words[1 : 1 + len(path)]) == path
     # click's own parser with the example's arguments: unknown options or bad values raise; nothing runs.
-    with command.make_context(" ".join(words[: 1 + len(path)]), words[1 + len(path):]) as ctx:
+    with command.make_context(" ".join(words[: 1 + len(path)]), words[1 + len(path) :]) as ctx:
         assert ctx.command is command
 
 
@@ -136,8 +151,13 @@ def test_a_group_alone_shows_its_help(tmp_path: Path, args: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["lists", "ls"], ["subs", "ls", "--list", "bulletin"], ["campaigns", "ls"], ["log", "1"],
-     ["send", str(REPO / "issues" / "sample.md"), "--list", "bulletin", "--dry-run"]],
+    [
+        ["lists", "ls"],
+        ["subs", "ls", "--list", "bulletin"],
+        ["campaigns", "ls"],
+        ["log", "1"],
+        ["send", str(REPO / "issues" / "sample.md"), "--list", "bulletin", "--dry-run"],
+    ],
 )
 def test_a_missing_database_is_one_error_line(tmp_path: Path, args: list[str]) -> None:
     result = _mailer(tmp_path, *args)
@@ -204,8 +224,10 @@ def test_init_migrates_a_schema_4_database_and_keeps_its_sign_ups(tmp_path: Path
     conn = sqlite3.connect(tmp_path / "mailer.db")
     conn.executescript(SCHEMA_1 + "".join(RELEASED_STEPS[v] for v in (2, 3, 4)) + "PRAGMA user_version = 4;")
     conn.execute("INSERT INTO lists (name, created) VALUES ('bulletin', 'now')")
-    conn.execute("INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (1, 'a@example.org', "
-                 "'127.0.0.1', 1, 'now')")
+    conn.execute(
+        "INSERT INTO signup_requests (list_id, email, client, mailed, at) VALUES (1, 'a@example.org', "
+        "'127.0.0.1', 1, 'now')"
+    )
     conn.commit()
     conn.close()
     result = _mailer(tmp_path, "init")
@@ -233,9 +255,15 @@ def _mailer_as_user(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a user for whom file modes count (CI and this machine run tests as root)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "MAILER_DB": str(cwd / "mailer.db")})
-    return subprocess.run([sys.executable, "-m", "mailer", *args], cwd=cwd, env=full_env, text=True,
-                          capture_output=True, timeout=60,
-                          preexec_fn=_without_root_powers if os.geteuid() == 0 else None)
+    return subprocess.run(
+        [sys.executable, "-m", "mailer", *args],
+        cwd=cwd,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        preexec_fn=_without_root_powers if os.geteuid() == 0 else None,
+    )
 
 
 def _initialised(tmp_path: Path) -> Path:
@@ -259,8 +287,9 @@ def test_the_database_and_its_wal_files_are_private(tmp_path: Path) -> None:
         reader.close()
 
 
-@pytest.mark.parametrize("args", [["lists", "ls"], ["lists", "create", "weekly"], ["subs", "ls", "--list", "bulletin"],
-                                  ["init"]])
+@pytest.mark.parametrize(
+    "args", [["lists", "ls"], ["lists", "create", "weekly"], ["subs", "ls", "--list", "bulletin"], ["init"]]
+)
 @pytest.mark.parametrize("what", ["file", "folder"])
 def test_a_read_only_database_is_one_error_line(tmp_path: Path, what: str, args: list[str]) -> None:
     home = tmp_path / "home"
@@ -299,11 +328,20 @@ def test_a_damaged_database_is_one_error_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and "is not a mailer database" in assert_one_error_line(result)
 
 
-@pytest.mark.parametrize("args", [
-    ["lists", "ls"], ["init"], ["campaigns", "ls"], ["log", "1"], ["suppressions", "ls"], ["serve"],
-    ["subs", "add", "a@example.org", "--list", "bulletin"], ["bounces", "scan", "."],
-    ["send", str(REPO / "issues" / "sample.md"), "--list", "bulletin", "--dry-run"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["lists", "ls"],
+        ["init"],
+        ["campaigns", "ls"],
+        ["log", "1"],
+        ["suppressions", "ls"],
+        ["serve"],
+        ["subs", "add", "a@example.org", "--list", "bulletin"],
+        ["bounces", "scan", "."],
+        ["send", str(REPO / "issues" / "sample.md"), "--list", "bulletin", "--dry-run"],
+    ],
+)
 def test_a_database_of_a_newer_mailer_is_refused_by_every_command(tmp_path: Path, args: list[str]) -> None:
     import sqlite3
 
@@ -319,15 +357,18 @@ def test_a_database_of_a_newer_mailer_is_refused_by_every_command(tmp_path: Path
     assert db.read_bytes() == before
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["log", "99999999999999999999999"], "no campaign '99999999999999999999999'"),
-    (["log", "²"], "no campaign '²'"),
-    (["subs", "export", "--list", "bulletin", "-o", "/nonexistent/x.csv"], "cannot write /nonexistent/x.csv"),
-    (["render", str(REPO / "issues" / "sample.md"), "-o", "/dev/null/x"], "cannot write to /dev/null/x"),
-    (["--db", "/proc/x.db", "init"], "cannot create the signing secret /proc/x.db.secret"),
-    (["--db", "/proc/x.db", "lists", "ls"], "database /proc/x.db does not exist"),
-    (["bounces", "scan", sys.executable], "is not a mail message, an mbox or a Maildir"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["log", "99999999999999999999999"], "no campaign '99999999999999999999999'"),
+        (["log", "²"], "no campaign '²'"),
+        (["subs", "export", "--list", "bulletin", "-o", "/nonexistent/x.csv"], "cannot write /nonexistent/x.csv"),
+        (["render", str(REPO / "issues" / "sample.md"), "-o", "/dev/null/x"], "cannot write to /dev/null/x"),
+        (["--db", "/proc/x.db", "init"], "cannot create the signing secret /proc/x.db.secret"),
+        (["--db", "/proc/x.db", "lists", "ls"], "database /proc/x.db does not exist"),
+        (["bounces", "scan", sys.executable], "is not a mail message, an mbox or a Maildir"),
+    ],
+)
 def test_bad_paths_and_ids_are_one_error_line(tmp_path: Path, args: list[str], says: str) -> None:
     _initialised(tmp_path)
     result = _mailer(tmp_path, *args)
@@ -335,9 +376,17 @@ def test_bad_paths_and_ids_are_one_error_line(tmp_path: Path, args: list[str], s
     assert says in assert_one_error_line(result)
 
 
-@pytest.mark.parametrize("url", ["https://news.example.org\r\nBcc: victim@example.net", "https://news.example.org\n",
-                                 "https://news example.org", "https://news.example.org/\x1b[2J", "https://x.org?a=b",
-                                 "https://news.example.org:99999"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://news.example.org\r\nBcc: victim@example.net",
+        "https://news.example.org\n",
+        "https://news example.org",
+        "https://news.example.org/\x1b[2J",
+        "https://x.org?a=b",
+        "https://news.example.org:99999",
+    ],
+)
 @pytest.mark.parametrize("args", [["init"], ["lists", "ls"], ["serve", "--port", "1"]])
 def test_a_base_url_unfit_for_a_header_is_refused_at_start(tmp_path: Path, url: str, args: list[str]) -> None:
     result = _mailer(tmp_path, *args, env={"MAILER_BASE_URL": url})

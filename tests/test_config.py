@@ -48,8 +48,7 @@ def test_a_bad_value_in_mailer_toml_is_one_error_naming_it(tmp_path: Path, toml:
         ("MAILER_RETRY_EXPIRY", "-inf", "must be a number of seconds above 0"),
     ],
 )
-def test_a_bad_value_in_the_environment_is_one_error_naming_it(tmp_path: Path, var: str, value: str,
-                                                                  says: str) -> None:
+def test_a_bad_value_in_the_environment_is_one_error_naming_it(tmp_path: Path, var: str, value: str, says: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(environ={var: value}, cwd=tmp_path)
     assert var in str(err.value) and says in str(err.value), str(err.value)
@@ -64,8 +63,10 @@ def test_good_values_still_read(tmp_path: Path) -> None:
 def test_send_with_a_nan_timeout_is_one_error_line(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     issue = tmp_path / "issue.md"
     issue.write_text("---\nsubject: Hi\n---\nHello.\n", encoding="utf-8")
-    result = run_cli("send", str(issue), "--list", "bulletin", "--test", "me@example.org",
-                     env={"MAILER_SMTP_TIMEOUT": "nan"})
+    result = run_cli(
+        "send", str(issue), "--list", "bulletin", "--test", "me@example.org", env={"MAILER_SMTP_TIMEOUT": "nan"}
+    )
     assert result.returncode == 1
-    assert result.stderr.strip() == ("error: environment: MAILER_SMTP_TIMEOUT = 'nan' must be a number of "
-                                     "seconds above 0")
+    assert result.stderr.strip() == (
+        "error: environment: MAILER_SMTP_TIMEOUT = 'nan' must be a number of seconds above 0"
+    )

@@ -50,8 +50,15 @@ def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, st
 
 def spawn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`python -m mailer ARGS` started in tmp_path, not waited for."""
-    return subprocess.Popen([sys.executable, "-m", "mailer", *args], cwd=tmp_path, env=cli_env(tmp_path, env),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path, env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -64,8 +71,9 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, 
     return proc.returncode, stdout, stderr
 
 
-def run_send(tmp_path: Path, port: int | None, *extra: str, env: dict[str, str] | None = None,
-             timeout: float = 60) -> tuple[int, str, str, float]:
+def run_send(
+    tmp_path: Path, port: int | None, *extra: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str, float]:
     """One `mailer send` of the sample issue to `bulletin`; (exit code, stdout, stderr, seconds it took)."""
     port_args = ("--smtp-port", str(port)) if port else ()
     started = time.monotonic()
@@ -184,8 +192,10 @@ def test_kill_9_mid_run_then_resume_repeats_at_most_concurrency_messages(
     copies = copies_by_recipient(smtp_server.received)
     assert set(copies) == set(emails)
     duplicates = sum(len(ids) - 1 for ids in copies.values())
-    print(f"\nkill -9 after {before_resume} messages: {in_sending} row(s) left in 'sending', "
-          f"{duplicates} duplicate message(s) after resume")
+    print(
+        f"\nkill -9 after {before_resume} messages: {in_sending} row(s) left in 'sending', "
+        f"{duplicates} duplicate message(s) after resume"
+    )
     assert 1 <= duplicates <= 4
     assert len(copies[killed_during[0]]) == 2  # in doubt, so sent again
     for email, ids in copies.items():
@@ -359,8 +369,9 @@ def test_a_recipient_deferred_past_the_expiry_fails_as_expired(
     stuck = emails[2]
     smtp_server.set_rule(stuck, Rule(stage="rcpt", code=451, text="4.3.0 try again later"))
 
-    code, out, err, _ = run_send(tmp_path, smtp_server.port, "--max-wait", "5",
-                                 env={**FAST_RETRY, "MAILER_RETRY_EXPIRY": "1"}, timeout=30)
+    code, out, err, _ = run_send(
+        tmp_path, smtp_server.port, "--max-wait", "5", env={**FAST_RETRY, "MAILER_RETRY_EXPIRY": "1"}, timeout=30
+    )
 
     assert code == 3, out + err
     row = deliveries(tmp_path)[stuck]
@@ -380,8 +391,9 @@ def test_deferred_beyond_max_wait_is_left_for_mailer_retry(
     stuck = emails[0]
     smtp_server.set_rule(stuck, Rule(stage="rcpt", code=451, text="4.7.1 greylisted"))
 
-    code, out, err, _ = run_send(tmp_path, smtp_server.port, "--max-wait", "0",
-                                 env={"MAILER_RETRY_BASE": "30"}, timeout=30)
+    code, out, err, _ = run_send(
+        tmp_path, smtp_server.port, "--max-wait", "0", env={"MAILER_RETRY_BASE": "30"}, timeout=30
+    )
 
     assert code == 0, out + err
     assert "for the retry time" not in err  # it did not wait 30 s for the retry time (the engine says when it does)
@@ -403,10 +415,13 @@ def test_deferred_beyond_max_wait_is_left_for_mailer_retry(
 # ---- refusals of the session, not of a recipient ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("code", "text", "says"), [
-    (530, "5.7.0 Authentication required", "asks for authentication"),
-    (553, "5.7.1 <bounces@example.org>: Sender address rejected: not owned by user", "refused the sender"),
-])
+@pytest.mark.parametrize(
+    ("code", "text", "says"),
+    [
+        (530, "5.7.0 Authentication required", "asks for authentication"),
+        (553, "5.7.1 <bounces@example.org>: Sender address rejected: not owned by user", "refused the sender"),
+    ],
+)
 def test_a_refused_sender_or_session_stops_with_exit_4_and_leaves_everyone_queued(
     store: Store, smtp_server: CaptureServer, tmp_path: Path, code: int, text: str, says: str
 ) -> None:
@@ -467,11 +482,16 @@ def test_the_same_permanent_refusal_for_many_recipients_in_a_row_pauses_the_camp
     emails = readers(30)
     add_subscribers(store, emails)
     for email in emails:  # as Postfix words it: the address in the reply, the rest the same for everyone
-        smtp_server.set_rule(email, Rule(stage="rcpt", code=550, text=f"5.1.1 <{email}>: Recipient address "
-                                         "rejected: User unknown in virtual mailbox table"))
+        smtp_server.set_rule(
+            email,
+            Rule(
+                stage="rcpt",
+                code=550,
+                text=f"5.1.1 <{email}>: Recipient address rejected: User unknown in virtual mailbox table",
+            ),
+        )
 
-    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "1",
-                                   env={"MAILER_PAUSE_AFTER": "5"})
+    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--concurrency", "1", env={"MAILER_PAUSE_AFTER": "5"})
 
     assert status == 4, out + err
     assert_one_error_line(err)
@@ -487,12 +507,15 @@ def test_the_same_permanent_refusal_for_many_recipients_in_a_row_pauses_the_camp
     assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(emails)
 
 
-@pytest.mark.parametrize(("text", "suppressed"), [
-    ("5.1.1 <{}>: Recipient address rejected: User unknown", True),
-    ("5.2.1 mailbox disabled, not accepting messages", True),
-    ("5.7.1 <{}>: Relay access denied", False),  # policy, not the mailbox: never suppresses
-    ("5.7.606 Access denied, banned sending IP", False),
-])
+@pytest.mark.parametrize(
+    ("text", "suppressed"),
+    [
+        ("5.1.1 <{}>: Recipient address rejected: User unknown", True),
+        ("5.2.1 mailbox disabled, not accepting messages", True),
+        ("5.7.1 <{}>: Relay access denied", False),  # policy, not the mailbox: never suppresses
+        ("5.7.606 Access denied, banned sending IP", False),
+    ],
+)
 def test_a_mailbox_unknown_at_rcpt_suppresses_the_address_as_a_dsn_would(
     store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli, text: str, suppressed: bool
 ) -> None:
@@ -541,8 +564,15 @@ def test_a_relay_restarting_mid_send_is_waited_for_and_the_run_finishes(
     add_subscribers(store, emails)
     restarted = stop_relay_at(smtp_server, 50, down_for=3)
 
-    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--rate", "100", "--concurrency", "2",
-                                   env={**FAST_RETRY, "MAILER_RELAY_GRACE": "60"})
+    status, out, err, _ = run_send(
+        tmp_path,
+        smtp_server.port,
+        "--rate",
+        "100",
+        "--concurrency",
+        "2",
+        env={**FAST_RETRY, "MAILER_RELAY_GRACE": "60"},
+    )
 
     assert restarted
     assert status == 0, out + err
@@ -561,8 +591,9 @@ def test_a_relay_that_stays_away_past_the_grace_stops_the_run_with_counts_and_th
     stop_relay_at(smtp_server, 50, down_for=None)
 
     # FAST_RETRY: a message in flight when the relay went is deferred in doubt; the resume waits for its retry time
-    status, out, err, _ = run_send(tmp_path, smtp_server.port, "--rate", "100", "--concurrency", "2",
-                                   env={**FAST_RETRY, "MAILER_RELAY_GRACE": "1"})
+    status, out, err, _ = run_send(
+        tmp_path, smtp_server.port, "--rate", "100", "--concurrency", "2", env={**FAST_RETRY, "MAILER_RELAY_GRACE": "1"}
+    )
 
     assert status == 4, out + err
     counts = by_status(deliveries(tmp_path))
@@ -570,8 +601,10 @@ def test_a_relay_that_stays_away_past_the_grace_stops_the_run_with_counts_and_th
     assert counts["sent"] + waiting == 200 and counts["sent"] >= 50
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot connect to SMTP server 127.0.0.1:{smtp_server.port}")
-    assert last.endswith(f"campaign 1 stopped with {counts['sent']} sent and {waiting} waiting; run the same "
-                         f"command to resume: mailer send {SAMPLE_ISSUE} --list bulletin")
+    assert last.endswith(
+        f"campaign 1 stopped with {counts['sent']} sent and {waiting} waiting; run the same "
+        f"command to resume: mailer send {SAMPLE_ISSUE} --list bulletin"
+    )
     assert f"{waiting} queued" in out or f"{counts['queued']} queued" in out  # the summary line too
     smtp_server.state.on_message = None
     smtp_server.start()
@@ -598,8 +631,16 @@ def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
     def small_disk() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    full = subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), text=True, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=60, preexec_fn=small_disk)
+    full = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        preexec_fn=small_disk,
+    )
 
     assert full.returncode == 1, full.stdout + full.stderr
     assert "Traceback" not in full.stderr
@@ -617,15 +658,14 @@ def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-def test_a_relay_that_echoes_the_auth_argument_never_gets_the_credentials_printed(
-    store: Store, tmp_path: Path
-) -> None:
+def test_a_relay_that_echoes_the_auth_argument_never_gets_the_credentials_printed(store: Store, tmp_path: Path) -> None:
     add_subscribers(store, readers(3))
     password = "wrong-pw-Xk9"
     sent = [base64.b64encode(raw).decode() for raw in (f"\0u\0{password}".encode(), password.encode())]
     with CaptureServer(tmp_path / "auth-outbox", users={"u": "right-pw-Zq7"}, echo_auth=True) as server:
-        status, out, err, _ = run_send(tmp_path, server.port, env={"MAILER_SMTP_USER": "u",
-                                                                   "MAILER_SMTP_PASSWORD": password})
+        status, out, err, _ = run_send(
+            tmp_path, server.port, env={"MAILER_SMTP_USER": "u", "MAILER_SMTP_PASSWORD": password}
+        )
 
     assert status == 4, out + err
     assert_one_error_line(err)
@@ -634,11 +674,14 @@ def test_a_relay_that_echoes_the_auth_argument_never_gets_the_credentials_printe
         assert secret not in out + err
 
 
-@pytest.mark.parametrize(("args", "env", "code", "says"), [
-    (("--smtp-port", "70000"), {}, 2, "--smtp-port"),
-    ((), {"MAILER_SMTP_HOST": "127.0.0.1:0"}, 2, "not a TCP port"),
-    ((), {"MAILER_SMTP_PORT": "70000"}, 1, "must be from 1 to 65535"),  # a setting: a configuration error
-])
+@pytest.mark.parametrize(
+    ("args", "env", "code", "says"),
+    [
+        (("--smtp-port", "70000"), {}, 2, "--smtp-port"),
+        ((), {"MAILER_SMTP_HOST": "127.0.0.1:0"}, 2, "not a TCP port"),
+        ((), {"MAILER_SMTP_PORT": "70000"}, 1, "must be from 1 to 65535"),  # a setting: a configuration error
+    ],
+)
 def test_a_port_out_of_range_is_one_error_line_not_connection_refused(
     store: Store, tmp_path: Path, args: tuple[str, ...], env: dict[str, str], code: int, says: str
 ) -> None:
@@ -725,8 +768,15 @@ async def test_the_engine_takes_one_rate_slot_per_message_across_its_sessions(
     time_ = VirtualTime()
     limiter = RateLimiter(40, clock=time_.clock, sleep=time_.sleep)
 
-    await Engine(CampaignLog(store, campaign.id), template, campaign, settings, options,
-                 lease=Lease(store.leases.acquire(campaign.id)), limiter=limiter).run()
+    await Engine(
+        CampaignLog(store, campaign.id),
+        template,
+        campaign,
+        settings,
+        options,
+        lease=Lease(store.leases.acquire(campaign.id)),
+        limiter=limiter,
+    ).run()
 
     assert len(smtp_server.received) == 81
     assert time_.wakes == pytest.approx([k / 40 for k in range(1, 81)])
@@ -973,8 +1023,10 @@ def test_a_sender_whose_lease_was_taken_while_it_was_stopped_stops_before_its_ne
     time.sleep(1.5)
     # What a sender on another host does once the lease has expired (it cannot see whether this one lives).
     with closing(sqlite3.connect(tmp_path / "mailer.db", timeout=10)) as conn, conn:
-        conn.execute("UPDATE campaigns SET lease_owner = 'relay-b.example:4242:77', lease_until = ?",
-                     ("2999-01-01T00:00:00.000Z",))
+        conn.execute(
+            "UPDATE campaigns SET lease_owner = 'relay-b.example:4242:77', lease_until = ?",
+            ("2999-01-01T00:00:00.000Z",),
+        )
 
     os.kill(first.pid, signal.SIGCONT)
     code, out, err = finish(first)
@@ -1042,8 +1094,12 @@ def test_starttls_required_but_not_offered_exits_4_and_marks_nobody(
 def test_a_password_is_never_sent_in_plain_text_to_a_remote_host(store: Store, tmp_path: Path) -> None:
     add_subscribers(store, readers(3))
     # Refused by policy before any connection is attempted, so no traffic leaves this machine.
-    env = {"MAILER_SMTP_HOST": "smtp.example.org", "MAILER_SMTP_USER": "u", "MAILER_SMTP_PASSWORD": "s3cret-pw",
-           "MAILER_SMTP_TLS": "none"}
+    env = {
+        "MAILER_SMTP_HOST": "smtp.example.org",
+        "MAILER_SMTP_USER": "u",
+        "MAILER_SMTP_PASSWORD": "s3cret-pw",
+        "MAILER_SMTP_TLS": "none",
+    }
 
     code, out, err, _ = run_send(tmp_path, None, env=env)
 
@@ -1083,8 +1139,12 @@ def test_tls_relay_verified_by_mailer_smtp_ca_gets_every_message(
     if user:
         env.update({"MAILER_SMTP_USER": user, "MAILER_SMTP_PASSWORD": "tls-pw-Hq3"})
     # STARTTLS mode: the server refuses MAIL (and AUTH) before STARTTLS; tls mode: TLS from the first byte.
-    with CaptureServer(tmp_path / "tls-outbox", tls=_server_tls(relay_ca), implicit_tls=mode == "tls",
-                       users={user: "tls-pw-Hq3"} if user else None) as server:
+    with CaptureServer(
+        tmp_path / "tls-outbox",
+        tls=_server_tls(relay_ca),
+        implicit_tls=mode == "tls",
+        users={user: "tls-pw-Hq3"} if user else None,
+    ) as server:
         code, out, err, _ = run_send(tmp_path, server.port, "--concurrency", "2", env=env)
         received = server.received
 
@@ -1105,8 +1165,9 @@ def test_a_relay_certificate_the_configured_cas_did_not_sign_exits_4_and_marks_n
     if trusted == "another CA":
         trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
         env["MAILER_SMTP_CA"] = str(tmp_path / "other-ca.pem")
-    with CaptureServer(tmp_path / "tls-outbox", tls=_server_tls(relay_ca), implicit_tls=mode == "tls",
-                       users={"mailer": "tls-pw-Hq3"}) as server:
+    with CaptureServer(
+        tmp_path / "tls-outbox", tls=_server_tls(relay_ca), implicit_tls=mode == "tls", users={"mailer": "tls-pw-Hq3"}
+    ) as server:
         code, out, err, _ = run_send(tmp_path, server.port, env=env)
         received = server.received
 
@@ -1122,8 +1183,9 @@ def test_a_relay_certificate_the_configured_cas_did_not_sign_exits_4_and_marks_n
 def test_an_unreadable_mailer_smtp_ca_is_a_one_line_error(store: Store, tmp_path: Path) -> None:
     add_subscribers(store, readers(1))
 
-    code, out, err, _ = run_send(tmp_path, free_port(), env={"MAILER_SMTP_TLS": "starttls",
-                                                              "MAILER_SMTP_CA": str(tmp_path / "missing.pem")})
+    code, out, err, _ = run_send(
+        tmp_path, free_port(), env={"MAILER_SMTP_TLS": "starttls", "MAILER_SMTP_CA": str(tmp_path / "missing.pem")}
+    )
 
     assert code == 1, out + err
     assert_one_error_line(err)

@@ -25,8 +25,9 @@ def test_demo_sends_20_messages_that_pass_the_wire_checks(tmp_path: Path, run_cl
     assert (tmp_path / "D" / "rendered" / "sample.html").is_file()
     assert not (tmp_path / "mailer.db").exists()  # the demo keeps to its own folder
 
-    checked = subprocess.run([sys.executable, str(CHECK_EML), *map(str, messages)], capture_output=True, text=True,
-                             timeout=60)
+    checked = subprocess.run(
+        [sys.executable, str(CHECK_EML), *map(str, messages)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stdout
     assert "20 messages, 0 failures" in checked.stdout
 

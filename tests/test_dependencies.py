@@ -33,8 +33,13 @@ def imported_distributions() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for module in sorted((REPO / "mailer").rglob("*.py")):
         for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top == "mailer" or top in sys.stdlib_module_names:
@@ -48,8 +53,9 @@ def test_every_imported_library_is_declared_and_every_declared_one_used() -> Non
     declared = {_name(r) for r in PROJECT["dependencies"]}
     extras = {extra: {_name(r) for r in reqs} for extra, reqs in PROJECT["optional-dependencies"].items()}
     imported = imported_distributions()
-    assert set(imported) - declared - extras["preview"] == set(), {k: imported[k] for k in
-                                                                   set(imported) - declared - extras["preview"]}
+    assert set(imported) - declared - extras["preview"] == set(), {
+        k: imported[k] for k in set(imported) - declared - extras["preview"]
+    }
     assert declared - set(imported) == NOT_IMPORTED
     assert imported["playwright"] == {"preview.py"} and "playwright" not in declared
     assert {"pyyaml", "markupsafe"} <= declared
@@ -85,8 +91,7 @@ def test_preview_without_chromium_says_how_to_get_it(tmp_path: Path) -> None:
         screenshot("<p>hi</p>", tmp_path, "x", chromium="/nonexistent/chromium")
 
 
-def test_preview_warns_when_no_cjk_font_is_installed(tmp_path: Path, run_cli,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preview_warns_when_no_cjk_font_is_installed(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     no_fonts = tmp_path / "fonts.conf"
     no_fonts.write_text('<?xml version="1.0"?>\n<fontconfig></fontconfig>\n', encoding="utf-8")
     monkeypatch.setenv("FONTCONFIG_FILE", str(no_fonts))

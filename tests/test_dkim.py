@@ -56,10 +56,17 @@ def signer(key_dir: Path) -> Signer:
 
 @pytest.fixture(scope="module")
 def template(signer: Signer) -> MessageTemplate:
-    issue = render_issue(SAMPLE_ISSUE.read_text(encoding="utf-8"), "sample.md",
-                         ListContext("bulletin", "知识产权运营简报", "zh"))
-    sender = Sender("知识产权运营简报", "bulletin@example.org", "editor@example.org", "bulletin", "知识产权运营简报",
-                    "https://news.example.org")
+    issue = render_issue(
+        SAMPLE_ISSUE.read_text(encoding="utf-8"), "sample.md", ListContext("bulletin", "知识产权运营简报", "zh")
+    )
+    sender = Sender(
+        "知识产权运营简报",
+        "bulletin@example.org",
+        "editor@example.org",
+        "bulletin",
+        "知识产权运营简报",
+        "https://news.example.org",
+    )
     return MessageTemplate(issue, sender, secret=b"k" * 32, campaign_id=7, list_id=1, salt="s", signer=signer)
 
 
@@ -127,8 +134,9 @@ def test_keygen_refuses_a_selector_that_is_not_a_dns_name(run_cli) -> None:
 # ---- signatures ----------------------------------------------------------------------------------------------------
 
 
-def test_signed_message_verifies_with_dkimpy_and_covers_the_rfc_8058_headers(template: MessageTemplate,
-                                                                             signer: Signer) -> None:
+def test_signed_message_verifies_with_dkimpy_and_covers_the_rfc_8058_headers(
+    template: MessageTemplate, signer: Signer
+) -> None:
     data = build(template)
 
     assert data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org;")
@@ -141,34 +149,39 @@ def test_signed_message_verifies_with_dkimpy_and_covers_the_rfc_8058_headers(tem
     assert all(len(line) <= 78 for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"))
 
 
-@pytest.mark.parametrize("change", [
-    ("List-Unsubscribe: <https://news.example.org/u/", "List-Unsubscribe: <https://evil.example.net/u/"),
-    ("List-Unsubscribe-Post: List-Unsubscribe=One-Click", "List-Unsubscribe-Post: List-Unsubscribe=Two-Clicks"),
-    ("Subject: =?utf-8?b?", "Subject: =?utf-8?B?"),
-    ("To: ", "To: x"),
-])
-def test_a_changed_signed_header_fails_verification(template: MessageTemplate, signer: Signer,
-                                                    change: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("List-Unsubscribe: <https://news.example.org/u/", "List-Unsubscribe: <https://evil.example.net/u/"),
+        ("List-Unsubscribe-Post: List-Unsubscribe=One-Click", "List-Unsubscribe-Post: List-Unsubscribe=Two-Clicks"),
+        ("Subject: =?utf-8?b?", "Subject: =?utf-8?B?"),
+        ("To: ", "To: x"),
+    ],
+)
+def test_a_changed_signed_header_fails_verification(
+    template: MessageTemplate, signer: Signer, change: tuple[str, str]
+) -> None:
     data = build(template)
     old, new = (part.encode() for part in change)
     assert old in data
     assert not verify(data.replace(old, new, 1), signer)
 
 
-def test_an_added_second_list_unsubscribe_or_from_fails_verification(template: MessageTemplate,
-                                                                      signer: Signer) -> None:
+def test_an_added_second_list_unsubscribe_or_from_fails_verification(template: MessageTemplate, signer: Signer) -> None:
     data = build(template)
     head, _, body = data.partition(b"\r\n\r\n")
     for extra in (b"List-Unsubscribe: <https://evil.example.net/u/x>", b"From: <ceo@example.org>"):
         assert not verify(head + b"\r\n" + extra + b"\r\n\r\n" + body, signer)
 
 
-def test_a_changed_body_fails_but_whitespace_a_relay_may_change_does_not(template: MessageTemplate,
-                                                                           signer: Signer) -> None:
+def test_a_changed_body_fails_but_whitespace_a_relay_may_change_does_not(
+    template: MessageTemplate, signer: Signer
+) -> None:
     data = build(template)
     head, _, body = data.partition(b"\r\n\r\n")
-    assert not verify(head + b"\r\n\r\n" + body.replace(b"Content-Type: text/html", b"Content-Type: text/plain"),
-                      signer)
+    assert not verify(
+        head + b"\r\n\r\n" + body.replace(b"Content-Type: text/html", b"Content-Type: text/plain"), signer
+    )
     # relaxed/relaxed: refolding a header, trailing spaces and extra blank lines at the end still verify
     refolded = head.replace(b"MIME-Version: 1.0", b"MIME-Version:   1.0 ").replace(b",\r\n <mailto:", b", <mailto:")
     assert verify(refolded + b"\r\n\r\n" + body + b"\r\n\r\n", signer)
@@ -178,12 +191,17 @@ def test_signature_is_byte_identical_to_dkimpys_own(template: MessageTemplate, s
     """Same key, headers, time and canonicalisation: RSA PKCS#1 v1.5 is deterministic, so b= must match."""
     data = build(template)
     unsigned = data.split(b"\r\n", 1)[1]
-    unsigned = unsigned[unsigned.index(b"From: "):]
+    unsigned = unsigned[unsigned.index(b"From: ") :]
     ours = signature_tags(data)
     with mock.patch("time.time", return_value=NOW.timestamp()):
-        theirs = dkimpy.sign(unsigned, b"news2026", b"example.org", signer.private_key_pem,
-                             canonicalize=(b"relaxed", b"relaxed"),
-                             include_headers=[h.encode() for h in ours["h"].split(":")])
+        theirs = dkimpy.sign(
+            unsigned,
+            b"news2026",
+            b"example.org",
+            signer.private_key_pem,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=[h.encode() for h in ours["h"].split(":")],
+        )
     assert record_tags(theirs.decode().split(":", 1)[1])["b"] == ours["b"]
     assert record_tags(theirs.decode().split(":", 1)[1])["bh"] == ours["bh"]
 
@@ -208,16 +226,20 @@ def test_signer_survives_pickling_for_worker_processes(signer: Signer) -> None:
     assert verify(copy.sign(b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"), signer)
 
 
-PLAIN_ISSUE = render_issue("---\nsubject: Weekly\n---\n\nHi {{ subscriber.name }}\n\n## A\n\nB\n", "p.md",
-                           ListContext("l", "List", "en"))
+PLAIN_ISSUE = render_issue(
+    "---\nsubject: Weekly\n---\n\nHi {{ subscriber.name }}\n\n## A\n\nB\n", "p.md", ListContext("l", "List", "en")
+)
 
 
 @settings(max_examples=25, deadline=None)
 @given(sender_name=st.text(max_size=40), name=st.text(max_size=40))
 def test_any_sender_or_recipient_name_still_verifies(signer: Signer, sender_name: str, name: str) -> None:
     sender = Sender(sender_name, "news@example.org", "", "l", sender_name or "List", "https://news.example.org")
-    data = MessageTemplate(PLAIN_ISSUE, sender, secret=b"k" * 32, campaign_id=1, list_id=1, salt="s",
-                           signer=signer).build(Recipient(1, 1, "r@example.org", name, {}), NOW).data
+    data = (
+        MessageTemplate(PLAIN_ISSUE, sender, secret=b"k" * 32, campaign_id=1, list_id=1, salt="s", signer=signer)
+        .build(Recipient(1, 1, "r@example.org", name, {}), NOW)
+        .data
+    )
     assert verify(data, signer)
 
 
@@ -256,15 +278,30 @@ def test_alignment_uses_the_organisational_domain() -> None:
 
 
 def dkim_env(key_dir: Path) -> dict[str, str]:
-    return {"MAILER_DKIM_KEY": str(key_dir / "news2026._domainkey.example.org.pem"),
-            "MAILER_DKIM_SELECTOR": "news2026", "MAILER_DKIM_DOMAIN": "example.org",
-            "MAILER_BASE_URL": "https://news.example.org"}
+    return {
+        "MAILER_DKIM_KEY": str(key_dir / "news2026._domainkey.example.org.pem"),
+        "MAILER_DKIM_SELECTOR": "news2026",
+        "MAILER_DKIM_DOMAIN": "example.org",
+        "MAILER_BASE_URL": "https://news.example.org",
+    }
 
 
 def setup_list(run_cli, env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
-    for args in (("init",), ("lists", "create", "bulletin", "--title", "知识产权运营简报", "--from",
-                             "知识产权运营简报 <bulletin@example.org>", "--reply-to", "editor@example.org"),
-                 ("subs", "import", str(SAMPLE_CSV), "--list", "bulletin")):
+    for args in (
+        ("init",),
+        (
+            "lists",
+            "create",
+            "bulletin",
+            "--title",
+            "知识产权运营简报",
+            "--from",
+            "知识产权运营简报 <bulletin@example.org>",
+            "--reply-to",
+            "editor@example.org",
+        ),
+        ("subs", "import", str(SAMPLE_CSV), "--list", "bulletin"),
+    ):
         result = run_cli(*args, env=env)
         assert result.returncode == 0, result.stderr
 
@@ -276,26 +313,39 @@ def test_mailer_send_with_dkim_configured_signs_every_message(
     env = dkim_env(key_dir)
     setup_list(run_cli, env)
 
-    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--workers", workers,
-                     "--smtp-port", str(smtp_server.port), env=env)
+    result = run_cli(
+        "send",
+        str(SAMPLE_ISSUE),
+        "--list",
+        "bulletin",
+        "--yes",
+        "--workers",
+        workers,
+        "--smtp-port",
+        str(smtp_server.port),
+        env=env,
+    )
 
     assert result.returncode == 0, result.stderr
     received = smtp_server.received
     assert len(received) == 20
     assert all(verify(c.data, signer) for c in received)
     assert all(c.data.startswith(b"DKIM-Signature: ") for c in received)
-    check = subprocess.run([sys.executable, str(CHECK_EML), *(str(c.path) for c in received)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, str(CHECK_EML), *(str(c.path) for c in received)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout
 
 
-def test_a_bad_key_stops_the_send_before_any_smtp(run_cli, key_dir: Path, smtp_server: CaptureServer,
-                                                  tmp_path: Path) -> None:
+def test_a_bad_key_stops_the_send_before_any_smtp(
+    run_cli, key_dir: Path, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
     env = dkim_env(key_dir) | {"MAILER_DKIM_KEY": str(tmp_path / "missing.pem")}
     setup_list(run_cli, env)
 
-    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port",
-                     str(smtp_server.port), env=env)
+    result = run_cli(
+        "send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port), env=env
+    )
 
     assert result.returncode == 1
     assert result.stderr.startswith("error: DKIM key ") and "does not exist" in result.stderr

@@ -39,8 +39,15 @@ def key(key_dir: Path) -> Path:
 @pytest.fixture
 def good_config(tmp_path: Path, key: Path) -> Config:
     """An initialised database with one list sending as bulletin@news.example.org, https base URL, DKIM set."""
-    config = ensure_secret(Config(db_path=tmp_path / "mailer.db", base_url="https://news.example.org",
-                                  dkim_key=str(key), dkim_selector=SELECTOR, dkim_domain=DOMAIN))
+    config = ensure_secret(
+        Config(
+            db_path=tmp_path / "mailer.db",
+            base_url="https://news.example.org",
+            dkim_key=str(key),
+            dkim_selector=SELECTOR,
+            dkim_domain=DOMAIN,
+        )
+    )
     store = Store.open(config.db_path, must_exist=False)
     store.init()
     create_list(store, "bulletin", "Bulletin", "Bulletin <bulletin@news.example.org>", "", "en")
@@ -73,8 +80,13 @@ def relay(server: CaptureServer, **changes: object) -> SMTPSettings:
 
 
 def test_a_good_configuration_is_all_ok_lines_and_exit_0(run_cli, key: Path, smtp_server: CaptureServer) -> None:
-    env = {"MAILER_BASE_URL": "https://news.example.org", "MAILER_DKIM_KEY": str(key),
-           "MAILER_DKIM_SELECTOR": SELECTOR, "MAILER_DKIM_DOMAIN": DOMAIN, "MAILER_SMTP_PORT": str(smtp_server.port)}
+    env = {
+        "MAILER_BASE_URL": "https://news.example.org",
+        "MAILER_DKIM_KEY": str(key),
+        "MAILER_DKIM_SELECTOR": SELECTOR,
+        "MAILER_DKIM_DOMAIN": DOMAIN,
+        "MAILER_SMTP_PORT": str(smtp_server.port),
+    }
     assert run_cli("init", env=env).returncode == 0
     assert run_cli("lists", "create", "bulletin", "--from", "Bulletin <bulletin@example.org>", env=env).returncode == 0
 
@@ -84,16 +96,26 @@ def test_a_good_configuration_is_all_ok_lines_and_exit_0(run_cli, key: Path, smt
     lines = result.stdout.strip().splitlines()
     assert all(line.startswith("ok: ") for line in lines), lines
     text = "\n".join(lines)
-    for expected in ("database", "signing secret", "https://news.example.org is https",
-                     f"2048-bit RSA; signs as d={DOMAIN} s={SELECTOR}", "aligned with DKIM d=example.org (strict)",
-                     f"SMTP 127.0.0.1:{smtp_server.port} reachable"):
+    for expected in (
+        "database",
+        "signing secret",
+        "https://news.example.org is https",
+        f"2048-bit RSA; signs as d={DOMAIN} s={SELECTOR}",
+        "aligned with DKIM d=example.org (strict)",
+        f"SMTP 127.0.0.1:{smtp_server.port} reachable",
+    ):
         assert expected in text
     assert smtp_server.received == []  # a probe, never a message
 
 
 def test_errors_are_reported_one_line_each_and_exit_1(run_cli, key: Path) -> None:
-    env = {"MAILER_BASE_URL": "http://news.example.org", "MAILER_DKIM_KEY": str(key),
-           "MAILER_DKIM_SELECTOR": SELECTOR, "MAILER_DKIM_DOMAIN": DOMAIN, "MAILER_SMTP_PORT": str(free_port())}
+    env = {
+        "MAILER_BASE_URL": "http://news.example.org",
+        "MAILER_DKIM_KEY": str(key),
+        "MAILER_DKIM_SELECTOR": SELECTOR,
+        "MAILER_DKIM_DOMAIN": DOMAIN,
+        "MAILER_SMTP_PORT": str(free_port()),
+    }
     run_cli("init", env=env)
     run_cli("lists", "create", "bulletin", "--from", "Bulletin <bulletin@example.net>", env=env)
 
@@ -103,8 +125,10 @@ def test_errors_are_reported_one_line_each_and_exit_1(run_cli, key: Path) -> Non
     lines = result.stdout.strip().splitlines()
     assert all(line.split(": ", 1)[0] in ("ok", "warning", "error") for line in lines), lines
     assert any(line.startswith("warning: MAILER_BASE_URL http://news.example.org is not https") for line in lines)
-    assert any(line.startswith("error: list bulletin: From domain example.net is not aligned with DKIM domain "
-                               "example.org") for line in lines)
+    assert any(
+        line.startswith("error: list bulletin: From domain example.net is not aligned with DKIM domain example.org")
+        for line in lines
+    )
     assert any(line.startswith("error: cannot connect to SMTP server 127.0.0.1:") for line in lines)
     assert "Traceback" not in result.stderr
 
@@ -120,12 +144,15 @@ def test_no_database_and_no_secret_are_errors(tmp_path: Path) -> None:
 # ---- base URL and DKIM ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "level"), [
-    ("https://news.example.org", "ok"),
-    ("http://news.example.org", "warning"),
-    ("http://127.0.0.1:8025", "warning"),
-    ("https://localhost", "warning"),
-])
+@pytest.mark.parametrize(
+    ("url", "level"),
+    [
+        ("https://news.example.org", "ok"),
+        ("http://news.example.org", "warning"),
+        ("http://127.0.0.1:8025", "warning"),
+        ("https://localhost", "warning"),
+    ],
+)
 def test_base_url(url: str, level: str) -> None:
     assert check_base_url(Config(base_url=url)).level == level
 
@@ -168,6 +195,7 @@ def test_the_published_record_is_compared_with_the_key(key: Path, tmp_path: Path
         def lookup(name: str) -> str | None:
             asked.append(name)
             return record
+
         return lookup
 
     def broken(name: str) -> str:
@@ -199,8 +227,9 @@ async def test_alignment_is_checked_for_every_list(good_config: Config) -> None:
 # ---- SMTP and TLS --------------------------------------------------------------------------------------------------
 
 
-async def test_starttls_negotiated_with_a_trusted_certificate(tls_server: CaptureServer, ca: trustme.CA,
-                                                               tmp_path: Path) -> None:
+async def test_starttls_negotiated_with_a_trusted_certificate(
+    tls_server: CaptureServer, ca: trustme.CA, tmp_path: Path
+) -> None:
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     finding = await check_smtp(relay(tls_server, tls="starttls", ca_file=str(ca_file)))
@@ -223,8 +252,9 @@ async def test_starttls_offered_but_not_used(tls_server: CaptureServer, monkeypa
     assert "offers STARTTLS but MAILER_SMTP_TLS=none" in remote.message
 
 
-async def test_no_tls_to_a_remote_relay_is_a_warning(smtp_server: CaptureServer,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_tls_to_a_remote_relay_is_a_warning(
+    smtp_server: CaptureServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(mailer.doctor, "is_loopback", lambda host: False)
     finding = await check_smtp(relay(smtp_server))
     assert finding.level == Level.WARNING and "offers no TLS" in finding.message

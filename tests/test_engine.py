@@ -67,12 +67,25 @@ class FakeRelay:
         return FakeSession(self)
 
 
-async def run_engine(store: Store, config: Config, relay: FakeRelay, clock: FakeClock, **options: object,
-                     ) -> tuple[Campaign, Engine]:
+async def run_engine(
+    store: Store,
+    config: Config,
+    relay: FakeRelay,
+    clock: FakeClock,
+    **options: object,
+) -> tuple[Campaign, Engine]:
     store.clock = clock  # the store stamps the rows (first attempt, updated) on the same clock as the engine
     campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
-    engine = Engine(CampaignLog(store, campaign.id), template, campaign, [SMTPSettings()], SendOptions(**options),
-                    clock=clock, lease=Lease(store.leases.acquire(campaign.id)), transport=relay.transport)
+    engine = Engine(
+        CampaignLog(store, campaign.id),
+        template,
+        campaign,
+        [SMTPSettings()],
+        SendOptions(**options),
+        clock=clock,
+        lease=Lease(store.leases.acquire(campaign.id)),
+        transport=relay.transport,
+    )
     await engine.run()
     return campaign, engine
 
@@ -126,8 +139,7 @@ async def test_a_recipient_deferred_past_the_expiry_fails(store: Store, config: 
     assert entry.smtp_reply == "expired after 2 attempts; last reply: 4.2.0 mailbox busy"
 
 
-async def test_equal_refusals_in_a_row_pause_the_campaign_and_queue_them_again(store: Store,
-                                                                                 config: Config) -> None:
+async def test_equal_refusals_in_a_row_pause_the_campaign_and_queue_them_again(store: Store, config: Config) -> None:
     add(store, *(f"r{i}@example.org" for i in range(6)))
     relay = FakeRelay(lambda rcpt: classify(554, f"5.7.1 <{rcpt}>: Relay access denied", Stage.RCPT))
     with pytest.raises(Exception, match="4 recipients in a row were refused with the same reply") as stopped:
@@ -158,8 +170,16 @@ async def test_the_rate_limit_gives_each_message_its_slot(store: Store, config: 
     campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
     relay = FakeRelay()
     limiter = RateLimiter(10, clock=lambda: 0.0, sleep=sleep)
-    await Engine(CampaignLog(store, campaign.id), template, campaign, [SMTPSettings()],
-                 SendOptions(concurrency=2, rate=10), clock=FakeClock(), limiter=limiter,
-                 lease=Lease(store.leases.acquire(campaign.id)), transport=relay.transport).run()
+    await Engine(
+        CampaignLog(store, campaign.id),
+        template,
+        campaign,
+        [SMTPSettings()],
+        SendOptions(concurrency=2, rate=10),
+        clock=FakeClock(),
+        limiter=limiter,
+        lease=Lease(store.leases.acquire(campaign.id)),
+        transport=relay.transport,
+    ).run()
     assert len(relay.sent) == 5
     assert wakes == pytest.approx([0.1, 0.2, 0.3, 0.4])  # the first at once, then one every 1/rate seconds

@@ -8,11 +8,21 @@ import feedparser
 
 from mailer.feed import ATOM, FeedEntry, FeedInfo, atom_feed
 
-INFO = FeedInfo("知识产权运营简报 <&> \"news\"", "https://news.example.org/a/bulletin/feed.xml",
-                "https://news.example.org/a/bulletin/", "zh", "星河知识产权运营服务中心")
+INFO = FeedInfo(
+    '知识产权运营简报 <&> "news"',
+    "https://news.example.org/a/bulletin/feed.xml",
+    "https://news.example.org/a/bulletin/",
+    "zh",
+    "星河知识产权运营服务中心",
+)
 ENTRIES = [
-    FeedEntry("知识产权运营简报 第12期", "https://news.example.org/a/bulletin/issue-12", "2026-11-20T01:00:00.000Z",
-              "跨区域质押融资协作会议召开", "<p>本期 &amp; <b>要点</b></p>"),
+    FeedEntry(
+        "知识产权运营简报 第12期",
+        "https://news.example.org/a/bulletin/issue-12",
+        "2026-11-20T01:00:00.000Z",
+        "跨区域质押融资协作会议召开",
+        "<p>本期 &amp; <b>要点</b></p>",
+    ),
     FeedEntry("第11期 <script>alert(1)</script>", "https://news.example.org/a/bulletin/issue-11", "2026-10-20"),
 ]
 

@@ -29,8 +29,9 @@ def layouts(folder: Path, marker: str = "", only: tuple[str, ...] = ()) -> Path:
         text = data.decode("utf-8")
         if marker:
             text = text.replace('{{ "电子简报" if zh else "NEWSLETTER" }}', marker, 1)  # issue.html.j2
-            text = text.replace("{{ list_title }}\n{% if dateline", f"{marker} {{{{ list_title }}}}\n{{% if dateline",
-                                1)  # issue.txt.j2
+            text = text.replace(
+                "{{ list_title }}\n{% if dateline", f"{marker} {{{{ list_title }}}}\n{{% if dateline", 1
+            )  # issue.txt.j2
             text = text.replace("<h1>{{ heading }}</h1>", f"<h1>{marker} {{{{ heading }}}}</h1>", 1)  # web/page
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text, encoding="utf-8")
@@ -40,8 +41,10 @@ def layouts(folder: Path, marker: str = "", only: tuple[str, ...] = ()) -> Path:
 def rendered(run_cli, tmp_path: Path, *args: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     result = run_cli("render", str(SAMPLE_ISSUE), "-o", "out", *args)
     assert result.returncode == 0, result.stderr
-    return ((tmp_path / "out" / "sample.html").read_text(encoding="utf-8"),
-            (tmp_path / "out" / "sample.txt").read_text(encoding="utf-8"))
+    return (
+        (tmp_path / "out" / "sample.html").read_text(encoding="utf-8"),
+        (tmp_path / "out" / "sample.txt").read_text(encoding="utf-8"),
+    )
 
 
 def test_the_order_is_option_then_mailer_toml_then_templates_folder_then_built_in(tmp_path: Path, run_cli) -> None:
@@ -103,12 +106,22 @@ def test_an_error_in_a_layout_names_its_file_and_line(tmp_path: Path, run_cli) -
     assert "nosuchfilter" in line
 
 
-def test_send_and_the_web_pages_use_the_folder_too(tmp_path: Path, config: Config, store: Store,
-                                                    smtp_server: CaptureServer, run_cli) -> None:
+def test_send_and_the_web_pages_use_the_folder_too(
+    tmp_path: Path, config: Config, store: Store, smtp_server: CaptureServer, run_cli
+) -> None:
     add_subscriber(store, "bulletin", "wang@example.org", "王")
     folder = layouts(tmp_path / "brand", "BRAND")
-    sent = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port),
-                   "--templates", str(folder))
+    sent = run_cli(
+        "send",
+        str(SAMPLE_ISSUE),
+        "--list",
+        "bulletin",
+        "--yes",
+        "--smtp-port",
+        str(smtp_server.port),
+        "--templates",
+        str(folder),
+    )
     assert sent.returncode == 0, sent.stderr
     [mail] = smtp_server.received
     parsed = BytesParser(policy=policy.default).parsebytes(mail.data)
@@ -165,7 +178,8 @@ def png(width: int, height: int) -> bytes:
 def test_accent_and_footer_are_written_once_in_mailer_toml(tmp_path: Path, run_cli) -> None:
     (tmp_path / "mailer.toml").write_text(
         '[theme]\naccent = "#8A1C1C"\nhighlight = "#222"\nfooter = ["编辑：星河中心", "内部资料 注意保存"]\n',
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     html, text = rendered(run_cli, tmp_path)
     assert "#163e6c" not in html and "#1d5c96" not in html and "#c8922a" not in html
     assert 'class="masthead" bgcolor="#8a1c1c"' in html and "background-color:#8a1c1c" in html
@@ -180,8 +194,9 @@ def test_a_logo_url_or_a_local_logo_embedded_in_the_message(tmp_path: Path, run_
 
     from mailer.checks import check_html
 
-    (tmp_path / "mailer.toml").write_text('[theme]\nlogo = "https://cdn.example.org/logo.png"\nlogo_width = 120\n',
-                                          encoding="utf-8")
+    (tmp_path / "mailer.toml").write_text(
+        '[theme]\nlogo = "https://cdn.example.org/logo.png"\nlogo_width = 120\n', encoding="utf-8"
+    )
     html, _ = rendered(run_cli, tmp_path)
     assert 'src="https://cdn.example.org/logo.png"' in html and 'width="120"' in html
     assert not [w for w in check_html(html) if "logo" in w]
@@ -198,22 +213,26 @@ def test_a_logo_url_or_a_local_logo_embedded_in_the_message(tmp_path: Path, run_
     assert f'src="cid:{cid}"' in html and 'width="160"' in html  # 400 px shown at the default 160
 
 
-def test_a_lists_own_theme_wins_over_the_global_one(tmp_path: Path, config: Config, store: Store,
-                                                    smtp_server: CaptureServer, run_cli) -> None:
+def test_a_lists_own_theme_wins_over_the_global_one(
+    tmp_path: Path, config: Config, store: Store, smtp_server: CaptureServer, run_cli
+) -> None:
     add_subscriber(store, "bulletin", "wang@example.org", "王")
-    (tmp_path / "mailer.toml").write_text('[theme]\naccent = "#111111"\n\n[lists.bulletin.theme]\naccent = "#0a7a3c"\n',
-                                          encoding="utf-8")
+    (tmp_path / "mailer.toml").write_text(
+        '[theme]\naccent = "#111111"\n\n[lists.bulletin.theme]\naccent = "#0a7a3c"\n', encoding="utf-8"
+    )
     sent = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
     assert sent.returncode == 0, sent.stderr
-    html = BytesParser(policy=policy.default).parsebytes(smtp_server.received[0].data).get_body(
-        ("html",)).get_content()  # type: ignore[union-attr]
+    html = BytesParser(policy=policy.default).parsebytes(smtp_server.received[0].data).get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert 'bgcolor="#0a7a3c"' in html and "#111111" not in html
     theme = load_config(environ={}, cwd=tmp_path)
     assert theme.theme_for("bulletin").accent == "#0a7a3c" and theme.theme_for("weekly").accent == "#111111"
 
     def make(url: str) -> object:
-        return create_app(web_config(load_config(environ={}, cwd=tmp_path), smtp_server, url).with_overrides(
-            db_path=config.db_path, secret=config.secret))
+        return create_app(
+            web_config(load_config(environ={}, cwd=tmp_path), smtp_server, url).with_overrides(
+                db_path=config.db_path, secret=config.secret
+            )
+        )
 
     with LiveWeb(make) as live, httpx.Client(base_url=live.url) as http:
         page = http.get("/s/bulletin")
@@ -227,12 +246,13 @@ def test_a_lists_own_theme_wins_over_the_global_one(tmp_path: Path, config: Conf
         ('[theme]\naccent = "#163e6c; background: url(x)"\n', "is not a colour"),
         ('[theme]\nlogo = "http://cdn.example.org/logo.png"\n', "use an https:// URL"),
         ('[theme]\nlogo = "missing.png"\n', "theme.logo = 'missing.png': cannot read"),
-        ('[theme]\nfooter = 3\n', "theme.footer must be a list of lines"),
+        ("[theme]\nfooter = 3\n", "theme.footer must be a list of lines"),
         ('[lists.bulletin.theme]\nhighlight = "#12"\n', "lists.bulletin.theme.highlight"),
     ],
 )
-def test_a_theme_value_that_would_break_the_layout_is_one_error_line(tmp_path: Path, run_cli, toml: str,
-                                                                     says: str) -> None:
+def test_a_theme_value_that_would_break_the_layout_is_one_error_line(
+    tmp_path: Path, run_cli, toml: str, says: str
+) -> None:
     (tmp_path / "mailer.toml").write_text(toml, encoding="utf-8")
     result = run_cli("render", str(SAMPLE_ISSUE))
     assert result.returncode == 1
@@ -245,13 +265,15 @@ def test_a_logo_that_is_not_an_image_is_one_error_line(tmp_path: Path, run_cli) 
     (tmp_path / "mailer.toml").write_text('[theme]\nlogo = "logo.png"\n', encoding="utf-8")
     result = run_cli("lists", "ls")  # every command: it is read with mailer.toml, not when an issue is rendered
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"error: {tmp_path / 'mailer.toml'}: theme.logo = 'logo.png': not a PNG, JPEG, "
-                                     "GIF or WebP image")
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'mailer.toml'}: theme.logo = 'logo.png': not a PNG, JPEG, GIF or WebP image"
+    )
 
 
 @pytest.mark.parametrize("logo", ["/dev/zero", "big.png", "."])
-def test_a_logo_that_is_a_device_a_folder_or_huge_is_refused_before_it_is_read(tmp_path: Path, run_cli,
-                                                                              logo: str) -> None:
+def test_a_logo_that_is_a_device_a_folder_or_huge_is_refused_before_it_is_read(
+    tmp_path: Path, run_cli, logo: str
+) -> None:
     # /dev/zero was read until memory ran out, by every command; a 300 MB file went inside every message
     (tmp_path / "big.png").write_bytes(png(16, 16) + bytes(MAX_LOGO_BYTES))
     (tmp_path / "mailer.toml").write_text(f'[theme]\nlogo = "{logo}"\n', encoding="utf-8")

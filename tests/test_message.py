@@ -62,8 +62,17 @@ CHINESE_RECIPIENTS = [
 ASCII_RECIPIENT = Recipient(201, 21, "ann.lee@example.org", "Ann Lee")
 BASE32 = re.compile(r"[a-z2-7]+")
 EXPECTED_HEADERS = {
-    "from", "to", "subject", "date", "message-id", "reply-to", "list-id", "list-unsubscribe",
-    "list-unsubscribe-post", "mime-version", "content-type",
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "mime-version",
+    "content-type",
 }
 EVIL = [
     "\r",
@@ -100,8 +109,15 @@ def en_issue() -> RenderedIssue:
 ISSUES = {"zh": zh_issue, "en": en_issue}
 
 
-def template(issue: RenderedIssue, *, sender: Sender = SENDER, secret: bytes = SECRET, campaign_id: int = CAMPAIGN_ID,
-             list_id: int = LIST_ID, salt: str = "salt") -> MessageTemplate:
+def template(
+    issue: RenderedIssue,
+    *,
+    sender: Sender = SENDER,
+    secret: bytes = SECRET,
+    campaign_id: int = CAMPAIGN_ID,
+    list_id: int = LIST_ID,
+    salt: str = "salt",
+) -> MessageTemplate:
     return MessageTemplate(issue, sender, secret=secret, campaign_id=campaign_id, list_id=list_id, salt=salt)
 
 
@@ -248,8 +264,9 @@ def test_list_unsubscribe_one_click(lang: str) -> None:
     text, html = bodies(message)
     assert built.unsubscribe_url in text
     assert f'href="{built.unsubscribe_url}"' in html
-    assert read_token(SECRET, https_token, TokenKind.UNSUBSCRIBE) == Token(TokenKind.UNSUBSCRIBE, LIST_ID,
-                                                                           recipient.subscriber_id)
+    assert read_token(SECRET, https_token, TokenKind.UNSUBSCRIBE) == Token(
+        TokenKind.UNSUBSCRIBE, LIST_ID, recipient.subscriber_id
+    )
 
 
 def test_unsubscribe_token_is_refused_when_altered() -> None:
@@ -259,7 +276,7 @@ def test_unsubscribe_token_is_refused_when_altered() -> None:
     for i in (0, len(token) // 2, len(token) - 1):
         other = "a" if token[i] != "a" else "b"
         with pytest.raises(BadToken):
-            read_token(SECRET, token[:i] + other + token[i + 1:], TokenKind.UNSUBSCRIBE)
+            read_token(SECRET, token[:i] + other + token[i + 1 :], TokenKind.UNSUBSCRIBE)
     for cut in (1, 8, len(token) - 1):
         with pytest.raises(BadToken):
             read_token(SECRET, token[:-cut], TokenKind.UNSUBSCRIBE)
@@ -290,8 +307,9 @@ def test_envelope_is_verp_bounce_address_and_one_recipient() -> None:
         match = re.fullmatch(r"bounces\+([a-z2-7]+)@example\.org", built.mail_from)
         assert match, built.mail_from
         assert len(built.mail_from.partition("@")[0]) <= 64
-        assert read_token(SECRET, match.group(1), TokenKind.BOUNCE) == Token(TokenKind.BOUNCE, CAMPAIGN_ID,
-                                                                             recipient.delivery_id)
+        assert read_token(SECRET, match.group(1), TokenKind.BOUNCE) == Token(
+            TokenKind.BOUNCE, CAMPAIGN_ID, recipient.delivery_id
+        )
         with pytest.raises(BadToken):
             read_token(SECRET, match.group(1), TokenKind.UNSUBSCRIBE)
         assert built.rcpt_to == recipient.email
@@ -364,7 +382,8 @@ def test_store_backed_template_uses_the_list_identity(store: Store, config: Conf
     assert str(message["List-Id"]) == "知识产权运营简报 <bulletin.example.org>"
     token, _ = unsubscribe_tokens(message)
     assert read_token(config.secret, token, TokenKind.UNSUBSCRIBE) == Token(
-        TokenKind.UNSUBSCRIBE, prepared.mailing_list.id, CHINESE_RECIPIENTS[0].subscriber_id)
+        TokenKind.UNSUBSCRIBE, prepared.mailing_list.id, CHINESE_RECIPIENTS[0].subscriber_id
+    )
     with pytest.raises(BadToken):
         read_token(SECRET, token, TokenKind.UNSUBSCRIBE)
 
@@ -380,10 +399,14 @@ def test_generated_messages_pass_check_eml(tmp_path: Path, store: Store, config:
             path = tmp_path / f"{lang}-{recipient.subscriber_id}.eml"
             path.write_bytes(tmpl.build(recipient, NOW).data)
             paths.append(path)
-    paths.extend(p for p in render_to_dir(GOLDEN / "sample" / "issue.md", tmp_path / "render", config, store,
-                                          "bulletin") if p.suffix == ".eml")
-    result = subprocess.run([sys.executable, str(CHECK_EML), *map(str, paths)], capture_output=True, text=True,
-                            timeout=60)
+    paths.extend(
+        p
+        for p in render_to_dir(GOLDEN / "sample" / "issue.md", tmp_path / "render", config, store, "bulletin")
+        if p.suffix == ".eml"
+    )
+    result = subprocess.run(
+        [sys.executable, str(CHECK_EML), *map(str, paths)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(paths)} messages, 0 failures" in result.stdout
 
@@ -402,8 +425,10 @@ def reference_message(tmpl: MessageTemplate, recipient: Recipient, built: BuiltM
     ref["Message-ID"] = built.message_id
     ref["Reply-To"] = tmpl.sender.reply_to
     ref["List-Id"] = f"{tmpl.sender.list_title} <bulletin.example.org>"
-    ref["List-Unsubscribe"] = (f"<{built.unsubscribe_url}>, <mailto:unsubscribe+"
-                               f"{built.unsubscribe_url.rpartition('/')[2]}@example.org?subject=unsubscribe>")
+    ref["List-Unsubscribe"] = (
+        f"<{built.unsubscribe_url}>, <mailto:unsubscribe+"
+        f"{built.unsubscribe_url.rpartition('/')[2]}@example.org?subject=unsubscribe>"
+    )
     ref["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     ref.set_content(text, cte=tmpl.text.cte)
     ref.add_alternative(html, subtype="html", cte=tmpl.html.cte)
@@ -434,8 +459,17 @@ def test_headers_and_bodies_parse_like_the_email_package(lang: str, recipient: R
     theirs = parse(reference)
     for name in ("From", "To", "List-Id"):
         assert mailbox(built.data, name) == mailbox(reference, name), name
-    for name in ("Subject", "Date", "Message-ID", "Reply-To", "List-Id", "List-Unsubscribe",
-                 "List-Unsubscribe-Post", "MIME-Version", "Content-Type"):
+    for name in (
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "MIME-Version",
+        "Content-Type",
+    ):
         assert str(ours[name]) == str(theirs[name]), name
     assert bodies(ours) == bodies(theirs)
 
@@ -445,8 +479,11 @@ def test_headers_and_bodies_parse_like_the_email_package(lang: str, recipient: R
 
 @functools.cache
 def small_issue() -> RenderedIssue:
-    return render_issue("---\nsubject: x\n---\n\nHi.\n\n## One\n\nBody.\n", "small.md",
-                        ListContext(name="bulletin", title="Bulletin", lang="en"))
+    return render_issue(
+        "---\nsubject: x\n---\n\nHi.\n\n## One\n\nBody.\n",
+        "small.md",
+        ListContext(name="bulletin", title="Bulletin", lang="en"),
+    )
 
 
 def with_evil_examples(test):  # type: ignore[no-untyped-def]
@@ -532,8 +569,18 @@ def test_encoded_word_that_decodes_to_crlf_stays_one_word() -> None:
     assert parsed["Bcc"] is None
 
 
-@pytest.mark.parametrize("addr", ["a@b.example\r\nBcc: x@evil.test", "x@evil.test>, <y@evil.test", "", "no-at-sign",
-                                  "a b@example.org", "a@b@example.org", "<x@example.org>"])
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "a@b.example\r\nBcc: x@evil.test",
+        "x@evil.test>, <y@evil.test",
+        "",
+        "no-at-sign",
+        "a b@example.org",
+        "a@b@example.org",
+        "<x@example.org>",
+    ],
+)
 def test_unusable_addresses_are_refused_never_encoded(addr: str) -> None:
     with pytest.raises(HeaderError):
         address_header("To", "Name", addr)
@@ -557,10 +604,13 @@ def unfolded_subject(value: str) -> str:
     return unstructured_header("Subject", value).removesuffix("\r\n").replace("\r\n", "")
 
 
-@pytest.mark.parametrize("subject", [
-    "Weekly notes: https://news.example.org/2026/11/" + "a-very-long-slug-" * 6 + "that-goes-on",
-    "Donaudampfschifffahrtselektrizitaetenhauptbetriebswerkbauunterbeamtengesellschaftsnewsletter 12",
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Weekly notes: https://news.example.org/2026/11/" + "a-very-long-slug-" * 6 + "that-goes-on",
+        "Donaudampfschifffahrtselektrizitaetenhauptbetriebswerkbauunterbeamtengesellschaftsnewsletter 12",
+    ],
+)
 def test_an_ascii_subject_with_a_long_word_is_not_encoded(subject: str) -> None:
     header = unstructured_header("Subject", subject)
     assert "=?" not in header  # rspamd scores an ASCII subject sent in base64 (SUBJ_EXCESS_BASE64)
@@ -572,18 +622,31 @@ def test_a_mixed_subject_encodes_only_its_non_ascii_runs() -> None:
     subject = "Newsletter #12: 知识产权 运营 from Zürich, and more news"
     header = unstructured_header("Subject", subject)
     raw = unfolded_subject(subject)
-    assert raw.startswith("Subject: Newsletter #12: =?utf-8?b?") and raw.endswith("?= from =?utf-8?b?WsO8cmljaCw=?= "
-                                                                                 "and more news")
+    assert raw.startswith("Subject: Newsletter #12: =?utf-8?b?") and raw.endswith(
+        "?= from =?utf-8?b?WsO8cmljaCw=?= and more news"
+    )
     assert len(ENCODED_WORD.findall(raw)) == 2  # 知识产权 运营 is one run, its space encoded inside it
     assert str(make_header(decode_header(raw.removeprefix("Subject: ")))) == subject
     assert str(parse((header + "\r\n").encode("ascii"))["Subject"]) == subject
 
 
 @settings(max_examples=300, deadline=None)
-@given(words=st.lists(st.one_of(st.from_regex(r"[A-Za-z0-9#:,.!?&-]{1,20}", fullmatch=True),
-                                st.text(st.characters(min_codepoint=0xA0, max_codepoint=0x2FFFF,
-                                                      blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc", "Cf")),
-                                        min_size=1, max_size=30)), min_size=1, max_size=12))
+@given(
+    words=st.lists(
+        st.one_of(
+            st.from_regex(r"[A-Za-z0-9#:,.!?&-]{1,20}", fullmatch=True),
+            st.text(
+                st.characters(
+                    min_codepoint=0xA0, max_codepoint=0x2FFFF, blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc", "Cf")
+                ),
+                min_size=1,
+                max_size=30,
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_subject_words_round_trip_and_fold_within_78(words: list[str]) -> None:
     subject = clean_header_text(" ".join(words))
     header = unstructured_header("Subject", subject)
@@ -597,23 +660,29 @@ def test_subject_words_round_trip_and_fold_within_78(words: list[str]) -> None:
     assert str(parse((header + "\r\n").encode("ascii"))["Subject"]) == subject
 
 
-@pytest.mark.parametrize("value", [
-    "A <a@example.org>, B <b@example.org>",
-    "Evil <evil@example.org>\r\nBcc: x@example.org",
-    '"News" <news@example.org> junk <other@example.org>',
-    "news@example.org other@example.org",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "A <a@example.org>, B <b@example.org>",
+        "Evil <evil@example.org>\r\nBcc: x@example.org",
+        '"News" <news@example.org> junk <other@example.org>',
+        "news@example.org other@example.org",
+    ],
+)
 def test_a_from_of_more_than_one_mailbox_is_refused_not_cut_to_the_first(value: str) -> None:
     with pytest.raises(HeaderError, match="one, with nothing after it"):
         parse_from(value)
 
 
-@pytest.mark.parametrize(("value", "parsed"), [
-    ("简报 <news@example.org>", ("简报", "news@example.org")),
-    ('"Doe, John" <j@example.org>', ("Doe, John", "j@example.org")),
-    ("news@example.org", ("", "news@example.org")),
-    ("<news@example.org>", ("", "news@example.org")),
-])
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("简报 <news@example.org>", ("简报", "news@example.org")),
+        ('"Doe, John" <j@example.org>', ("Doe, John", "j@example.org")),
+        ("news@example.org", ("", "news@example.org")),
+        ("<news@example.org>", ("", "news@example.org")),
+    ],
+)
 def test_a_from_of_one_mailbox_reads(value: str, parsed: tuple[str, str]) -> None:
     assert parse_from(value) == parsed
 

@@ -8,11 +8,17 @@ from mailer.metrics import Family, exposition, reply_group
 
 
 def test_exposition_format() -> None:
-    text = exposition([
-        Family("mailer_deliveries", "gauge", "Deliveries by status.",
-               [({"status": "sent", "campaign": "1"}, 20), ({"status": "failed", "campaign": "1"}, 0)]),
-        Family("mailer_signups_total", "counter", "Sign-up requests.\nAll of them.", [({}, 3.5)]),
-    ])
+    text = exposition(
+        [
+            Family(
+                "mailer_deliveries",
+                "gauge",
+                "Deliveries by status.",
+                [({"status": "sent", "campaign": "1"}, 20), ({"status": "failed", "campaign": "1"}, 0)],
+            ),
+            Family("mailer_signups_total", "counter", "Sign-up requests.\nAll of them.", [({}, 3.5)]),
+        ]
+    )
     assert text == (
         "# HELP mailer_deliveries Deliveries by status.\n"
         "# TYPE mailer_deliveries gauge\n"
@@ -47,5 +53,4 @@ def test_replies_group_across_addresses_ids_and_ips() -> None:
     assert a == b == "451 4.7.1 <address>: try again later (queue id) from ip"
     assert reply_group(250, "") == "250"
     assert reply_group(None, "") == "(no reply)"
-    assert reply_group(550, "5.1.1 user unknown: see https://help.example/550?x=1") == \
-        "550 5.1.1 user unknown: see url"
+    assert reply_group(550, "5.1.1 user unknown: see https://help.example/550?x=1") == "550 5.1.1 user unknown: see url"

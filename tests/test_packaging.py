@@ -26,8 +26,12 @@ def build_wheel(tmp_path: Path) -> Path:
             shutil.copytree(path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, src / name)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"),
-                            str(src)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     [wheel] = (tmp_path / "dist").glob("mailer-*.whl")
     return wheel
@@ -50,8 +54,11 @@ def test_the_wheel_carries_layouts_pages_and_samples(tmp_path: Path) -> None:
             assert name in names, sorted(names)
             assert archive.read(name) == original.read_bytes(), name  # a copy of the file, not a dangling link
         # every module, in subpackages too (setuptools ships only the packages pyproject.toml lists)
-        modules = {path.relative_to(REPO).as_posix() for path in (REPO / "mailer").rglob("*.py")
-                   if "__pycache__" not in path.parts}
+        modules = {
+            path.relative_to(REPO).as_posix()
+            for path in (REPO / "mailer").rglob("*.py")
+            if "__pycache__" not in path.parts
+        }
         assert modules <= names, modules - names
     data = {name for name in names if not name.endswith(".py") and ".dist-info/" not in name}
     assert data == set(shipped), data - set(shipped)  # nothing from the checkout comes along by accident

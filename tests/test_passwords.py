@@ -26,8 +26,16 @@ def test_a_changed_hash_no_longer_verifies() -> None:
     assert not verify_password("pw", f"{head}${salt}${flipped}")
 
 
-@pytest.mark.parametrize("stored", ["", "pw", "$2b$12$abcdefghijklmnopqrstuv", "$scrypt$ln=30,r=8,p=1$" + "A" * 22 +
-                                    "$" + "A" * 43, "$scrypt$ln=15,r=8,p=1$!!!!$" + "A" * 43])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "",
+        "pw",
+        "$2b$12$abcdefghijklmnopqrstuv",
+        "$scrypt$ln=30,r=8,p=1$" + "A" * 22 + "$" + "A" * 43,
+        "$scrypt$ln=15,r=8,p=1$!!!!$" + "A" * 43,
+    ],
+)
 def test_malformed_hashes_are_refused(stored: str) -> None:
     with pytest.raises(PasswordHashError):
         check_hash(stored)

@@ -54,8 +54,7 @@ def write_png(path: Path, size: tuple[int, int] = (800, 300)) -> None:
 # ---- screenshots ---------------------------------------------------------------------------------------------------
 
 
-def test_screenshots_at_desktop_and_mobile_width_are_not_blank(config: Config, store: Store,
-                                                                tmp_path: Path) -> None:
+def test_screenshots_at_desktop_and_mobile_width_are_not_blank(config: Config, store: Store, tmp_path: Path) -> None:
     add_sample_subscribers(store)
 
     result = preview_issue(SAMPLE_ISSUE, tmp_path / "preview", config, store, "bulletin", offline=True)
@@ -97,8 +96,9 @@ def page(body: str, style: str = "") -> str:
 
 
 def test_image_without_alt_or_width_is_reported() -> None:
-    warnings = check_html(page('<img src="https://example.org/a.png" width="300"><img src="https://example.org/b.png"'
-                               ' alt="Chart">'))
+    warnings = check_html(
+        page('<img src="https://example.org/a.png" width="300"><img src="https://example.org/b.png" alt="Chart">')
+    )
     assert warnings == [
         "image https://example.org/a.png has no alt text: clients that block images show nothing in its place",
         "image https://example.org/b.png has no width attribute: Outlook shows it at its full size",
@@ -106,10 +106,15 @@ def test_image_without_alt_or_width_is_reported() -> None:
 
 
 def test_images_that_will_not_load_and_tracking_pixels_are_reported() -> None:
-    warnings = "\n".join(check_html(page(
-        '<img src="images/a.png" alt="" width="10"><img src="http://example.org/b.png" alt="" width="10">'
-        '<img src="data:image/png;base64,AAAA" alt="" width="10">'
-        '<img src="https://t.example.org/open?u=1" alt="" width="1" height="1">')))
+    warnings = "\n".join(
+        check_html(
+            page(
+                '<img src="images/a.png" alt="" width="10"><img src="http://example.org/b.png" alt="" width="10">'
+                '<img src="data:image/png;base64,AAAA" alt="" width="10">'
+                '<img src="https://t.example.org/open?u=1" alt="" width="1" height="1">'
+            )
+        )
+    )
     assert "images/a.png is a relative path" in warnings
     assert "http://example.org/b.png is plain http" in warnings
     assert "is a data: URI" in warnings
@@ -126,9 +131,13 @@ def test_css_left_in_style_is_reported_except_media_queries_and_outlook_blocks()
 
 
 def test_links_that_are_not_https_are_reported_once() -> None:
-    warnings = check_html(page('<a href="http://example.org/a">a</a><a href="http://example.org/a">again</a>'
-                               '<a href="page.html">b</a><a href="#top">c</a><a href="mailto:x@example.org">d</a>'
-                               '<a href="http://127.0.0.1:8025/u/t">e</a>'))
+    warnings = check_html(
+        page(
+            '<a href="http://example.org/a">a</a><a href="http://example.org/a">again</a>'
+            '<a href="page.html">b</a><a href="#top">c</a><a href="mailto:x@example.org">d</a>'
+            '<a href="http://127.0.0.1:8025/u/t">e</a>'
+        )
+    )
     assert warnings == [
         "link http://example.org/a is not https",
         "link page.html has no https:// host: it cannot work in a mail client",
@@ -139,8 +148,10 @@ def test_links_that_are_not_https_are_reported_once() -> None:
 def test_an_issue_over_gmails_clipping_limit_is_reported(tmp_path: Path) -> None:
     paragraph = "本段文字用于测试邮件大小，内容较长以便超过 Gmail 的截断阈值。" * 4
     long_issue = tmp_path / "long.md"
-    long_issue.write_text("---\nsubject: 很长的一期\n---\n\n## 第一部分\n\n"
-                          + "\n\n".join(f"{i}. {paragraph}" for i in range(200)), encoding="utf-8")
+    long_issue.write_text(
+        "---\nsubject: 很长的一期\n---\n\n## 第一部分\n\n" + "\n\n".join(f"{i}. {paragraph}" for i in range(200)),
+        encoding="utf-8",
+    )
     short = build_sample(SAMPLE_ISSUE, Config(base_url="https://news.example.org"))
 
     message = build_sample(long_issue, Config(base_url="https://news.example.org"))
@@ -160,8 +171,9 @@ def live_server(tmp_path: Path) -> Iterator[tuple[str, Path, LivePreview]]:
     issue.write_text("---\nsubject: Draft one\n---\n\nFirst words.\n\n## Part\n\nText.\n", encoding="utf-8")
     live = live_preview(issue, Config(base_url="https://news.example.org"))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(live_app(live, poll_seconds=0.05), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(live_app(live, poll_seconds=0.05), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -217,19 +229,45 @@ def test_a_test_send_is_one_signed_message_marked_test_with_a_sample_recipients_
     run_cli, tmp_path: Path, smtp_server: CaptureServer
 ) -> None:
     key = generate_key("news2026", "example.org", tmp_path / "keys")
-    env = {"MAILER_BASE_URL": "https://news.example.org", "MAILER_DKIM_KEY": str(key.path),
-           "MAILER_DKIM_SELECTOR": "news2026", "MAILER_DKIM_DOMAIN": "example.org"}
-    for args in (("init",), ("lists", "create", "bulletin", "--title", "知识产权运营简报", "--from",
-                             "知识产权运营简报 <bulletin@example.org>"),
-                 ("subs", "import", str(SAMPLE_CSV), "--list", "bulletin")):
+    env = {
+        "MAILER_BASE_URL": "https://news.example.org",
+        "MAILER_DKIM_KEY": str(key.path),
+        "MAILER_DKIM_SELECTOR": "news2026",
+        "MAILER_DKIM_DOMAIN": "example.org",
+    }
+    for args in (
+        ("init",),
+        (
+            "lists",
+            "create",
+            "bulletin",
+            "--title",
+            "知识产权运营简报",
+            "--from",
+            "知识产权运营简报 <bulletin@example.org>",
+        ),
+        ("subs", "import", str(SAMPLE_CSV), "--list", "bulletin"),
+    ):
         assert run_cli(*args, env=env).returncode == 0
 
-    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--test", "me@example.org",
-                     "--smtp-port", str(smtp_server.port), env=env)
+    result = run_cli(
+        "send",
+        str(SAMPLE_ISSUE),
+        "--list",
+        "bulletin",
+        "--test",
+        "me@example.org",
+        "--smtp-port",
+        str(smtp_server.port),
+        env=env,
+    )
 
     assert result.returncode == 0, result.stderr
-    assert re.match(r"test message \(campaign (\d+), not counted in the issue's\): 1 sent in [\d.]+s; "
-                    r"see: mailer log \1$", result.stdout.strip()), result.stdout
+    assert re.match(
+        r"test message \(campaign (\d+), not counted in the issue's\): 1 sent in [\d.]+s; "
+        r"see: mailer log \1$",
+        result.stdout.strip(),
+    ), result.stdout
     (captured,) = smtp_server.received
     assert captured.rcpt_tos == ("me@example.org",)
     message = message_from_bytes(captured.data, policy=policy.default)
@@ -260,7 +298,8 @@ def cid_issue(tmp_path: Path) -> Path:
     issue.write_text(
         "---\nsubject: March\nimages: cid\nlang: en\n---\n\nThe chart:\n\n![Quarterly chart](images/chart.png)\n\n"
         "## Detail\n\nSame chart again ![Quarterly chart](images/chart.png) and [a link](https://example.org/x).\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return issue
 
 
@@ -285,20 +324,31 @@ def test_images_cid_embeds_local_images_in_multipart_related(tmp_path: Path) -> 
     check = subprocess.run([sys.executable, CHECK_EML, str(tmp_path / "m.eml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     # The campaign snapshot (what resumes and worker processes build from) keeps the images.
-    assert issue_from_json(json.loads(json.dumps(issue_to_json(render_sample_issue(sample))))).images == \
-        render_sample_issue(sample).images
+    assert (
+        issue_from_json(json.loads(json.dumps(issue_to_json(render_sample_issue(sample))))).images
+        == render_sample_issue(sample).images
+    )
 
 
 def render_sample_issue(sample):  # type: ignore[no-untyped-def]
     from mailer.render import RenderedIssue
 
-    return RenderedIssue(slug=sample.slug, subject="s", preheader="", lang="en", html=sample.html, text=sample.text,
-                         meta={}, images=sample.images)
+    return RenderedIssue(
+        slug=sample.slug,
+        subject="s",
+        preheader="",
+        lang="en",
+        html=sample.html,
+        text=sample.text,
+        meta={},
+        images=sample.images,
+    )
 
 
 def test_embedded_images_show_in_the_screenshot(tmp_path: Path) -> None:
-    result = preview_issue(cid_issue(tmp_path), tmp_path / "shots", Config(base_url="https://news.example.org"),
-                           offline=True)
+    result = preview_issue(
+        cid_issue(tmp_path), tmp_path / "shots", Config(base_url="https://news.example.org"), offline=True
+    )
     assert result.screenshots is not None
     with Image.open(result.screenshots.desktop) as shot:
         colours = {colour for _, colour in shot.convert("RGB").getcolors(maxcolors=1 << 20) or []}
@@ -311,8 +361,11 @@ def test_images_cid_refuses_files_outside_the_issue_folder_and_non_images(tmp_pa
     folder.mkdir()
     (folder / "notes.png").write_text("not an image")
     config = Config(base_url="https://news.example.org")
-    for src, message in (("../secret.png", "outside the issue's folder"), ("notes.png", "not a PNG, JPEG"),
-                         ("missing.png", "does not exist")):
+    for src, message in (
+        ("../secret.png", "outside the issue's folder"),
+        ("notes.png", "not a PNG, JPEG"),
+        ("missing.png", "does not exist"),
+    ):
         issue = folder / "x.md"
         issue.write_text(f"---\nsubject: x\nimages: cid\n---\n\n![x]({src})\n", encoding="utf-8")
         with pytest.raises(TemplateError, match=message):
@@ -324,8 +377,9 @@ def test_images_cid_refuses_files_outside_the_issue_folder_and_non_images(tmp_pa
 
 def test_images_by_url_stay_links_and_the_preview_says_so(tmp_path: Path) -> None:
     issue = tmp_path / "url.md"
-    issue.write_text("---\nsubject: x\n---\n\n![Logo](https://cdn.example.org/logo.png)\n\n![Local](img/a.png)\n",
-                     encoding="utf-8")
+    issue.write_text(
+        "---\nsubject: x\n---\n\n![Logo](https://cdn.example.org/logo.png)\n\n![Local](img/a.png)\n", encoding="utf-8"
+    )
     sample = build_sample(issue, Config(base_url="https://news.example.org"))
     assert message_from_bytes(sample.data).get_content_type() == "multipart/alternative"
     assert 'src="https://cdn.example.org/logo.png"' in sample.html
@@ -347,8 +401,9 @@ def test_preheader_masthead_and_readable_plain_text(tmp_path: Path) -> None:
     for heading in ("【专题会议】", "【行业动态】", "【政策速递】", "【试点进展】", "【相关链接】"):
         assert f"\n{heading}\n" in sample.text
     assert "跨区域知识产权质押融资协作推进会在临江召开\n------" in sample.text
-    assert ("-  跨区域知识产权质押融资协作备忘录（全文） <https://example.org/bulletin/2026/memo-ip-pledge>"
-            in sample.text)
+    assert (
+        "-  跨区域知识产权质押融资协作备忘录（全文） <https://example.org/bulletin/2026/memo-ip-pledge>" in sample.text
+    )
     assert all(len(line.encode()) < 998 for line in sample.text.splitlines())
 
 
@@ -363,8 +418,10 @@ def test_images_cid_with_chinese_and_spaced_file_names(tmp_path: Path) -> None:
 
 
 def test_empty_alt_counts_as_missing_and_an_upper_case_scheme_is_fine() -> None:
-    html = ('<html><body><img src="https://cdn.example.org/a.png" alt="" width="100">'
-            '<a href="HTTPS://EXAMPLE.ORG/x">x</a><a href="HTTP://EXAMPLE.ORG/y">y</a></body></html>')
+    html = (
+        '<html><body><img src="https://cdn.example.org/a.png" alt="" width="100">'
+        '<a href="HTTPS://EXAMPLE.ORG/x">x</a><a href="HTTP://EXAMPLE.ORG/y">y</a></body></html>'
+    )
     warnings = check_html(html)
     assert any("has no alt text" in w for w in warnings)
     assert not any("EXAMPLE.ORG/x" in w for w in warnings)
@@ -372,8 +429,9 @@ def test_empty_alt_counts_as_missing_and_an_upper_case_scheme_is_fine() -> None:
     assert not any("no https:// host" in w for w in warnings)
 
 
-def test_send_warns_about_clipping_and_dkim_misalignment(store: Store, smtp_server: CaptureServer,
-                                                         tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_send_warns_about_clipping_and_dkim_misalignment(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     big = tmp_path / "big.md"
     big.write_text("---\nsubject: Big\n---\n\n## One\n\n" + "这是一段很长的正文。" * 4000 + "\n", encoding="utf-8")
     store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email="a@example.org")], "test")
@@ -387,27 +445,38 @@ def test_send_warns_about_clipping_and_dkim_misalignment(store: Store, smtp_serv
     assert "From domain example.org is not aligned with DKIM d=other.example" in result.stderr
 
 
-def test_send_dry_run_warns_about_an_image_that_will_go_out_broken(store: Store, tmp_path: Path,
-                                                                     run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_send_dry_run_warns_about_an_image_that_will_go_out_broken(store: Store, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     issue = tmp_path / "pictures.md"
-    issue.write_text("---\nsubject: 本期图表\n---\n\n## 图表\n\n![Chart](images/chart.png)\n\n"
-                     "![Logo](https://cdn.example.org/logo.png)\n", encoding="utf-8")
+    issue.write_text(
+        "---\nsubject: 本期图表\n---\n\n## 图表\n\n![Chart](images/chart.png)\n\n"
+        "![Logo](https://cdn.example.org/logo.png)\n",
+        encoding="utf-8",
+    )
     store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email="a@example.org")], "test")
     result = run_cli("send", str(issue), "--list", "bulletin", "--dry-run")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     # The very sentence preview says (one check, used by both), and nothing about the https image.
-    assert warnings == ["warning: image images/chart.png is a relative path (no host): use an https URL, or "
-                        "'images: cid' to embed it"]
+    assert warnings == [
+        "warning: image images/chart.png is a relative path (no host): use an https URL, or 'images: cid' to embed it"
+    ]
 
 
-@pytest.mark.parametrize(("subject", "warned"), [
-    ("BIG NEWS FOR ALL READERS", True), ("ÉTÉ EN FRANCE", True), ("IP NEWS 第12期", True),
-    ("Big news for all readers", False), ("知识产权运营简报 第12期", False), ("NEWS", False), ("Q3 in review", False),
-])
+@pytest.mark.parametrize(
+    ("subject", "warned"),
+    [
+        ("BIG NEWS FOR ALL READERS", True),
+        ("ÉTÉ EN FRANCE", True),
+        ("IP NEWS 第12期", True),
+        ("Big news for all readers", False),
+        ("知识产权运营简报 第12期", False),
+        ("NEWS", False),
+        ("Q3 in review", False),
+    ],
+)
 def test_preview_warns_about_a_subject_in_capitals(tmp_path: Path, subject: str, warned: bool) -> None:
     issue = tmp_path / "caps.md"
-    issue.write_text(f"---\nsubject: \"{subject}\"\n---\n\n## One\n\nText.\n", encoding="utf-8")
+    issue.write_text(f'---\nsubject: "{subject}"\n---\n\n## One\n\nText.\n', encoding="utf-8")
     sample = build_sample(issue, Config(base_url="https://news.example.org"))
     live = LivePreview(lambda: sample, lambda: iter(()))
     live.refresh(force=True)

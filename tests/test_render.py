@@ -277,8 +277,9 @@ def test_render_is_deterministic_and_hash_tracks_content() -> None:
 
 def test_front_matter_aliases_that_expand_or_hold_themselves_are_one_error() -> None:
     # 9 lines of "billion laughs" took 40 s and 2 GB, then a MemoryError traceback; a self-holding alias recursed
-    laughs = "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
-                     for prev, name in zip("abcdefgh", "bcdefghi", strict=True))
+    laughs = "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     bomb = f"---\nsubject: Hi\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n{laughs}---\nBody.\n"
     tracemalloc.start()
     try:
@@ -312,8 +313,10 @@ def test_a_column_named_keys_is_a_column_like_any_other() -> None:
     assert issue.attr_keys == ("keys",) and "Your keys: @@MAILER_A0@@." in issue.text
 
 
-@pytest.mark.parametrize(("field", "value"), [("subject", '["a", "b"]'), ("preheader", "{x: 1}"),
-                                              ("from", "[a@example.org]"), ("date", "!!set {a}")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("subject", '["a", "b"]'), ("preheader", "{x: 1}"), ("from", "[a@example.org]"), ("date", "!!set {a}")],
+)
 def test_a_text_field_given_a_list_or_table_is_one_error(field: str, value: str) -> None:
     # `subject: ["a", "b"]` went out as the Subject ['a', 'b']
     source = f"---\nsubject: Hi\n{field}: {value}\n---\nBody.\n"

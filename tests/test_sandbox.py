@@ -76,11 +76,20 @@ def test_send_of_an_issue_reading_the_password_stops_before_any_message(
 ) -> None:
     store.subscribers.upsert(store.lists.get("bulletin").id, [Subscriber(email="wang@example.org")], "test")
     issue = tmp_path / "evil.md"
-    issue.write_text(issue_with('{{ cycler.__init__.__globals__.os.environ.get("MAILER_SMTP_PASSWORD") }}'),
-                     encoding="utf-8")
+    issue.write_text(
+        issue_with('{{ cycler.__init__.__globals__.os.environ.get("MAILER_SMTP_PASSWORD") }}'), encoding="utf-8"
+    )
 
-    result = run_cli("send", str(issue), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port),
-                     env={"MAILER_SMTP_PASSWORD": PASSWORD})
+    result = run_cli(
+        "send",
+        str(issue),
+        "--list",
+        "bulletin",
+        "--yes",
+        "--smtp-port",
+        str(smtp_server.port),
+        env={"MAILER_SMTP_PASSWORD": PASSWORD},
+    )
 
     assert result.returncode == 1, result.stdout + result.stderr
     [line] = result.stderr.strip().splitlines()
@@ -93,8 +102,9 @@ HOSTILE_TITLE = '{{ cycler.__init__.__globals__.os.popen("touch ran-from-a-title
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
-def test_a_list_title_is_never_run_as_template_code(store: Store, config: Config, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch, lang: str) -> None:
+def test_a_list_title_is_never_run_as_template_code(
+    store: Store, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lang: str
+) -> None:
     monkeypatch.chdir(tmp_path)
     hostile = create_list(store, f"hostile-{lang}", HOSTILE_TITLE, "News <news@example.org>", "", lang)
     sub = Subscriber(email="someone@example.org", id=7, list_id=hostile.id)
@@ -109,8 +119,13 @@ def test_a_list_title_is_never_run_as_template_code(store: Store, config: Config
 
 @pytest.mark.parametrize(
     ("lang", "title"),
-    [("en", "R\\D News"), ("zh", "News: weekly #1"), ("zh", "Team {% news"), ("en", "Team {% news"),
-     ("en", 'Say "hi" \\o/ {{ x }}')],
+    [
+        ("en", "R\\D News"),
+        ("zh", "News: weekly #1"),
+        ("zh", "Team {% news"),
+        ("en", "Team {% news"),
+        ("en", 'Say "hi" \\o/ {{ x }}'),
+    ],
 )
 def test_ordinary_titles_sign_up_and_get_their_confirmation(site: Site, lang: str, title: str) -> None:  # noqa: F811
     create_list(site.store, "odd", title, "Odd <odd@example.org>", "", lang)
@@ -127,8 +142,15 @@ def test_ordinary_titles_sign_up_and_get_their_confirmation(site: Site, lang: st
 
 def test_environment_is_not_a_template_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
-    for body in ("{{ range }}", "{{ dict(a=1) }}", "{{ namespace }}", "{{ joiner }}", "{{ os }}",
-                 "{{ config }}", "{{ self.__init__ }}"):
+    for body in (
+        "{{ range }}",
+        "{{ dict(a=1) }}",
+        "{{ namespace }}",
+        "{{ joiner }}",
+        "{{ os }}",
+        "{{ config }}",
+        "{{ self.__init__ }}",
+    ):
         with pytest.raises(TemplateError):
             render_issue(issue_with(body), "issues/x.md", ListContext())
     assert os.environ["MAILER_SMTP_PASSWORD"] == PASSWORD
@@ -144,8 +166,9 @@ def layouts_ending_with(folder: Path, last_line: str) -> tuple[Path, int]:
     return layout, layout.read_text(encoding="utf-8").count("\n")
 
 
-def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_layout_cannot_read_files_outside_its_folder_through_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A layouts folder (a git repository can carry symlinks) linking to /proc/self/environ put the SMTP password in
     # every message; to ../mailer.db.secret, the signing secret
     monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
@@ -172,8 +195,9 @@ def test_a_layout_that_includes_itself_is_named_with_its_line(tmp_path: Path) ->
     layout, line = layouts_ending_with(tmp_path, '{% include "issue.txt.j2" %}')
     with pytest.raises(TemplateError) as err:  # was "<frozen abc> line 119: maximum recursion depth exceeded ..."
         render_issue(issue_with("Hello."), "issue.md", ListContext(), templates_dir=tmp_path)
-    assert str(err.value) == (f"{layout} line {line}: it includes, imports or calls itself without end (maximum "
-                              "recursion depth exceeded)")
+    assert str(err.value) == (
+        f"{layout} line {line}: it includes, imports or calls itself without end (maximum recursion depth exceeded)"
+    )
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the ceiling is Linux's RLIMIT_AS")

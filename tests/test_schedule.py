@@ -13,15 +13,18 @@ NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)  # 16:00 in Shanghai
 SHANGHAI = timezone("Asia/Shanghai")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2026-12-05 09:00", datetime(2026, 12, 5, 1, 0, tzinfo=UTC)),  # Shanghai is UTC+8
-    ("2026-12-05T09:00:30", datetime(2026, 12, 5, 1, 0, 30, tzinfo=UTC)),
-    ("2026-12-05T09:00+01:00", datetime(2026, 12, 5, 8, 0, tzinfo=UTC)),  # an offset wins over --tz
-    ("2026-12-05 09:00Z", datetime(2026, 12, 5, 9, 0, tzinfo=UTC)),
-    ("  2026-12-05   09:00 ", datetime(2026, 12, 5, 1, 0, tzinfo=UTC)),
-    ("now", NOW),
-    ("NOW", NOW),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-05 09:00", datetime(2026, 12, 5, 1, 0, tzinfo=UTC)),  # Shanghai is UTC+8
+        ("2026-12-05T09:00:30", datetime(2026, 12, 5, 1, 0, 30, tzinfo=UTC)),
+        ("2026-12-05T09:00+01:00", datetime(2026, 12, 5, 8, 0, tzinfo=UTC)),  # an offset wins over --tz
+        ("2026-12-05 09:00Z", datetime(2026, 12, 5, 9, 0, tzinfo=UTC)),
+        ("  2026-12-05   09:00 ", datetime(2026, 12, 5, 1, 0, tzinfo=UTC)),
+        ("now", NOW),
+        ("NOW", NOW),
+    ],
+)
 def test_times(text: str, expected: datetime) -> None:
     assert parse_send_at(text, SHANGHAI, NOW) == expected
 

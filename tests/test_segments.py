@@ -22,8 +22,12 @@ from mailer.segments import (
     record_of,
 )
 
-WANG = record_of("wang@example.org", "王小明", {"单位": "重庆江北区知识产权局", "地区": "重庆", "age": "41"},
-                 "2026-01-15T08:00:00.000Z")
+WANG = record_of(
+    "wang@example.org",
+    "王小明",
+    {"单位": "重庆江北区知识产权局", "地区": "重庆", "age": "41"},
+    "2026-01-15T08:00:00.000Z",
+)
 LI = record_of("li@example.com", "李静", {"单位": "临江银行", "地区": "临江", "age": "29"}, "2026-03-02T10:00:00.000Z")
 ANON = record_of("x@qq.com", "", {"单位": "", "地区": "北京"}, "2025-12-31T23:59:00.000Z")
 
@@ -34,30 +38,34 @@ def test_the_issue_example_selects_by_cjk_attribute() -> None:
     assert [r["email"] for r in (WANG, LI, ANON) if expr.matches(r)] == ["wang@example.org", "x@qq.com"]
 
 
-@pytest.mark.parametrize(("text", "emails"), [
-    ('domain = "qq.com"', ["x@qq.com"]),
-    ('email starts with "WANG@"', ["wang@example.org"]),  # starts with and contains ignore case
-    ('name contains "静"', ["li@example.com"]),
-    ("name is empty", ["x@qq.com"]),
-    ("name is not empty", ["wang@example.org", "li@example.com"]),
-    ('单位 is empty or not 地区 != "临江"', ["li@example.com", "x@qq.com"]),
-    ("age > 30", ["wang@example.org"]),  # numbers compare as numbers ("9" > "30" as text)
-    ('age <= "29"', ["li@example.com"]),
-    ('subscribed < "2026-01-01"', ["x@qq.com"]),
-    ('subscribed <= "2026-01-15"', ["wang@example.org", "x@qq.com"]),  # a date includes its whole day
-    ('subscribed >= "2026-02-01" and not (domain = "qq.com")', ["li@example.com"]),
-    ('地区 not in ("北京", "临江")', ["wang@example.org"]),
-    ('NOT name = "李静" AND 地区 IN ("临江", "北京")', ["x@qq.com"]),  # keywords in any case
-    ('`单位` = "临江银行"', ["li@example.com"]),
-])
+@pytest.mark.parametrize(
+    ("text", "emails"),
+    [
+        ('domain = "qq.com"', ["x@qq.com"]),
+        ('email starts with "WANG@"', ["wang@example.org"]),  # starts with and contains ignore case
+        ('name contains "静"', ["li@example.com"]),
+        ("name is empty", ["x@qq.com"]),
+        ("name is not empty", ["wang@example.org", "li@example.com"]),
+        ('单位 is empty or not 地区 != "临江"', ["li@example.com", "x@qq.com"]),
+        ("age > 30", ["wang@example.org"]),  # numbers compare as numbers ("9" > "30" as text)
+        ('age <= "29"', ["li@example.com"]),
+        ('subscribed < "2026-01-01"', ["x@qq.com"]),
+        ('subscribed <= "2026-01-15"', ["wang@example.org", "x@qq.com"]),  # a date includes its whole day
+        ('subscribed >= "2026-02-01" and not (domain = "qq.com")', ["li@example.com"]),
+        ('地区 not in ("北京", "临江")', ["wang@example.org"]),
+        ('NOT name = "李静" AND 地区 IN ("临江", "北京")', ["x@qq.com"]),  # keywords in any case
+        ('`单位` = "临江银行"', ["li@example.com"]),
+    ],
+)
 def test_operators(text: str, emails: list[str]) -> None:
     expr = parse(text)
     assert [r["email"] for r in (WANG, LI, ANON) if expr.matches(r)] == emails
 
 
 def test_and_binds_tighter_than_or() -> None:
-    assert parse('a = "1" or b = "2" and c = "3"') == Or((
-        Compare(Field("a"), "=", "1"), And((Compare(Field("b"), "=", "2"), Compare(Field("c"), "=", "3")))))
+    assert parse('a = "1" or b = "2" and c = "3"') == Or(
+        (Compare(Field("a"), "=", "1"), And((Compare(Field("b"), "=", "2"), Compare(Field("c"), "=", "3"))))
+    )
 
 
 def test_a_number_compare_never_matches_text() -> None:
@@ -65,22 +73,25 @@ def test_a_number_compare_never_matches_text() -> None:
     assert not parse("age > 3").matches(record_of("a@b.c", "", {"age": "unknown"}, ""))
 
 
-@pytest.mark.parametrize(("text", "column", "words"), [
-    ('单位 = 重庆', 6, "expected a value in double quotes, found '重庆'"),
-    ('city = "北京', 8, "no closing"),
-    ('city == "x"', 7, "expected a value in double quotes, found '='"),
-    ('city = "x" and', 15, "expected a field name"),
-    ('(city = "x"', 12, "expected ')'"),
-    ('city "x"', 6, "expected an operator"),
-    ('city < "north"', 8, "compares numbers or dates"),
-    ('city = "a" "b"', 12, "expected 'and', 'or' or the end"),
-    ('city starts "a"', 13, "'with'"),
-    ('city is "a"', 9, "'empty'"),
-    ('city in "a"', 9, "'('"),
-    ('city in ("a" "b")', 14, "',' or ')'"),
-    ("city ! x", 6, "'!' must be followed by '='"),
-    ('city = "a\x1b[2J"', 10, "control character"),
-])
+@pytest.mark.parametrize(
+    ("text", "column", "words"),
+    [
+        ("单位 = 重庆", 6, "expected a value in double quotes, found '重庆'"),
+        ('city = "北京', 8, "no closing"),
+        ('city == "x"', 7, "expected a value in double quotes, found '='"),
+        ('city = "x" and', 15, "expected a field name"),
+        ('(city = "x"', 12, "expected ')'"),
+        ('city "x"', 6, "expected an operator"),
+        ('city < "north"', 8, "compares numbers or dates"),
+        ('city = "a" "b"', 12, "expected 'and', 'or' or the end"),
+        ('city starts "a"', 13, "'with'"),
+        ('city is "a"', 9, "'empty'"),
+        ('city in "a"', 9, "'('"),
+        ('city in ("a" "b")', 14, "',' or ')'"),
+        ("city ! x", 6, "'!' must be followed by '='"),
+        ('city = "a\x1b[2J"', 10, "control character"),
+    ],
+)
 def test_errors_point_at_the_column(text: str, column: int, words: str) -> None:
     with pytest.raises(SegmentError) as caught:
         parse(text)
@@ -112,16 +123,24 @@ _values = st.text(max_size=8)
 _fields = _names.map(Field)
 _leaves = st.one_of(
     st.builds(Compare, _fields, st.sampled_from(["=", "!=", "contains", "starts with"]), _values),
-    st.builds(Compare, _fields, st.sampled_from(["<", "<=", ">", ">="]),
-              st.one_of(st.integers(-999, 999).map(str), st.dates().map(lambda d: d.isoformat()))),
+    st.builds(
+        Compare,
+        _fields,
+        st.sampled_from(["<", "<=", ">", ">="]),
+        st.one_of(st.integers(-999, 999).map(str), st.dates().map(lambda d: d.isoformat())),
+    ),
     st.builds(In, _fields, st.lists(_values, min_size=1, max_size=3).map(tuple)),
     st.builds(IsEmpty, _fields),
 )
-_exprs = st.recursive(_leaves, lambda inner: st.one_of(
-    st.builds(Not, inner),
-    st.builds(And, st.lists(inner, min_size=2, max_size=3).map(tuple)),
-    st.builds(Or, st.lists(inner, min_size=2, max_size=3).map(tuple)),
-), max_leaves=8)
+_exprs = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.builds(Not, inner),
+        st.builds(And, st.lists(inner, min_size=2, max_size=3).map(tuple)),
+        st.builds(Or, st.lists(inner, min_size=2, max_size=3).map(tuple)),
+    ),
+    max_leaves=8,
+)
 
 
 def _printable(expr) -> bool:  # type: ignore[no-untyped-def]
@@ -140,8 +159,21 @@ def test_printing_then_parsing_gives_the_same_tree(expr) -> None:  # type: ignor
     assert str(parse(text)) == text
 
 
-_pieces = st.sampled_from([*'ab 单位=!<>"()`,\\\n\x1b', "and ", "or ", "not ", "in ", "is ", "empty ", "starts ",
-                            "with ", "contains ", '"x" '])
+_pieces = st.sampled_from(
+    [
+        *'ab 单位=!<>"()`,\\\n\x1b',
+        "and ",
+        "or ",
+        "not ",
+        "in ",
+        "is ",
+        "empty ",
+        "starts ",
+        "with ",
+        "contains ",
+        '"x" ',
+    ]
+)
 
 
 @settings(max_examples=500, deadline=None)

@@ -197,8 +197,16 @@ def test_connection_refused_exits_4_and_marks_nobody(store: Store, run_cli) -> N
 def test_smtp_login(store: Store, tmp_path: Path, run_cli, password: str, code: int) -> None:
     add_subscribers(store, THREE)
     with CaptureServer(tmp_path / "auth-outbox", users={"u": "right-pw-Zq7"}) as server:
-        result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(server.port),
-                         env={"MAILER_SMTP_USER": "u", "MAILER_SMTP_PASSWORD": password})
+        result = run_cli(
+            "send",
+            str(SAMPLE_ISSUE),
+            "--list",
+            "bulletin",
+            "--yes",
+            "--smtp-port",
+            str(server.port),
+            env={"MAILER_SMTP_USER": "u", "MAILER_SMTP_PASSWORD": password},
+        )
         received = server.received
     assert result.returncode == code, result.stdout + result.stderr
     assert password not in result.stdout + result.stderr
@@ -251,8 +259,11 @@ async def test_unsubscribed_while_queued_is_skipped(store: Store, config: Config
     assert resumed.campaign_id == halted.campaign_id
     assert resumed.counts == {"sent": 2, "skipped": 1}
     assert sorted(c.rcpt_tos[0] for c in smtp_server.received) == ["wang@example.org", "zhang@example.net"]
-    status = dict(store.conn.execute("SELECT email, status FROM deliveries WHERE campaign_id = ?",
-                                     (resumed.campaign_id,)).fetchall())
+    status = dict(
+        store.conn.execute(
+            "SELECT email, status FROM deliveries WHERE campaign_id = ?", (resumed.campaign_id,)
+        ).fetchall()
+    )
     assert status["li@example.com"] == DeliveryStatus.SKIPPED
 
 
@@ -277,8 +288,7 @@ def test_dry_run_sends_nothing_and_counts_recipients(store: Store, smtp_server: 
     add_subscribers(store, [*THREE, "zhao@example.org"])
     store.subscribers.unsubscribe(store.subscribers.get(store.lists.get("bulletin").id, "zhao@example.org").id, "test")
 
-    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--dry-run",
-                     "--smtp-port", str(smtp_server.port))
+    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--dry-run", "--smtp-port", str(smtp_server.port))
 
     assert result.returncode == 0, result.stderr
     assert "would send to 3 recipients" in result.stdout
@@ -286,13 +296,19 @@ def test_dry_run_sends_nothing_and_counts_recipients(store: Store, smtp_server: 
     assert campaigns(run_cli, "--tests") == []
 
 
-def test_test_send_goes_to_one_address_and_is_marked_test(
-    store: Store, smtp_server: CaptureServer, run_cli
-) -> None:
+def test_test_send_goes_to_one_address_and_is_marked_test(store: Store, smtp_server: CaptureServer, run_cli) -> None:
     add_subscribers(store, THREE)
 
-    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--test", "me@example.org",
-                     "--smtp-port", str(smtp_server.port))
+    result = run_cli(
+        "send",
+        str(SAMPLE_ISSUE),
+        "--list",
+        "bulletin",
+        "--test",
+        "me@example.org",
+        "--smtp-port",
+        str(smtp_server.port),
+    )
 
     assert result.returncode == 0, result.stderr
     assert "test message" in result.stdout
@@ -347,18 +363,24 @@ def test_machine_output_of_log_and_campaigns(store: Store, smtp_server: CaptureS
 
 
 def test_an_attribute_no_subscriber_has_stops_the_send_before_any_message(
-    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli  # type: ignore[no-untyped-def]
+    store: Store,
+    smtp_server: CaptureServer,
+    tmp_path: Path,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     assert run_cli("subs", "import", str(SAMPLE_CSV), "--list", "bulletin").returncode == 0
     issue = tmp_path / "typo.md"
-    issue.write_text("---\nsubject: 测试\n---\n\n{{ subscriber.name }}（{{ subscriber.cty }}）您好。\n\n"
-                     "## 正文\n\n内容。\n", encoding="utf-8")
+    issue.write_text(
+        "---\nsubject: 测试\n---\n\n{{ subscriber.name }}（{{ subscriber.cty }}）您好。\n\n## 正文\n\n内容。\n",
+        encoding="utf-8",
+    )
     env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
     result = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"error: {issue}: {{{{ subscriber.cty }}}} is not an attribute of any subscriber of list 'bulletin' "
-        "(its subscribers have: city, organisation)")
+        "(its subscribers have: city, organisation)"
+    )
     assert smtp_server.received == []
     # An attribute some subscribers lack is fine, and said.
     run_cli("subs", "add", "new@example.org", "--list", "bulletin")
@@ -369,7 +391,9 @@ def test_an_attribute_no_subscriber_has_stops_the_send_before_any_message(
 
 
 def test_sending_a_complete_campaign_again_says_nothing_was_sent(
-    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+    store: Store,
+    smtp_server: CaptureServer,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     add_subscribers(store, THREE)
     env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
@@ -442,7 +466,9 @@ def test_a_changed_issue_for_a_campaign_in_progress_is_refused_until_it_is_finis
 
 
 def test_a_campaign_being_sent_cannot_be_cancelled_under_its_sender(
-    store: Store, tmp_path: Path, run_cli_process  # type: ignore[no-untyped-def]
+    store: Store,
+    tmp_path: Path,
+    run_cli_process,  # type: ignore[no-untyped-def]
 ) -> None:
     list_id = store.lists.get("bulletin").id
     add_subscribers(store, THREE)
@@ -461,12 +487,15 @@ def test_a_campaign_being_sent_cannot_be_cancelled_under_its_sender(
 
 
 def test_a_real_send_off_a_terminal_without_yes_is_a_usage_error_and_sends_nothing(
-    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+    store: Store,
+    smtp_server: CaptureServer,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     add_subscribers(store, THREE)
 
-    result = run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--smtp-port", str(smtp_server.port),
-                     input="")  # stdin a pipe, as from cron
+    result = run_cli(
+        "send", str(SAMPLE_ISSUE), "--list", "bulletin", "--smtp-port", str(smtp_server.port), input=""
+    )  # stdin a pipe, as from cron
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert_one_error_line(result.stderr)
@@ -479,7 +508,9 @@ def test_a_real_send_off_a_terminal_without_yes_is_a_usage_error_and_sends_nothi
 
 
 def test_retry_failed_requeues_the_failed_on_purpose_but_not_who_left_since(
-    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+    store: Store,
+    smtp_server: CaptureServer,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     subs = add_subscribers(store, [*THREE, "zhao@example.org"])
     for email in ("li@example.com", "zhang@example.net", "zhao@example.org"):
@@ -497,19 +528,23 @@ def test_retry_failed_requeues_the_failed_on_purpose_but_not_who_left_since(
     assert "2 failed recipient(s) queued again; 1 left failed: unsubscribed or suppressed since" in result.stderr
     rows = log_rows(run_cli, campaign_id)
     assert {e: r["status"] for e, r in rows.items()} == {
-        "wang@example.org": "sent", "li@example.com": "sent", "zhang@example.net": "sent",
-        "zhao@example.org": "failed"}
+        "wang@example.org": "sent",
+        "li@example.com": "sent",
+        "zhang@example.net": "sent",
+        "zhao@example.org": "failed",
+    }
     assert Counter(c.rcpt_tos[0] for c in smtp_server.received) == Counter(THREE)
 
 
 def test_retry_says_what_it_waits_for_and_due_only_returns_at_once_when_nothing_is_due(
-    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+    store: Store,
+    smtp_server: CaptureServer,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     add_subscribers(store, THREE)
     smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted", times=2))
     env = {"MAILER_SMTP_PORT": str(smtp_server.port), "MAILER_RETRY_BASE": "0.5"}
-    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--max-wait", "0",
-                   env=env).returncode == 0
+    assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--max-wait", "0", env=env).returncode == 0
     campaign_id = campaigns(run_cli)[0]["id"]
 
     waited = run_cli("retry", str(campaign_id), env=env)  # deferred again once, then due within --max-wait
@@ -519,8 +554,9 @@ def test_retry_says_what_it_waits_for_and_due_only_returns_at_once_when_nothing_
     assert "3 sent" in waited.stdout
     smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted", times=1))
     store.conn.execute("UPDATE deliveries SET status = 'queued' WHERE email = 'li@example.com'")
-    assert run_cli("retry", str(campaign_id), "--max-wait", "0", env={**env, "MAILER_RETRY_BASE": "3600"}
-                   ).returncode == 0
+    assert (
+        run_cli("retry", str(campaign_id), "--max-wait", "0", env={**env, "MAILER_RETRY_BASE": "3600"}).returncode == 0
+    )
     connections = smtp_server.connections
 
     due_only = run_cli("retry", str(campaign_id), "--due-only", env=env)
@@ -531,7 +567,9 @@ def test_retry_says_what_it_waits_for_and_due_only_returns_at_once_when_nothing_
 
 
 def test_the_log_table_shows_the_message_id(
-    store: Store, smtp_server: CaptureServer, run_cli  # type: ignore[no-untyped-def]
+    store: Store,
+    smtp_server: CaptureServer,
+    run_cli,  # type: ignore[no-untyped-def]
 ) -> None:
     add_subscribers(store, THREE)
     run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
@@ -545,13 +583,21 @@ def test_the_log_table_shows_the_message_id(
         assert row["message_id"] in table.stdout
 
 
-@pytest.mark.parametrize(("toml", "args", "sessions"), [
-    ("", (), 4),  # the default
-    ("concurrency = 2\n", (), 2),  # mailer.toml's, which send and retry used to read and ignore
-    ("concurrency = 2\n", ("--concurrency", "3"), 3),  # the option wins
-])
+@pytest.mark.parametrize(
+    ("toml", "args", "sessions"),
+    [
+        ("", (), 4),  # the default
+        ("concurrency = 2\n", (), 2),  # mailer.toml's, which send and retry used to read and ignore
+        ("concurrency = 2\n", ("--concurrency", "3"), 3),  # the option wins
+    ],
+)
 def test_send_and_retry_take_their_sessions_from_mailer_toml_unless_told(
-    tmp_path: Path, store: Store, run_cli, monkeypatch: pytest.MonkeyPatch, toml: str, args: tuple[str, ...],
+    tmp_path: Path,
+    store: Store,
+    run_cli,
+    monkeypatch: pytest.MonkeyPatch,
+    toml: str,
+    args: tuple[str, ...],
     sessions: int,
 ) -> None:
     import mailer.send

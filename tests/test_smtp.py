@@ -31,8 +31,9 @@ def aiosmtplib_wire(data: bytes) -> bytes:
     return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
 
 
-LINES = st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"a b", b"=2E", b" .", b"\xe4\xb8\xad"]), min_size=1,
-                 max_size=12)
+LINES = st.lists(
+    st.sampled_from([b"", b".", b"..", b".x", b"x.", b"a b", b"=2E", b" .", b"\xe4\xb8\xad"]), min_size=1, max_size=12
+)
 
 
 @given(LINES)

@@ -23,8 +23,10 @@ EN_ISSUE = REPO / "tests" / "golden" / "en-basic" / "issue.md"
 THRESHOLD = 2.0  # SpamAssassin's own cut-off is 5
 # Rules that mean a structural mistake: missing headers, HTML-only or broken MIME, links whose text and target
 # disagree, hidden or low-contrast text, a bad signature.
-FORBIDDEN = re.compile(r"^(MISSING_|MIME_|MPART_|HTML_MIME_|HTML_IMAGE_|HTML_FONT_LOW|HTML_SHORT_LINK|INVALID_|"
-                       r"FORGED_|DKIM_INVALID|T_DKIM_INVALID|HEADER_|TVD_)|MISMATCH|HTML_ONLY|OBFU")
+FORBIDDEN = re.compile(
+    r"^(MISSING_|MIME_|MPART_|HTML_MIME_|HTML_IMAGE_|HTML_FONT_LOW|HTML_SHORT_LINK|INVALID_|"
+    r"FORGED_|DKIM_INVALID|T_DKIM_INVALID|HEADER_|TVD_)|MISMATCH|HTML_ONLY|OBFU"
+)
 
 
 def spamassassin() -> str:
@@ -42,7 +44,10 @@ def spam_report(data: bytes, home: Path) -> tuple[float, list[str]]:
     home.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [spamassassin(), "-L", "-t", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0"],
-        input=data, capture_output=True, timeout=120, env={**os.environ, "HOME": str(home)},
+        input=data,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(home)},
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     status = str(message_from_bytes(result.stdout, policy=policy.default)["X-Spam-Status"])
@@ -54,15 +59,30 @@ def spam_report(data: bytes, home: Path) -> tuple[float, list[str]]:
 def send(run_cli, smtp_server: CaptureServer, tmp_path: Path, issue: Path, lang: str) -> list[bytes]:  # type: ignore[no-untyped-def]
     """The issue sent to the sample subscribers as `mailer send` does it: DKIM-signed, https links."""
     generate_key("news2026", "example.org", tmp_path / "keys")
-    env = {"MAILER_BASE_URL": "https://news.example.org",
-           "MAILER_DKIM_KEY": str(tmp_path / "keys" / "news2026._domainkey.example.org.pem"),
-           "MAILER_DKIM_SELECTOR": "news2026", "MAILER_DKIM_DOMAIN": "example.org"}
-    for args in (("init",),
-                 ("lists", "create", "bulletin", "--title", "知识产权运营简报" if lang == "zh" else "IP Bulletin",
-                  "--from", "知识产权运营简报 <bulletin@example.org>", "--reply-to", "editor@example.org",
-                  "--lang", lang),
-                 ("subs", "import", str(SAMPLE_CSV), "--list", "bulletin"),
-                 ("send", str(issue), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))):
+    env = {
+        "MAILER_BASE_URL": "https://news.example.org",
+        "MAILER_DKIM_KEY": str(tmp_path / "keys" / "news2026._domainkey.example.org.pem"),
+        "MAILER_DKIM_SELECTOR": "news2026",
+        "MAILER_DKIM_DOMAIN": "example.org",
+    }
+    for args in (
+        ("init",),
+        (
+            "lists",
+            "create",
+            "bulletin",
+            "--title",
+            "知识产权运营简报" if lang == "zh" else "IP Bulletin",
+            "--from",
+            "知识产权运营简报 <bulletin@example.org>",
+            "--reply-to",
+            "editor@example.org",
+            "--lang",
+            lang,
+        ),
+        ("subs", "import", str(SAMPLE_CSV), "--list", "bulletin"),
+        ("send", str(issue), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port)),
+    ):
         result = run_cli(*args, env=env)
         assert result.returncode == 0, result.stderr
     return [c.data for c in smtp_server.received]
@@ -112,14 +132,14 @@ def test_spamassassin_scores_the_sent_issue_well_below_the_threshold(
     score, rules = spam_report(messages[0], tmp_path / "sa-home")
 
     with capsys.disabled():
-        print(f"\n{issue.name} ({lang}): SpamAssassin {score} ({', '.join(rules)}); "
-              f"message {len(messages[0]):,} bytes")
+        print(f"\n{issue.name} ({lang}): SpamAssassin {score} ({', '.join(rules)}); message {len(messages[0]):,} bytes")
     assert score < THRESHOLD, rules
     assert not [rule for rule in rules if FORBIDDEN.search(rule)], rules
 
 
-def test_every_link_in_the_html_is_in_the_text_and_nothing_tracks(run_cli, smtp_server: CaptureServer,
-                                                                  tmp_path: Path) -> None:
+def test_every_link_in_the_html_is_in_the_text_and_nothing_tracks(
+    run_cli, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
     first, second = send(run_cli, smtp_server, tmp_path, SAMPLE_ISSUE, "zh")[:2]
     text, html = parts(first)
     links = _Links()
@@ -149,8 +169,10 @@ def test_the_check_catches_what_it_guards_against(tmp_path: Path) -> None:
     bad["From"] = "news@example.org"
     bad["To"] = "reader@example.org"
     bad["Subject"] = "Hello"
-    bad.set_content("<html><body><p>Click <a href='https://example.org/x'>https://example.net/y</a></p></body></html>",
-                    subtype="html")
+    bad.set_content(
+        "<html><body><p>Click <a href='https://example.org/x'>https://example.net/y</a></p></body></html>",
+        subtype="html",
+    )
 
     _, rules = spam_report(bad.as_bytes(), tmp_path / "sa-home")
 

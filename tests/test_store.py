@@ -154,15 +154,24 @@ def _old_database(path: Path, version: int) -> None:
     one), a campaign and its delivery."""
     email = "Wang@Example.org" if version < 4 else "wang@example.org"
     conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA_1 + "".join(RELEASED_STEPS[v] for v in range(2, version + 1))
-                       + f"PRAGMA user_version = {version};")
+    conn.executescript(
+        SCHEMA_1 + "".join(RELEASED_STEPS[v] for v in range(2, version + 1)) + f"PRAGMA user_version = {version};"
+    )
     conn.execute("INSERT INTO lists (name, created) VALUES ('bulletin', '2026-01-01T00:00:00.000Z')")
-    conn.execute("INSERT INTO subscribers (list_id, email, name, status, created, updated) VALUES "
-                 "(1, ?, '王', 'active', 'then', 'then')", (email,))
-    conn.execute("INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, created) "
-                 "VALUES (1, 'nov', 'November', 'nov.md', 'h', '{}', 's', 'then')")
-    conn.execute("INSERT INTO deliveries (campaign_id, subscriber_id, email, status, queued, updated) "
-                 "VALUES (1, 1, ?, 'sent', 'then', 'then')", (email,))
+    conn.execute(
+        "INSERT INTO subscribers (list_id, email, name, status, created, updated) VALUES "
+        "(1, ?, '王', 'active', 'then', 'then')",
+        (email,),
+    )
+    conn.execute(
+        "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, created) "
+        "VALUES (1, 'nov', 'November', 'nov.md', 'h', '{}', 's', 'then')"
+    )
+    conn.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, email, status, queued, updated) "
+        "VALUES (1, 1, ?, 'sent', 'then', 'then')",
+        (email,),
+    )
     conn.commit()
     conn.close()
 
@@ -172,15 +181,18 @@ def _shape(path: Path) -> dict[str, object]:
     uniqueness, and the views' names: what a query can tell apart."""
     conn = sqlite3.connect(path)
     try:
-        tables = [name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        shape: dict[str, object] = {"views": [name for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")]}
+        tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        shape: dict[str, object] = {
+            "views": [
+                name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
+            ]
+        }
         for table in tables:
             columns = sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({table})"))
             indexes = sorted(
                 (unique, partial, tuple(c for (_, _, c) in conn.execute(f"PRAGMA index_info('{name}')")))
-                for (_, name, unique, _, partial) in conn.execute(f"PRAGMA index_list({table})"))
+                for (_, name, unique, _, partial) in conn.execute(f"PRAGMA index_list({table})")
+            )
             shape[table] = (columns, indexes)
         return shape
     finally:
@@ -188,8 +200,9 @@ def _shape(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
-def test_a_database_of_every_older_schema_migrates_to_the_new_one_and_keeps_its_rows(tmp_path: Path,
-                                                                                     version: int) -> None:
+def test_a_database_of_every_older_schema_migrates_to_the_new_one_and_keeps_its_rows(
+    tmp_path: Path, version: int
+) -> None:
     fresh = tmp_path / "fresh.db"
     with Store.open(fresh, must_exist=False) as store:
         assert store.init() is True
@@ -224,7 +237,9 @@ def test_the_released_steps_are_what_the_migrations_make(tmp_path: Path) -> None
 
 def test_statements_keep_each_statement_whole() -> None:
     assert statements("CREATE TABLE a (x TEXT DEFAULT ';');\nUPDATE a SET x = 1;\n") == [
-        "CREATE TABLE a (x TEXT DEFAULT ';');", "UPDATE a SET x = 1;"]
+        "CREATE TABLE a (x TEXT DEFAULT ';');",
+        "UPDATE a SET x = 1;",
+    ]
 
 
 def test_a_failed_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,8 +265,16 @@ def test_the_views_answer_what_ops_ask(store: Store) -> None:
     campaign = store.campaigns.create(bulletin.id, "nov", "November", "nov.md", "h", {}, "salt")
     store.suppressions.suppress_address("wang@example.org", "bounced", "5.1.1")
     rows = list(store.db.query("SELECT issue, list, email, name, status, subscriber_status FROM delivery_log"))
-    assert rows == [{"issue": "nov", "list": "bulletin", "email": "wang@example.org", "name": "王小明",
-                     "status": DeliveryStatus.QUEUED, "subscriber_status": "bounced"}]
+    assert rows == [
+        {
+            "issue": "nov",
+            "list": "bulletin",
+            "email": "wang@example.org",
+            "name": "王小明",
+            "status": DeliveryStatus.QUEUED,
+            "subscriber_status": "bounced",
+        }
+    ]
     counts = list(store.db.query("SELECT campaign_id, status, recipients FROM campaign_counts"))
     assert counts == [{"campaign_id": campaign.id, "status": "queued", "recipients": 1}]
     [member] = store.db.query("SELECT list, email, status, suppressed FROM list_members")

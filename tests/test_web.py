@@ -175,8 +175,12 @@ def test_forged_tokens_get_400_and_a_page_that_reveals_nothing(site: Site) -> No
 
 def test_every_response_carries_the_security_headers(site: Site) -> None:
     with site.client() as http:
-        for reply in (http.get(f"/u/{site.unsub_token('zhang.wei@example.org')}"), http.get("/u/bad"),
-                      http.get("/s/bulletin"), http.get("/s/nope")):
+        for reply in (
+            http.get(f"/u/{site.unsub_token('zhang.wei@example.org')}"),
+            http.get("/u/bad"),
+            http.get("/s/bulletin"),
+            http.get("/s/nope"),
+        ):
             assert reply.headers["referrer-policy"] == "same-origin"  # the token must not leak via Referer
             assert "default-src 'none'" in reply.headers["content-security-policy"]
             assert reply.headers["cache-control"] == "no-store"
@@ -235,7 +239,7 @@ def test_sign_up_confirm_by_mail_then_activate(site: Site, tmp_path: Path) -> No
 
     link = confirm_link(mail.data)
     assert link.startswith(site.url + "/c/")
-    path = link[len(site.url):]
+    path = link[len(site.url) :]
     with site.client() as http:
         look = http.get(path)
         assert look.status_code == 200 and "确认订阅" in look.text and "li***@example.org" in look.text
@@ -294,11 +298,14 @@ def test_signing_up_again_changes_no_known_name(site: Site) -> None:
 def test_same_answer_for_new_active_and_bounced_addresses(site: Site) -> None:
     site.store.suppressions.add("gone@example.org", "bounced")
     with site.client() as http:
-        answers = [sign_up(http, "bulletin", email) for email in
-                   ("new@example.org", "zhang.wei@example.org", "gone@example.org")]
+        answers = [
+            sign_up(http, "bulletin", email)
+            for email in ("new@example.org", "zhang.wei@example.org", "gone@example.org")
+        ]
     assert {a.status_code for a in answers} == {200}
     assert {re.sub(r"\w\w?\*\*\*@example\.org", "X", a.text) for a in answers} == {
-        re.sub(r"\w\w?\*\*\*@example\.org", "X", answers[0].text)}
+        re.sub(r"\w\w?\*\*\*@example\.org", "X", answers[0].text)
+    }
     assert [m.rcpt_tos for m in site.smtp.received] == [("new@example.org",)]  # only the new one is mailed
     assert site.status("zhang.wei@example.org") == SubscriberStatus.ACTIVE
 
@@ -332,8 +339,11 @@ def test_honeypot_filled_looks_fine_but_does_nothing(site: Site) -> None:
 def test_cross_site_or_replayed_forms_are_refused(site: Site) -> None:
     with site.client() as http:
         token = form_token(http.get("/s/bulletin").text)
-        other_origin = http.post("/s/bulletin", data={"email": "a@example.org", "form_token": token},
-                                 headers={"Origin": "https://evil.example"})
+        other_origin = http.post(
+            "/s/bulletin",
+            data={"email": "a@example.org", "form_token": token},
+            headers={"Origin": "https://evil.example"},
+        )
         assert other_origin.status_code == 403
         other_list = http.post("/s/weekly", data={"email": "a@example.org", "form_token": token})
         assert other_list.status_code == 403
@@ -429,8 +439,10 @@ def test_addresses_are_one_person_whatever_their_case(site: Site) -> None:
         sign_up(http, "bulletin", "New@example.org")
         sign_up(http, "bulletin", "NEW@example.org")
     assert [m.rcpt_tos for m in site.smtp.received] == [("new@example.org",)]
-    assert site.store.conn.execute("SELECT COUNT(*) FROM subscribers WHERE lower(email) = 'new@example.org'"
-                                   ).fetchone()[0] == 1
+    assert (
+        site.store.conn.execute("SELECT COUNT(*) FROM subscribers WHERE lower(email) = 'new@example.org'").fetchone()[0]
+        == 1
+    )
 
 
 def test_method_not_allowed_names_both_methods_and_no_slash_redirect(site: Site) -> None:
@@ -464,9 +476,9 @@ def test_serve_on_a_port_in_use_or_out_of_range(store: Store, run_cli) -> None: 
     assert result.returncode == 2 and result.stderr.startswith("error: ")
 
 
-def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(config: Config, store: Store,
-                                                                     smtp_server: CaptureServer,
-                                                                     tmp_path: Path) -> None:
+def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(
+    config: Config, store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
     import dkim as dkimpy
 
     from mailer.dkim import Signer, generate_key
@@ -478,7 +490,8 @@ def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(config: Con
 
     def make(url: str) -> object:
         signed = web_config(config, smtp_server, url).with_overrides(
-            dkim_key=str(key), dkim_selector="news2026", dkim_domain="example.org")
+            dkim_key=str(key), dkim_selector="news2026", dkim_domain="example.org"
+        )
         holder.append(create_app(signed))
         return holder[0]
 
@@ -528,16 +541,20 @@ def test_sign_up_to_a_list_without_from_is_a_page_not_a_500(site: Site, caplog: 
     assert any("nofrom" in r.getMessage() and "no From address" in r.getMessage() for r in caplog.records)
 
 
-def test_a_failure_on_our_side_answers_a_page_with_the_security_headers(site: Site,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failure_on_our_side_answers_a_page_with_the_security_headers(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     token = site.unsub_token("zhang.wei@example.org")
     db = site.config.db_path
     moved = db.with_name("elsewhere.db")
     db.rename(moved)  # the database goes away under the running server (a botched deploy, a full disk)
     try:
         with caplog.at_level("ERROR", logger="mailer.web"), site.client() as http:
-            replies = [http.get(f"/u/{token}"), http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}),
-                       http.get("/s/bulletin")]
+            replies = [
+                http.get(f"/u/{token}"),
+                http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}),
+                http.get("/s/bulletin"),
+            ]
     finally:
         moved.rename(db)
     for reply in replies:

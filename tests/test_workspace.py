@@ -19,8 +19,15 @@ from mailer.workspace import create_workspace
 def test_a_workspace_has_every_part(tmp_path: Path) -> None:
     made = create_workspace(tmp_path / "ws", "zh")
     names = sorted(str(p.relative_to(tmp_path / "ws")) for p in made.created)
-    assert names == [".gitignore", "issues/first-issue.md", "mailer.toml", "subscribers/example.csv",
-                     "templates/issue.html.j2", "templates/issue.txt.j2", "templates/web/page.html.j2"]
+    assert names == [
+        ".gitignore",
+        "issues/first-issue.md",
+        "mailer.toml",
+        "subscribers/example.csv",
+        "templates/issue.html.j2",
+        "templates/issue.txt.j2",
+        "templates/web/page.html.j2",
+    ]
     for name, data in builtin_layouts():
         assert (tmp_path / "ws" / "templates" / name).read_bytes() == data
     ignored = (tmp_path / "ws" / ".gitignore").read_text(encoding="utf-8").split()
@@ -35,8 +42,11 @@ def test_mailer_toml_shows_every_setting_commented_out(tmp_path: Path) -> None:
     assert set(_TOML) <= shown, set(_TOML) - shown
     assert set(THEME_KEYS) <= shown
     assert "[theme]" in text and "[lists.bulletin.theme]" in text
-    uncommented = "\n".join(re.sub(r"^# (\[|\w+ = )", r"\1", line) for line in text.splitlines()
-                            if not re.match(r"^# (logo|dkim_key|smtp_ca) = ", line))
+    uncommented = "\n".join(
+        re.sub(r"^# (\[|\w+ = )", r"\1", line)
+        for line in text.splitlines()
+        if not re.match(r"^# (logo|dkim_key|smtp_ca) = ", line)
+    )
     (tmp_path / "mailer.toml").write_text(uncommented, encoding="utf-8")
     config = load_config(environ={}, cwd=tmp_path)  # every value shown is valid as written
     assert config.warnings == () and config.smtp_port == 25 and config.theme.accent == "#163e6c"
@@ -46,11 +56,27 @@ def test_mailer_toml_shows_every_setting_commented_out(tmp_path: Path) -> None:
 def test_the_starter_issue_shows_every_field_and_renders_cleanly(tmp_path: Path, lang: str) -> None:
     create_workspace(tmp_path, lang)
     source = (tmp_path / "issues" / "first-issue.md").read_text(encoding="utf-8")
-    for field in ("subject", "preheader", "issue", "date", "lang", "images", "slug", "from", "editor", "reviewer",
-                  "phone", "contact_email"):
+    for field in (
+        "subject",
+        "preheader",
+        "issue",
+        "date",
+        "lang",
+        "images",
+        "slug",
+        "from",
+        "editor",
+        "reviewer",
+        "phone",
+        "contact_email",
+    ):
         assert re.search(rf"^#? ?{field}: ", source, flags=re.M), field
-    issue = render_issue(source, "issues/first-issue.md", ListContext(name="news", title="News", lang=lang),
-                         templates_dir=tmp_path / "templates")
+    issue = render_issue(
+        source,
+        "issues/first-issue.md",
+        ListContext(name="news", title="News", lang=lang),
+        templates_dir=tmp_path / "templates",
+    )
     assert issue.warnings == ()
     assert issue.lang == lang and len(issue.sections) == 2
     assert "{#" not in issue.text and "subscriber.name" not in issue.html  # the editor's notes stay out
@@ -97,8 +123,14 @@ def test_from_new_to_a_changed_layout_and_accent(tmp_path: Path, run_cli) -> Non
 
     def mailer(*args: str) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-        result = subprocess.run([sys.executable, "-m", "mailer", *args], cwd=ws, env={**env, "NO_COLOR": "1"},
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "mailer", *args],
+            cwd=ws,
+            env={**env, "NO_COLOR": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert "warning" not in result.stderr, result.stderr
         return result.stdout
@@ -107,11 +139,14 @@ def test_from_new_to_a_changed_layout_and_accent(tmp_path: Path, run_cli) -> Non
     mailer("lists", "create", "news", "--title", "简报", "--from", "简报 <news@example.org>", "--lang", "zh")
     assert "3 added" in mailer("subs", "import", "subscribers/example.csv", "--list", "news")
     layout = ws / "templates" / "issue.html.j2"
-    layout.write_text(layout.read_text(encoding="utf-8").replace('"电子简报" if zh', '"本单位内刊" if zh'),
-                      encoding="utf-8")
+    layout.write_text(
+        layout.read_text(encoding="utf-8").replace('"电子简报" if zh', '"本单位内刊" if zh'), encoding="utf-8"
+    )
     toml = ws / "mailer.toml"
-    toml.write_text(toml.read_text(encoding="utf-8").replace('# [theme]\n# accent = "#163e6c"',
-                                                             '[theme]\naccent = "#7a1f5c"'), encoding="utf-8")
+    toml.write_text(
+        toml.read_text(encoding="utf-8").replace('# [theme]\n# accent = "#163e6c"', '[theme]\naccent = "#7a1f5c"'),
+        encoding="utf-8",
+    )
     mailer("render", "issues/first-issue.md", "--list", "news", "-o", "out")
     html = (ws / "out" / "first-issue.html").read_text(encoding="utf-8")
     assert "本单位内刊" in html and 'bgcolor="#7a1f5c"' in html and "#163e6c" not in html

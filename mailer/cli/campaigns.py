@@ -36,9 +36,19 @@ def campaigns_ls(
     if as_json:
         print_json([dataclasses.asdict(r) for r in rows])
         return
-    table(["id", "issue", "list", "created", "counts"],
-           [[r.id, r.issue + (" (test)" if r.test else "") + (" (cancelled)" if r.cancelled else ""), r.list, r.created,
-             ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))] for r in rows])
+    table(
+        ["id", "issue", "list", "created", "counts"],
+        [
+            [
+                r.id,
+                r.issue + (" (test)" if r.test else "") + (" (cancelled)" if r.cancelled else ""),
+                r.list,
+                r.created,
+                ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())),
+            ]
+            for r in rows
+        ],
+    )
 
 
 @campaigns_app.command("cancel")
@@ -54,8 +64,11 @@ def campaigns_cancel(
         found = store.campaigns.get(campaign)
         skipped = store.campaigns.cancel(found.id)
         sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
-    out().print(f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
-              markup=False, highlight=False)
+    out().print(
+        f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
+        markup=False,
+        highlight=False,
+    )
 
 
 LOG_COLUMNS = ["email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued", "updated"]
@@ -90,6 +103,11 @@ def log(
             for r in rows:
                 writer.writerow([getattr(r, k) for k in LOG_COLUMNS])
         else:
-            table(["email", "status", "tries", "code", "reply", "message-id", "updated"],
-                   [[r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
-                    for r in rows], title=f"campaign {found.id}: {found.subject}")
+            table(
+                ["email", "status", "tries", "code", "reply", "message-id", "updated"],
+                [
+                    [r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
+                    for r in rows
+                ],
+                title=f"campaign {found.id}: {found.subject}",
+            )

@@ -42,14 +42,21 @@ lists_app = typer.Typer(help="Mailing lists.\n\nExample: mailer lists ls", no_ar
 subs_app = typer.Typer(help="Subscribers of a list.\n\nExample: mailer subs ls --list bulletin", no_args_is_help=True)
 
 
-campaigns_app = typer.Typer(help="Campaigns (one per issue and list).\n\nExample: mailer campaigns ls",
-                           no_args_is_help=True)
-bounces_app = typer.Typer(help="Returned mail: bounces, complaints, mailto unsubscribes.\n\n"
-                          "Example: mailer bounces scan bounces.mbox", no_args_is_help=True)
-dkim_app = typer.Typer(help="DKIM signing keys.\n\nExample: mailer dkim keygen --selector news2026 --domain "
-                       "example.org", no_args_is_help=True)
-suppressions_app = typer.Typer(help="Addresses never mailed again, on any list (bounced, complained).\n\n"
-                               "Example: mailer suppressions ls", no_args_is_help=True)
+campaigns_app = typer.Typer(
+    help="Campaigns (one per issue and list).\n\nExample: mailer campaigns ls", no_args_is_help=True
+)
+bounces_app = typer.Typer(
+    help="Returned mail: bounces, complaints, mailto unsubscribes.\n\nExample: mailer bounces scan bounces.mbox",
+    no_args_is_help=True,
+)
+dkim_app = typer.Typer(
+    help="DKIM signing keys.\n\nExample: mailer dkim keygen --selector news2026 --domain example.org",
+    no_args_is_help=True,
+)
+suppressions_app = typer.Typer(
+    help="Addresses never mailed again, on any list (bounced, complained).\n\nExample: mailer suppressions ls",
+    no_args_is_help=True,
+)
 # In the order `mailer --help` has always listed them.
 app.add_typer(lists_app, name="lists")
 app.add_typer(subs_app, name="subs")
@@ -66,10 +73,17 @@ ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
 
 
-TemplatesOpt = Annotated[Path | None, typer.Option(
-    "--templates", exists=True, file_okay=False, dir_okay=True,
-    help="Folder of layouts (issue.html.j2, issue.txt.j2, web/page.html.j2); a layout it lacks is the built-in "
-    "one. Default: 'templates' in mailer.toml, else ./templates/ when it exists.")]
+TemplatesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--templates",
+        exists=True,
+        file_okay=False,
+        dir_okay=True,
+        help="Folder of layouts (issue.html.j2, issue.txt.j2, web/page.html.j2); a layout it lacks is the built-in "
+        "one. Default: 'templates' in mailer.toml, else ./templates/ when it exists.",
+    ),
+]
 
 
 def settings(ctx: typer.Context, templates: Path | None = None) -> Config:
@@ -120,10 +134,12 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite database (env MAILER_DB, default ./mailer.db).")]
-    = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
-                                          callback=_show_version)] = False,  # eager: no command needed
+    db: Annotated[
+        Path | None, typer.Option("--db", help="SQLite database (env MAILER_DB, default ./mailer.db).")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_show_version)
+    ] = False,  # eager: no command needed
 ) -> None:
     """Email newsletters from Markdown to every inbox.
 
@@ -148,8 +164,15 @@ class RichProgress:
     def start(self, total: int, done: int) -> None:
         if not self.enabled:
             return
-        self.bar = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                            TimeRemainingColumn(), console=err(), transient=True)
+        self.bar = Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeRemainingColumn(),
+            console=err(),
+            transient=True,
+        )
         self.bar.start()
         self.task = self.bar.add_task("", total=total, completed=done)
 
@@ -172,8 +195,10 @@ def summary_line(summary: SendSummary) -> str:
     if summary.dry_run:
         return f"dry run: would send to {summary.total} recipients; nothing was sent"
     if summary.test:
-        return (f"test message (campaign {summary.campaign_id}, not counted in the issue's): {counts} in "
-                f"{summary.elapsed:.1f}s; see: mailer log {summary.campaign_id}")
+        return (
+            f"test message (campaign {summary.campaign_id}, not counted in the issue's): {counts} in "
+            f"{summary.elapsed:.1f}s; see: mailer log {summary.campaign_id}"
+        )
     recipients = "1 recipient" if summary.total == 1 else f"{summary.total} recipients"
     return f"campaign {summary.campaign_id}: {recipients}: {counts} in {summary.elapsed:.1f}s"
 

@@ -28,9 +28,14 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8025,
-    trusted_proxies: Annotated[str, typer.Option(
-        "--trusted-proxies", envvar="MAILER_TRUSTED_PROXIES",
-        help="Comma-separated proxy addresses whose X-Forwarded-For is believed.")] = "127.0.0.1",
+    trusted_proxies: Annotated[
+        str,
+        typer.Option(
+            "--trusted-proxies",
+            envvar="MAILER_TRUSTED_PROXIES",
+            help="Comma-separated proxy addresses whose X-Forwarded-For is believed.",
+        ),
+    ] = "127.0.0.1",
     templates: TemplatesOpt = None,
 ) -> None:
     """Serve the subscriber pages: unsubscribe (with RFC 8058 one-click), sign-up with double opt-in, confirm.
@@ -45,10 +50,21 @@ def serve(
     with Store.open(config.db_path) as store:  # a missing or uninitialised database is one clear line, before binding
         for row in store.lists.with_counts():
             if not row.from_addr:
-                err().print(f"warning: list {row.name} has no From address: its sign-up form answers 'not "
-                          "available' until it has one", markup=False, highlight=False)
-    run_server(config, host, port, trusted_proxies, ready=lambda url: err().print(
-        f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False))
+                err().print(
+                    f"warning: list {row.name} has no From address: its sign-up form answers 'not "
+                    "available' until it has one",
+                    markup=False,
+                    highlight=False,
+                )
+    run_server(
+        config,
+        host,
+        port,
+        trusted_proxies,
+        ready=lambda url: err().print(
+            f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False
+        ),
+    )
 
 
 @bounces_app.command("scan")
@@ -69,11 +85,25 @@ def bounces_scan(
     with open_store(ctx) as store:
         rows = scan(store, config.secret, path, config.soft_bounce_limit)
     if as_json:
-        print_json([{"origin": r.origin, "kind": r.kind, "email": r.email, "campaign": r.campaign,
-                      "status": r.status, "result": r.result, "matched": r.matched} for r in rows])
+        print_json(
+            [
+                {
+                    "origin": r.origin,
+                    "kind": r.kind,
+                    "email": r.email,
+                    "campaign": r.campaign,
+                    "status": r.status,
+                    "result": r.result,
+                    "matched": r.matched,
+                }
+                for r in rows
+            ]
+        )
         return
-    table(["read from", "kind", "email", "campaign", "status", "result"],
-           [[r.origin, r.kind, r.email, r.campaign if r.campaign is not None else "", r.status, r.result]
-            for r in rows], title=f"returned mail in {path}")
+    table(
+        ["read from", "kind", "email", "campaign", "status", "result"],
+        [[r.origin, r.kind, r.email, r.campaign if r.campaign is not None else "", r.status, r.result] for r in rows],
+        title=f"returned mail in {path}",
+    )
     matched = sum(r.matched for r in rows)
     err().print(f"{len(rows)} report(s): {matched} matched, {len(rows) - matched} not", markup=False, highlight=False)

@@ -63,8 +63,22 @@ def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     with open_store(ctx) as store:
         rows = store.lists.with_counts()
     if as_json:
-        print_json([{"name": r.name, "title": r.title, "from": r.from_addr, "lang": r.lang, "created": r.created,
-                      "active": r.active, "total": r.total} for r in rows])
+        print_json(
+            [
+                {
+                    "name": r.name,
+                    "title": r.title,
+                    "from": r.from_addr,
+                    "lang": r.lang,
+                    "created": r.created,
+                    "active": r.active,
+                    "total": r.total,
+                }
+                for r in rows
+            ]
+        )
         return
-    table(["name", "title", "from", "lang", "active", "total"],
-           [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows])
+    table(
+        ["name", "title", "from", "lang", "active", "total"],
+        [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows],
+    )

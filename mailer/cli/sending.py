@@ -25,16 +25,19 @@ from mailer.errors import MailerError, UsageError
 from mailer.exit_codes import ExitCode
 
 # Unset: `concurrency` in mailer.toml, 4 by default.
-ConcurrencyOpt = Annotated[int | None, typer.Option(
-    min=1, max=64, help="SMTP sessions at once.  [default: concurrency in mailer.toml, else 4]")]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(min=1, max=64, help="SMTP sessions at once.  [default: concurrency in mailer.toml, else 4]"),
+]
 
 
 @app.command()
 def render(
     ctx: typer.Context,
     issue: Annotated[Path, typer.Argument(help="The issue: Markdown with front matter.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <slug>.html, .txt and .eml.")]
-    = Path("out"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <slug>.html, .txt and .eml.")] = Path(
+        "out"
+    ),
     list_name: Annotated[str | None, typer.Option("--list", "-l", help="Render for this list's settings.")] = None,
     templates: TemplatesOpt = None,
 ) -> None:
@@ -45,6 +48,7 @@ def render(
     from mailer.sample import render_to_dir
 
     config = settings(ctx, templates)
+
     def warn(warning: str) -> None:
         err().print(f"warning: {warning}", markup=False, highlight=False)
 
@@ -66,13 +70,16 @@ def send(
     test: Annotated[str | None, typer.Option("--test", help="Send one test message to this address only.")] = None,
     concurrency: ConcurrencyOpt = None,
     rate: Annotated[float | None, typer.Option(min=0.01, help="At most this many messages per second.")] = None,
-    max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait in this run for deferred recipients' "
-                                            "retry times (the rest: mailer retry).")] = 300.0,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds to wait in this run for deferred recipients' retry times (the rest: mailer retry)."
+        ),
+    ] = 300.0,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Sending processes (one per core is plenty).")] = 1,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
-    smtp_port: Annotated[int | None, typer.Option(min=1, max=65535, help="SMTP port (env MAILER_SMTP_PORT).")]
-    = None,
+    smtp_port: Annotated[int | None, typer.Option(min=1, max=65535, help="SMTP port (env MAILER_SMTP_PORT).")] = None,
     templates: TemplatesOpt = None,
 ) -> None:
     """Send an issue to a list (running it again resumes the same campaign).
@@ -86,12 +93,20 @@ def send(
 
     if not (dry_run or test or yes or environment().stdin.isatty()):
         # From cron or a script nobody can answer the question: mailing a whole list takes saying so.
-        raise UsageError(f"mailer send asks before mailing a list, and stdin is not a terminal: add --yes to send "
-                         f"{issue} to list {list_name} (or --dry-run, or --test EMAIL); nothing was sent")
+        raise UsageError(
+            f"mailer send asks before mailing a list, and stdin is not a terminal: add --yes to send "
+            f"{issue} to list {list_name} (or --dry-run, or --test EMAIL); nothing was sent"
+        )
     config = settings(ctx, templates)
-    options = SendOptions.for_config(config, dry_run=dry_run, test_email=normalise_address(test) if test else None,
-                                     concurrency=concurrency or config.concurrency, rate=rate, max_wait=max_wait,
-                                     workers=workers)
+    options = SendOptions.for_config(
+        config,
+        dry_run=dry_run,
+        test_email=normalise_address(test) if test else None,
+        concurrency=concurrency or config.concurrency,
+        rate=rate,
+        max_wait=max_wait,
+        workers=workers,
+    )
     with open_store(ctx) as store:
         if not (dry_run or test or yes):
             total = store.subscribers.count_recipients(store.lists.get(list_name).id)
@@ -100,8 +115,12 @@ def send(
         stop = asyncio.Event()
         progress = RichProgress(err().is_terminal and not dry_run)
         try:
-            summary = run_service(send_issue(store, config, issue, list_name, options,
-                                      relays(config, smtp_host, smtp_port), progress, stop), stop)
+            summary = run_service(
+                send_issue(
+                    store, config, issue, list_name, options, relays(config, smtp_host, smtp_port), progress, stop
+                ),
+                stop,
+            )
         finally:
             progress.stop()
     finish_send(summary)
@@ -115,8 +134,13 @@ def retry(
     concurrency: ConcurrencyOpt = None,
     rate: Annotated[float | None, typer.Option(min=0.01)] = None,
     max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for further retries in this run.")] = 300.0,
-    failed: Annotated[bool, typer.Option("--failed", help="Also queue the failed recipients again (not those "
-                                         "who unsubscribed or were suppressed since).")] = False,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed",
+            help="Also queue the failed recipients again (not those who unsubscribed or were suppressed since).",
+        ),
+    ] = False,
 ) -> None:
     """Send again to the deferred (and what a stop left queued) recipients of a campaign; with --failed, to its
     failed ones too, on purpose (after fixing what refused them).
@@ -130,12 +154,17 @@ def retry(
     config = settings(ctx)
     stop = asyncio.Event()
     progress = RichProgress(err().is_terminal)
-    options = SendOptions.for_config(config, concurrency=concurrency or config.concurrency, rate=rate,
-                                     max_wait=max_wait)
+    options = SendOptions.for_config(
+        config, concurrency=concurrency or config.concurrency, rate=rate, max_wait=max_wait
+    )
     with open_store(ctx) as store:
         try:
-            summary = run_service(retry_campaign(store, config, campaign, options, relays(config), progress, stop,
-                                          due_only=due_only, failed=failed), stop)
+            summary = run_service(
+                retry_campaign(
+                    store, config, campaign, options, relays(config), progress, stop, due_only=due_only, failed=failed
+                ),
+                stop,
+            )
         finally:
             progress.stop()
     finish_send(summary)

@@ -41,8 +41,9 @@ class Environment:
     def out(self) -> Console:
         if self._out is None:
             # Piped output is not cut to 80 columns: a log's addresses and Message-IDs stay whole.
-            self._out = Console(file=self.stdout, soft_wrap=True, width=None if self.stdout.isatty() else 200,
-                                _environ=self.variables)
+            self._out = Console(
+                file=self.stdout, soft_wrap=True, width=None if self.stdout.isatty() else 200, _environ=self.variables
+            )
         return self._out
 
     @property
@@ -90,8 +91,9 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> E
     try:
         with _streams(env):
             try:
-                code = app(args=list(sys.argv[1:] if argv is None else argv), prog_name=env.program_name,
-                           standalone_mode=False)
+                code = app(
+                    args=list(sys.argv[1:] if argv is None else argv), prog_name=env.program_name, standalone_mode=False
+                )
             except BaseException as exc:  # every ending is turned into an exit status here
                 return _exit_status(exc, env)
         return ExitCode(code) if isinstance(code, int) else ExitCode.OK

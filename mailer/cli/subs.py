@@ -60,16 +60,23 @@ def subs_import(
         result = import_csv(store, list_name, file)
     if result.encoding == "gb18030" or result.delimiter != ",":
         # Not silent: a file that is neither UTF-8 nor comma-separated says how it was read.
-        how = [*(["GB18030"] if result.encoding == "gb18030" else []),
-               *([f"{DELIMITER_NAMES[result.delimiter]}-separated"] if result.delimiter != "," else [])]
+        how = [
+            *(["GB18030"] if result.encoding == "gb18030" else []),
+            *([f"{DELIMITER_NAMES[result.delimiter]}-separated"] if result.delimiter != "," else []),
+        ]
         err().print(f"note: read {file} as {', '.join(how)}", markup=False, highlight=False)
     for problem in result.problems:
         err().print(f"{file} {problem}", markup=False, highlight=False)
-    suppressed = f", {result.suppressed} suppressed (listed, never mailed: see mailer suppressions ls)" \
-        if result.suppressed else ""
+    suppressed = (
+        f", {result.suppressed} suppressed (listed, never mailed: see mailer suppressions ls)"
+        if result.suppressed
+        else ""
+    )
     out().print(
         f"imported {file}: {result.added} added, {result.updated} updated, {result.kept} kept as unsubscribed/"
-        f"bounced{suppressed}, {len(result.problems)} rejected", markup=False, highlight=False,
+        f"bounced{suppressed}, {len(result.problems)} rejected",
+        markup=False,
+        highlight=False,
     )
     if result.problems:
         raise typer.Exit(ExitCode.ERROR)
@@ -79,8 +86,9 @@ def subs_import(
 def subs_ls(
     ctx: typer.Context,
     list_name: ListOpt,
-    status: Annotated[str | None, typer.Option(help="Only this status: active, pending, unsubscribed, bounced.")]
-    = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only this status: active, pending, unsubscribed, bounced.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List subscribers.
@@ -94,19 +102,30 @@ def subs_ls(
         # Suppressed addresses (bounced or complained, on any list) are never mailed whatever their status says.
         suppressed = {row.email: row.reason for row in store.suppressions.all()}
         if as_json:
-            print_json([{"email": s.email, "name": s.name, "status": s.status, "suppressed": suppressed.get(s.email),
-                          "attrs": s.attrs} for s in rows])
+            print_json(
+                [
+                    {
+                        "email": s.email,
+                        "name": s.name,
+                        "status": s.status,
+                        "suppressed": suppressed.get(s.email),
+                        "attrs": s.attrs,
+                    }
+                    for s in rows
+                ]
+            )
             return
-        table(["email", "name", "status", "suppressed"],
-               [[s.email, s.name, s.status, suppressed.get(s.email, "")] for s in rows])
+        table(
+            ["email", "name", "status", "suppressed"],
+            [[s.email, s.name, s.status, suppressed.get(s.email, "")] for s in rows],
+        )
 
 
 @subs_app.command("export")
 def subs_export(
     ctx: typer.Context,
     list_name: ListOpt,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (default stdout).")]
-    = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (default stdout).")] = None,
 ) -> None:
     """Export a list as CSV (email, name, status, attributes).
 

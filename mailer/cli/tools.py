@@ -36,9 +36,13 @@ def dkim_keygen(
     key = generate_key(selector, domain, output)
     environment().stdout.write(key.record + "\n")
     name = key.record.split(" ", 1)[0]
-    err().print(f"wrote {key.path} (mode 600). Publish the TXT record above at {name} (in a zone file, end the name "
-              f"with a dot), then set MAILER_DKIM_KEY={key.path} MAILER_DKIM_SELECTOR={selector} "
-              f"MAILER_DKIM_DOMAIN={domain} and check with: mailer doctor --dns", markup=False, highlight=False)
+    err().print(
+        f"wrote {key.path} (mode 600). Publish the TXT record above at {name} (in a zone file, end the name "
+        f"with a dot), then set MAILER_DKIM_KEY={key.path} MAILER_DKIM_SELECTOR={selector} "
+        f"MAILER_DKIM_DOMAIN={domain} and check with: mailer doctor --dns",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
@@ -69,13 +73,20 @@ def preview(
     ctx: typer.Context,
     issue: Annotated[Path, typer.Argument(help="The issue: Markdown with front matter.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNG screenshots.")] = Path("preview"),
-    list_name: Annotated[str | None, typer.Option("--list", "-l", help="Render for this list's settings and its "
-                                                  "first subscriber.")] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Serve the issue on 127.0.0.1 with live reload instead, "
-                                        "re-rendering on every save, until Ctrl-C.")] = False,
+    list_name: Annotated[
+        str | None, typer.Option("--list", "-l", help="Render for this list's settings and its first subscriber.")
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Serve the issue on 127.0.0.1 with live reload instead, re-rendering on every save, until Ctrl-C.",
+        ),
+    ] = False,
     port: Annotated[int, typer.Option(help="Port of --watch.", min=1, max=65535)] = 8026,
-    offline: Annotated[bool, typer.Option("--offline", help="Load no remote images (as a client that blocks "
-                                          "them shows the issue).")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Load no remote images (as a client that blocks them shows the issue).")
+    ] = False,
     templates: TemplatesOpt = None,
 ) -> None:
     """Screenshots of the issue as a recipient sees it (1200 px desktop, 390 px mobile) and what mail clients break.
@@ -88,6 +99,7 @@ def preview(
     config = settings(ctx, templates)
     with open_store_for(config, list_name) as store:
         if watch:
+
             def report(live: Any) -> None:
                 if live.error:
                     err().print(f"error: {live.error}", markup=False, highlight=False)
@@ -98,16 +110,22 @@ def preview(
             live = live_preview(issue, config, store, list_name, report)
             if live.message is None:
                 raise MailerError(live.error)
-            serve_live_preview(live, port, ready=lambda url: err().print(
-                f"previewing on {url} (updates when {issue} changes); Ctrl-C stops", markup=False, highlight=False))
+            serve_live_preview(
+                live,
+                port,
+                ready=lambda url: err().print(
+                    f"previewing on {url} (updates when {issue} changes); Ctrl-C stops", markup=False, highlight=False
+                ),
+            )
             return
         result = preview_issue(issue, output, config, store, list_name, offline=offline)
         assert result.screenshots is not None
         for path in (result.screenshots.desktop, result.screenshots.mobile):
             out().print(f"wrote {path}", markup=False, highlight=False)
         html_size, message_size = len(result.message.html.encode("utf-8")), len(result.message.data)
-        out().print(f"HTML {html_size / 1024:.1f} KB, whole message {message_size / 1024:.1f} KB", markup=False,
-                  highlight=False)
+        out().print(
+            f"HTML {html_size / 1024:.1f} KB, whole message {message_size / 1024:.1f} KB", markup=False, highlight=False
+        )
         for warning in result.warnings:
             err().print(f"warning: {warning}", markup=False, highlight=False)
         if not result.warnings:

@@ -44,13 +44,17 @@ def new(
         out().print(f"kept {path} (already there; not overwritten)", markup=False, highlight=False)
     title = STARTER_TITLE.get(lang, STARTER_TITLE["en"])
     sender = f"{title} <news@example.org>"
-    out().print(f"next, in {folder}:\n"
-              f"  mailer init\n"
-              f"  mailer lists create news --title {title} --from \"{sender}\" --lang {lang}\n"
-              f"  mailer subs import {EXAMPLE_CSV} --list news\n"
-              f"  mailer render {STARTER_ISSUE} --list news -o out\n"
-              f"layouts: {folder / 'templates'}/ (mailer uses ./templates/ when it exists); colours and footer: "
-              f"[theme] in {folder / 'mailer.toml'}", markup=False, highlight=False)
+    out().print(
+        f"next, in {folder}:\n"
+        f"  mailer init\n"
+        f'  mailer lists create news --title {title} --from "{sender}" --lang {lang}\n'
+        f"  mailer subs import {EXAMPLE_CSV} --list news\n"
+        f"  mailer render {STARTER_ISSUE} --list news -o out\n"
+        f"layouts: {folder / 'templates'}/ (mailer uses ./templates/ when it exists); colours and footer: "
+        f"[theme] in {folder / 'mailer.toml'}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
@@ -72,15 +76,21 @@ def demo(
     campaign_id = result.summary.campaign_id
     with Store.open(result.db_path) as store:
         rows = list(store.deliveries.log(campaign_id or 0))
-    table(["email", "name", "status", "code", "message-id"],
-           [[r.email, r.name, r.status, r.smtp_code, r.message_id] for r in rows],
-           title=f"delivery log of campaign {campaign_id}")
+    table(
+        ["email", "name", "status", "code", "message-id"],
+        [[r.email, r.name, r.status, r.smtp_code, r.message_id] for r in rows],
+        title=f"delivery log of campaign {campaign_id}",
+    )
     out().print(summary_line(result.summary), markup=False, highlight=False)
     out().print(f"imported {result.imported.added} subscribers; database {result.db_path}", highlight=False)
     if result.messages:
         first = result.messages[0]
-        out().print(f"{len(result.messages)} messages captured in {result.outbox}/; open one: {first} "
-                  f"({first.stat().st_size:,} bytes)", markup=False, highlight=False)
+        out().print(
+            f"{len(result.messages)} messages captured in {result.outbox}/; open one: {first} "
+            f"({first.stat().st_size:,} bytes)",
+            markup=False,
+            highlight=False,
+        )
     html = next((p for p in result.rendered if p.suffix == ".html"), None)
     if html:
         out().print(f"rendered HTML: {html}", markup=False, highlight=False)

@@ -62,8 +62,19 @@ from mailer.render.text import inline_text, tokens_to_text
 from mailer.wording import NO_LIST_TITLE
 
 __all__ = [
-    "PLACEHOLDER_RE", "InlineImage", "ListContext", "RenderedIssue", "Section", "attr_placeholder_keys",
-    "builtin_layouts", "image_type", "inline_css", "layout_files", "memory_ceiling", "render_issue", "render_page",
+    "PLACEHOLDER_RE",
+    "InlineImage",
+    "ListContext",
+    "RenderedIssue",
+    "Section",
+    "attr_placeholder_keys",
+    "builtin_layouts",
+    "image_type",
+    "inline_css",
+    "layout_files",
+    "memory_ceiling",
+    "render_issue",
+    "render_page",
     "substitute",
 ]
 
@@ -124,8 +135,9 @@ class _FrontMatter(dict[str, Any]):
                 continue
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else f" (mailer reads {', '.join(FRONT_MATTER_FIELDS)})"
-            warnings.append(f"{origin}: front matter field '{key}' is not used by mailer or the layout, so it "
-                            f"appears nowhere{hint}")
+            warnings.append(
+                f"{origin}: front matter field '{key}' is not used by mailer or the layout, so it appears nowhere{hint}"
+            )
         return warnings
 
 
@@ -163,9 +175,7 @@ def _markdown() -> MarkdownIt:
     return MarkdownIt("gfm-like", {"typographer": False})
 
 
-def split_front_matter(
-    source: str, origin: str, given: Mapping[str, Any] | None = None
-) -> tuple[dict[str, Any], str]:
+def split_front_matter(source: str, origin: str, given: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """The YAML front matter and the Markdown body; a missing subject or bad YAML is a TemplateError.
 
     `given`: front-matter values the caller supplies as data (over the file's), never parsed as YAML."""
@@ -176,15 +186,18 @@ def split_front_matter(
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         # +1: the mark counts lines from 0, and the block handed to YAML starts with the opening line's newline
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) \
+        problem = (
+            " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None))))
             or str(exc).splitlines()[0]
+        )
         raise TemplateError(f"{origin}{where}: front matter is not valid YAML: {problem}") from None
     _check_front_matter_size(post.metadata, origin)
     meta = {**{str(k): v for k, v in post.metadata.items()}, **(given or {})}
     for key in TEXT_FIELDS:
         if isinstance(meta.get(key), Mapping | list | set):  # it became "['a', 'b']" in the Subject header
-            raise TemplateError(f"{origin}: front matter '{key}' must be text, not a {type(meta[key]).__name__} "
-                                f"({meta[key]!r:.60})")
+            raise TemplateError(
+                f"{origin}: front matter '{key}' must be text, not a {type(meta[key]).__name__} ({meta[key]!r:.60})"
+            )
     subject = str(meta.get("subject") or "").strip()
     if not subject:
         raise TemplateError(f"{origin}: front matter has no 'subject'")
@@ -204,12 +217,15 @@ def _check_front_matter_size(metadata: Mapping[str, Any], origin: str) -> None:
         value, holders = pending.pop()
         count += 1
         if count > MAX_FRONT_MATTER_VALUES:
-            raise TemplateError(f"{origin}: front matter holds over {MAX_FRONT_MATTER_VALUES:,} values (YAML aliases "
-                                "(*name) repeating a list?); write the values out")
+            raise TemplateError(
+                f"{origin}: front matter holds over {MAX_FRONT_MATTER_VALUES:,} values (YAML aliases "
+                "(*name) repeating a list?); write the values out"
+            )
         if isinstance(value, Mapping | list):
             if id(value) in holders:
-                raise TemplateError(f"{origin}: front matter has a value that contains itself (a YAML alias inside "
-                                    "its own anchor)")
+                raise TemplateError(
+                    f"{origin}: front matter has a value that contains itself (a YAML alias inside its own anchor)"
+                )
             inner = holders | {id(value)}
             pending.extend((child, inner) for child in (value.values() if isinstance(value, Mapping) else value))
 
@@ -246,8 +262,6 @@ def split_sections(md: MarkdownIt, tokens: list[Token]) -> tuple[Markup, str, li
         for n, (title, body) in enumerate(groups[1:], start=1)
     ]
     return intro_html, intro_text, sections
-
-
 
 
 def _body_line_offset(source: str, body: str) -> int:
@@ -386,5 +400,3 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
-
-

@@ -77,7 +77,6 @@ class RenderedIssue:
     images: tuple[InlineImage, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # e.g. a front-matter field nothing reads
 
-
     def placeholders(self) -> set[str]:
         return set(PLACEHOLDER_RE.findall(self.html)) | set(PLACEHOLDER_RE.findall(self.text))
 

@@ -88,8 +88,10 @@ class _LayoutFolderLoader(jinja2.FileSystemLoader):
             if not real.is_file():
                 raise SecurityError(f"layout {template!r} is not a file ({real})")
             if not real.is_relative_to(self.folder.resolve()) and not real.name.endswith(".j2"):
-                raise SecurityError(f"layout {template!r} leads to {real}, outside the layouts folder {self.folder}; "
-                                    "only layouts (*.j2) may be linked from elsewhere")
+                raise SecurityError(
+                    f"layout {template!r} leads to {real}, outside the layouts folder {self.folder}; "
+                    "only layouts (*.j2) may be linked from elsewhere"
+                )
         return super().get_source(environment, template)
 
 
@@ -184,13 +186,15 @@ class _NoOtherFiles(jinja2.BaseLoader):
     """An issue is one file: it may not pull in other templates (layouts can, from their own folder)."""
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        raise SecurityError(f"an issue cannot include, import or extend another template ({template!r}); "
-                            "that belongs in the layout")
+        raise SecurityError(
+            f"an issue cannot include, import or extend another template ({template!r}); that belongs in the layout"
+        )
 
 
 def body_environment() -> jinja2.Environment:
-    return _Sandbox(loader=_NoOtherFiles(), undefined=jinja2.StrictUndefined, autoescape=False,
-                    keep_trailing_newline=True)
+    return _Sandbox(
+        loader=_NoOtherFiles(), undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
 
 
 def environment(templates_dir: Path | None, html: bool) -> jinja2.Environment:
@@ -222,8 +226,11 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
 @functools.lru_cache(maxsize=4)
 def _page_environment(templates_dir: Path | None) -> jinja2.Environment:
     return _Sandbox(
-        loader=_layout_loader(templates_dir, "web"), autoescape=True, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
+        loader=_layout_loader(templates_dir, "web"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
@@ -238,8 +245,11 @@ def template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templat
         # Render-time errors (StrictUndefined) carry no lineno; Jinja rewrites the traceback so that each template
         # line that ran appears as a frame whose filename is the template's (or "<template>" for a string).
         # Python's own frozen modules ("<frozen abc>", where a RecursionError often lands) are not templates.
-        frames = [(frame.filename, frame.lineno) for frame in traceback.extract_tb(exc.__traceback__)
-                  if not frame.filename.endswith(".py") and not frame.filename.startswith("<frozen")]
+        frames = [
+            (frame.filename, frame.lineno)
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if not frame.filename.endswith(".py") and not frame.filename.startswith("<frozen")
+        ]
         if frames:
             # the innermost line that ran; for endless recursion, the line that repeats (the include of itself)
             filename, lineno = Counter(frames).most_common(1)[0][0] if isinstance(exc, RecursionError) else frames[-1]
@@ -255,8 +265,10 @@ def template_error(origin: str, exc: Exception, line_offset: int = 0) -> Templat
     if isinstance(exc, RecursionError):
         message = "it includes, imports or calls itself without end (maximum recursion depth exceeded)"
     elif isinstance(exc, MemoryError):
-        message = (f"it needs more than {MAX_RENDER_MEMORY >> 20} MB of memory to render (a loop, a repeat or a "
-                   "padding width building a huge text, or a file of tens of MB?)")
+        message = (
+            f"it needs more than {MAX_RENDER_MEMORY >> 20} MB of memory to render (a loop, a repeat or a "
+            "padding width building a huge text, or a file of tens of MB?)"
+        )
     if isinstance(exc, SecurityError) and "unsafe" in message:
         message += " (issues and layouts run in Jinja's sandbox, with only the documented variables)"
     return TemplateError(f"{where}: {message}")

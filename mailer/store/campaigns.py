@@ -37,15 +37,18 @@ class Campaigns(Repository):
     def find(self, list_id: int, content_hash: str) -> Campaign | None:
         """The campaign that sends this content to this list: what is sent names a campaign, not the issue's
         file name (the latest one, should a database from before schema 5 hold two)."""
-        return self._first("list_id = ? AND content_hash = ? AND is_test = 0 ORDER BY id DESC LIMIT 1",
-                           (list_id, content_hash))
+        return self._first(
+            "list_id = ? AND content_hash = ? AND is_test = 0 ORDER BY id DESC LIMIT 1", (list_id, content_hash)
+        )
 
     def unfinished(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> Campaign | None:
         """A campaign of the same issue (name or file) with other content that still has recipients to send."""
         return self._first(
             "list_id = ? AND is_test = 0 AND cancelled IS NULL AND content_hash <> ? AND (slug = ? OR issue_path = ?) "
             "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = campaigns.id "
-            "AND d.status IN ('queued', 'sending', 'deferred')) ORDER BY id", (list_id, content_hash, slug, issue_path))
+            "AND d.status IN ('queued', 'sending', 'deferred')) ORDER BY id",
+            (list_id, content_hash, slug, issue_path),
+        )
 
     def _first(self, condition: str, args: tuple[Any, ...]) -> Campaign | None:
         for row in self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE {condition}", args):
@@ -64,7 +67,8 @@ class Campaigns(Repository):
                 f"issue '{unfinished.slug}', other content), and that campaign is not finished "
                 f"({self.store.deliveries.waiting(unfinished.id)} recipient(s) still to send): finish it as it was "
                 f"snapshotted with 'mailer retry {unfinished.id}', or cancel it with 'mailer campaigns cancel "
-                f"{unfinished.id}' and send again (a new campaign mails the whole list)")
+                f"{unfinished.id}' and send again (a new campaign mails the whole list)"
+            )
 
     def get(self, ref: str | int) -> Campaign:
         """A campaign by id, or by the issue's slug when that names one campaign."""
@@ -72,8 +76,9 @@ class Campaigns(Repository):
         if str(ref).isascii() and str(ref).isdigit() and int(ref) < 2**63:  # '²' is a digit; SQLite ids are 64-bit
             found = self._first("id = ?", (int(ref),))
         if found is None:
-            rows = list(self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE slug = ? AND is_test = 0",
-                                            (str(ref),)))
+            rows = list(
+                self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE slug = ? AND is_test = 0", (str(ref),))
+            )
             if len(rows) > 1:
                 raise UsageError(f"{ref!r} names {len(rows)} campaigns; use the id from: mailer campaigns ls")
             found = Campaign(**{**rows[0], "is_test": bool(rows[0]["is_test"])}) if rows else None
@@ -83,13 +88,22 @@ class Campaigns(Repository):
 
     def rendered(self, campaign_id: int) -> tuple[dict[str, Any], str]:
         """The rendered issue as it was snapshotted (RenderedIssue JSON) and the campaign's Message-ID salt."""
-        rendered, salt = self.conn.execute("SELECT rendered, salt FROM campaigns WHERE id = ?",
-                                           (campaign_id,)).fetchone()
+        rendered, salt = self.conn.execute(
+            "SELECT rendered, salt FROM campaigns WHERE id = ?", (campaign_id,)
+        ).fetchone()
         return json.loads(rendered), salt
 
     def create(
-        self, list_id: int, slug: str, subject: str, issue_path: str, content_hash: str,
-        rendered: dict[str, Any], salt: str, *, is_test: bool = False,
+        self,
+        list_id: int,
+        slug: str,
+        subject: str,
+        issue_path: str,
+        content_hash: str,
+        rendered: dict[str, Any],
+        salt: str,
+        *,
+        is_test: bool = False,
         test_recipient: Subscriber | None = None,
     ) -> Campaign:
         """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction.
@@ -107,16 +121,32 @@ class Campaigns(Repository):
             cur = self.conn.execute(
                 "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, is_test, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (list_id, slug, subject, issue_path, content_hash, json.dumps(rendered, ensure_ascii=False), salt,
-                 int(is_test), now),
+                (
+                    list_id,
+                    slug,
+                    subject,
+                    issue_path,
+                    content_hash,
+                    json.dumps(rendered, ensure_ascii=False),
+                    salt,
+                    int(is_test),
+                    now,
+                ),
             )
             campaign_id = int(cur.lastrowid or 0)
             if test_recipient is not None:
                 self.conn.execute(
                     "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "
                     "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                    (campaign_id, test_recipient.id, test_recipient.email, test_recipient.name,
-                     json.dumps(test_recipient.attrs, ensure_ascii=False), now, now),
+                    (
+                        campaign_id,
+                        test_recipient.id,
+                        test_recipient.email,
+                        test_recipient.name,
+                        json.dumps(test_recipient.attrs, ensure_ascii=False),
+                        now,
+                        now,
+                    ),
                 )
             else:
                 self.conn.execute(
@@ -132,9 +162,12 @@ class Campaigns(Repository):
         where = "" if include_tests else "WHERE c.is_test = 0"
         rows = self.store.db.query(
             "SELECT c.id, c.slug AS issue, l.name AS list, c.subject, c.created, c.finished, c.is_test AS test, "
-            f"c.issue_path, c.cancelled FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id")
-        return [CampaignSummary(**{**row, "test": bool(row["test"]),
-                                   "counts": self.store.deliveries.counts(row["id"])}) for row in list(rows)]
+            f"c.issue_path, c.cancelled FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id"
+        )
+        return [
+            CampaignSummary(**{**row, "test": bool(row["test"]), "counts": self.store.deliveries.counts(row["id"])})
+            for row in list(rows)
+        ]
 
     def finish(self, campaign_id: int) -> None:
         with self.store.transaction():
@@ -159,11 +192,14 @@ class Campaigns(Repository):
             check_holder(campaign_id, holder, until, lease_owner(), now)
             self.conn.execute(
                 "UPDATE campaigns SET cancelled = ?, finished = COALESCE(finished, ?), lease_owner = NULL, "
-                "lease_until = NULL WHERE id = ?", (now, now, campaign_id),
+                "lease_until = NULL WHERE id = ?",
+                (now, now, campaign_id),
             )
             skipped = 0
-            for status, reply in ((DeliveryStatus.QUEUED, "campaign cancelled"),
-                                  (DeliveryStatus.DEFERRED, "campaign cancelled"),
-                                  (DeliveryStatus.SENDING, "campaign cancelled; an interrupted run may have sent it")):
+            for status, reply in (
+                (DeliveryStatus.QUEUED, "campaign cancelled"),
+                (DeliveryStatus.DEFERRED, "campaign cancelled"),
+                (DeliveryStatus.SENDING, "campaign cancelled; an interrupted run may have sent it"),
+            ):
                 skipped += self.store.deliveries.move(campaign_id, status, DeliveryStatus.SKIPPED, reply, now)
         return skipped

@@ -33,8 +33,10 @@ def connect(path: Path, *, must_exist: bool) -> sqlite3.Connection:
         version = schema_version(conn)
         if version > SCHEMA_VERSION:
             conn.close()
-            raise MailerError(f"database {path} was made by a newer mailer (schema {version}; this one knows "
-                              f"{SCHEMA_VERSION}): upgrade mailer to use it")
+            raise MailerError(
+                f"database {path} was made by a newer mailer (schema {version}; this one knows "
+                f"{SCHEMA_VERSION}): upgrade mailer to use it"
+            )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         conn.execute("PRAGMA foreign_keys=ON")
@@ -47,8 +49,7 @@ def connect(path: Path, *, must_exist: bool) -> sqlite3.Connection:
         conn.close()
         if version == 0:
             raise MailerError(f"database {path} is not initialised; run: mailer init")
-        raise MailerError(f"database {path} is from an older mailer (schema {version}); run: mailer init to "
-                          "migrate it")
+        raise MailerError(f"database {path} is from an older mailer (schema {version}); run: mailer init to migrate it")
     return conn
 
 
@@ -66,16 +67,20 @@ def describe_database_error(path: Path, exc: sqlite3.Error) -> str:
         if not folder.is_dir():
             return f"cannot open database {path}: folder {folder} does not exist"
         if not os.access(folder, os.W_OK):
-            return (f"cannot use database {path}: its folder {folder} is not writable (SQLite keeps {path.name}-wal "
-                    f"and {path.name}-shm beside it, even to read)")
+            return (
+                f"cannot use database {path}: its folder {folder} is not writable (SQLite keeps {path.name}-wal "
+                f"and {path.name}-shm beside it, even to read)"
+            )
         if path.exists() and not os.access(path, os.W_OK):
             return f"cannot use database {path}: the file is read-only (mailer writes to it, even to read: WAL)"
         return f"cannot open database {path}: {text}"
     if "not a database" in text:
         return f"{path} is not a mailer database ({text}); check --db / MAILER_DB"
     if "malformed" in text:
-        return (f"database {path} is damaged ({text}); restore it from a backup, or try: "
-                f"sqlite3 {path} .recover | sqlite3 recovered.db")
+        return (
+            f"database {path} is damaged ({text}); restore it from a backup, or try: "
+            f"sqlite3 {path} .recover | sqlite3 recovered.db"
+        )
     if "disk is full" in text or "database or disk is full" in text:
         return f"database {path}: the disk is full; free some space and run the command again"
     return f"database {path}: {text}"

@@ -47,8 +47,7 @@ class LogEntry:
     next_attempt: str | None
 
 
-_LOG_COLUMNS = ("id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, "
-                "next_attempt")
+_LOG_COLUMNS = "id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, next_attempt"
 
 
 class Deliveries(Repository):
@@ -94,8 +93,16 @@ class Deliveries(Repository):
             self.conn.execute(
                 "UPDATE deliveries SET status = ?, smtp_code = ?, smtp_reply = ?, updated = ?, next_attempt = ?, "
                 "message_id = CASE WHEN ? = '' THEN message_id ELSE ? END WHERE id = ?",
-                (str(outcome.status), outcome.smtp_code, outcome.smtp_reply, now, next_attempt,
-                 outcome.message_id, outcome.message_id, outcome.delivery_id),
+                (
+                    str(outcome.status),
+                    outcome.smtp_code,
+                    outcome.smtp_reply,
+                    now,
+                    next_attempt,
+                    outcome.message_id,
+                    outcome.message_id,
+                    outcome.delivery_id,
+                ),
             )
             self.conn.execute(
                 "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
@@ -124,8 +131,12 @@ class Deliveries(Repository):
     # ---- a campaign's queue as a whole -------------------------------------------------------------------------
 
     def counts(self, campaign_id: int) -> dict[str, int]:
-        return {status: n for status, n in self.conn.execute(
-            "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,))}
+        return {
+            status: n
+            for status, n in self.conn.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY status", (campaign_id,)
+            )
+        }
 
     def waiting(self, campaign_id: int) -> int:
         """Recipients of a campaign still to be sent (queued, deferred, or caught in `sending` by a crash)."""
@@ -139,7 +150,8 @@ class Deliveries(Repository):
         """Deliveries a run would send now: queued, left in `sending`, or deferred with their retry time come."""
         (count,) = self.conn.execute(
             "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND (status IN ('queued', 'sending') OR "
-            "(status = 'deferred' AND (next_attempt IS NULL OR next_attempt <= ?)))", (campaign_id, now),
+            "(status = 'deferred' AND (next_attempt IS NULL OR next_attempt <= ?)))",
+            (campaign_id, now),
         ).fetchone()
         return int(count)
 
@@ -165,8 +177,10 @@ class Deliveries(Repository):
 
     def requeue_due(self, campaign_id: int, now: str | None = None, part: Partition = (0, 1)) -> int:
         """deferred -> queued for the deliveries whose retry time has come (all of them when `now` is None)."""
-        sql = ("UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status = 'deferred' "
-               "AND id % ? = ?")
+        sql = (
+            "UPDATE deliveries SET status = 'queued', updated = ? WHERE campaign_id = ? AND status = 'deferred' "
+            "AND id % ? = ?"
+        )
         args: list[Any] = [self.store.now(), campaign_id, part[1], part[0]]
         if now is not None:
             sql += " AND (next_attempt IS NULL OR next_attempt <= ?)"
@@ -178,15 +192,23 @@ class Deliveries(Repository):
         """failed -> queued on purpose (`mailer retry --failed`), for people still active and not suppressed; the
         expiry clock starts again. Returns (requeued, left failed because the person is gone or suppressed)."""
         now = self.store.now()
-        still_wanted = (" AND subscriber_id IN (SELECT s.id FROM subscribers s WHERE s.status = 'active' "
-                        "AND s.email NOT IN (SELECT email FROM suppressions))")
+        still_wanted = (
+            " AND subscriber_id IN (SELECT s.id FROM subscribers s WHERE s.status = 'active' "
+            "AND s.email NOT IN (SELECT email FROM suppressions))"
+        )
         with self.store.transaction():
             self.conn.execute(
                 f"UPDATE deliveries SET first_attempt = NULL WHERE campaign_id = ? AND status = 'failed'{still_wanted}",
                 (campaign_id,),
             )
-            requeued = self.move(campaign_id, DeliveryStatus.FAILED, DeliveryStatus.QUEUED,
-                                 "requeued by mailer retry --failed", now, still_wanted)
+            requeued = self.move(
+                campaign_id,
+                DeliveryStatus.FAILED,
+                DeliveryStatus.QUEUED,
+                "requeued by mailer retry --failed",
+                now,
+                still_wanted,
+            )
             left = self.counts(campaign_id).get(DeliveryStatus.FAILED, 0)
         return requeued, left
 
@@ -200,31 +222,36 @@ class Deliveries(Repository):
                 email, detail = self._refusal(delivery_id)
                 cur = self.conn.execute(
                     "UPDATE deliveries SET status = 'queued', smtp_reply = ?, updated = ?, next_attempt = NULL "
-                    "WHERE id = ? AND status = 'failed'", (reason, now, delivery_id),
+                    "WHERE id = ? AND status = 'failed'",
+                    (reason, now, delivery_id),
                 )
                 if not cur.rowcount:
                     continue
                 requeued += 1
                 self.conn.execute(
                     "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
-                    "SELECT id, 'queued', attempts, ?, ? FROM deliveries WHERE id = ?", (reason, now, delivery_id),
+                    "SELECT id, 'queued', attempts, ?, ? FROM deliveries WHERE id = ?",
+                    (reason, now, delivery_id),
                 )
                 self.store.suppressions.take_back(email, detail)
         return requeued
 
-    def move(self, campaign_id: int, old: DeliveryStatus, new: DeliveryStatus, reply: str, now: str,
-             extra: str = "") -> int:
+    def move(
+        self, campaign_id: int, old: DeliveryStatus, new: DeliveryStatus, reply: str, now: str, extra: str = ""
+    ) -> int:
         """Every delivery of a campaign in status `old` (and matching `extra` SQL) to `new`, each with an event."""
         where = f"campaign_id = ? AND status = ?{extra}"
         self.conn.execute(
             "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_reply, at) "
-            f"SELECT id, ?, attempts, ?, ? FROM deliveries WHERE {where}", (str(new), reply, now, campaign_id,
-                                                                             str(old)),
-        )
-        return int(self.conn.execute(
-            f"UPDATE deliveries SET status = ?, smtp_reply = ?, updated = ?, next_attempt = NULL WHERE {where}",
+            f"SELECT id, ?, attempts, ?, ? FROM deliveries WHERE {where}",
             (str(new), reply, now, campaign_id, str(old)),
-        ).rowcount)
+        )
+        return int(
+            self.conn.execute(
+                f"UPDATE deliveries SET status = ?, smtp_reply = ?, updated = ?, next_attempt = NULL WHERE {where}",
+                (str(new), reply, now, campaign_id, str(old)),
+            ).rowcount
+        )
 
     # ---- reading the log ------------------------------------------------------------------------------------
 
@@ -237,8 +264,13 @@ class Deliveries(Repository):
             if status:
                 extra = " AND status = ?"
                 args.append(str(status))
-            rows = list(self.store.db.query(f"SELECT {_LOG_COLUMNS} FROM deliveries WHERE campaign_id = ? AND id > ?"
-                                            f"{extra} ORDER BY id LIMIT {CHUNK}", args))
+            rows = list(
+                self.store.db.query(
+                    f"SELECT {_LOG_COLUMNS} FROM deliveries WHERE campaign_id = ? AND id > ?"
+                    f"{extra} ORDER BY id LIMIT {CHUNK}",
+                    args,
+                )
+            )
             if not rows:
                 return
             for row in rows:

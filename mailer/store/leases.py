@@ -63,14 +63,20 @@ def check_holder(campaign_id: int, holder: str | None, until: str | None, owner:
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
     if state == "running":
-        raise CampaignBusy(f"campaign {campaign_id} is being sent by process {pid} on this host; wait for it to "
-                           f"finish or stop it first (Ctrl-C, or kill {pid})")
+        raise CampaignBusy(
+            f"campaign {campaign_id} is being sent by process {pid} on this host; wait for it to "
+            f"finish or stop it first (Ctrl-C, or kill {pid})"
+        )
     if state == "stopped":
-        raise CampaignBusy(f"campaign {campaign_id} is held by process {pid}, which is stopped (kill -STOP or "
-                           f"Ctrl-Z): let it go on with kill -CONT {pid}, or end it with kill {pid} and run this again")
+        raise CampaignBusy(
+            f"campaign {campaign_id} is held by process {pid}, which is stopped (kill -STOP or "
+            f"Ctrl-Z): let it go on with kill -CONT {pid}, or end it with kill {pid} and run this again"
+        )
     if state == "remote" and until and until > now:
-        raise CampaignBusy(f"campaign {campaign_id} is being sent by process {pid} on {host} (lease until {until}); "
-                           "wait for it to finish or stop it first")
+        raise CampaignBusy(
+            f"campaign {campaign_id} is being sent by process {pid} on {host} (lease until {until}); "
+            "wait for it to finish or stop it first"
+        )
 
 
 class LeaseLost(MailerError):
@@ -92,16 +98,19 @@ class Leases(Repository):
         self.check_free(campaign_id, owner)
         with self.store.transaction():
             self.check_free(campaign_id, owner)
-            self.conn.execute("UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                              (owner, stamp(now + timedelta(seconds=seconds)), campaign_id))
+            self.conn.execute(
+                "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                (owner, stamp(now + timedelta(seconds=seconds)), campaign_id),
+            )
         return owner
 
     def check_free(self, campaign_id: int, owner: str) -> None:
         """Raise CampaignBusy when someone else holds the campaign. Asked once before the write lock too (reads
         never wait in WAL mode): a holder stopped in the middle of a transaction keeps SQLite's write lock, and
         the second sender would wait 30 s only to say "database is locked" instead of naming it."""
-        row = self.conn.execute("SELECT lease_owner, lease_until FROM campaigns WHERE id = ?", (campaign_id,)
-                                ).fetchone()
+        row = self.conn.execute(
+            "SELECT lease_owner, lease_until FROM campaigns WHERE id = ?", (campaign_id,)
+        ).fetchone()
         if row is not None:
             holder, until = row
             check_holder(campaign_id, holder, until, owner, self.store.now())
@@ -118,10 +127,13 @@ class Leases(Repository):
     def renew(self, campaign_id: int, owner: str, seconds: float = 60.0) -> bool:
         """Extend the lease; False when it changed no row: the campaign is no longer ours."""
         with self.store.transaction():
-            return self.conn.execute(
-                "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?",
-                (stamp(self.store.clock() + timedelta(seconds=seconds)), campaign_id, owner),
-            ).rowcount > 0
+            return (
+                self.conn.execute(
+                    "UPDATE campaigns SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+                    (stamp(self.store.clock() + timedelta(seconds=seconds)), campaign_id, owner),
+                ).rowcount
+                > 0
+            )
 
     def release(self, campaign_id: int, owner: str) -> None:
         with self.store.transaction():
@@ -134,6 +146,7 @@ class Leases(Repository):
         """Why a sender may not go on: who holds its campaign now."""
         host, pid, _ = [*(self.holder(campaign_id) or "").split(":"), "", ""][:3]
         now = f"process {pid} on {host} holds it now" if pid else "it was released"
-        return LeaseLost(f"this run no longer holds campaign {campaign_id} ({now}; was this process stopped past its "
-                         "lease?): it stopped before its next message")
-
+        return LeaseLost(
+            f"this run no longer holds campaign {campaign_id} ({now}; was this process stopped past its "
+            "lease?): it stopped before its next message"
+        )

@@ -51,8 +51,14 @@ class Lists(Repository):
         if self.conn.execute("SELECT 1 FROM lists WHERE name = ?", (name,)).fetchone():
             raise MailerError(f"list {name!r} already exists")
         self.store.db.table("lists").insert(
-            {"name": name, "title": title, "from_addr": from_addr, "reply_to": reply_to, "lang": lang,
-             "created": self.store.now()}
+            {
+                "name": name,
+                "title": title,
+                "from_addr": from_addr,
+                "reply_to": reply_to,
+                "lang": lang,
+                "created": self.store.now(),
+            }
         )
         return self.get(name)
 
@@ -69,10 +75,14 @@ class Lists(Repository):
         raise NotFoundError(f"no list with id {list_id}")
 
     def with_counts(self) -> list[ListSummary]:
-        return [ListSummary(**row) for row in self.store.db.query(
-            "SELECT l.name, l.title, l.from_addr, l.lang, l.created, COALESCE(SUM(s.status = 'active'), 0) AS active,"
-            " COUNT(s.id) AS total FROM lists l LEFT JOIN subscribers s ON s.list_id = l.id GROUP BY l.id "
-            "ORDER BY l.name")]
+        return [
+            ListSummary(**row)
+            for row in self.store.db.query(
+                "SELECT l.name, l.title, l.from_addr, l.lang, l.created, "
+                "COALESCE(SUM(s.status = 'active'), 0) AS active, COUNT(s.id) AS total "
+                "FROM lists l LEFT JOIN subscribers s ON s.list_id = l.id GROUP BY l.id ORDER BY l.name"
+            )
+        ]
 
 
 class Subscribers(Repository):
@@ -102,8 +112,10 @@ class Subscribers(Repository):
                         suppressed += 1
                     continue
                 subscriber_id, status = existing
-                self.conn.execute("UPDATE subscribers SET name = ?, attrs = ?, updated = ? WHERE id = ?",
-                                  (sub.name, attrs, now, subscriber_id))
+                self.conn.execute(
+                    "UPDATE subscribers SET name = ?, attrs = ?, updated = ? WHERE id = ?",
+                    (sub.name, attrs, now, subscriber_id),
+                )
                 if status in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED):
                     kept += 1
                 else:
@@ -128,15 +140,22 @@ class Subscribers(Repository):
             if not rows:
                 return
             for subscriber_id, email, name, attrs, row_status in rows:
-                yield Subscriber(id=subscriber_id, email=email, name=name, attrs=json.loads(attrs),
-                                 status=SubscriberStatus(row_status), list_id=list_id)
+                yield Subscriber(
+                    id=subscriber_id,
+                    email=email,
+                    name=name,
+                    attrs=json.loads(attrs),
+                    status=SubscriberStatus(row_status),
+                    list_id=list_id,
+                )
                 last = subscriber_id
 
     def count_recipients(self, list_id: int) -> int:
         """How many a campaign snapshot of this list would hold: active and not suppressed."""
         (count,) = self.conn.execute(
             "SELECT COUNT(*) FROM subscribers s WHERE s.list_id = ? AND s.status = 'active' "
-            "AND s.email NOT IN (SELECT email FROM suppressions)", (list_id,),
+            "AND s.email NOT IN (SELECT email FROM suppressions)",
+            (list_id,),
         ).fetchone()
         return int(count)
 
@@ -145,7 +164,8 @@ class Subscribers(Repository):
         when `keys` is None."""
         rows = self.conn.execute(
             "SELECT j.key, COUNT(*) FROM subscribers s, json_each(s.attrs) j WHERE s.list_id = ? "
-            "AND s.status = 'active' AND j.value <> '' GROUP BY j.key", (list_id,),
+            "AND s.status = 'active' AND j.value <> '' GROUP BY j.key",
+            (list_id,),
         ).fetchall()
         counts = {str(key): int(n) for key, n in rows}
         return counts if keys is None else {key: counts.get(key, 0) for key in keys}
@@ -161,18 +181,26 @@ class Subscribers(Repository):
         raise NotFoundError("no such subscriber")
 
     def _where(self, condition: str, args: tuple[Any, ...]) -> Iterator[Subscriber]:
-        rows = self.conn.execute(f"SELECT id, email, name, attrs, status, list_id FROM subscribers WHERE {condition}",
-                                 args)
+        rows = self.conn.execute(
+            f"SELECT id, email, name, attrs, status, list_id FROM subscribers WHERE {condition}", args
+        )
         for subscriber_id, email, name, attrs, status, list_id in rows:
-            yield Subscriber(id=subscriber_id, email=email, name=name, attrs=json.loads(attrs),
-                             status=SubscriberStatus(status), list_id=list_id)
+            yield Subscriber(
+                id=subscriber_id,
+                email=email,
+                name=name,
+                attrs=json.loads(attrs),
+                status=SubscriberStatus(status),
+                list_id=list_id,
+            )
 
     def is_mailable(self, subscriber_id: int) -> bool:
         """Still active and not suppressed: asked before each message of a campaign (someone who unsubscribed
         while it runs is skipped)."""
         row = self.conn.execute(
             "SELECT s.status, EXISTS (SELECT 1 FROM suppressions WHERE email = s.email) FROM subscribers s "
-            "WHERE s.id = ?", (subscriber_id,),
+            "WHERE s.id = ?",
+            (subscriber_id,),
         ).fetchone()
         if row is None:
             return False
@@ -188,8 +216,10 @@ class Subscribers(Repository):
             if in_campaigns:
                 # Delivery history keeps the row: mark it gone instead of deleting what the log refers to.
                 now = self.store.now()
-                self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
-                                  (str(SubscriberStatus.UNSUBSCRIBED), now, sub.id))
+                self.conn.execute(
+                    "UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                    (str(SubscriberStatus.UNSUBSCRIBED), now, sub.id),
+                )
                 self._record_unsubscribe(sub.id, UnsubscribeSource.REMOVED, now)
             else:
                 self.conn.execute("DELETE FROM unsubscribes WHERE subscriber_id = ?", (sub.id,))
@@ -205,30 +235,39 @@ class Subscribers(Repository):
             (status,) = row
             if status == SubscriberStatus.UNSUBSCRIBED:
                 return False
-            self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
-                              (str(SubscriberStatus.UNSUBSCRIBED), now, subscriber_id))
+            self.conn.execute(
+                "UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
+                (str(SubscriberStatus.UNSUBSCRIBED), now, subscriber_id),
+            )
             self._record_unsubscribe(subscriber_id, source, now)
         return True
 
     def _record_unsubscribe(self, subscriber_id: int, source: UnsubscribeSource, now: str) -> None:
-        self.conn.execute("INSERT INTO unsubscribes (subscriber_id, source, at) VALUES (?, ?, ?)",
-                          (subscriber_id, str(source), now))
+        self.conn.execute(
+            "INSERT INTO unsubscribes (subscriber_id, source, at) VALUES (?, ?, ?)", (subscriber_id, str(source), now)
+        )
 
     def mark_suppressed(self, email: str, status: SubscriberStatus, now: str) -> None:
         """The active or pending subscriptions of a suppressed address take `status` (bounced, or unsubscribed
         after a complaint, with the unsubscribe recorded)."""
-        ids = [subscriber_id for (subscriber_id,) in self.conn.execute(
-            "SELECT id FROM subscribers WHERE email = ? AND status IN ('active', 'pending')", (email,))]
+        ids = [
+            subscriber_id
+            for (subscriber_id,) in self.conn.execute(
+                "SELECT id FROM subscribers WHERE email = ? AND status IN ('active', 'pending')", (email,)
+            )
+        ]
         for subscriber_id in ids:
-            self.conn.execute("UPDATE subscribers SET status = ?, updated = ? WHERE id = ?",
-                              (str(status), now, subscriber_id))
+            self.conn.execute(
+                "UPDATE subscribers SET status = ?, updated = ? WHERE id = ?", (str(status), now, subscriber_id)
+            )
             if status == SubscriberStatus.UNSUBSCRIBED:
                 self._record_unsubscribe(subscriber_id, UnsubscribeSource.COMPLAINT, now)
 
     def reactivate_bounced(self, email: str, now: str) -> None:
         """The bounced subscriptions of an address whose suppression was lifted become active again."""
-        self.conn.execute("UPDATE subscribers SET status = 'active', updated = ? WHERE email = ? "
-                          "AND status = 'bounced'", (now, email))
+        self.conn.execute(
+            "UPDATE subscribers SET status = 'active', updated = ? WHERE email = ? AND status = 'bounced'", (now, email)
+        )
 
     def last_unsubscribe(self, subscriber_id: int) -> Unsubscribe | None:
         """How and when a subscriber last unsubscribed."""
@@ -247,7 +286,8 @@ class Subscribers(Repository):
         now = self.store.now()
         self.conn.execute(
             "INSERT OR IGNORE INTO subscribers (list_id, email, name, attrs, status, source, created, updated) "
-            "VALUES (?, ?, '', '{}', 'pending', 'web', ?, ?)", (list_id, email, now, now),
+            "VALUES (?, ?, '', '{}', 'pending', 'web', ?, ?)",
+            (list_id, email, now, now),
         )
         return self.get(list_id, email)
 

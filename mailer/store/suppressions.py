@@ -61,14 +61,19 @@ class Suppressions(Repository):
         return self.conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (email,)).fetchone() is not None
 
     def get(self, email: str) -> Suppression | None:
-        for row in self.store.db.query("SELECT email, reason, detail, created FROM suppressions WHERE email = ?",
-                                       (email,)):
+        for row in self.store.db.query(
+            "SELECT email, reason, detail, created FROM suppressions WHERE email = ?", (email,)
+        ):
             return _suppression(row)
         return None
 
     def all(self) -> list[Suppression]:
-        return [_suppression(row) for row in self.store.db.query(
-            "SELECT email, reason, detail, created FROM suppressions ORDER BY created, email")]
+        return [
+            _suppression(row)
+            for row in self.store.db.query(
+                "SELECT email, reason, detail, created FROM suppressions ORDER BY created, email"
+            )
+        ]
 
     def remove(self, email: str) -> None:
         """Lift a suppression (ops judged the address good again): its bounced subscriptions become active."""
@@ -79,8 +84,9 @@ class Suppressions(Repository):
 
     def take_back(self, email: str, detail: str) -> None:
         """Undo the suppression one refusal made (a paused campaign's: the relay refused, not the mailbox)."""
-        if self.conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'bounced' AND detail = ?",
-                             (email, detail)).rowcount:
+        if self.conn.execute(
+            "DELETE FROM suppressions WHERE email = ? AND reason = 'bounced' AND detail = ?", (email, detail)
+        ).rowcount:
             self.store.subscribers.reactivate_bounced(email, self.store.now())
 
 
@@ -93,8 +99,15 @@ _REF_COLUMNS = "id, campaign_id, subscriber_id, email, status, message_id"
 
 class ReturnedMail(Repository):
     def record(
-        self, report_key: str, email: str, kind: ReturnedKind, campaign_id: int | None, delivery_id: int | None,
-        status: str, diagnostic: str, origin: str,
+        self,
+        report_key: str,
+        email: str,
+        kind: ReturnedKind,
+        campaign_id: int | None,
+        delivery_id: int | None,
+        status: str,
+        diagnostic: str,
+        origin: str,
     ) -> bool:
         """Remember one report about one address; False when this report was read before (it counts once)."""
         cur = self.conn.execute(
@@ -108,7 +121,8 @@ class ReturnedMail(Repository):
         """Distinct deliveries (or reports, when unmatched to one) that soft-bounced for this address."""
         (count,) = self.conn.execute(
             "SELECT COUNT(DISTINCT COALESCE(delivery_id, report_key)) FROM returned_mail "
-            "WHERE email = ? AND kind = 'soft'", (email,),
+            "WHERE email = ? AND kind = 'soft'",
+            (email,),
         ).fetchone()
         return int(count)
 
@@ -139,7 +153,8 @@ class ReturnedMail(Repository):
         with self.store.transaction():
             self.conn.execute(
                 "UPDATE deliveries SET status = 'bounced', smtp_code = ?, smtp_reply = ?, updated = ?, "
-                "next_attempt = NULL WHERE id = ?", (smtp_code, reply, now, delivery_id),
+                "next_attempt = NULL WHERE id = ?",
+                (smtp_code, reply, now, delivery_id),
             )
             self.conn.execute(
                 "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "

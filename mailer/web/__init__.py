@@ -44,8 +44,7 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(config: Config, limits: SignupLimits | None = None,
-               clock: Callable[[], datetime] = utcnow) -> Starlette:
+def create_app(config: Config, limits: SignupLimits | None = None, clock: Callable[[], datetime] = utcnow) -> Starlette:
     web = WebApp(config, limits, clock)
     routes = [
         Route("/u/{token}", _by_method(web.unsubscribe_page, web.unsubscribe), methods=["GET", "POST"]),
@@ -99,19 +98,29 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: Config, host: str, port: int, trusted_proxies: str, ready: Callable[[str], None] | None = None,
-          ) -> None:
+def serve(
+    config: Config,
+    host: str,
+    port: int,
+    trusted_proxies: str,
+    ready: Callable[[str], None] | None = None,
+) -> None:
     """Run the app on uvicorn until interrupted. Behind a reverse proxy, the client address comes from
     X-Forwarded-For only when the proxy is in `trusted_proxies` (the per-client sign-up limit relies on it)."""
     import uvicorn
 
     sock = listen_socket(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(config), proxy_headers=True, forwarded_allow_ips=trusted_proxies,
-        access_log=False,  # uvicorn's access log would write unsubscribe tokens; ours redacts them
-        server_header=False, log_level="warning",
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            proxy_headers=True,
+            forwarded_allow_ips=trusted_proxies,
+            access_log=False,  # uvicorn's access log would write unsubscribe tokens; ours redacts them
+            server_header=False,
+            log_level="warning",
+        )
+    )
     if ready:
         ready(f"http://{host}:{sock.getsockname()[1]}")
     server.run(sockets=[sock])

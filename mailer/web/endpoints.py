@@ -41,11 +41,13 @@ log = logging.getLogger("mailer.web")
 
 TOKEN_IN_PATH = re.compile(r"^/(u|c)/[^/]+")
 
+
 class WebApp:
     """The endpoints, bound to one configuration; `create_app` wraps them in Starlette."""
 
-    def __init__(self, config: Config, limits: SignupLimits | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, config: Config, limits: SignupLimits | None = None, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         if not config.secret:
             raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET) before 'mailer serve'")
         self.config = config
@@ -85,7 +87,8 @@ class WebApp:
         token = request.path_params["token"]
         try:
             target = await self.with_store(
-                lambda store: link_target(store, self.config.secret, token, TokenKind.UNSUBSCRIBE))
+                lambda store: link_target(store, self.config.secret, token, TokenKind.UNSUBSCRIBE)
+            )
         except BadToken:
             return self.pages.bad_link()
         if isinstance(target, TestLink):
@@ -93,11 +96,17 @@ class WebApp:
         words = words_for(target.mailing_list)
         title = target.mailing_list.title or target.mailing_list.name
         if target.subscriber.status == SubscriberStatus.UNSUBSCRIBED:
-            return self.pages.page(target.mailing_list.lang, words["unsub_done_heading"],
-                              [say(target, "unsub_already")], list_title=title)
+            return self.pages.page(
+                target.mailing_list.lang, words["unsub_done_heading"], [say(target, "unsub_already")], list_title=title
+            )
         form = {"action": f"/u/{token}", "button": words["unsub_button"], "hidden": {}, "fields": [], "trap": ""}
-        return self.pages.page(target.mailing_list.lang, say(target, "unsub_heading"),
-                          [say(target, "unsub_ask")], list_title=title, form=form)
+        return self.pages.page(
+            target.mailing_list.lang,
+            say(target, "unsub_heading"),
+            [say(target, "unsub_ask")],
+            list_title=title,
+            form=form,
+        )
 
     async def unsubscribe(self, request: Request) -> Response:
         """RFC 8058: a POST with `List-Unsubscribe=One-Click` (no cookies, no redirect) or the page's button."""
@@ -107,16 +116,26 @@ class WebApp:
             return self.pages.bad_link()
         one_click = str(form.get("List-Unsubscribe", "")) == "One-Click"
         try:
-            target, _ = await self.with_store(lambda store: unsubscribe_with_token(
-                store, self.config.secret, token, UnsubscribeSource.ONE_CLICK if one_click else UnsubscribeSource.PAGE))
+            target, _ = await self.with_store(
+                lambda store: unsubscribe_with_token(
+                    store,
+                    self.config.secret,
+                    token,
+                    UnsubscribeSource.ONE_CLICK if one_click else UnsubscribeSource.PAGE,
+                )
+            )
         except BadToken:
             return self.pages.bad_link()
         if isinstance(target, TestLink):
             return self.pages.test_link(target.mailing_list)
         words = words_for(target.mailing_list)
-        return self.pages.page(target.mailing_list.lang, words["unsub_done_heading"], [say(target, "unsub_done")],
-                          list_title=target.mailing_list.title or target.mailing_list.name,
-                          links=[(self.signup_url(target.mailing_list), words["unsub_undo"])])
+        return self.pages.page(
+            target.mailing_list.lang,
+            words["unsub_done_heading"],
+            [say(target, "unsub_done")],
+            list_title=target.mailing_list.title or target.mailing_list.name,
+            links=[(self.signup_url(target.mailing_list), words["unsub_undo"])],
+        )
 
     # ---- confirm -----------------------------------------------------------------------------------------------
 
@@ -145,17 +164,32 @@ class WebApp:
         again = [(self.signup_url(target.mailing_list), words["back_to_form"])]
         if state == ConfirmState.READY:
             # The name asked for is shown to the mailbox owner, who may change or clear it before confirming.
-            fields = [{"name": "name", "type": "text", "label": words["name_label"], "value": shown_name,
-                       "required": False, "autocomplete": "name"}]
-            confirm_form = {"action": f"/c/{token}", "button": words["confirm_button"], "hidden": {},
-                            "fields": fields, "trap": ""}
-            return self.pages.page(lang, say(target, "confirm_heading"), [say(target, "confirm_ask")],
-                                   list_title=title, form=confirm_form)
+            fields = [
+                {
+                    "name": "name",
+                    "type": "text",
+                    "label": words["name_label"],
+                    "value": shown_name,
+                    "required": False,
+                    "autocomplete": "name",
+                }
+            ]
+            confirm_form = {
+                "action": f"/c/{token}",
+                "button": words["confirm_button"],
+                "hidden": {},
+                "fields": fields,
+                "trap": "",
+            }
+            return self.pages.page(
+                lang, say(target, "confirm_heading"), [say(target, "confirm_ask")], list_title=title, form=confirm_form
+            )
         if state == ConfirmState.CONFIRMED:
             return self.pages.page(lang, words["confirmed_heading"], [say(target, "confirmed")], list_title=title)
         if state == ConfirmState.EXPIRED:
-            return self.pages.page(lang, words["expired_heading"], [words["expired"]], status=400, list_title=title,
-                              links=again)
+            return self.pages.page(
+                lang, words["expired_heading"], [words["expired"]], status=400, list_title=title, links=again
+            )
         return self.pages.page(lang, words["gone_heading"], [words["gone"]], status=400, list_title=title, links=again)
 
     async def confirm_page(self, request: Request) -> Response:

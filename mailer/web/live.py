@@ -56,11 +56,16 @@ setInterval(async () => {{
 
 def frame_page(live: LivePreview) -> str:
     title = html_lib.escape(live.message.slug if live.message else "issue")
-    error = f'<p class="error">{html_lib.escape(live.error)} (showing the last good version)</p>' \
-        if live.error else ""
+    error = f'<p class="error">{html_lib.escape(live.error)} (showing the last good version)</p>' if live.error else ""
     warnings = "".join(f"<li>{html_lib.escape(w)}</li>" for w in live.warnings)
-    return _FRAME_PAGE.format(title=title, error=error, warnings=warnings, version=json.dumps(live.version),
-                              desktop=DESKTOP_WIDTH, mobile=MOBILE_WIDTH)
+    return _FRAME_PAGE.format(
+        title=title,
+        error=error,
+        warnings=warnings,
+        version=json.dumps(live.version),
+        desktop=DESKTOP_WIDTH,
+        mobile=MOBILE_WIDTH,
+    )
 
 
 def live_app(live: LivePreview, poll_seconds: float = 0.3) -> Starlette:
@@ -91,12 +96,14 @@ def live_app(live: LivePreview, poll_seconds: float = 0.3) -> Starlette:
         finally:
             task.cancel()
 
-    return Starlette(routes=[Route("/", frame), Route("/message.html", message), Route("/version", version)],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/", frame), Route("/message.html", message), Route("/version", version)], lifespan=lifespan
+    )
 
 
-def serve_live_preview(live: LivePreview, port: int, host: str = "127.0.0.1",
-                       ready: Callable[[str], None] | None = None) -> None:
+def serve_live_preview(
+    live: LivePreview, port: int, host: str = "127.0.0.1", ready: Callable[[str], None] | None = None
+) -> None:
     """Serve the live preview until Ctrl-C (loopback only: a draft is not for the network)."""
     import uvicorn
 

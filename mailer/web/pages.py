@@ -27,22 +27,61 @@ class Pages:
     def check_layout(self) -> None:
         """Render the page once with every part filled in before serving: an error in web/page.html.j2 is then one
         line at start, not a 500 for every request (a one-click unsubscribe's too) until someone reads the log."""
-        form = {"action": "/s/list", "button": "button", "hidden": {"form_token": "token"}, "trap": TRAP_FIELD,
-                "fields": [{"name": "email", "type": "email", "label": "label", "value": "", "required": True,
-                            "autocomplete": "email"}]}
+        form = {
+            "action": "/s/list",
+            "button": "button",
+            "hidden": {"form_token": "token"},
+            "trap": TRAP_FIELD,
+            "fields": [
+                {
+                    "name": "email",
+                    "type": "email",
+                    "label": "label",
+                    "value": "",
+                    "required": True,
+                    "autocomplete": "email",
+                }
+            ],
+        }
         with memory_ceiling():  # a layout that would eat the host's memory is found here, before any thread runs
             for lang in TEXT:
-                self.page(lang, "heading", ["paragraph"], list_title="title", form=form,
-                          links=[("/s/list", "link")], error="error")
+                self.page(
+                    lang,
+                    "heading",
+                    ["paragraph"],
+                    list_title="title",
+                    form=form,
+                    links=[("/s/list", "link")],
+                    error="error",
+                )
             self.bad_link()
 
-    def page(self, lang: str, heading: str, paragraphs: list[str], *, status: int = 200, list_title: str = "",
-             form: dict[str, Any] | None = None, links: list[tuple[str, str]] | None = None,
-             error: str = "") -> HTMLResponse:
-        html = render_page("page.html.j2", {
-            "lang": lang, "heading": heading, "paragraphs": paragraphs, "list_title": list_title, "form": form,
-            "links": links or [], "error": error, "theme": self.theme,
-        }, self.templates)
+    def page(
+        self,
+        lang: str,
+        heading: str,
+        paragraphs: list[str],
+        *,
+        status: int = 200,
+        list_title: str = "",
+        form: dict[str, Any] | None = None,
+        links: list[tuple[str, str]] | None = None,
+        error: str = "",
+    ) -> HTMLResponse:
+        html = render_page(
+            "page.html.j2",
+            {
+                "lang": lang,
+                "heading": heading,
+                "paragraphs": paragraphs,
+                "list_title": list_title,
+                "form": form,
+                "links": links or [],
+                "error": error,
+                "theme": self.theme,
+            },
+            self.templates,
+        )
         return HTMLResponse(html, status_code=status)
 
     def unavailable(self, status: int = 500, list_title: str = "") -> Response:
@@ -62,8 +101,12 @@ class Pages:
     def test_link(self, mailing_list: MailingList) -> HTMLResponse:
         """A genuine link of a test send: it speaks for nobody, and says so."""
         words = words_for(mailing_list)
-        return self.page(mailing_list.lang, words["test_heading"], [words["test_link"]],
-                         list_title=mailing_list.title or mailing_list.name)
+        return self.page(
+            mailing_list.lang,
+            words["test_heading"],
+            [words["test_link"]],
+            list_title=mailing_list.title or mailing_list.name,
+        )
 
 
 def words_for(mailing_list: MailingList) -> dict[str, str]:

@@ -47,28 +47,56 @@ class SignupEndpoints:
         except NotFoundError:
             return None
 
-    def _signup_form(self, mailing_list: MailingList, *, status: int = 200, error: str = "", email: str = "",
-                     name: str = "") -> HTMLResponse:
+    def _signup_form(
+        self, mailing_list: MailingList, *, status: int = 200, error: str = "", email: str = "", name: str = ""
+    ) -> HTMLResponse:
         words = words_for(mailing_list)
         nonce = secrets.token_urlsafe(16)
         form = {
             "action": f"/s/{mailing_list.name}",
             "button": words["signup_button"],
-            "hidden": {"form_token": make_form_token(self.web.config.secret, mailing_list.name, int(time.time()),
-                                                     nonce)},
+            "hidden": {
+                "form_token": make_form_token(self.web.config.secret, mailing_list.name, int(time.time()), nonce)
+            },
             "fields": [
-                {"name": "email", "type": "email", "label": words["email_label"], "value": email, "required": True,
-                 "autocomplete": "email"},
-                {"name": "name", "type": "text", "label": words["name_label"], "value": name, "required": False,
-                 "autocomplete": "name"},
+                {
+                    "name": "email",
+                    "type": "email",
+                    "label": words["email_label"],
+                    "value": email,
+                    "required": True,
+                    "autocomplete": "email",
+                },
+                {
+                    "name": "name",
+                    "type": "text",
+                    "label": words["name_label"],
+                    "value": name,
+                    "required": False,
+                    "autocomplete": "name",
+                },
             ],
             "trap": TRAP_FIELD,
         }
         title = mailing_list.title or mailing_list.name
-        response = self.web.pages.page(mailing_list.lang, words["signup_heading"].format(title=title),
-                              [words["signup_intro"]], status=status, list_title=title, form=form, error=error)
-        response.set_cookie(CSRF_COOKIE, nonce, max_age=FORM_MAX_AGE, path=f"/s/{mailing_list.name}",
-                            httponly=True, samesite="strict", secure=self.web.secure_cookie)
+        response = self.web.pages.page(
+            mailing_list.lang,
+            words["signup_heading"].format(title=title),
+            [words["signup_intro"]],
+            status=status,
+            list_title=title,
+            form=form,
+            error=error,
+        )
+        response.set_cookie(
+            CSRF_COOKIE,
+            nonce,
+            max_age=FORM_MAX_AGE,
+            path=f"/s/{mailing_list.name}",
+            httponly=True,
+            samesite="strict",
+            secure=self.web.secure_cookie,
+        )
         return response
 
     async def page(self, request: Request) -> Response:
@@ -97,42 +125,69 @@ class SignupEndpoints:
         email = str(form.get("email", "")).strip()[:254]
         name = str(form.get("name", "")).strip()[:200]
         valid_form = self._same_origin(request) and check_form_token(
-            self.web.config.secret, mailing_list.name, str(form.get("form_token", "")),
-            request.cookies.get(CSRF_COOKIE, ""), int(time.time()), FORM_MAX_AGE)
+            self.web.config.secret,
+            mailing_list.name,
+            str(form.get("form_token", "")),
+            request.cookies.get(CSRF_COOKIE, ""),
+            int(time.time()),
+            FORM_MAX_AGE,
+        )
         if not valid_form:
-            return self.web.pages.page(mailing_list.lang, words["form_expired_heading"], [words["form_expired"]],
-                              status=403, list_title=title,
-                              links=[(f"/s/{mailing_list.name}", words["back_to_form"])])
-        sent_page = self.web.pages.page(mailing_list.lang, words["signup_sent_heading"],
-                               [words["signup_sent"].format(addr=mask_address(email) if "@" in email else email,
-                                                            title=title), words["signup_sent_hint"]],
-                               list_title=title)
+            return self.web.pages.page(
+                mailing_list.lang,
+                words["form_expired_heading"],
+                [words["form_expired"]],
+                status=403,
+                list_title=title,
+                links=[(f"/s/{mailing_list.name}", words["back_to_form"])],
+            )
+        sent_page = self.web.pages.page(
+            mailing_list.lang,
+            words["signup_sent_heading"],
+            [
+                words["signup_sent"].format(addr=mask_address(email) if "@" in email else email, title=title),
+                words["signup_sent_hint"],
+            ],
+            list_title=title,
+        )
         if str(form.get(TRAP_FIELD, "")):
             log.info("sign-up to %s: honeypot filled, ignored", mailing_list.name)
             return sent_page  # a bot learns nothing
         if not mailing_list.from_addr:
             # Nothing is recorded and nothing counted: the form cannot work until ops sets a From address.
-            log.error("sign-up to %s refused: the list has no From address (lists create --from), so no "
-                      "confirmation can be sent", mailing_list.name)
+            log.error(
+                "sign-up to %s refused: the list has no From address (lists create --from), so no "
+                "confirmation can be sent",
+                mailing_list.name,
+            )
             return self.web.pages.page(mailing_list.lang, UNAVAILABLE[0], UNAVAILABLE[1], status=503, list_title=title)
         client = request.client.host if request.client else "unknown"
         now = self.web.clock()
         try:
             signup = await self.web.with_store(
-                lambda store: request_signup(store, mailing_list.name, email, name, client, now, self.web.limits))
+                lambda store: request_signup(store, mailing_list.name, email, name, client, now, self.web.limits)
+            )
         except AddressError:
-            return self._signup_form(mailing_list, status=400, error=words["signup_bad_email"], email=email,
-                                     name=name)
+            return self._signup_form(mailing_list, status=400, error=words["signup_bad_email"], email=email, name=name)
         if signup.outcome == SignupOutcome.LIMITED:
-            return self.web.pages.page(mailing_list.lang, words["limited_heading"], [words["limited"]], status=429,
-                              list_title=title)
+            return self.web.pages.page(
+                mailing_list.lang, words["limited_heading"], [words["limited"]], status=429, list_title=title
+            )
         if signup.outcome == SignupOutcome.MAIL and signup.subscriber is not None:
             # Mailed after the answer is sent: a slow relay does not hold the browser, and the answer takes as long
             # for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
             config = self.web.config
-            message = build_confirmation(mailing_list, signup.subscriber, config.secret, config.base_url, now,
-                                         self.web.signer, signup.request_id, templates_dir=config.templates,
-                                         theme=config.theme_for(mailing_list.name))
+            message = build_confirmation(
+                mailing_list,
+                signup.subscriber,
+                config.secret,
+                config.base_url,
+                now,
+                self.web.signer,
+                signup.request_id,
+                templates_dir=config.templates,
+                theme=config.theme_for(mailing_list.name),
+            )
             self.web.pending += 1
             sent_page.background = BackgroundTask(self._send_confirmation, signup.subscriber.email, message)
         return sent_page
