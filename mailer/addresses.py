@@ -1,4 +1,5 @@
-"""Subscriber addresses and subscriber CSV files: validation, normalisation, encoding detection.
+"""Subscriber addresses and subscriber CSV files: validation, normalisation, encoding detection; and whether a
+host is this machine's loopback.
 
 Pure: takes text or bytes, returns subscribers and per-line problems. The only module that imports email-validator."""
 

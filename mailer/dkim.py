@@ -1,8 +1,9 @@
 """DKIM (RFC 6376): key generation, the DNS TXT record to publish, and a Signer that signs finished message bytes.
 
-Owns the private key; the only module that imports cryptography. `Signer.sign` does no I/O (the key is loaded once
-per campaign by `load_signer`). The RSA operation runs in OpenSSL: dkimpy's pure-Python RSA costs ~6.7 ms a message,
-this ~0.25 ms; tests check that both produce the same signature and that dkimpy verifies ours."""
+Owns the private key and the DNS lookup of a published record; the only module that imports cryptography and
+dkimpy. `Signer.sign` does no I/O (the key is loaded once per campaign by `load_signer`). The RSA operation runs
+in OpenSSL: dkimpy's pure-Python RSA costs ~6.7 ms a message, this ~0.25 ms; tests check that both produce the
+same signature and that dkimpy verifies ours."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ waited for up to `max_wait`, a relay that went away waited for up to `relay_grac
 
 It is given what it works on, as listmonk's manager is given a data source and a messenger: a DeliveryLog (the
 campaign's rows; delivery_log.CampaignLog over the store in production) and a Transport (a factory of SMTP
-sessions; smtp.Session in production), and the clocks it reads. Must not print, exit, install signal handlers or choose
-processes (workers.py and the CLI do); raises MailerError for a campaign that cannot go on."""
+sessions; smtp.Session in production), and the clocks it reads. Must not print, exit, install signal handlers or
+choose processes (workers.py and the CLI do); raises MailerError for a campaign that cannot go on."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """MailerError and its few subclasses, each carrying a message a person can act on and an exit code.
 
-Service code raises these; only cli.py prints them (as one `error: ...` line) and exits."""
+Service code raises these; only the shell (mailer.cli.shell) prints them, as one `error: ...` line, and turns
+them into an exit status."""
 
 from mailer.exit_codes import ExitCode
 

@@ -1,6 +1,7 @@
 """The process exit statuses the CLI promises (SPEC "Exit codes").
 
-Only cli.py turns these into an actual exit; everything else raises MailerError carrying one."""
+Only the shell (mailer.cli.shell) returns them from `main`, and its console script exits with them; everything
+else raises MailerError carrying one."""
 
 from enum import IntEnum
 

@@ -1,7 +1,8 @@
 """`mailer bounces scan`: read returned mail from an mbox, a Maildir, a folder of .eml files or one .eml file, match
 each report to its delivery (VERP address, else the original Message-ID) and record it once.
 
-A service: it reads files and writes through Store, and returns rows for cli.py to print. It never deletes mail."""
+A service: it reads files and writes through the store, and returns rows for the CLI to print. It never deletes
+mail."""
 
 from __future__ import annotations
 

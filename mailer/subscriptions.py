@@ -1,6 +1,9 @@
-"""List and subscriber services: create lists, add, import, export and remove subscribers, unsubscribe by hand.
+"""List and subscriber services: create lists; add, import, export and remove subscribers; unsubscribe by hand;
+and the subscriber's own side: what a signed link speaks for (unsubscribe, confirm, a test send's link), the
+sign-up decision with its limits, double opt-in, the confirmation mail.
 
-Called by cli.py; they take a Store and values, return results and raise MailerError. No printing."""
+Called by the CLI and the web endpoints; they take a Store and values, return results and raise MailerError.
+No printing, no HTTP."""
 
 from __future__ import annotations
 
