@@ -223,10 +223,9 @@ def open_campaign(
     """Find the campaign of this issue and list (resume) or create it with its recipient snapshot; with
     `test_email`, a test campaign of one message to that address (as the list's first subscriber)."""
     issue = prepared.issue
-    if test_email:
-        sample = sample_subscriber(store, prepared.mailing_list.id)
-        recipient = Subscriber(id=0, email=test_email, name=sample.name, attrs=sample.attrs)
-        campaign = store.campaigns.create(
+
+    def create(test_recipient: Subscriber | None = None) -> Campaign:
+        return store.campaigns.create(
             prepared.mailing_list.id,
             issue.slug,
             issue.subject,
@@ -234,21 +233,17 @@ def open_campaign(
             issue.content_hash,
             issue_to_json(issue),
             secrets.token_hex(8),
-            is_test=True,
-            test_recipient=recipient,
+            is_test=test_recipient is not None,
+            test_recipient=test_recipient,
         )
+
+    if test_email:
+        sample = sample_subscriber(store, prepared.mailing_list.id)
+        campaign = create(Subscriber(id=0, email=test_email, name=sample.name, attrs=sample.attrs))
         _, salt = store.campaigns.rendered(campaign.id)
         return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
     # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
-    campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or store.campaigns.create(
-        prepared.mailing_list.id,
-        issue.slug,
-        issue.subject,
-        str(prepared.issue_path),
-        issue.content_hash,
-        issue_to_json(issue),
-        secrets.token_hex(8),
-    )
+    campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or create()
     _, salt = store.campaigns.rendered(campaign.id)
     return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
 
