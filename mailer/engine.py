@@ -243,34 +243,40 @@ class Engine:
                 self._commit(unrecorded)
             await session.close()
 
-    def _commit(self, unrecorded: Unrecorded, sending: tuple[int, str] | None = None) -> bool:
+    def _commit(self, unrecorded: Unrecorded, sending: tuple[int, str] | None = None) -> int | None:
         """One transaction: the outcomes this session has learnt since its last commit and, when it is about to
         send, the next recipient marked `sending`. That saves a commit per message (~35 µs) without widening the
         crash bound: `sending` is still committed before the message leaves, and a session never has more than one
         row in `sending` (the previous message's outcome is in the same commit).
 
-        The mark is made only while this sender holds the campaign's lease (and, in a worker, its parent lives),
-        checked in that same transaction: a sender that lost it, stopped past its lease or orphaned, never sends
-        again. Returns whether the message may leave."""
-        may_send = sending is not None
+        Each outcome is written only onto the attempt this run made (Deliveries.record), so a run that took the
+        recipient over keeps its word; what this run learnt of a row nobody touched since is still true and is kept
+        (a takeover's requeue then leaves it alone rather than sending it again). Every commit checks, in the same
+        transaction, that this sender holds the campaign's lease (and, in a worker, that its parent lives): one
+        that lost it, or a row, stopped past its lease or orphaned, marks nothing and never sends again. Returns
+        the attempt number when the message may leave."""
+        attempt: int | None = None
         try:
             with self.log.transaction():
+                problem = self._lease_problem()
+                if problem:
+                    self.fatal = self.fatal or problem
                 for outcome, next_attempt in unrecorded:
-                    self.log.record(outcome, next_attempt)
-                if sending is not None:
-                    problem = self._lease_problem()
-                    if problem:
-                        self.fatal = self.fatal or problem
-                        may_send = False
-                    elif self.log.mark_sending(*sending) is None:
-                        may_send = False  # recorded or cancelled since it was read: not ours to send
+                    if not self.log.record(outcome, next_attempt):
+                        self.fatal = self.fatal or LeaseLost(
+                            f"delivery {outcome.delivery_id} of campaign {self.campaign.id} was taken over by "
+                            "another run while this one waited for its reply (was this process stopped past its "
+                            "lease?): its outcome stands, and this run stopped before its next message"
+                        )
+                if sending is not None and not self.fatal:
+                    attempt = self.log.mark_sending(*sending)  # None: recorded or cancelled since it was read
         except StoreWriteError as exc:
             # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
             # again on resume) and the next message is not marked, so it does not leave.
             self.fatal = self.fatal or exc
-            may_send = False
+            attempt = None
         unrecorded.clear()
-        return may_send
+        return attempt
 
     def _lease_problem(self) -> MailerError | None:
         if self.lease.orphaned():
@@ -305,14 +311,17 @@ class Engine:
                     self._commit(unrecorded)  # opening may wait for the relay: record what is known first
                 if not await self._connect(session):
                     return  # still queued
-            if not self._commit(unrecorded, (recipient.delivery_id, message.message_id)):
+            attempt = self._commit(unrecorded, (recipient.delivery_id, message.message_id))
+            if attempt is None:
                 return
             try:
                 reply = await session.send(message)
             except RelayUnreachable as exc:
                 # The session had closed and the relay did not take us back: nothing left. Back in the queue,
                 # then wait for the relay in _connect.
-                unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                unrecorded.append(
+                    (Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc), attempt=attempt), None)
+                )
                 continue
             except SessionRefused as exc:
                 if exc.in_doubt:  # the relay may have the message: deferred, retried with the same Message-ID
@@ -321,20 +330,25 @@ class Engine:
                             recipient,
                             message,
                             Reply(DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True),
+                            attempt,
                         )
                     )
                 else:
-                    unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                    unrecorded.append(
+                        (Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc), attempt=attempt), None)
+                    )
                 self.fatal = self.fatal or exc
                 return
             except MailerError as exc:
                 # The settings cannot work (a refused login, a certificate): put this one back in the queue and
                 # stop the campaign, marking nobody failed.
-                unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
+                unrecorded.append(
+                    (Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc), attempt=attempt), None)
+                )
                 self.fatal = self.fatal or exc
                 return
             self.unreachable_since = None
-            unrecorded.append(self._outcome(recipient, message, reply))
+            unrecorded.append(self._outcome(recipient, message, reply, attempt))
             return
 
     async def _connect(self, session: SMTPSession) -> bool:
@@ -369,7 +383,9 @@ class Engine:
             delay = min(delay * 2, RELAY_BACKOFF_MAX)
         return False
 
-    def _outcome(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> tuple[Outcome, str | None]:
+    def _outcome(
+        self, recipient: Recipient, message: BuiltMessage, reply: Reply, attempt: int
+    ) -> tuple[Outcome, str | None]:
         """What to record for one SMTP reply, and the retry time of a deferral."""
         status, text, next_attempt = reply.status, reply.text, None
         if status == DeliveryStatus.FAILED and reply.stage not in ("end-of-data",):
@@ -387,4 +403,5 @@ class Engine:
             self.fatal = paused
         self.progress.advance(status, recipient.email)
         suppress = status == DeliveryStatus.FAILED and mailbox_unknown(reply)
-        return Outcome(recipient.delivery_id, status, reply.code, text, message.message_id, suppress), next_attempt
+        outcome = Outcome(recipient.delivery_id, status, reply.code, text, message.message_id, suppress, attempt)
+        return outcome, next_attempt

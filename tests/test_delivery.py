@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import random
+import re
 import resource
 import signal
 import sqlite3
@@ -1061,9 +1062,9 @@ def test_a_holder_stopped_inside_a_transaction_is_named_at_once_not_after_waitin
 
 def test_a_lease_holder_on_this_host_is_told_apart_by_pid_and_start_time() -> None:
     me = lease_owner()
-    host, pid, start = me.split(":")
+    host, pid, start, namespace = me.split(":")
     assert (pid, holder_state(me)) == (str(os.getpid()), "running")
-    assert holder_state(f"{host}:{pid}:{int(start) + 1}") == "dead"  # the pid, reused by another process
+    assert holder_state(f"{host}:{pid}:{int(start) + 1}:{namespace}") == "dead"  # the pid, reused by another process
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         os.kill(sleeper.pid, signal.SIGSTOP)
@@ -1073,6 +1074,55 @@ def test_a_lease_holder_on_this_host_is_told_apart_by_pid_and_start_time() -> No
         sleeper.wait()
     assert holder_state(lease_owner(sleeper.pid)) == "dead"
     assert holder_state("relay-b.example:4242:77") == "remote"
+
+
+def test_a_holder_on_this_hostname_in_another_pid_namespace_is_judged_by_its_lease_not_by_our_pids(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    """`unshare --pid`, a container, a second machine of the same name: pid 1 there is no process of ours here."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is no process here; in the holder's namespace it is alive
+    host, _, start, namespace = lease_owner().split(":")
+    elsewhere = f"{host}:{gone.pid}:{start}:{namespace.partition('/')[0]}/1"
+    assert holder_state(elsewhere) == "remote"
+    add_subscribers(store, readers(3))
+    campaign, _ = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
+    with closing(sqlite3.connect(tmp_path / "mailer.db")) as conn, conn:
+        conn.execute(
+            "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ?",
+            (elsewhere, "2999-01-01T00:00:00.000Z", campaign.id),
+        )
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port)
+
+    assert code == 1, out + err
+    assert f"is being sent by process {gone.pid} on" in assert_one_error_line_text(err)
+    assert "another pid namespace" in err
+    assert smtp_server.received == []
+
+
+def test_the_advice_for_a_stopped_holder_works_as_given(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(100)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "50", "--concurrency", "1")
+    procs, stopped_at = stop_sender_at(smtp_server, 20)
+    procs.append(first := spawn(tmp_path, *command))
+    wait_for(lambda: stopped_at, "the first sender to be stopped")
+    smtp_server.state.on_message = None
+
+    code, out, err = finish(spawn(tmp_path, *command))
+    assert code == 1, out + err
+    advice = re.search(r"end it now with (kill -KILL (\d+))", assert_one_error_line_text(err))
+    assert advice is not None and advice[2] == str(first.pid), err
+    subprocess.run(advice[1].split(), check=True)  # exactly as the line says
+    first.wait(timeout=10)
+
+    code, out, err = finish(spawn(tmp_path, *command))
+    assert code == 0, out + err
+    copies = Counter(c.rcpt_tos[0] for c in smtp_server.received)
+    assert set(copies) == set(emails) and sum(copies.values()) - len(emails) <= 1  # at most the one in flight
 
 
 # ---- TLS policy ------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ a clock the test moves, so retries, expiry, refusals and the rate limit are chec
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +21,7 @@ from mailer.models import Campaign, DeliveryStatus, Subscriber
 from mailer.policy import RetryPolicy
 from mailer.smtp import RelayUnreachable, Reply, SMTPSettings, Stage, classify
 from mailer.store import Store
+from mailer.store.leases import LeaseLost
 from tests.conftest import SAMPLE_ISSUE
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -183,3 +186,48 @@ async def test_the_rate_limit_gives_each_message_its_slot(store: Store, config: 
     ).run()
     assert len(relay.sent) == 5
     assert wakes == pytest.approx([0.1, 0.2, 0.3, 0.4])  # the first at once, then one every 1/rate seconds
+
+
+def take_over(store: Store, email: str, new_owner: str | None) -> None:
+    """What a second sender does while this one waits on a relay: it takes the lease (unless `new_owner` is None),
+    puts the row in `sending` back in the queue and sends it (attempt + 1), all from its own connection."""
+    with closing(sqlite3.connect(store.path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        if new_owner is not None:
+            other.execute("UPDATE campaigns SET lease_owner = ?", (new_owner,))
+        other.execute(
+            "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, smtp_code = 250, smtp_reply = 'by B' "
+            "WHERE email = ?",
+            (email,),
+        )
+        other.execute(
+            "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, at) SELECT id, 'sent', attempts, "
+            "250, '2026-12-01T09:00:00.000Z' FROM deliveries WHERE email = ?",
+            (email,),
+        )
+        other.execute("COMMIT")
+
+
+@pytest.mark.parametrize("new_owner", ["relay-b.example:4242:77", None])
+async def test_an_outcome_learnt_after_another_sender_took_the_row_over_is_not_written_and_the_run_stops(
+    store: Store, config: Config, new_owner: str | None
+) -> None:
+    emails = [f"r{i}@example.org" for i in range(6)]
+    add(store, *emails)
+
+    def answer(rcpt: str) -> Reply:
+        if rcpt == emails[2]:  # this sender times out after DATA while B sends the same recipient
+            take_over(store, rcpt, new_owner)
+            return classify(451, "4.4.2 timed out after DATA (delivery in doubt)", Stage.DATA)
+        return classify(250, "2.0.0 Ok", Stage.END_OF_DATA)
+
+    relay = FakeRelay(answer)
+    with pytest.raises(LeaseLost, match=r"no longer holds campaign 1|taken over by another run"):
+        await run_engine(store, config, relay, FakeClock(), concurrency=1)
+    [taken] = [row for row in store.deliveries.log(1) if row.email == emails[2]]
+    assert (taken.status, taken.attempts, taken.smtp_reply) == ("sent", 2, "by B")  # B's outcome stands
+    history = [
+        e["status"] for e in store.db.query("SELECT status FROM delivery_events WHERE delivery_id = ?", [taken.id])
+    ]
+    assert history == ["sending", "sent"]  # nothing of this sender's after B's
+    assert relay.sent == emails[:3]  # and it stopped before its next message

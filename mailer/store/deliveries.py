@@ -28,6 +28,7 @@ class Outcome:
     smtp_reply: str = ""
     message_id: str = ""
     suppress: bool = False  # the reply says the mailbox does not exist: never mail the address again
+    attempt: int | None = None  # the attempt this run marked `sending`; None: never marked (the row must be queued)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,18 @@ class Deliveries(Repository):
             )
         return int(attempt)
 
-    def record(self, outcome: Outcome, next_attempt: str | None = None) -> None:
+    def record(self, outcome: Outcome, next_attempt: str | None = None) -> bool:
+        """Write an outcome, only while the row is as this run left it: in `sending` with this run's attempt (or
+        still queued, for an outcome of a row it never marked). False when it changed no row: another run took
+        the recipient over meanwhile (requeued it after a takeover, sent or recorded it) and its word stands."""
         now = self.store.now()
+        guard, args = "status = 'queued'", []
+        if outcome.attempt is not None:
+            guard, args = "status = 'sending' AND attempts = ?", [outcome.attempt]
         with self.store.transaction():
-            self.conn.execute(
+            changed = self.conn.execute(
                 "UPDATE deliveries SET status = ?, smtp_code = ?, smtp_reply = ?, updated = ?, next_attempt = ?, "
-                "message_id = CASE WHEN ? = '' THEN message_id ELSE ? END WHERE id = ?",
+                f"message_id = CASE WHEN ? = '' THEN message_id ELSE ? END WHERE id = ? AND {guard}",
                 (
                     str(outcome.status),
                     outcome.smtp_code,
@@ -102,8 +109,11 @@ class Deliveries(Repository):
                     outcome.message_id,
                     outcome.message_id,
                     outcome.delivery_id,
+                    *args,
                 ),
-            )
+            ).rowcount
+            if not changed:
+                return False
             self.conn.execute(
                 "INSERT INTO delivery_events (delivery_id, status, attempt, smtp_code, smtp_reply, at) "
                 "SELECT id, ?, attempts, ?, ?, ? FROM deliveries WHERE id = ?",
@@ -112,6 +122,7 @@ class Deliveries(Repository):
             if outcome.suppress:
                 email, detail = self._refusal(outcome.delivery_id)
                 self.store.suppressions.suppress_address(email, SuppressionReason.BOUNCED, detail)
+        return True
 
     def attempt_info(self, delivery_id: int) -> tuple[int, str | None]:
         """(attempts so far, time of the first attempt) of one delivery."""

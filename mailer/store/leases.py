@@ -1,6 +1,6 @@
-"""One sender per campaign: the lease a sending process holds (`host:pid:start time`), renewed while it sends,
-and whether a holder on this host still lives (from /proc), so a dead one loses the campaign at once and a
-stopped one keeps it.
+"""One sender per campaign: the lease a sending process holds (`host:pid:start time:pid namespace`), renewed
+while it sends, and whether a holder on this host and in this pid namespace still lives (from /proc), so a dead
+one loses the campaign at once and a stopped one keeps it; any other holder is judged by its lease.
 
 Must not send or decide to stop a run: the engine asks `holder` in the transaction that marks `sending`."""
 
@@ -17,9 +17,21 @@ from mailer.store.connection import Repository
 
 
 def lease_owner(pid: int | None = None) -> str:
-    """`host:pid:start time` of a process (this one by default): the start time tells a reused pid apart."""
+    """`host:pid:start time:namespace` of a process (this one by default; another is seen in this pid
+    namespace): the start time tells a reused pid apart, the namespace whether the pid means anything here."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_process_state(pid)[1]}"
+    return f"{socket.gethostname()}:{pid}:{_process_state(pid)[1]}:{pid_namespace()}"
+
+
+def pid_namespace() -> str:
+    """This machine's boot and this process's pid namespace (`boot_id/inode`): a container, `unshare --pid` or
+    another machine of the same hostname has other pids, so only a holder of the same namespace is "this host".
+    Empty where there is no /proc."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _process_state(pid: int) -> tuple[str, str]:
@@ -39,9 +51,9 @@ def _process_state(pid: int) -> tuple[str, str]:
 
 def holder_state(owner: str) -> str:
     """What a lease owner is now: 'remote' (another host: unknown), 'dead', 'stopped' or 'running'."""
-    host, pid, start = [*owner.split(":"), ""][:3]
-    if host != socket.gethostname() or not pid.isdigit():
-        return "remote"
+    host, pid, start, namespace = [*owner.split(":"), "", ""][:4]
+    if host != socket.gethostname() or namespace != pid_namespace() or not pid.isdigit():
+        return "remote"  # another host, or this one's pids seen from another namespace: known by its lease only
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -69,12 +81,15 @@ def check_holder(campaign_id: int, holder: str | None, until: str | None, owner:
         )
     if state == "stopped":
         raise CampaignBusy(
-            f"campaign {campaign_id} is held by process {pid}, which is stopped (kill -STOP or "
-            f"Ctrl-Z): let it go on with kill -CONT {pid}, or end it with kill {pid} and run this again"
+            f"campaign {campaign_id} is held by process {pid}, which is stopped (kill -STOP or Ctrl-Z; a "
+            f"stopped process does not act on kill or Ctrl-C): let it go on with kill -CONT {pid} (it finishes, "
+            f"or stops cleanly on Ctrl-C or kill {pid} once running), or end it now with kill -KILL {pid} and run "
+            "this again (its message in flight, if any, is sent again)"
         )
     if state == "remote" and until and until > now:
+        where = f"{host}, in another pid namespace (a container?)" if host == socket.gethostname() else host
         raise CampaignBusy(
-            f"campaign {campaign_id} is being sent by process {pid} on {host} (lease until {until}); "
+            f"campaign {campaign_id} is being sent by process {pid} on {where} (lease until {until}); "
             "wait for it to finish or stop it first"
         )
 
@@ -87,12 +102,12 @@ class Leases(Repository):
     def acquire(self, campaign_id: int, seconds: float = 60.0) -> str:
         """Take the campaign for this process for `seconds` (renewed while it sends), or raise CampaignBusy.
 
-        The owner is `host:pid:start time`, so a holder on this host is known to be alive or not, whatever its
-        lease says: a live one keeps the campaign even past `lease_until` (a process stopped by kill -STOP, Ctrl-Z
-        or a paused VM must not find a second sender at work when it continues), a dead one (or its pid reused)
-        loses it at once. A holder on another host is known only by its renewals and loses the campaign once its
-        lease has expired; it then stops before its next message, as every `sending` mark checks the lease in
-        the same transaction (`holder`)."""
+        The owner is `host:pid:start time:pid namespace`, so a holder on this host and in this pid namespace is
+        known to be alive or not, whatever its lease says: a live one keeps the campaign even past `lease_until` (a
+        process stopped by kill -STOP, Ctrl-Z or a paused VM must not find a second sender at work when it
+        continues), a dead one (or its pid reused) loses it at once. A holder on another host or in another pid
+        namespace is known only by its renewals and loses the campaign once its lease has expired; it then stops
+        before its next message, as every `sending` mark checks the lease in the same transaction (`holder`)."""
         owner = lease_owner()
         now = self.store.clock()
         self.check_free(campaign_id, owner)
