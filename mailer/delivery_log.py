@@ -40,7 +40,9 @@ class DeliveryLog(Protocol):
 
     def requeue_due(self, now: str, part: Partition) -> int: ...
 
-    def requeue_refused(self, delivery_ids: list[int], reason: str) -> int: ...
+    def requeue_refused(self, delivery_ids: list[int], counted: int) -> int: ...
+
+    def requeued_by_pause(self, delivery_id: int) -> bool: ...
 
 
 class CampaignLog:
@@ -56,6 +58,7 @@ class CampaignLog:
         self.is_mailable = store.subscribers.is_mailable
         self.attempt_info = store.deliveries.attempt_info
         self.requeue_refused = store.deliveries.requeue_refused
+        self.requeued_by_pause = store.deliveries.requeued_by_pause
 
     def queued(self, part: Partition) -> Iterator[Recipient]:
         return self.store.deliveries.queued(self.campaign_id, part)

@@ -26,7 +26,7 @@ from mailer.message import BuiltMessage, MessageTemplate
 from mailer.models import Campaign, DeliveryStatus, Recipient
 from mailer.policy import RefusalRun, RetryPolicy, mailbox_unknown
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage
-from mailer.store import Outcome, Partition, StoreWriteError
+from mailer.store import Outcome, Partition, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
 
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
@@ -224,10 +224,9 @@ class Engine:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from failed  # as the session raised it (the CLI maps MailerError to a line)
         if self.refusals.paused is not None:
-            delivery_ids = self.refusals.delivery_ids
-            self.log.requeue_refused(
-                delivery_ids, f"queued again: campaign paused after {len(delivery_ids)} equal refusals in a row"
-            )
+            with self.log.transaction():  # as every write of a sender: only while it holds the campaign
+                if self._lease_problem() is None:
+                    self.log.requeue_refused(self.refusals.requeue, len(self.refusals.delivery_ids))
         if self.fatal:
             raise self.fatal
 
@@ -270,7 +269,7 @@ class Engine:
                         )
                 if sending is not None and not self.fatal:
                     attempt = self.log.mark_sending(*sending)  # None: recorded or cancelled since it was read
-        except StoreWriteError as exc:
+        except (StoreWriteError, StoreBusy) as exc:
             # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
             # again on resume) and the next message is not marked, so it does not leave.
             self.fatal = self.fatal or exc
@@ -398,7 +397,8 @@ class Engine:
                 text = f"expired after {attempts} attempts; last reply: {reply.text}"
             else:
                 next_attempt = stamp(self.options.retry.next_attempt(attempts, now))
-        paused = self.refusals.add(recipient.delivery_id, reply)
+        again = status == DeliveryStatus.FAILED and self.log.requeued_by_pause(recipient.delivery_id)
+        paused = self.refusals.add(recipient.delivery_id, reply, again)
         if paused is not None:
             self.fatal = paused
         self.progress.advance(status, recipient.email)

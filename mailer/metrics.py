@@ -67,8 +67,12 @@ _VARIABLE = [
     (re.compile(r"<[^<>\s]*@[^<>\s]*>"), "<address>"),
     (re.compile(r"\b[\w.+-]+@[\w-]+(\.[\w-]+)+\b"), "address"),
     (re.compile(r"\b\d{1,3}(\.\d{1,3}){3}\b"), "IP"),
-    (re.compile(r"\b[0-9a-f]{8,}\b", re.I), "ID"),  # queue ids, message hashes
+    # Queue ids, message hashes, with what relays glue to them (Gmail: `5a7b3c2d1e0f.12`, `…si1234`).
+    (re.compile(r"\b[0-9a-f]{8,}\w*(?:[.-]\w+)*", re.I), "ID"),
     (re.compile(r"\b[A-Z0-9]{10,}\b"), "ID"),  # Postfix/Exchange queue ids (0A1B2C3D4E)
+    # Any other token of 8+ letters and digits with 3+ digits in it (4Fz1Xk2qWbz9vG3): an id, not a word.
+    (re.compile(r"(?<![\w.-])(?=[\w.-]*[A-Za-z])(?=(?:[\w.-]*\d){3})[A-Za-z0-9][\w.-]{7,}"), "ID"),
+    (re.compile(r"\b\d{5,}\b"), "N"),  # counters and queue numbers (queued as 00051)
     (re.compile(r"\bhttps?://\S+"), "URL"),
     (re.compile(r"\b\d+(\.\d+)?\s?(s|sec|seconds|minutes|min)\b", re.I), "N s"),
 ]

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from mailer.config import Config
 from mailer.errors import SMTPUnavailable
+from mailer.metrics import reply_group
 from mailer.models import DeliveryStatus
 from mailer.smtp import Reply, Stage
 
@@ -59,12 +60,6 @@ def mailbox_unknown(reply: Reply) -> bool:
 
 
 _MAILBOX_UNKNOWN = re.compile(r"\s*5\.(?:1\.(?:1|2|3|6|10)|2\.1)(?!\.?\d)")
-_ADDRESS_IN_REPLY = re.compile(r"<[^<>]*>|\S+@\S+")
-
-
-def refusal_text(text: str) -> str:
-    """A reply's text without the recipient's address, which relays put in it ("<x@y>: Relay access denied")."""
-    return " ".join(_ADDRESS_IN_REPLY.sub("", text).split()).lower()
 
 
 @dataclass
@@ -72,23 +67,37 @@ class RefusalRun:
     """The permanent refusals in a row with the same reply; `limit` of them pause the campaign: a relay that refuses
     the sender's domain, or blocks the campaign as spam, says so to every recipient alike, and marking them all
     failed would burn the list. Once paused, further equal refusals join the run (the sessions in flight finish),
-    and the whole run goes back to the queue."""
+    and the whole run goes back to the queue.
+
+    Replies are compared as metrics.reply_group words them (addresses, IPs and per-message ids aside, as ops see
+    them grouped). Only a first refusal in the campaign counts: a recipient that an earlier pause queued again is
+    refused again if its mailbox really is gone, and counting it again would pause every resume on the same dead
+    mailboxes. It is held instead: should the run pause, it goes back to the queue with the rest (its suppression
+    taken back); once anything else (a message accepted, another reply) ends the run of refusals, its refusal
+    stands."""
 
     limit: int  # 0: never pause
-    key: tuple[int, str] | None = None
-    delivery_ids: list[int] = field(default_factory=list)
+    key: str | None = None
+    delivery_ids: list[int] = field(default_factory=list)  # the refusals counted in this run
+    held: list[int] = field(default_factory=list)  # refused again after a pause: requeued only if this run pauses
     paused: CampaignPaused | None = None
 
-    def add(self, delivery_id: int, reply: Reply) -> CampaignPaused | None:
-        """Count one reply; the CampaignPaused to stop with when this reply made the run long enough."""
+    @property
+    def requeue(self) -> list[int]:
+        """Who goes back to the queue when the campaign paused."""
+        return [*self.held, *self.delivery_ids]
+
+    def add(self, delivery_id: int, reply: Reply, again: bool = False) -> CampaignPaused | None:
+        """Count one reply (`again`: the recipient was queued again by a pause before); the CampaignPaused to stop
+        with when this reply made the run long enough."""
         if reply.status == DeliveryStatus.FAILED and reply.code is not None:
-            this = (reply.code, refusal_text(reply.text))
+            this = reply_group(reply.code, reply.text)
+            if this != self.key and self.paused is None:
+                self.key, self.delivery_ids, self.held = this, [], []
             if this == self.key:
-                self.delivery_ids.append(delivery_id)
-            elif self.paused is None:
-                self.key, self.delivery_ids = this, [delivery_id]
+                (self.held if again else self.delivery_ids).append(delivery_id)
         elif self.paused is None:
-            self.key, self.delivery_ids = None, []
+            self.key, self.delivery_ids, self.held = None, [], []
         if self.limit and len(self.delivery_ids) >= self.limit and self.key and self.paused is None:
             self.paused = CampaignPaused(
                 f"{len(self.delivery_ids)} recipients in a row were refused with the same reply (the last: "

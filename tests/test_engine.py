@@ -18,7 +18,7 @@ from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, RateLimiter, SendOptions
 from mailer.message import BuiltMessage
 from mailer.models import Campaign, DeliveryStatus, Subscriber
-from mailer.policy import RetryPolicy
+from mailer.policy import CampaignPaused, RetryPolicy
 from mailer.smtp import RelayUnreachable, Reply, SMTPSettings, Stage, classify
 from mailer.store import Store
 from mailer.store.leases import LeaseLost
@@ -231,3 +231,59 @@ async def test_an_outcome_learnt_after_another_sender_took_the_row_over_is_not_w
     ]
     assert history == ["sending", "sent"]  # nothing of this sender's after B's
     assert relay.sent == emails[:3]  # and it stopped before its next message
+
+
+async def test_refusals_that_differ_only_by_a_per_message_id_still_pause_the_campaign(
+    store: Store, config: Config
+) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(8)))
+    ids = iter(range(10**6, 10**7, 7919))
+    relay = FakeRelay(
+        lambda rcpt: classify(
+            550, f"5.7.1 Unusual rate of unsolicited mail. {next(ids):x}ab12cd.{next(ids) % 97} - gsmtp", Stage.RCPT
+        )
+    )
+    with pytest.raises(CampaignPaused, match="4 recipients in a row"):
+        await run_engine(store, config, relay, FakeClock(), concurrency=1, pause_after=4)
+    assert set(statuses(store, store.campaigns.get(1)).values()) == {"queued"}
+
+
+def dead_mailboxes(dead: set[str]) -> Callable[[str], Reply]:
+    def answer(rcpt: str) -> Reply:
+        if rcpt in dead:
+            return classify(550, f"5.1.1 <{rcpt}>: Recipient address rejected: User unknown", Stage.RCPT)
+        return classify(250, "2.0.0 Ok", Stage.END_OF_DATA)
+
+    return answer
+
+
+async def test_a_real_run_of_dead_mailboxes_longer_than_the_pause_limit_pauses_once_then_finishes(
+    store: Store, config: Config
+) -> None:
+    emails = [f"r{i:02d}@example.org" for i in range(30)]
+    dead = set(emails[5:17])  # twelve gone mailboxes in a row, the limit is ten
+    add(store, *emails)
+    relay = FakeRelay(dead_mailboxes(dead))
+    with pytest.raises(CampaignPaused):
+        await run_engine(store, config, relay, FakeClock(), concurrency=1, pause_after=10)
+    assert len(store.suppressions.all()) == 0  # what the paused run suppressed is taken back
+
+    await run_engine(store, config, relay, FakeClock(), concurrency=1, pause_after=10)  # the resume finishes
+
+    final = statuses(store, store.campaigns.get(1))
+    assert {e for e, s in final.items() if s == "failed"} == dead
+    assert {e for e, s in final.items() if s == "sent"} == set(emails) - dead
+    assert len(store.suppressions.all()) == 12  # and now they are suppressed, as gone mailboxes are
+
+
+async def test_a_relay_that_says_no_such_mailbox_to_everyone_never_suppresses_the_list(
+    store: Store, config: Config
+) -> None:
+    emails = [f"r{i:02d}@example.org" for i in range(30)]
+    add(store, *emails)
+    relay = FakeRelay(dead_mailboxes(set(emails)))
+    for _ in range(3):  # the operator resumes, again and again
+        with pytest.raises(CampaignPaused):
+            await run_engine(store, config, relay, FakeClock(), concurrency=1, pause_after=10)
+    assert len(store.suppressions.all()) == 0
+    assert set(statuses(store, store.campaigns.get(1)).values()) == {"queued"}

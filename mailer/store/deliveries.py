@@ -16,6 +16,7 @@ from mailer.store.connection import Repository
 
 CHUNK = 500  # recipients read per query: memory stays flat however long the list
 Partition = tuple[int, int]  # (k, n): the deliveries whose id % n == k, one worker process's share
+PAUSE_REQUEUE = "queued again: campaign paused"  # the reply of a delivery a pause put back (requeued_by_pause)
 
 
 @dataclass(frozen=True)
@@ -223,9 +224,11 @@ class Deliveries(Repository):
             left = self.counts(campaign_id).get(DeliveryStatus.FAILED, 0)
         return requeued, left
 
-    def requeue_refused(self, delivery_ids: Iterable[int], reason: str) -> int:
-        """Failed deliveries back to queued when their refusals turned out to be the relay's, not the recipients':
-        a suppression their RCPT reply made is taken back with them."""
+    def requeue_refused(self, delivery_ids: Iterable[int], counted: int) -> int:
+        """Failed deliveries back to queued when their refusals turned out to be the relay's, not the recipients'
+        (`counted` equal refusals in a row paused the campaign): a suppression their RCPT reply made is taken back
+        with them."""
+        reason = f"{PAUSE_REQUEUE} after {counted} equal refusals in a row"
         now = self.store.now()
         requeued = 0
         with self.store.transaction():
@@ -246,6 +249,14 @@ class Deliveries(Repository):
                 )
                 self.store.suppressions.take_back(email, detail)
         return requeued
+
+    def requeued_by_pause(self, delivery_id: int) -> bool:
+        """Whether a pause of the campaign has queued this delivery again before (asked only of a refusal)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM delivery_events WHERE delivery_id = ? AND status = 'queued' AND smtp_reply LIKE ? LIMIT 1",
+            (delivery_id, PAUSE_REQUEUE + "%"),
+        ).fetchone()
+        return row is not None
 
     def move(
         self, campaign_id: int, old: DeliveryStatus, new: DeliveryStatus, reply: str, now: str, extra: str = ""
