@@ -31,7 +31,7 @@ from mailer.errors import MailerError
 from mailer.message import MessageTemplate
 from mailer.models import Campaign, DeliveryStatus, Recipient, SendSummary
 from mailer.smtp import SMTPSettings, probe
-from mailer.store import Store, StoreWriteError
+from mailer.store import Store, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
 from mailer.workers import run_workers
 
@@ -51,8 +51,10 @@ async def send_issue(
     settings: Sequence[SMTPSettings],
     progress: ProgressSink | None = None,
     stop: asyncio.Event | None = None,
+    resume: str | None = None,
 ) -> SendSummary:
-    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same content and list."""
+    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same content and list.
+    `resume`: the command that goes on after a stop (the CLI gives it with the options of this run)."""
     started = time.monotonic()
     prepared = prepare_issue(store, config, issue_path, list_name)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
@@ -78,7 +80,7 @@ async def send_issue(
         stop,
         started,
         prepared.warnings,
-        resume=f"mailer send {issue_path} --list {list_name}",
+        resume=resume or f"mailer send {issue_path} --list {list_name}",
     )
 
 
@@ -136,7 +138,7 @@ async def deliver_campaign(
         renew.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renew
-        with contextlib.suppress(StoreWriteError):  # a full disk: the summary says so, the lease expires
+        with contextlib.suppress(StoreWriteError, StoreBusy):  # the summary says why; the lease expires
             store.leases.release(campaign.id, owner)
     stopped = stopped or (lost[0] if lost else None)
     counts = store.deliveries.counts(campaign.id)
@@ -177,25 +179,44 @@ def _stop_line(reason: MailerError, campaign_id: int, counts: dict[str, int], re
     )
     if isinstance(reason, LeaseLost):
         return line  # whoever holds the campaign now carries on
-    then = "free some disk space, then run" if isinstance(reason, StoreWriteError) else "run"
+    then = "run"
+    if isinstance(reason, StoreWriteError):
+        then = "free some disk space, then run"
+    elif isinstance(reason, StoreBusy):
+        then = "once the other process lets go of the database, run"
     return f"{line}; {then} the same command to resume" + (f": {resume}" if resume else "")
 
 
 async def _keep_lease(
-    store: Store, campaign_id: int, owner: str, seconds: float, stop: asyncio.Event, lost: list[MailerError]
+    store: Store,
+    campaign_id: int,
+    owner: str,
+    seconds: float,
+    stop: asyncio.Event,
+    lost: list[MailerError],
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> None:
     """Renew the lease every third of its length. A renewal that changes no row means the campaign is no longer
-    ours: stop (the engine itself checks the lease before each message, this also ends a run that is waiting)."""
+    ours: stop (the engine itself checks the lease before each message, this also ends a run that is waiting).
+    A renewal that cannot write (the database locked by another process, a full disk) is tried again at the next
+    tick while the lease lasts: that is not a lost lease, and the engine's own commits stop the run if the
+    database stays unwritable."""
+    held_until = monotonic() + seconds
     while True:
         await asyncio.sleep(seconds / 3)
         try:
             held = store.leases.renew(campaign_id, owner, seconds)
-        except StoreWriteError:
-            continue  # the disk is full: the next `sending` commit fails as well and stops the campaign
+        except (StoreWriteError, StoreBusy) as exc:
+            if monotonic() < held_until:
+                continue
+            lost.append(LeaseLost(f"the lease of campaign {campaign_id} could not be renewed before it ran out: {exc}"))
+            stop.set()
+            return
         if not held:
             lost.append(store.leases.lost(campaign_id))
             stop.set()
             return
+        held_until = monotonic() + seconds
 
 
 async def retry_campaign(

@@ -33,6 +33,7 @@ from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, RateLimiter, SendOptions
+from mailer.send import _keep_lease, send_issue
 from mailer.smtp import relays
 from mailer.store import Store, holder_state, lease_owner
 from tests.conftest import SAMPLE_ISSUE
@@ -1240,3 +1241,69 @@ def test_an_unreadable_mailer_smtp_ca_is_a_one_line_error(store: Store, tmp_path
     assert code == 1, out + err
     assert_one_error_line(err)
     assert "MAILER_SMTP_CA" in err and "missing.pem" in err
+
+
+# ---- a database another process keeps locked -------------------------------------------------------------------
+
+
+async def test_a_lease_renewal_that_finds_the_database_locked_tries_again_and_keeps_the_lease(
+    store: Store, config: Config
+) -> None:
+    add_subscribers(store, readers(1))
+    campaign, _ = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
+    owner = store.leases.acquire(campaign.id, 60)
+    acquired = lease_until(store, campaign.id)
+    store.conn.execute("PRAGMA busy_timeout=10")  # 30 s in production; the test need not wait that long
+    stop = asyncio.Event()
+    lost: list[Exception] = []
+    now = [0.0]  # the lease's clock: it has not run out while the database is locked
+    renewals = asyncio.create_task(_keep_lease(store, campaign.id, owner, 0.06, stop, lost, lambda: now[0]))
+    with closing(sqlite3.connect(store.path, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")  # `sqlite3 mailer.db` with a transaction open, a backup tool...
+        await asyncio.sleep(0.25)  # several renewals meet the lock
+        assert not renewals.done() and not stop.is_set()
+        other.execute("ROLLBACK")
+    await asyncio.sleep(0.1)
+    assert not renewals.done() and not stop.is_set() and lost == []
+    assert lease_until(store, campaign.id) != acquired  # renewed once the lock was gone
+
+    with closing(sqlite3.connect(store.path, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        now[0] = 61.0  # locked for longer than the lease lasts: that is a lost lease
+        await asyncio.wait_for(renewals, 5)
+        other.execute("ROLLBACK")
+    assert stop.is_set() and "could not be renewed before it ran out" in str(lost[0])
+
+
+def lease_until(store: Store, campaign_id: int) -> str:
+    with closing(sqlite3.connect(store.path)) as conn:
+        return str(conn.execute("SELECT lease_until FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()[0])
+
+
+async def test_a_database_locked_past_the_busy_timeout_while_sending_stops_with_counts_and_the_resume_command(
+    store: Store, config: Config, smtp_server: CaptureServer
+) -> None:
+    add_subscribers(store, readers(40))
+    store.conn.execute("PRAGMA busy_timeout=50")
+    locker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+
+    def lock_at_ten(_: Captured) -> None:
+        if len(smtp_server.received) == 10:
+            locker.execute("BEGIN EXCLUSIVE")
+
+    smtp_server.state.on_message = lock_at_ten
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
+    try:
+        summary = await send_issue(
+            store, config, SAMPLE_ISSUE, "bulletin", SendOptions(concurrency=1), settings, resume="mailer send X"
+        )
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert summary.stop_code == 1
+    assert "stayed locked by another process" in summary.stopped
+    assert "campaign 1 stopped with 9 sent and 31 waiting" in summary.stopped
+    assert summary.stopped.endswith(
+        "once the other process lets go of the database, run the same command to resume: mailer send X"
+    )
+    assert len(smtp_server.received) == 10  # nothing left after the commit that could not be made

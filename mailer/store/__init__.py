@@ -28,7 +28,7 @@ import sqlite_utils
 from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
 from mailer.store.campaigns import Campaigns, CampaignSummary
-from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
+from mailer.store.connection import StoreBusy, StoreWriteError, Transaction, connect, describe_database_error
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
@@ -47,6 +47,7 @@ __all__ = [
     "Outcome",
     "Partition",
     "Store",
+    "StoreBusy",
     "StoreWriteError",
     "Suppression",
     "Unsubscribe",

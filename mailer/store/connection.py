@@ -1,5 +1,6 @@
 """The SQLite connection every repository shares: opening a database file (private, WAL, version checked),
-re-entrant write transactions, and the one-line explanation of an SQLite failure.
+re-entrant write transactions (a full disk and a lock held past the busy timeout raised as errors of their own), and
+the one-line explanation of an SQLite failure.
 
 Must not know any table but through schema.py; rows are read and written by the repositories."""
 
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 
 class StoreWriteError(MailerError):
     """The database could not be written (disk full, I/O error): what the transaction held was not recorded."""
+
+
+class StoreBusy(MailerError):
+    """Another process held the database's write lock past the busy timeout (30 s): nothing of the transaction
+    was recorded. Transient: the same command goes on once the other process lets go."""
 
 
 def connect(path: Path, *, must_exist: bool) -> sqlite3.Connection:
@@ -87,6 +93,7 @@ def describe_database_error(path: Path, exc: sqlite3.Error) -> str:
 
 
 _WRITE_FAILURES = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 
 class Transaction:
@@ -100,7 +107,12 @@ class Transaction:
 
     def __enter__(self) -> sqlite3.Connection:
         if not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF in _BUSY:
+                    raise self._busy(exc) from None
+                raise
             self.outer = True
         return self.conn
 
@@ -118,8 +130,13 @@ class Transaction:
             self.conn.execute("ROLLBACK")
         if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in _WRITE_FAILURES:
             raise StoreWriteError(f"cannot write to database {self.path}: {exc}") from None
+        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in _BUSY:
+            raise self._busy(exc) from None
         if exc_type is None and exc is not None:
             raise exc
+
+    def _busy(self, exc: sqlite3.OperationalError) -> StoreBusy:
+        return StoreBusy(f"database {self.path} stayed locked by another process for 30 s ({exc})")
 
 
 class Repository:
