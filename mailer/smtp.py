@@ -275,7 +275,8 @@ class Session:
         except aiosmtplib.SMTPConnectResponseError as exc:
             await _close_quietly(client)
             failure = RelayUnreachable if 400 <= exc.code < 500 else SMTPUnavailable  # 421 at the greeting
-            raise failure(f"SMTP server {where} refused the session: {_one_line(str(exc))}") from None
+            # str() of this exception is the tuple of its args: say the reply as the server said it.
+            raise failure(f"SMTP server {where} refused the session: {exc.code} {_one_line(exc.message)}") from None
         except (
             aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPConnectTimeoutError,
@@ -346,7 +347,13 @@ class Session:
                 # Refused for every recipient alike: authentication required (a forgotten MAILER_SMTP_USER), or
                 # our sender address is refused. Marking recipients failed would burn the campaign.
                 await self._reset()
-                what = "asks for authentication" if exc.code == 530 else f"refused the sender {message.mail_from}"
+                what = f"refused the sender {message.mail_from}"
+                if exc.code == 530:
+                    what = (
+                        "requires STARTTLS (set MAILER_SMTP_TLS=starttls)"
+                        if "starttls" in exc.message.lower()
+                        else "asks for authentication (set MAILER_SMTP_USER and MAILER_SMTP_PASSWORD)"
+                    )
                 raise SessionRefused(
                     f"SMTP server {where} {what} at {stage.upper()}: {exc.code} {_one_line(exc.message)}"
                 ) from None

@@ -177,3 +177,19 @@ async def test_an_address_that_would_extend_the_command_line_is_failed_not_sent(
     assert (refused.status, refused.code) == (DeliveryStatus.FAILED, None)
     assert accepted.status == DeliveryStatus.SENT
     assert [c.rcpt_tos for c in smtp_server.received] == [("li@example.com",)]
+
+
+async def test_a_421_greeting_is_said_as_the_server_said_it() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"421 4.3.2 Service not available, closing channel\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(smtp.RelayUnreachable) as refused:
+            await Session(SMTPSettings(port=port, local_hostname=HELLO)).open()
+    assert str(refused.value) == (
+        f"SMTP server 127.0.0.1:{port} refused the session: 421 4.3.2 Service not available, closing channel"
+    )
