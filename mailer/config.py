@@ -53,6 +53,7 @@ class Config:
     relay_grace: float = 60.0  # how long a relay that worked may be unreachable in a run (a restart) before it stops
     pause_after: int = 10  # identical permanent refusals in a row that pause a campaign as suspicious (0: never)
     lease_seconds: float = 60.0  # a sender's hold on its campaign, renewed while it runs
+    stop_grace: float = 30.0  # after a stop, seconds workers have to finish their messages in flight before SIGKILL
 
     @property
     def secret_path(self) -> Path:
@@ -83,6 +84,7 @@ _ENV = {
     "MAILER_RELAY_GRACE": ("relay_grace", float),
     "MAILER_PAUSE_AFTER": ("pause_after", int),
     "MAILER_LEASE_SECONDS": ("lease_seconds", float),
+    "MAILER_STOP_GRACE": ("stop_grace", float),
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
     "MAILER_DKIM_DOMAIN": ("dkim_domain", str),
@@ -118,7 +120,8 @@ _WHOLE_RANGES = {
     "soft_bounce_limit": (1, 1_000_000),
     "pause_after": (0, 1_000_000),
 }
-_SECONDS = {"smtp_timeout", "retry_base", "retry_max", "retry_expiry", "lease_seconds"}  # finite and above 0
+# finite and above 0
+_SECONDS = {"smtp_timeout", "retry_base", "retry_max", "retry_expiry", "lease_seconds", "stop_grace"}
 _SECONDS_OR_NONE = {"relay_grace"}  # finite, 0 or more: 0 gives a relay no time at all
 
 
