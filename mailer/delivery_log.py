@@ -44,6 +44,8 @@ class DeliveryLog(Protocol):
 
     def requeued_by_pause(self, delivery_id: int) -> bool: ...
 
+    def in_doubt_attempts(self, delivery_id: int) -> int: ...
+
 
 class CampaignLog:
     """A DeliveryLog on the store: the campaign's deliveries, its lease, its subscribers' status."""
@@ -59,6 +61,7 @@ class CampaignLog:
         self.attempt_info = store.deliveries.attempt_info
         self.requeue_refused = store.deliveries.requeue_refused
         self.requeued_by_pause = store.deliveries.requeued_by_pause
+        self.in_doubt_attempts = store.deliveries.in_doubt_attempts
 
     def queued(self, part: Partition) -> Iterator[Recipient]:
         return self.store.deliveries.queued(self.campaign_id, part)

@@ -32,6 +32,7 @@ from mailer.store.leases import LeaseLost
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
 LEASE_SECONDS = 60.0
 RELAY_BACKOFF_MAX = 5.0  # seconds between two tries of an unreachable relay, at most
+IN_DOUBT_CAP = 2  # attempts cut off after DATA (the relay may have each copy) before a recipient is failed
 
 
 @dataclass
@@ -47,15 +48,17 @@ class SendOptions:
     relay_grace: float = 60.0  # seconds a relay that worked may stay unreachable before the campaign stops
     pause_after: int = 10  # identical permanent refusals in a row that pause the campaign (0: never)
     lease_seconds: float = LEASE_SECONDS
+    stop_grace: float = 30.0  # seconds workers have to finish their messages in flight after a stop, then SIGKILL
 
     @classmethod
     def for_config(cls, config: Config, **values: Any) -> SendOptions:
-        """Options with the configured retry policy, relay grace, pause threshold and lease."""
+        """Options with the configured retry policy, relay grace, pause threshold, lease and stop grace."""
         return cls(
             retry=RetryPolicy.from_config(config),
             relay_grace=config.relay_grace,
             pause_after=config.pause_after,
             lease_seconds=config.lease_seconds,
+            stop_grace=config.stop_grace,
             **values,
         )
 
@@ -392,7 +395,15 @@ class Engine:
         if status == DeliveryStatus.DEFERRED:
             attempts, first = self.log.attempt_info(recipient.delivery_id)
             now = self.clock()
-            if first and self.options.retry.expired(parse_stamp(first), now):
+            in_doubt = reply.connection_lost and reply.stage == Stage.DATA
+            if in_doubt and self.log.in_doubt_attempts(recipient.delivery_id) + 1 >= IN_DOUBT_CAP:
+                # A relay that takes the message and then hangs or drops would get a copy on every retry.
+                status = DeliveryStatus.FAILED
+                text = (
+                    f"in doubt: may have been delivered; not sent again after {IN_DOUBT_CAP} attempts cut off "
+                    f"after DATA; last: {reply.text}"
+                )
+            elif first and self.options.retry.expired(parse_stamp(first), now):
                 status = DeliveryStatus.FAILED
                 text = f"expired after {attempts} attempts; last reply: {reply.text}"
             else:

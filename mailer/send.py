@@ -27,7 +27,8 @@ from mailer.clock import stamp, utcnow
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
-from mailer.errors import MailerError
+from mailer.errors import MailerError, SMTPUnavailable
+from mailer.exit_codes import ExitCode
 from mailer.message import MessageTemplate
 from mailer.models import Campaign, DeliveryStatus, Recipient, SendSummary
 from mailer.smtp import SMTPSettings, probe
@@ -114,6 +115,7 @@ async def deliver_campaign(
             notes.extend(requeue(store))
         in_doubt = store.deliveries.requeue(campaign.id, [DeliveryStatus.SENDING])
         counts = store.deliveries.counts(campaign.id)
+        before, tried_before = counts, store.deliveries.tried(campaign.id)[0]
         already_done = not counts.get(DeliveryStatus.QUEUED) and not counts.get(DeliveryStatus.DEFERRED)
         total = sum(counts.values())
         sink = progress or NoProgress()
@@ -142,6 +144,8 @@ async def deliver_campaign(
             store.leases.release(campaign.id, owner)
     stopped = stopped or (lost[0] if lost else None)
     counts = store.deliveries.counts(campaign.id)
+    if stopped is None and not stop.is_set():
+        stopped = _nothing_taken(store, campaign.id, before, counts, tried_before)
     unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
     if not unfinished and not stopped:
         store.campaigns.finish(campaign.id)
@@ -166,9 +170,34 @@ async def deliver_campaign(
         interrupted=stop.is_set() and not stopped,
         warnings=notes,
     )
+    if summary.interrupted:  # what is left, and the command that sends it
+        stopped = MailerError("interrupted")
+        stopped.exit_code = ExitCode.INTERRUPTED
     if stopped is not None:
         summary.stopped, summary.stop_code = _stop_line(stopped, campaign.id, counts, resume), int(stopped.exit_code)
     return summary
+
+
+def _nothing_taken(
+    store: Store, campaign_id: int, before: dict[str, int], after: dict[str, int], tried_before: int
+) -> MailerError | None:
+    """Why a run that ended on its own is not done: the relay took nothing (every message tried was deferred by a
+    lost connection or a 421: exit 4, as for a relay that cannot be reached), or recipients are still queued
+    (they must never be left without a word)."""
+    settled = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED)
+    tried, dropped, reply = store.deliveries.tried(campaign_id)
+    if (
+        tried > tried_before
+        and dropped
+        and dropped == after.get(DeliveryStatus.DEFERRED, 0)
+        and all(after.get(s, 0) == before.get(s, 0) for s in settled)
+    ):
+        return SMTPUnavailable(
+            f"the relay took no message in this run: all {dropped} recipient(s) tried were deferred after a lost "
+            f"connection or a 421 (last: {reply})"
+        )
+    queued = after.get(DeliveryStatus.QUEUED, 0)
+    return MailerError(f"the run ended with {queued} recipient(s) still queued") if queued else None
 
 
 def _stop_line(reason: MailerError, campaign_id: int, counts: dict[str, int], resume: str) -> str:
@@ -230,6 +259,7 @@ async def retry_campaign(
     *,
     due_only: bool = False,
     failed: bool = False,
+    resume: str | None = None,
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or with `due_only` those whose backoff has passed, without
     waiting for the others), and with `failed` to the failed ones too."""
@@ -273,6 +303,6 @@ async def retry_campaign(
         progress,
         stop,
         started,
-        resume=f"mailer retry {campaign.id}",
+        resume=resume or f"mailer retry {campaign.id}",
         requeue=requeue,
     )

@@ -363,6 +363,44 @@ def test_timeout_after_data_is_deferred_in_doubt_then_sent_with_the_same_message
     assert set(copies_by_recipient(smtp_server.received)[slow]) == {row["message_id"]}
 
 
+def test_a_relay_that_hangs_after_data_every_time_gets_two_copies_then_the_recipient_fails_in_doubt(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    emails = readers(3)
+    add_subscribers(store, emails)
+    slow = emails[1]
+    smtp_server.set_rule(slow, Rule(stage="data", hang=3))  # takes the message, never says 250 in time
+    data_attempts = record_data_attempts(smtp_server)
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, env={"MAILER_SMTP_TIMEOUT": "1", **FAST_RETRY})
+
+    assert code == 3, out + err
+    row = deliveries(tmp_path)[slow]
+    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert row["smtp_reply"].startswith("in doubt: may have been delivered")
+    assert [rcpt for rcpt, _ in data_attempts].count(slow) == 2  # not a copy on every retry
+    shown = run_cli("log", "1", "--status", "failed", "--json")
+    assert "in doubt: may have been delivered" in shown.stdout
+
+
+def test_a_relay_that_drops_every_session_at_rcpt_took_nothing_and_exits_4_with_the_resume_command(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(20))
+    smtp_server.set_rule("*", Rule(stage="rcpt", drop=True))
+
+    code, out, err, _ = run_send(tmp_path, smtp_server.port, "--max-wait", "0")
+
+    assert code == 4, out + err
+    last = assert_one_error_line_text(err).splitlines()[-1]
+    assert "the relay took no message in this run: all 20 recipient(s) tried were deferred" in last
+    assert last.endswith(
+        f"run the same command to resume: mailer send {SAMPLE_ISSUE} --list bulletin --max-wait 0 "
+        f"--smtp-port {smtp_server.port} --yes"
+    )
+    assert by_status(deliveries(tmp_path)) == {"deferred": 20}
+
+
 def test_a_recipient_deferred_past_the_expiry_fails_as_expired(
     store: Store, smtp_server: CaptureServer, tmp_path: Path
 ) -> None:
@@ -421,6 +459,7 @@ def test_deferred_beyond_max_wait_is_left_for_mailer_retry(
     ("code", "text", "says"),
     [
         (530, "5.7.0 Authentication required", "asks for authentication"),
+        (530, "5.7.0 Must issue a STARTTLS command first", "requires STARTTLS (set MAILER_SMTP_TLS=starttls)"),
         (553, "5.7.1 <bounces@example.org>: Sender address rejected: not owned by user", "refused the sender"),
     ],
 )
@@ -603,9 +642,10 @@ def test_a_relay_that_stays_away_past_the_grace_stops_the_run_with_counts_and_th
     assert counts["sent"] + waiting == 200 and counts["sent"] >= 50
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot connect to SMTP server 127.0.0.1:{smtp_server.port}")
-    assert last.endswith(
+    assert last.endswith(  # the command as it was given: the same relay, rate and sessions
         f"campaign 1 stopped with {counts['sent']} sent and {waiting} waiting; run the same "
-        f"command to resume: mailer send {SAMPLE_ISSUE} --list bulletin"
+        f"command to resume: mailer send {SAMPLE_ISSUE} --list bulletin --concurrency 2 --rate 100 "
+        f"--smtp-port {smtp_server.port} --yes"
     )
     assert f"{waiting} queued" in out or f"{counts['queued']} queued" in out  # the summary line too
     smtp_server.state.on_message = None
@@ -618,8 +658,9 @@ def test_a_relay_that_stays_away_past_the_grace_stops_the_run_with_counts_and_th
 # ---- the database's disk, the relay's words ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
-    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path, workers: str
 ) -> None:
     emails = readers(200)
     add_subscribers(store, emails)
@@ -629,6 +670,7 @@ def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
     # A file size limit is a full disk to SQLite (and needs no root): the WAL can grow by some 40 pages from here.
     limit = (tmp_path / "mailer.db").stat().st_size + 160_000
     command = [sys.executable, "-m", "mailer", *SEND, "--smtp-port", str(smtp_server.port), "--concurrency", "2"]
+    command += ["--workers", workers]  # a worker's stop gives the same advice as one process's
 
     def small_disk() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -647,7 +689,8 @@ def test_a_full_disk_during_a_send_is_one_error_line_and_the_send_resumes(
     assert full.returncode == 1, full.stdout + full.stderr
     assert "Traceback" not in full.stderr
     last = full.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot write to database") and "free some disk space" in last
+    assert "cannot write to database" in last and "free some disk space" in last
+    assert last.startswith("error: cannot write to database" if workers == "1" else "error: worker ")
     rows = deliveries(tmp_path)
     assert 0 < by_status(rows)["sent"] < 200
     received = {c.rcpt_tos[0] for c in smtp_server.received}
@@ -1307,3 +1350,113 @@ async def test_a_database_locked_past_the_busy_timeout_while_sending_stops_with_
         "once the other process lets go of the database, run the same command to resume: mailer send X"
     )
     assert len(smtp_server.received) == 10  # nothing left after the commit that could not be made
+
+
+# ---- stopping workers ----------------------------------------------------------------------------------------
+
+
+def spawn_in_group(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """As spawn, in a process group of its own: what a terminal's Ctrl-C reaches (the parent and its workers)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path, env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def workers_of(proc: subprocess.Popen[str], n: int) -> list[int]:
+    deadline = time.monotonic() + 30
+    while len(pids := [p for p in children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.01)
+    return pids
+
+
+def assert_stopped_with_the_resume_command(err: str, resume: str) -> str:
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "failed" not in last, err
+    assert re.search(r"campaign 1 stopped with \d+ sent and \d+ waiting; run the same command to resume: ", last), err
+    assert last.endswith(resume), last
+    return last
+
+
+def test_ctrl_c_on_a_terminal_with_workers_is_an_interruption_not_a_failed_worker(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(300))
+    options = ("--smtp-port", str(smtp_server.port), "--rate", "40", "--workers", "2")
+    for attempt in range(3):  # the worker's handlers used to be gone for a moment as it exited: try that moment
+        proc = spawn_in_group(tmp_path, *SEND, *options)
+        wanted = 10 * (attempt + 1)
+        wait_for(lambda: len(smtp_server.received) >= wanted, "some messages")  # noqa: B023 (read at once)
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal sends it to the whole group
+        code, out, err = finish(proc)
+        assert code == 130, out + err
+        last = assert_stopped_with_the_resume_command(
+            err,
+            f"mailer send {SAMPLE_ISSUE} --list bulletin --rate 40 --workers 2 --smtp-port {smtp_server.port} --yes",
+        )
+        assert last.startswith("interrupted: ")
+
+
+def test_a_worker_ended_alone_is_said_with_counts_and_the_resume_command(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(400))
+    proc = spawn(tmp_path, *SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--workers", "2")
+    first, _ = workers_of(proc, 2)
+    wait_for(lambda: len(smtp_server.received) >= 40, "some messages")
+    os.kill(first, signal.SIGTERM)
+
+    code, out, err = finish(proc)
+
+    assert code == 130, out + err
+    last = assert_stopped_with_the_resume_command(err, "--workers 2 --smtp-port " + str(smtp_server.port) + " --yes")
+    assert "worker 1 of 2 was interrupted" in last or "worker 2 of 2 was interrupted" in last
+    assert by_status(deliveries(tmp_path))["queued"] > 0
+
+
+def test_a_worker_stopped_with_sigstop_is_continued_when_the_send_is_stopped(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add_subscribers(store, readers(400))
+    proc = spawn(tmp_path, *SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--workers", "2")
+    first, _ = workers_of(proc, 2)
+    wait_for(lambda: len(smtp_server.received) >= 40, "some messages")
+    os.kill(first, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGTERM)
+
+    code, out, err = finish(proc, timeout=30)  # it used to wait for ever
+
+    assert code == 130, out + err
+    assert assert_stopped_with_the_resume_command(err, "--yes").startswith("interrupted: ")
+
+
+def test_a_worker_that_does_not_stop_within_the_grace_is_killed_and_the_summary_says_so(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    emails = readers(300)
+    add_subscribers(store, emails)
+    command = (*SEND, "--smtp-port", str(smtp_server.port), "--rate", "100", "--workers", "2")
+    proc = spawn(tmp_path, *command, env={"MAILER_STOP_GRACE": "1", "MAILER_SMTP_TIMEOUT": "120"})
+    wait_for(lambda: len(smtp_server.received) >= 40, "some messages")
+    smtp_server.set_rule("*", Rule(stage="data", hang=15))  # every message in flight now waits for its 250
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+
+    code, out, err = finish(proc, timeout=30)
+
+    assert code == 130, out + err
+    last = assert_stopped_with_the_resume_command(err, f"--workers 2 --smtp-port {smtp_server.port} --yes")
+    assert "did not stop within 1s of the stop" in last and "was killed" in last
+    smtp_server.set_rule("*", Rule())
+    code, out, err = finish(spawn(tmp_path, *command))
+    assert code == 0, out + err
+    copies = copies_by_recipient(smtp_server.received)
+    assert set(copies) <= set(emails)
+    assert by_status(deliveries(tmp_path)) == {"sent": 300}

@@ -207,11 +207,11 @@ def finish_send(summary: SendSummary) -> None:
     for warning in summary.warnings:
         err().print(f"warning: {warning}", markup=False, highlight=False)
     out().print(summary_line(summary), markup=False, highlight=False)
+    if summary.interrupted:  # Ctrl-C or SIGTERM: not an error, but say what is left and how it goes on
+        err().print(summary.stopped.replace("interrupted; ", "interrupted: ", 1), markup=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.INTERRUPTED)
     if summary.stopped:
         err().print(f"error: {summary.stopped}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(summary.stop_code)
-    if summary.interrupted:
-        err().print("interrupted: run the same command again to resume", markup=False)
-        raise typer.Exit(ExitCode.INTERRUPTED)
     if summary.failed:
         raise typer.Exit(ExitCode.SOME_FAILED)

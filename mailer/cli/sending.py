@@ -4,6 +4,7 @@ waits. Commands only: the services are sample.py and send.py."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,26 @@ ConcurrencyOpt = Annotated[
     int | None,
     typer.Option(min=1, max=64, help="SMTP sessions at once.  [default: concurrency in mailer.toml, else 4]"),
 ]
+
+
+DEFAULT_MAX_WAIT = 300.0
+
+
+def resume_command(ctx: typer.Context, command: list[str], **options: object) -> str:
+    """The command that goes on where this run stopped: this one, with the options it was given (a resume at
+    another relay, rate or database would not be the same run), shell-quoted to paste."""
+    words = ["mailer"]
+    db = ctx.find_root().params.get("db")
+    if db is not None:
+        words += ["--db", str(db)]
+    words += command
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value is not None and value is not False:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
 
 
 @app.command()
@@ -75,7 +96,7 @@ def send(
         typer.Option(
             min=0, help="Seconds to wait in this run for deferred recipients' retry times (the rest: mailer retry)."
         ),
-    ] = 300.0,
+    ] = DEFAULT_MAX_WAIT,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Sending processes (one per core is plenty).")] = 1,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
@@ -115,9 +136,29 @@ def send(
         stop = asyncio.Event()
         progress = RichProgress(err().is_terminal and not dry_run)
         try:
+            again = resume_command(
+                ctx,
+                ["send", str(issue), "--list", list_name],
+                concurrency=concurrency,
+                rate=rate,
+                max_wait=max_wait if max_wait != DEFAULT_MAX_WAIT else None,
+                workers=workers if workers != 1 else None,
+                smtp_host=smtp_host,
+                smtp_port=smtp_port,
+                templates=templates,
+                yes=yes,
+            )
             summary = run_service(
                 send_issue(
-                    store, config, issue, list_name, options, relays(config, smtp_host, smtp_port), progress, stop
+                    store,
+                    config,
+                    issue,
+                    list_name,
+                    options,
+                    relays(config, smtp_host, smtp_port),
+                    progress,
+                    stop,
+                    resume=again,
                 ),
                 stop,
             )
@@ -133,7 +174,9 @@ def retry(
     due_only: Annotated[bool, typer.Option("--due-only", help="Only those whose backoff time has passed.")] = False,
     concurrency: ConcurrencyOpt = None,
     rate: Annotated[float | None, typer.Option(min=0.01)] = None,
-    max_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for further retries in this run.")] = 300.0,
+    max_wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for further retries in this run.")
+    ] = DEFAULT_MAX_WAIT,
     failed: Annotated[
         bool,
         typer.Option(
@@ -159,9 +202,26 @@ def retry(
     )
     with open_store(ctx) as store:
         try:
+            again = resume_command(
+                ctx,
+                ["retry", campaign],
+                due_only=due_only,
+                concurrency=concurrency,
+                rate=rate,
+                max_wait=max_wait if max_wait != DEFAULT_MAX_WAIT else None,
+            )
             summary = run_service(
                 retry_campaign(
-                    store, config, campaign, options, relays(config), progress, stop, due_only=due_only, failed=failed
+                    store,
+                    config,
+                    campaign,
+                    options,
+                    relays(config),
+                    progress,
+                    stop,
+                    due_only=due_only,
+                    failed=failed,
+                    resume=again,
                 ),
                 stop,
             )

@@ -258,6 +258,26 @@ class Deliveries(Repository):
         ).fetchone()
         return row is not None
 
+    def in_doubt_attempts(self, delivery_id: int) -> int:
+        """How many attempts of a delivery were cut off after DATA began (deferred "in doubt")."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM delivery_events WHERE delivery_id = ? AND status = 'deferred' "
+            "AND smtp_reply LIKE '%(delivery in doubt)%'",
+            (delivery_id,),
+        ).fetchone()
+        return int(count)
+
+    def tried(self, campaign_id: int) -> tuple[int, int, str]:
+        """(attempts so far, deferred after a lost connection or a 421, the reply of one of those) of a campaign:
+        what tells a run in which the relay took nothing."""
+        attempts, dropped, reply = self.conn.execute(
+            "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(status = 'deferred' AND (smtp_code IS NULL OR "
+            "smtp_code = 421)), 0), MAX(CASE WHEN status = 'deferred' THEN smtp_reply END) FROM deliveries "
+            "WHERE campaign_id = ?",
+            (campaign_id,),
+        ).fetchone()
+        return int(attempts), int(dropped), reply or ""
+
     def move(
         self, campaign_id: int, old: DeliveryStatus, new: DeliveryStatus, reply: str, now: str, extra: str = ""
     ) -> int:
