@@ -24,15 +24,14 @@ from mailer.delivery_log import DeliveryLog
 from mailer.errors import MailerError
 from mailer.message import BuiltMessage, MessageTemplate
 from mailer.models import Campaign, DeliveryStatus, Recipient
-from mailer.policy import RefusalRun, RetryPolicy, mailbox_unknown
+from mailer.policy import RefusalRun, RetryPolicy, in_doubt, mailbox_unknown
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage
 from mailer.store import Outcome, Partition, StoreBusy, StoreWriteError
-from mailer.store.leases import LeaseLost
+from mailer.store.leases import LeaseLost, taken_over
 
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
 LEASE_SECONDS = 60.0
 RELAY_BACKOFF_MAX = 5.0  # seconds between two tries of an unreachable relay, at most
-IN_DOUBT_CAP = 2  # attempts cut off after DATA (the relay may have each copy) before a recipient is failed
 
 
 @dataclass
@@ -265,11 +264,7 @@ class Engine:
                     self.fatal = self.fatal or problem
                 for outcome, next_attempt in unrecorded:
                     if not self.log.record(outcome, next_attempt):
-                        self.fatal = self.fatal or LeaseLost(
-                            f"delivery {outcome.delivery_id} of campaign {self.campaign.id} was taken over by "
-                            "another run while this one waited for its reply (was this process stopped past its "
-                            "lease?): its outcome stands, and this run stopped before its next message"
-                        )
+                        self.fatal = self.fatal or taken_over(self.campaign.id, outcome.delivery_id)
                 if sending is not None and not self.fatal:
                     attempt = self.log.mark_sending(*sending)  # None: recorded or cancelled since it was read
         except (StoreWriteError, StoreBusy) as exc:
@@ -394,20 +389,11 @@ class Engine:
             text = f"{reply.stage}: {reply.text}"
         if status == DeliveryStatus.DEFERRED:
             attempts, first = self.log.attempt_info(recipient.delivery_id)
-            now = self.clock()
-            in_doubt = reply.connection_lost and reply.stage == Stage.DATA
-            if in_doubt and self.log.in_doubt_attempts(recipient.delivery_id) + 1 >= IN_DOUBT_CAP:
-                # A relay that takes the message and then hangs or drops would get a copy on every retry.
-                status = DeliveryStatus.FAILED
-                text = (
-                    f"in doubt: may have been delivered; not sent again after {IN_DOUBT_CAP} attempts cut off "
-                    f"after DATA; last: {reply.text}"
-                )
-            elif first and self.options.retry.expired(parse_stamp(first), now):
-                status = DeliveryStatus.FAILED
-                text = f"expired after {attempts} attempts; last reply: {reply.text}"
-            else:
-                next_attempt = stamp(self.options.retry.next_attempt(attempts, now))
+            doubts = self.log.in_doubt_attempts(recipient.delivery_id) if in_doubt(reply) else 0
+            status, text, retry_at = self.options.retry.settle(
+                reply, attempts, parse_stamp(first) if first else None, self.clock(), doubts
+            )
+            next_attempt = stamp(retry_at) if retry_at else None
         again = status == DeliveryStatus.FAILED and self.log.requeued_by_pause(recipient.delivery_id)
         paused = self.refusals.add(recipient.delivery_id, reply, again)
         if paused is not None:

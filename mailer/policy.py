@@ -1,6 +1,7 @@
 """What an SMTP reply means for a recipient and for the campaign: when a deferral is tried again (exponential
-backoff with jitter) and when it expires, which refusals say the mailbox does not exist (suppress it), and when
-refusal after refusal with the same words is the relay refusing the campaign (pause it).
+backoff with jitter) and when it expires or has been in doubt too often, which refusals say the mailbox does not
+exist (suppress it), and when refusal after refusal with the same words is the relay refusing the campaign (pause
+it).
 
 Decides only: no clock of its own (times are passed in), no I/O, no sending; engine.py acts on the answers."""
 
@@ -45,6 +46,31 @@ class RetryPolicy:
 
     def next_attempt(self, attempt: int, now: datetime) -> datetime:
         return now + timedelta(seconds=self.delay(attempt))
+
+    def settle(
+        self, reply: Reply, attempts: int, first_attempt: datetime | None, now: datetime, doubts: int = 0
+    ) -> tuple[DeliveryStatus, str, datetime | None]:
+        """What a deferral (attempt number `attempts`; `doubts` earlier attempts in doubt) ends as: deferred with
+        its retry time, or failed, when it has been deferred past the expiry or cut off after DATA once too often
+        (a relay that takes the message and then hangs or drops would get a copy on every retry)."""
+        if in_doubt(reply) and doubts + 1 >= IN_DOUBT_CAP:
+            return (
+                DeliveryStatus.FAILED,
+                f"in doubt: may have been delivered; not sent again after {IN_DOUBT_CAP} attempts cut off after "
+                f"DATA; last: {reply.text}",
+                None,
+            )
+        if first_attempt and self.expired(first_attempt, now):
+            return DeliveryStatus.FAILED, f"expired after {attempts} attempts; last reply: {reply.text}", None
+        return DeliveryStatus.DEFERRED, reply.text, self.next_attempt(attempts, now)
+
+
+IN_DOUBT_CAP = 2  # attempts cut off after DATA (the relay may have each copy) before a recipient is failed
+
+
+def in_doubt(reply: Reply) -> bool:
+    """The connection was lost (or timed out) after DATA began: the relay may have the message."""
+    return reply.connection_lost and reply.stage == Stage.DATA
 
 
 def mailbox_unknown(reply: Reply) -> bool:

@@ -52,7 +52,46 @@ class LogEntry:
 _LOG_COLUMNS = "id, email, name, status, attempts, smtp_code, smtp_reply, message_id, queued, updated, next_attempt"
 
 
-class Deliveries(Repository):
+class DeliveryHistory(Repository):
+    """What a delivery's past says (its attempts and events), asked when an outcome is decided and a run sums up."""
+
+    def attempt_info(self, delivery_id: int) -> tuple[int, str | None]:
+        """(attempts so far, time of the first attempt) of one delivery."""
+        attempts, first = self.conn.execute(
+            "SELECT attempts, first_attempt FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        return int(attempts), first
+
+    def requeued_by_pause(self, delivery_id: int) -> bool:
+        """Whether a pause of the campaign has queued this delivery again before (asked only of a refusal)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM delivery_events WHERE delivery_id = ? AND status = 'queued' AND smtp_reply LIKE ? LIMIT 1",
+            (delivery_id, PAUSE_REQUEUE + "%"),
+        ).fetchone()
+        return row is not None
+
+    def in_doubt_attempts(self, delivery_id: int) -> int:
+        """How many attempts of a delivery were cut off after DATA began (deferred "in doubt")."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM delivery_events WHERE delivery_id = ? AND status = 'deferred' "
+            "AND smtp_reply LIKE '%(delivery in doubt)%'",
+            (delivery_id,),
+        ).fetchone()
+        return int(count)
+
+    def tried(self, campaign_id: int) -> tuple[int, int, str]:
+        """(attempts so far, deferred after a lost connection or a 421, the reply of one of those) of a campaign:
+        what tells a run in which the relay took nothing."""
+        attempts, dropped, reply = self.conn.execute(
+            "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(status = 'deferred' AND (smtp_code IS NULL OR "
+            "smtp_code = 421)), 0), MAX(CASE WHEN status = 'deferred' THEN smtp_reply END) FROM deliveries "
+            "WHERE campaign_id = ?",
+            (campaign_id,),
+        ).fetchone()
+        return int(attempts), int(dropped), reply or ""
+
+
+class Deliveries(DeliveryHistory):
     # ---- the hot path: one session's queue, its `sending` marks and outcomes ------------------------------------
 
     def queued(self, campaign_id: int, part: Partition = (0, 1)) -> Iterator[Recipient]:
@@ -124,13 +163,6 @@ class Deliveries(Repository):
                 email, detail = self._refusal(outcome.delivery_id)
                 self.store.suppressions.suppress_address(email, SuppressionReason.BOUNCED, detail)
         return True
-
-    def attempt_info(self, delivery_id: int) -> tuple[int, str | None]:
-        """(attempts so far, time of the first attempt) of one delivery."""
-        attempts, first = self.conn.execute(
-            "SELECT attempts, first_attempt FROM deliveries WHERE id = ?", (delivery_id,)
-        ).fetchone()
-        return int(attempts), first
 
     def _refusal(self, delivery_id: int) -> tuple[str, str]:
         """The address of a delivery refused at RCPT and the suppression detail that names the refusal (the same
@@ -249,34 +281,6 @@ class Deliveries(Repository):
                 )
                 self.store.suppressions.take_back(email, detail)
         return requeued
-
-    def requeued_by_pause(self, delivery_id: int) -> bool:
-        """Whether a pause of the campaign has queued this delivery again before (asked only of a refusal)."""
-        row = self.conn.execute(
-            "SELECT 1 FROM delivery_events WHERE delivery_id = ? AND status = 'queued' AND smtp_reply LIKE ? LIMIT 1",
-            (delivery_id, PAUSE_REQUEUE + "%"),
-        ).fetchone()
-        return row is not None
-
-    def in_doubt_attempts(self, delivery_id: int) -> int:
-        """How many attempts of a delivery were cut off after DATA began (deferred "in doubt")."""
-        (count,) = self.conn.execute(
-            "SELECT COUNT(*) FROM delivery_events WHERE delivery_id = ? AND status = 'deferred' "
-            "AND smtp_reply LIKE '%(delivery in doubt)%'",
-            (delivery_id,),
-        ).fetchone()
-        return int(count)
-
-    def tried(self, campaign_id: int) -> tuple[int, int, str]:
-        """(attempts so far, deferred after a lost connection or a 421, the reply of one of those) of a campaign:
-        what tells a run in which the relay took nothing."""
-        attempts, dropped, reply = self.conn.execute(
-            "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(status = 'deferred' AND (smtp_code IS NULL OR "
-            "smtp_code = 421)), 0), MAX(CASE WHEN status = 'deferred' THEN smtp_reply END) FROM deliveries "
-            "WHERE campaign_id = ?",
-            (campaign_id,),
-        ).fetchone()
-        return int(attempts), int(dropped), reply or ""
 
     def move(
         self, campaign_id: int, old: DeliveryStatus, new: DeliveryStatus, reply: str, now: str, extra: str = ""

@@ -165,3 +165,12 @@ class Leases(Repository):
             f"this run no longer holds campaign {campaign_id} ({now}; was this process stopped past its "
             "lease?): it stopped before its next message"
         )
+
+
+def taken_over(campaign_id: int, delivery_id: int) -> LeaseLost:
+    """Why a sender stops whose outcome found its row changed by another run (Deliveries.record)."""
+    return LeaseLost(
+        f"delivery {delivery_id} of campaign {campaign_id} was taken over by another run while this one waited "
+        "for its reply (was this process stopped past its lease?): its outcome stands, and this run stopped "
+        "before its next message"
+    )
