@@ -30,7 +30,7 @@ from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError, SMTPUnavailable
 from mailer.exit_codes import ExitCode
 from mailer.message import MessageTemplate
-from mailer.models import Campaign, DeliveryStatus, Recipient, SendSummary
+from mailer.models import Campaign, CampaignState, DeliveryStatus, Recipient, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
@@ -105,6 +105,11 @@ async def deliver_campaign(
     started = time.monotonic() if started is None else started
     refuse_cancelled(campaign)
     owner = store.leases.acquire(campaign.id, options.lease_seconds)
+    try:
+        store.campaigns.start(campaign.id)  # a paused campaign is refused: only `resume` lifts an operator's pause
+    except MailerError:
+        store.leases.release(campaign.id, owner)
+        raise
     stop = stop or asyncio.Event()
     lost: list[MailerError] = []
     renew = asyncio.create_task(_keep_lease(store, campaign.id, owner, options.lease_seconds, stop, lost))
@@ -143,8 +148,19 @@ async def deliver_campaign(
         with contextlib.suppress(StoreWriteError, StoreBusy):  # the summary says why; the lease expires
             store.leases.release(campaign.id, owner)
     stopped = stopped or (lost[0] if lost else None)
+    state = store.campaigns.state(campaign.id)
+    if state is CampaignState.CANCELLED:  # cancelled under this sender (the ops console): the rest is skipped
+        notes.append(
+            f"campaign {campaign.id} was cancelled while it was sent; {store.campaigns.skip_rest(campaign.id)} "
+            "recipient(s) left unsent were skipped"
+        )
+    elif state is CampaignState.PAUSED:
+        notes.append(
+            f"campaign {campaign.id} is paused; once resumed ('mailer campaigns resume {campaign.id}') "
+            f"send the rest with: mailer retry {campaign.id}"
+        )
     counts = store.deliveries.counts(campaign.id)
-    if stopped is None and not stop.is_set():
+    if stopped is None and not stop.is_set() and state is not CampaignState.PAUSED:
         stopped = _nothing_taken(store, campaign.id, before, counts, tried_before)
     unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
     if not unfinished and not stopped:
@@ -170,7 +186,7 @@ async def deliver_campaign(
         interrupted=stop.is_set() and not stopped,
         warnings=notes,
     )
-    if summary.interrupted:  # what is left, and the command that sends it
+    if summary.interrupted and state is not CampaignState.PAUSED:  # what is left, and the command that sends it
         stopped = MailerError("interrupted")
         stopped.exit_code = ExitCode.INTERRUPTED
     if stopped is not None:

@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 
 from mailer.campaign import template_for_campaign
 from mailer.delivery_log import CampaignLog
-from mailer.engine import Engine, Lease, ProgressSink, SendOptions, pause
+from mailer.engine import Engine, Lease, ProgressSink, SendOptions
 from mailer.errors import MailerError, SMTPUnavailable
 from mailer.exit_codes import ExitCode
 from mailer.message import MessageSigner, MessageTemplate
 from mailer.models import Campaign, DeliveryStatus
+from mailer.pacing import pause
 from mailer.policy import CampaignPaused
 from mailer.smtp import SMTPSettings
 from mailer.store import DatabaseError, Partition, Store, StoreBusy, StoreWriteError, describe_database_error

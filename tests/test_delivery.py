@@ -32,7 +32,8 @@ from mailer.campaign import open_campaign, prepare_issue
 from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
-from mailer.engine import Engine, Lease, RateLimiter, SendOptions
+from mailer.engine import Engine, Lease, SendOptions
+from mailer.pacing import RateLimiter
 from mailer.send import _keep_lease, send_issue
 from mailer.smtp import relays
 from mailer.store import Store, holder_state, lease_owner

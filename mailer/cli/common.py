@@ -208,7 +208,8 @@ def finish_send(summary: SendSummary) -> None:
         err().print(f"warning: {warning}", markup=False, highlight=False)
     out().print(summary_line(summary), markup=False, highlight=False)
     if summary.interrupted:  # Ctrl-C or SIGTERM: not an error, but say what is left and how it goes on
-        err().print(summary.stopped.replace("interrupted; ", "interrupted: ", 1), markup=False, soft_wrap=True)
+        line = summary.stopped.replace("interrupted; ", "interrupted: ", 1) or "interrupted"
+        err().print(line, markup=False, soft_wrap=True)
         raise typer.Exit(ExitCode.INTERRUPTED)
     if summary.stopped:
         err().print(f"error: {summary.stopped}", markup=False, highlight=False, soft_wrap=True)
