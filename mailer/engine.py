@@ -153,6 +153,7 @@ class Engine:
         self.transport = transport
         self.fatal: MailerError | None = None
         self.refusals = RefusalRun(options.pause_after)
+        self.marks = 0  # messages marked `sending` by this run: the order in which they left
         self.relay_grace = RelayGrace(options.relay_grace, monotonic, self.progress.note)
         self.hold = Hold(log, self.stop, options.state_poll)
         self.interrupt = self.hold.interrupt  # ends every wait of the run (rate slot, retry time, relay backoff)
@@ -256,6 +257,7 @@ class Engine:
                 # Paused or cancelled (self.hold.state): the next recipient stays queued.
                 if sending is not None and not self.fatal and self.hold.state is None:
                     attempt = self.log.mark_sending(*sending)  # None: recorded or cancelled since it was read
+                    self.marks += attempt is not None
         except (StoreWriteError, StoreBusy) as exc:
             # Rolled back: the outcomes stay unknown to the database (their rows in `sending`, in doubt, sent
             # again on resume) and the next message is not marked, so it does not leave.
@@ -302,6 +304,7 @@ class Engine:
             attempt = self._commit(unrecorded, (recipient.delivery_id, message.message_id))
             if attempt is None:
                 return
+            order = self.marks
             try:
                 reply = await session.send(message)
             except RelayUnreachable as exc:
@@ -319,6 +322,7 @@ class Engine:
                             message,
                             Reply(DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True),
                             attempt,
+                            order,
                         )
                     )
                 else:
@@ -336,7 +340,7 @@ class Engine:
                 self.fatal = self.fatal or exc
                 return
             self.relay_grace.since = None
-            unrecorded.append(self._outcome(recipient, message, reply, attempt))
+            unrecorded.append(self._outcome(recipient, message, reply, attempt, order))
             return
 
     async def _connect(self, session: SMTPSession) -> bool:
@@ -347,7 +351,7 @@ class Engine:
         return problem is None and session.connected
 
     def _outcome(
-        self, recipient: Recipient, message: BuiltMessage, reply: Reply, attempt: int
+        self, recipient: Recipient, message: BuiltMessage, reply: Reply, attempt: int, order: int | None = None
     ) -> tuple[Outcome, str | None]:
         """What to record for one SMTP reply, and the retry time of a deferral."""
         status, text, next_attempt = reply.status, reply.text, None
@@ -361,7 +365,7 @@ class Engine:
             )
             next_attempt = stamp(retry_at) if retry_at else None
         again = status == DeliveryStatus.FAILED and self.log.requeued_by_pause(recipient.delivery_id)
-        paused = self.refusals.add(recipient.delivery_id, reply, again)
+        paused = self.refusals.add(recipient.delivery_id, reply, again, order)
         if paused is not None:
             self.fatal = paused
         self.progress.advance(status, recipient.email)

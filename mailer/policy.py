@@ -100,29 +100,34 @@ class RefusalRun:
     refused again if its mailbox really is gone, and counting it again would pause every resume on the same dead
     mailboxes. It is held instead: should the run pause, it goes back to the queue with the rest (its suppression
     taken back); once anything else (a message accepted, another reply) ends the run of refusals, its refusal
-    stands."""
+    stands. Only a message that left after the run began ends it: with several sessions, one accepted message that
+    was in flight when the relay began refusing would otherwise let the first refusals stand (and suppress)."""
 
     limit: int  # 0: never pause
     key: str | None = None
     delivery_ids: list[int] = field(default_factory=list)  # the refusals counted in this run
     held: list[int] = field(default_factory=list)  # refused again after a pause: requeued only if this run pauses
     paused: CampaignPaused | None = None
+    began: int = 0  # the order (Engine: its count of `sending` marks) of the message that began this run
 
     @property
     def requeue(self) -> list[int]:
         """Who goes back to the queue when the campaign paused."""
         return [*self.held, *self.delivery_ids]
 
-    def add(self, delivery_id: int, reply: Reply, again: bool = False) -> CampaignPaused | None:
-        """Count one reply (`again`: the recipient was queued again by a pause before); the CampaignPaused to stop
-        with when this reply made the run long enough."""
+    def add(
+        self, delivery_id: int, reply: Reply, again: bool = False, order: int | None = None
+    ) -> CampaignPaused | None:
+        """Count one reply (`again`: the recipient was queued again by a pause before; `order`: when its message
+        left, in sending order); the CampaignPaused to stop with when this reply made the run long enough."""
+        ends_run = self.paused is None and (order is None or order > self.began)
         if reply.status == DeliveryStatus.FAILED and reply.code is not None:
             this = reply_group(reply.code, reply.text)
-            if this != self.key and self.paused is None:
-                self.key, self.delivery_ids, self.held = this, [], []
+            if this != self.key and ends_run:
+                self.key, self.delivery_ids, self.held, self.began = this, [], [], order or 0
             if this == self.key:
                 (self.held if again else self.delivery_ids).append(delivery_id)
-        elif self.paused is None:
+        elif ends_run:
             self.key, self.delivery_ids, self.held = None, [], []
         if self.limit and len(self.delivery_ids) >= self.limit and self.key and self.paused is None:
             self.paused = CampaignPaused(

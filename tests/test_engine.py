@@ -55,6 +55,10 @@ class FakeSession:
     async def send(self, message: BuiltMessage) -> Reply:
         self.relay.sent.append(message.rcpt_to)
         self.sent_on_session += 1
+        held = self.relay.hold.get(message.rcpt_to)
+        if held is not None:
+            await held.wait()  # the relay takes its time over this one
+        await asyncio.sleep(0)  # as a real session: the others go on meanwhile
         return self.relay.answer(message.rcpt_to)
 
     async def close(self) -> None:
@@ -64,6 +68,7 @@ class FakeSession:
 class FakeRelay:
     def __init__(self, answer: Callable[[str], Reply] = lambda rcpt: classify(250, "2.0.0 Ok", Stage.END_OF_DATA)):
         self.answer = answer
+        self.hold: dict[str, asyncio.Event] = {}  # recipients whose reply waits for the event
         self.down = False
         self.opened = 0
         self.sent: list[str] = []
@@ -397,3 +402,31 @@ async def test_a_cancel_under_the_sender_stops_it_before_its_next_message(store:
     assert store.campaigns.skip_rest(campaign.id) == 3  # what the sender does on its way out (send.py)
     assert sorted(statuses(store, campaign).values()) == ["sent", "sent", "skipped", "skipped", "skipped"]
     assert store.campaigns.state(campaign.id) == "cancelled"
+
+
+async def test_a_message_accepted_late_does_not_end_a_run_of_refusals_that_began_after_it_left(
+    store: Store, config: Config
+) -> None:
+    """Four sessions; the relay begins refusing everyone at r06 while r05 is still in flight. r05's 250 arrives
+    after the first refusals: it must not reset the run (before, those first refusals stood and were suppressed)."""
+    emails = [f"r{i:02d}@example.org" for i in range(40)]
+    add(store, *emails)
+    refused: list[str] = []
+    late = asyncio.Event()
+
+    def answer(rcpt: str) -> Reply:
+        if rcpt <= emails[5]:
+            return classify(250, "2.0.0 Ok", Stage.END_OF_DATA)
+        refused.append(rcpt)
+        if len(refused) == 3:
+            late.set()  # r05's reply comes now, in the middle of the refusals
+        return classify(550, f"5.1.1 <{rcpt}>: Recipient address rejected: User unknown", Stage.RCPT)
+
+    relay = FakeRelay(answer)
+    relay.hold[emails[5]] = late
+    with pytest.raises(CampaignPaused):
+        await run_engine(store, config, relay, FakeClock(), concurrency=4, pause_after=10)
+    final = statuses(store, store.campaigns.get(1))
+    assert "failed" not in final.values()  # every refusal went back to the queue with the pause
+    assert store.suppressions.all() == []
+    assert final[emails[5]] == "sent"
