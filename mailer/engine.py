@@ -316,15 +316,8 @@ class Engine:
                 continue
             except SessionRefused as exc:
                 if exc.in_doubt:  # the relay may have the message: deferred, retried with the same Message-ID
-                    unrecorded.append(
-                        self._outcome(
-                            recipient,
-                            message,
-                            Reply(DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True),
-                            attempt,
-                            order,
-                        )
-                    )
+                    doubt = Reply(DeliveryStatus.DEFERRED, None, f"{exc} (delivery in doubt)", Stage.DATA, True)
+                    unrecorded.append(self._outcome(recipient, message, doubt, attempt, order))
                 else:
                     unrecorded.append(
                         (Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc), attempt=attempt), None)
