@@ -36,13 +36,16 @@ from mailer.render.issue import (
     PH_ATTR,
     PH_EMAIL,
     PH_NAME,
+    PH_PREFERENCES,
     PH_UNSUBSCRIBE,
+    PH_VIEW,
     PLACEHOLDER_RE,
     InlineImage,
     ListContext,
     ReadFile,
     RenderedIssue,
     Section,
+    WebEdition,
     attr_placeholder_keys,
     substitute,
 )
@@ -67,6 +70,7 @@ __all__ = [
     "ListContext",
     "RenderedIssue",
     "Section",
+    "WebEdition",
     "attr_placeholder_keys",
     "builtin_layouts",
     "image_type",
@@ -169,6 +173,22 @@ class _RecipientFields:
         if key not in self._keys:
             self._keys.append(key)
         return PH_ATTR.format(self._keys.index(key))
+
+
+class _NeutralReader:
+    """The reader of a web edition: nobody. Every field is blank, so a layout's own default shows
+    (`{{ subscriber.city or "各地" }}`) and no personal value can reach a public page."""
+
+    name = ""
+    email = ""
+
+    def __getattr__(self, key: str) -> str:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return ""
+
+    def __getitem__(self, key: str) -> str:
+        return ""
 
 
 def _markdown() -> MarkdownIt:
@@ -315,16 +335,22 @@ def render_issue(
     read_file: ReadFile | None = None,
     given: Mapping[str, Any] | None = None,
     theme: Theme | None = None,
+    *,
+    edition: WebEdition | None = None,
+    view_link: bool = True,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
     `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`.
     `given` sets front-matter values as data (a confirmation mail's subject naming the list).
-    `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
+    `theme`: the colours, logo and footer lines of mailer.toml's [theme].
+    `edition`: render the web edition (a neutral reader, no personal links) instead of the mail.
+    `view_link`: the mail links to its web edition ("view in browser"); not a confirmation mail, which has none."""
     list_ctx = list_ctx or ListContext()
     parsed, body = split_front_matter(source, origin, given)
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
+    reader: _RecipientFields | _NeutralReader = recipient if edition is None else _NeutralReader()
     lang = str(meta.get("lang") or list_ctx.lang or "zh").strip().lower()
     if lang not in tuple(Lang):
         # The layouts' own words (greeting, headings, footer) exist in these; any other value printed the English
@@ -341,8 +367,13 @@ def render_issue(
         "list_title": list_title,
         "list_name": list_ctx.name,
         "meta": meta,
-        "subscriber": recipient,
-        "unsubscribe_url": PH_UNSUBSCRIBE,
+        "subscriber": reader,
+        "unsubscribe_url": PH_UNSUBSCRIBE if edition is None else "",
+        "preferences_url": PH_PREFERENCES if edition is None else "",
+        "view_url": PH_VIEW if edition is None and view_link else "",
+        "web": edition is not None,
+        "signup_url": edition.signup_url if edition else "",
+        "archive_url": edition.archive_url if edition else "",
         "theme": layout_theme,
     }
     try:
