@@ -214,3 +214,28 @@ class LiveWeb:
 def web_config(config: Config, smtp: CaptureServer, url: str) -> Config:
     """The test config pointed at the capture SMTP server, with links to the live web server."""
     return config.with_overrides(smtp_host="127.0.0.1", smtp_port=smtp.port, base_url=url)
+
+
+def send_issue(run_cli, issue: Path, list_name: str, smtp: CaptureServer, base_url: str, *extra: str):  # type: ignore[no-untyped-def]
+    """`mailer send ISSUE --list L --yes` to the capture server, with links to `base_url`; asserts it worked."""
+    result = run_cli(
+        "send",
+        str(issue),
+        "--list",
+        list_name,
+        "--yes",
+        "--smtp-port",
+        str(smtp.port),
+        *extra,
+        env={"MAILER_BASE_URL": base_url},
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def write_issue(folder: Path, name: str, subject: str, body: str, **meta: str) -> Path:
+    """An issue file with this front matter (subject, then `meta`) and body."""
+    lines = ["---", f'subject: "{subject}"', *(f'{key}: "{value}"' for key, value in meta.items()), "---", body]
+    path = folder / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
