@@ -75,6 +75,7 @@ TEXT: dict[str, dict[str, str]] = {
         "link_sent_heading": "请查收邮件",
         "link_sent": "如果 {addr} 订阅了我们的邮件，我们已经把订阅设置链接发给它。链接一年内有效。",
         "link_get_new": "获取新的订阅设置链接",
+        "link_limited": "这台设备索取链接的次数太多了，请过一会儿再试。",
         "archive_heading": "「{title}」往期",
         "archive_intro": "共 {count} 期，最新的在前。",
         "archive_empty": "还没有往期。",
@@ -144,6 +145,7 @@ TEXT: dict[str, dict[str, str]] = {
         "link_sent": "If {addr} is on one of our lists, the link to its subscriptions is on its way. It works for a "
         "year.",
         "link_get_new": "Get a new link to your subscriptions",
+        "link_limited": "Too many links were asked for from this device. Please try again later.",
         "archive_heading": "{title}: past issues",
         "archive_intro": "{count} issues, newest first.",
         "archive_empty": "No issues yet.",

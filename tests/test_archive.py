@@ -227,3 +227,32 @@ def test_embedded_images_travel_with_the_web_edition(archive: Archive) -> None:
     assert src.startswith("pics/") and "cid:" not in page.text
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content == (archive.tmp_path / "images" / "chart.png").read_bytes()
+
+
+def test_pages_take_the_workspaces_layouts_and_theme(
+    config: Config, store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:  # type: ignore[no-untyped-def]
+    from mailer.models import Theme
+    from mailer.render import builtin_layouts
+    from mailer.subscriptions import add_subscriber
+
+    (tmp_path / "mailer.toml").write_text('[theme]\naccent = "#7a1f5c"\n', encoding="utf-8")
+    (tmp_path / "templates" / "web").mkdir(parents=True)
+    css = dict(builtin_layouts())["web/page.css.j2"].decode()
+    (tmp_path / "templates" / "web" / "page.css.j2").write_text("/* OUR STYLE */\n" + css, encoding="utf-8")
+    add_subscriber(store, "bulletin", "ann.lee@example.org", "Ann Lee")
+    store.lists.set_flags("bulletin", archive=True)
+
+    def make(url: str) -> object:
+        themed = web_config(config, smtp_server, url).with_overrides(
+            theme=Theme(accent="#7a1f5c"), templates=tmp_path / "templates"
+        )
+        return create_app(themed)
+
+    with LiveWeb(make) as live:
+        send_issue(run_cli, write_issue(tmp_path, "n1", "第1期", "Hello.\n"), "bulletin", smtp_server, live.url)
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            index, edition, ask = http.get("/a/bulletin/"), http.get("/a/bulletin/n1"), http.get("/p/")
+    for page in (index, ask):
+        assert page.status_code == 200 and "/* OUR STYLE */" in page.text and "#7a1f5c" in page.text
+    assert edition.status_code == 200 and "#7a1f5c" in edition.text  # the issue layout with [theme], as mailed

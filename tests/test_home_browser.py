@@ -54,7 +54,10 @@ def csp_violations(page: Any) -> list[str]:
 
 
 def test_preferences_from_a_sent_issue_switch_lists_and_language(
-    browser: Any, site: Config, store: Store, smtp_server: CaptureServer
+    browser: Any,  # noqa: F811 (the fixture of test_browser)
+    site: Config,
+    store: Store,
+    smtp_server: CaptureServer,
 ) -> None:
     send_now(store, site, SAMPLE_ISSUE, "bulletin")
     [mail] = smtp_server.received
@@ -96,7 +99,12 @@ def test_preferences_from_a_sent_issue_switch_lists_and_language(
 
 @pytest.mark.parametrize(("width", "name"), [(1200, "desktop"), (390, "mobile")])
 def test_view_in_browser_and_the_archive_at_both_widths(
-    browser: Any, site: Config, store: Store, smtp_server: CaptureServer, width: int, name: str
+    browser: Any,  # noqa: F811 (the fixture of test_browser)
+    site: Config,
+    store: Store,
+    smtp_server: CaptureServer,
+    width: int,
+    name: str,
 ) -> None:
     send_now(store, site, SAMPLE_ISSUE, "bulletin")
     [mail] = smtp_server.received

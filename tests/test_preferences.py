@@ -26,7 +26,7 @@ from mailer.subscriptions import SignupLimits, add_subscriber, create_list
 from mailer.tokens import TokenKind, make_token
 from mailer.web import create_app
 from mailer.web.endpoints import WebApp
-from tests.conftest import LiveWeb, send_issue, web_config, write_issue
+from tests.conftest import LiveWeb, dkim_signed_web, dkim_verifies, send_issue, web_config, write_issue
 
 PREFS_LINK = re.compile(r"https?://[^\s\"'<>]+/p/[a-z0-9]+")
 
@@ -285,36 +285,12 @@ def test_send_me_my_link_needs_our_form(home: Home) -> None:
 
 
 def test_the_link_mail_is_dkim_signed(config: Config, store: Store, smtp_server: CaptureServer, tmp_path: Path) -> None:
-    import dkim as dkimpy
-
-    from mailer.dkim import Signer, generate_key
-
     add_subscriber(store, "bulletin", "ann@example.org", "Ann")
-    generate_key("news2026", "example.org", tmp_path / "keys")
-    key = tmp_path / "keys" / "news2026._domainkey.example.org.pem"
-    signer = Signer.from_file(key, "news2026", "example.org")
-    holder: list[Any] = []
-
-    def make(url: str) -> object:
-        signed = web_config(config, smtp_server, url).with_overrides(
-            dkim_key=str(key), dkim_selector="news2026", dkim_domain="example.org"
-        )
-        holder.append(create_app(signed))
-        return holder[0]
-
-    with LiveWeb(make) as live, httpx.Client(base_url=live.url, timeout=10) as http:
+    with dkim_signed_web(config, smtp_server, tmp_path) as (http, settle):
         _ask(http, "ann@example.org")
-        deadline = time.monotonic() + 10
-        while holder[0].state.web.pending and time.monotonic() < deadline:
-            time.sleep(0.01)
+        settle()
     [mail] = smtp_server.received
-
-    def dns(name: bytes, timeout: int = 5) -> bytes | None:
-        if name.decode().rstrip(".") == "news2026._domainkey.example.org":
-            return f"v=DKIM1; k=rsa; p={signer.public_key}".encode()
-        return None
-
-    assert mail.data.startswith(b"DKIM-Signature:") and dkimpy.verify(mail.data, dnsfunc=dns)
+    assert dkim_verifies(mail.data, tmp_path)
 
 
 def test_confirmation_mails_link_to_the_page_too(home: Home) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mailer.models import MailingList, Subscriber
 from mailer.store.connection import Repository
 from mailer.store.lists import _LIST_COLUMNS, _SUBSCRIBER_COLUMNS, _list, _subscriber
+from mailer.store.signups import forget_last_mail, request_counts
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,7 @@ class People(Repository):
 
     def link_counts(self, email: str, client: str, since: str) -> tuple[int, int]:
         """(link mails sent to `email`, requests made from `client`) since a time."""
-        (mailed,) = self.conn.execute(
-            "SELECT COUNT(*) FROM link_requests WHERE email = ? AND mailed = 1 AND at >= ?", (email, since)
-        ).fetchone()
-        (asked,) = self.conn.execute(
-            "SELECT COUNT(*) FROM link_requests WHERE client = ? AND at >= ?", (client, since)
-        ).fetchone()
-        return int(mailed), int(asked)
+        return request_counts(self.conn, "link_requests", email, client, since)
 
     def last_link_mail(self, email: str) -> str | None:
         (at,) = self.conn.execute(
@@ -109,7 +104,4 @@ class People(Repository):
 
     def forget_last_link_mail(self, email: str) -> None:
         """The latest link mail could not be sent: it does not count against the address."""
-        self.conn.execute(
-            "UPDATE link_requests SET mailed = 0 WHERE id = (SELECT MAX(id) FROM link_requests WHERE email = ?)",
-            (email,),
-        )
+        forget_last_mail(self.conn, "link_requests", email)

@@ -222,7 +222,7 @@ class PreferencesEndpoints:
         except AddressError:
             return await self._link_form(lang, status=400, error=said["signup_bad_email"], email=email)
         if asked.outcome == SignupOutcome.LIMITED:
-            return self.web.pages.page(lang, said["limited_heading"], [said["limited"]], status=429)
+            return self.web.pages.page(lang, said["limited_heading"], [said["link_limited"]], status=429)
         if asked.outcome == SignupOutcome.MAIL and asked.mailing_list is not None and asked.subscriber is not None:
             config = self.web.config
             message = build_link_mail(
