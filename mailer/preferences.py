@@ -106,7 +106,8 @@ def open_preferences(store: Store, secret: bytes, token: str, now: datetime) -> 
 
 def _rotate(store: Store, secret: bytes, prefs: Preferences, now: datetime) -> str:
     """Every earlier link of this address stops working; the new one (made at that moment) goes on."""
-    valid_from = int(now.timestamp()) + 1
+    # Past the previous rotation too: two changes within one second must still retire the link of the first.
+    valid_from = max(int(now.timestamp()), store.people.get(prefs.email).links_valid_from) + 1
     store.people.rotate_links(prefs.email, valid_from)
     return preferences_token(secret, prefs.subscriber, valid_from)
 

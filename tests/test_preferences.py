@@ -157,6 +157,18 @@ def test_saving_joins_leaves_renames_and_rotates_the_link(home: Home) -> None:
     assert home.store.people.get("zhang.wei@example.org").lang == "en"
 
 
+def test_each_change_retires_the_link_it_was_made_with_even_within_a_second(home: Home) -> None:
+    home.clock[0] = timedelta(seconds=0.001 - time.time() % 1)  # early in a second: the saves below share it
+    links = [home.token("ann@example.org")]
+    with home.client() as http:
+        for lang in ("en", "zh", "en"):
+            saved = _save(http, links[-1], list=["bulletin"], lang=lang)
+            assert saved.status_code == 303
+            links.append(saved.headers["location"].split("?")[0].removeprefix("/p/"))
+        answers = [http.get(f"/p/{token}").status_code for token in links]
+    assert len(set(links)) == 4 and answers == [400, 400, 400, 200]
+
+
 def test_a_list_that_is_not_shown_cannot_be_joined(home: Home) -> None:
     with home.client() as http:
         assert _save(http, home.token("ann@example.org"), list=["bulletin", "internal"]).status_code == 303
