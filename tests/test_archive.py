@@ -256,3 +256,14 @@ def test_pages_take_the_workspaces_layouts_and_theme(
     for page in (index, ask):
         assert page.status_code == 200 and "/* OUR STYLE */" in page.text and "#7a1f5c" in page.text
     assert edition.status_code == 200 and "#7a1f5c" in edition.text  # the issue layout with [theme], as mailed
+
+
+def test_archive_build_into_a_file_is_one_error_line(archive: Archive) -> None:
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    archive.send("n1", "第1期")
+    blocker = archive.tmp_path / "site"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    result = archive.run_cli("archive", "build", "bulletin", "-o", str(blocker))
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write the archive to {blocker}: "), line
