@@ -98,7 +98,7 @@ def open_preferences(store: Store, secret: bytes, token: str, now: datetime) -> 
         subscriber,
         home,
         choices,
-        store.subscribers.by_id(subscriber.id).name,
+        subscriber.name,
         person.lang,
         store.suppressions.is_suppressed(subscriber.email),
     )
