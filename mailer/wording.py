@@ -56,6 +56,7 @@ TEXT: dict[str, dict[str, str]] = {
         "prefs_lists": "邮件列表",
         "prefs_status_pending": "待确认",
         "prefs_status_bounced": "无法投递，暂停发送",
+        "prefs_suppressed": "发往这个地址的邮件被退回或被标为垃圾邮件，我们已停止向它发送；地址修复后请联系我们恢复。",
         "prefs_name": "称呼",
         "prefs_lang": "页面和通知的语言",
         "prefs_lang_default": "跟随各列表",
@@ -124,6 +125,8 @@ TEXT: dict[str, dict[str, str]] = {
         "prefs_lists": "Mailing lists",
         "prefs_status_pending": "awaiting confirmation",
         "prefs_status_bounced": "undeliverable, paused",
+        "prefs_suppressed": "Mail to this address bounced or was reported as spam, so we stopped sending to it; once "
+        "the address works again, ask us to resume.",
         "prefs_name": "Your name",
         "prefs_lang": "Language of these pages and our notices",
         "prefs_lang_default": "each list's own",

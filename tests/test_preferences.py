@@ -177,6 +177,21 @@ def test_a_list_that_is_not_shown_cannot_be_joined(home: Home) -> None:
     ).fetchone() == (0,)
 
 
+def test_a_suppressed_address_sees_why_and_joins_nothing(home: Home) -> None:
+    from mailer.models import SuppressionReason
+
+    home.store.suppressions.suppress_address("ann@example.org", SuppressionReason.BOUNCED, "550 5.1.1")
+    with home.client() as http:
+        page = http.get(f"/p/{home.token('ann@example.org')}")
+        assert page.status_code == 200 and "bounced or was reported as spam" not in page.text  # the page is zh
+        assert "被退回" in page.text and re.search(r'value="weekly" disabled', page.text)
+        assert _save(http, home.token("ann@example.org"), list=["bulletin", "weekly"]).status_code == 303
+    assert home.store.conn.execute("SELECT COUNT(*) FROM joins").fetchone() == (0,)
+    assert home.store.conn.execute(
+        "SELECT COUNT(*) FROM subscribers WHERE email = 'ann@example.org' AND status = 'active'"
+    ).fetchone() == (0,)
+
+
 def test_unsubscribe_from_everything(home: Home) -> None:
     home.store.people.join(home.store.lists.get("weekly").id, "ann@example.org", "Ann", "test")
     token = home.token("ann@example.org")
@@ -315,3 +330,12 @@ def test_confirmation_mails_link_to_the_page_too(home: Home) -> None:
     with home.client() as http:
         shown = http.get(link.removeprefix(home.url))
     assert shown.status_code == 200 and "awaiting confirmation" in shown.text
+
+
+def test_the_access_log_never_writes_a_preferences_token(home: Home, caplog: pytest.LogCaptureFixture) -> None:
+    token = home.token("ann@example.org")
+    with caplog.at_level("INFO", logger="mailer.web"), home.client() as http:
+        http.get(f"/p/{token}")
+        http.post(f"/p/{token}", data={"action": "leave"})
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "GET /p/… 200" in logged and "POST /p/… 403" in logged and token not in logged

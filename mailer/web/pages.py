@@ -25,6 +25,7 @@ SAMPLE_PAGES: dict[str, dict[str, Any]] = {
         "heading": "heading",
         "intro": "intro",
         "notice": "notice",
+        "warning": "warning",
         "action": "/p/token",
         "form_token": "token",
         "lists_label": "lists",

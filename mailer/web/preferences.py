@@ -109,6 +109,7 @@ class PreferencesEndpoints:
             "lang": lang,
             "heading": said["prefs_heading"],
             "intro": said["prefs_intro"].format(addr=mask_address(prefs.email)),
+            "warning": said["prefs_suppressed"] if prefs.suppressed else "",
             "notice": notice,
             "action": f"/p/{token}",
             "form_token": form_token,
