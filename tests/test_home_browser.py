@@ -86,9 +86,13 @@ def test_preferences_from_a_sent_issue_switch_lists_and_language(
     assert (bulletin.status, weekly.status) == (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.ACTIVE)
     assert weekly.name == "张老师" and store.people.get("zhang.wei@example.org").lang == "en"
 
+    phone = browser.new_page(viewport={"width": 390, "height": 800})
+    phone.goto(page.url)  # the page under its new link, on a phone
+    assert phone.locator("h1").inner_text() == "Your subscriptions"
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(phone, "preferences-en-mobile.png")
     page.goto(link)  # the issue's link was used for a change: it has been replaced
     assert page.locator("h1").inner_text() in ("链接已过期", "This link has expired")
-    phone = browser.new_page(viewport={"width": 390, "height": 800})
     phone.goto(f"{site.base_url}/p/")
     shot(phone, "send-me-my-link-mobile.png")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390

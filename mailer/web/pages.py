@@ -33,6 +33,7 @@ SAMPLE_PAGES: dict[str, dict[str, Any]] = {
         "name": {"label": "name", "value": "name"},
         "language": {"label": "language", "value": "", "options": [("", "default"), ("zh", "中文")]},
         "save": "save",
+        "ask": {"href": "/p/", "text": "ask"},
         "leave": {"heading": "heading", "intro": "intro", "button": "button"},
     },
     "archive.html.j2": {

@@ -122,6 +122,7 @@ class PreferencesEndpoints:
                 "options": [("", said["prefs_lang_default"])] + [(code, LANG_NAMES[code]) for code in Lang],
             },
             "save": said["prefs_save"],
+            "ask": {"href": "/p/", "text": said["link_get_new"]},
             "leave": {
                 "heading": said["prefs_leave_heading"],
                 "intro": said["prefs_leave_intro"],
