@@ -304,11 +304,13 @@ def test_send_me_my_link_is_rate_limited_like_sign_ups(home: Home) -> None:
     assert len(home.smtp.received) == 2
 
 
-def test_send_me_my_link_needs_our_form(home: Home) -> None:
+def test_send_me_my_link_needs_our_form_and_its_get_changes_nothing(home: Home) -> None:
     with home.client() as http:
+        shown = [http.get("/p/").status_code for _ in range(3)]
         bare = http.post("/p/", data={"email": "ann@example.org"})
     home.settle()
-    assert bare.status_code == 403 and home.smtp.received == []
+    assert shown == [200, 200, 200] and bare.status_code == 403 and home.smtp.received == []
+    assert home.store.conn.execute("SELECT COUNT(*) FROM link_requests").fetchone() == (0,)
 
 
 def test_the_link_mail_is_dkim_signed(config: Config, store: Store, smtp_server: CaptureServer, tmp_path: Path) -> None:
