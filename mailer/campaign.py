@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailer.attachments import Attachment
 from mailer.checks import image_source_warnings
 from mailer.config import Config
 from mailer.errors import MailerError, TemplateError, UsageError
@@ -67,6 +68,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
         read_file=issue_file_reader(issue_path),
         templates_dir=config.templates,
         theme=config.theme_for(mailing_list.name),
+        attachment_limit=config.attachment_limit,
     )
     warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
@@ -124,7 +126,8 @@ def read_issue_file(path: Path) -> str:
 
 
 def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
-    """Reads files the issue names (its `images: cid` images), relative to its folder and never outside it."""
+    """Reads files the issue names (its `images: cid` images, its attachments), relative to its folder and never
+    outside it."""
     folder = Path(issue_path).resolve().parent
 
     def read(name: str) -> bytes:
@@ -163,13 +166,26 @@ def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
             }
             for i in issue.images
         ],
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "data": base64.b64encode(a.data).decode("ascii")}
+            for a in issue.attachments
+        ],
+        "content_parts": [list(part) for part in issue.content_parts],
     }
 
 
 def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
     images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
+    attachments = tuple(Attachment(**{**a, "data": base64.b64decode(a["data"])}) for a in data.get("attachments", ()))
     return RenderedIssue(
-        **{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]), "images": images}
+        **{
+            **data,
+            "attr_keys": tuple(data["attr_keys"]),
+            "sections": tuple(data["sections"]),
+            "images": images,
+            "attachments": attachments,
+            "content_parts": tuple(tuple(part) for part in data.get("content_parts", ())),
+        }
     )
 
 
