@@ -37,9 +37,11 @@ class Attachment:
 
 
 def _clean_name(written: str) -> str:
-    """The file's own name (no folders), without controls or quotes that would break the header."""
+    """The file's own name (no folders), without controls or quotes that would break the header, nor angle
+    brackets: the email package reads `<x>` as x in a quoted name (email.utils.unquote), and Windows cannot save
+    a file named with them."""
     name = unicodedata.normalize("NFC", written.replace("\\", "/").rsplit("/", 1)[-1])
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch not in '"')
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch not in '"<>')
     return name.strip() or "attachment"
 
 

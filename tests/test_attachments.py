@@ -16,6 +16,8 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import mailer.message
@@ -78,6 +80,18 @@ def test_a_name_in_any_script_parses_back_with_the_same_bytes(name: str) -> None
     assert part.get_filename() == name
     assert part.get_payload(decode=True) == PDF
     assert part.get_content_disposition() == "attachment"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=200).filter(lambda n: n.strip() and "/" not in n and "\\" not in n))
+@example("<>")  # the email package reads a quoted "<x>" as x (email.utils.unquote): an empty name
+@example("<draft>")
+def test_any_file_name_parses_back_as_written_within_78_columns(name: str) -> None:
+    [attachment], _ = read_attachments([name], lambda path: PDF, "x.md")
+    assert attachment.filename.strip() and not set(attachment.filename) & set('"<>')
+    [part] = wrap(encode_part("B", attachment)).iter_attachments()
+    assert part.get_filename() == attachment.filename
+    assert part.get_payload(decode=True) == PDF
 
 
 def test_headers_for_a_plain_name_stay_plain() -> None:
