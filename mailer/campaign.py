@@ -16,10 +16,11 @@ from typing import Any
 
 from mailer.attachments import Attachment
 from mailer.checks import image_source_warnings
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, TemplateError, UsageError
-from mailer.message import MessageSigner, MessageTemplate, Sender, parse_from
-from mailer.models import Campaign, MailingList, Subscriber, SubscriberStatus
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
+from mailer.models import Campaign, MailingList, Recipient, Subscriber, SubscriberStatus
 from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
 from mailer.store import Store
 from mailer.wording import READER
@@ -226,6 +227,13 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
     for sub in store.subscribers.of_list(list_id, SubscriberStatus.ACTIVE):
         return sub
     return Subscriber(email="reader@example.org", name="")
+
+
+def sample_message(store: Store, prepared: PreparedIssue, secret: bytes, signer: MessageSigner | None) -> BuiltMessage:
+    """The message of the list's first subscriber, built as the send would build it (every error surfaces)."""
+    sample = sample_subscriber(store, prepared.mailing_list.id)
+    template = build_template(prepared, 0, "sample", secret, signer=signer)
+    return template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
 
 
 def open_campaign(

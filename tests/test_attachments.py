@@ -354,3 +354,25 @@ def test_over_2_mb_is_a_warning_and_over_the_limit_stops_before_anything_is_sent
     ) in sent.stderr.splitlines()
     [captured] = smtp_server.received
     assert next(parsed(captured.data).iter_attachments()).get_payload(decode=True) == big
+
+
+def test_a_message_larger_than_the_relay_takes_is_refused_before_the_campaign(
+    tmp_path: Path, store: Store, run_cli
+) -> None:  # type: ignore[no-untyped-def]
+    add_subscriber(store, "bulletin", "reader@example.org", "读者")
+    pdf = b"%PDF-1.4\n" + random.Random(4).randbytes(800_000)  # 1.1 MB in base64: over the relay's 1 MB
+    issue = write_issue(tmp_path / "issues", {"print.pdf": pdf}, "attachments: [print.pdf]")
+    with CaptureServer(tmp_path / "small", size_limit=2**20) as relay:
+        send = ("send", str(issue), "--list", "bulletin", "--yes", "--smtp-port", str(relay.port))
+        refused = run_cli(*send)
+        assert refused.returncode == 1
+        assert refused.stderr.splitlines() == [
+            "error: each message is 1.1 MB with its attachments (base64 adds a third) and 127.0.0.1:"
+            f"{relay.port} takes at most 1.0 MB (its EHLO SIZE); nothing was sent: attach less, or link to the files"
+        ]
+        assert relay.received == [] and json.loads(run_cli("campaigns", "ls", "--json").stdout) == []
+
+        (tmp_path / "issues" / "print.pdf").write_bytes(pdf[:600_000])
+        sent = run_cli(*send)
+        assert sent.returncode == 0, sent.stderr
+        assert next(parsed(relay.received[0].data).iter_attachments()).get_payload(decode=True) == pdf[:600_000]
