@@ -3,8 +3,8 @@
 Pure: the clock, secret and Message-ID domain are passed in. The MIME skeleton is built once per campaign
 (MessageTemplate), embedded images and attachments encoded in it; per recipient only the personal headers are
 encoded and the two bodies re-encoded, which is what keeps the per-recipient cost far below
-`EmailMessage.as_bytes()`. Headers are encoded here, not by the
-email package, so no input (CR/LF, or an RFC 2047 word that decodes to CR/LF: CVE-2024-6923) reaches the wire raw."""
+`EmailMessage.as_bytes()`. Headers are encoded here, not by the email package, so no input (CR/LF, or an RFC 2047
+word that decodes to CR/LF: CVE-2024-6923) reaches the wire raw."""
 
 from __future__ import annotations
 

@@ -397,24 +397,17 @@ async def _close_quietly(client: aiosmtplib.SMTP) -> None:
 
 
 async def probe(settings: SMTPSettings, size: bool = False) -> int | None:
-    """Open and close one session: SMTPUnavailable if the server cannot be used. With `size`, returns the largest
-    message the server takes, from its EHLO SIZE (RFC 1870; 0 or none: it names no limit); without, the probe
-    says no EHLO (unless a login needs it) and returns None."""
+    """Open and close one session: SMTPUnavailable if the server cannot be used. With `size`, the largest message
+    it takes, from its EHLO SIZE (RFC 1870; 0 or none: no limit named); without, no EHLO unless a login needs one."""
     session = Session(settings)
     await session.open()
-    if not size:
-        await session.close()
-        return None
-    try:
-        client = session.client
+    named, client = "", session.client if size else None
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # it answered and let us in: usable, limit unknown
         if client is not None and client.is_ehlo_or_helo_needed:
             await client.ehlo()
         named = client.esmtp_extensions.get("size", "") if client is not None else ""
-    except (aiosmtplib.SMTPException, OSError):
-        named = ""  # it answered and let us in: usable; only its limit is unknown
-    finally:
-        await session.close()
-    return int(named) if named.strip().isdigit() and int(named) > 0 else None
+    await session.close()
+    return int(named) if named.isdigit() and int(named) > 0 else None
 
 
 async def send_one(relays: Sequence[SMTPSettings], message: BuiltMessage) -> Reply:

@@ -304,15 +304,17 @@ def test_attachments_outside_the_issue_folder_are_refused(tmp_path: Path) -> Non
 # ---- mailer send: through the real SMTP server; the warning and the limit -----------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # two: worker processes build from the campaign's snapshot
 def test_a_send_delivers_the_pdf_intact_to_every_reader(
-    tmp_path: Path, store: Store, smtp_server: CaptureServer, run_cli
+    tmp_path: Path, store: Store, smtp_server: CaptureServer, run_cli, workers: str
 ) -> None:  # type: ignore[no-untyped-def]
     for n in range(3):
         add_subscriber(store, "bulletin", f"reader{n}@example.org", f"读者{n}")
     pdf = make_pdf(side=600)
     issue = write_issue(tmp_path / "issues", {f"print/{CJK_PDF}": pdf}, f"attachments: [print/{CJK_PDF}]")
 
-    result = run_cli("send", str(issue), "--list", "bulletin", "--yes", "--smtp-port", str(smtp_server.port))
+    port = str(smtp_server.port)
+    result = run_cli("send", str(issue), "--list", "bulletin", "--yes", "--workers", workers, "--smtp-port", port)
 
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr
