@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from mailer.models import DeliveryStatus, Recipient
+from mailer.models import CampaignState, DeliveryStatus, Recipient
 from mailer.store import Outcome, Partition, Store
 from mailer.store.leases import LeaseLost
 
@@ -30,7 +30,9 @@ class DeliveryLog(Protocol):
 
     def attempt_info(self, delivery_id: int) -> tuple[int, str | None]: ...
 
-    def holder(self) -> str | None: ...
+    def standing(self) -> tuple[str | None, CampaignState]: ...
+
+    def state(self) -> CampaignState: ...
 
     def lost(self) -> LeaseLost: ...
 
@@ -60,8 +62,11 @@ class CampaignLog:
     def queued(self, part: Partition) -> Iterator[Recipient]:
         return self.store.deliveries.queued(self.campaign_id, part)
 
-    def holder(self) -> str | None:
-        return self.store.leases.holder(self.campaign_id)
+    def standing(self) -> tuple[str | None, CampaignState]:
+        return self.store.leases.standing(self.campaign_id)
+
+    def state(self) -> CampaignState:
+        return self.store.campaigns.state(self.campaign_id)
 
     def lost(self) -> LeaseLost:
         return self.store.leases.lost(self.campaign_id)

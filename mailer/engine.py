@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -23,7 +23,8 @@ from mailer.config import Config
 from mailer.delivery_log import DeliveryLog
 from mailer.errors import MailerError
 from mailer.message import BuiltMessage, MessageTemplate
-from mailer.models import Campaign, DeliveryStatus, Recipient
+from mailer.models import Campaign, CampaignState, DeliveryStatus, Recipient
+from mailer.pacing import Hold, RateLimiter, RelayGrace, pause
 from mailer.policy import RefusalRun, RetryPolicy, mailbox_unknown
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage
 from mailer.store import Outcome, Partition, StoreWriteError
@@ -31,7 +32,7 @@ from mailer.store.leases import LeaseLost
 
 SESSION_MESSAGE_CAP = 100  # messages per SMTP session before a fresh one, as Postfix's smtp_connection_reuse_count
 LEASE_SECONDS = 60.0
-RELAY_BACKOFF_MAX = 5.0  # seconds between two tries of an unreachable relay, at most
+STATE_POLL = 0.5  # seconds between two reads of the campaign's state (an operator's pause acts within a second)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SendOptions:
     relay_grace: float = 60.0  # seconds a relay that worked may stay unreachable before the campaign stops
     pause_after: int = 10  # identical permanent refusals in a row that pause the campaign (0: never)
     lease_seconds: float = LEASE_SECONDS
+    state_poll: float = STATE_POLL
 
     @classmethod
     def for_config(cls, config: Config, **values: Any) -> SendOptions:
@@ -96,45 +98,6 @@ class SMTPSession(Protocol):
 
 
 Transport = Callable[[SMTPSettings], SMTPSession]
-
-
-async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:
-    """Sleep `seconds`, less if `stop` is set meanwhile (Ctrl-C acts at once); True when stopped."""
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return False
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    return stop.is_set()
-
-
-class RateLimiter:
-    """At most `rate` acquisitions per second, spread evenly (a token bucket of depth one)."""
-
-    def __init__(
-        self,
-        rate: float | None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float, asyncio.Event | None], Awaitable[bool]] = pause,
-    ) -> None:
-        self.interval = 1.0 / rate if rate else 0.0
-        self.clock = clock
-        self.sleep = sleep
-        self.next_slot = 0.0
-        self.lock = asyncio.Lock()
-
-    async def acquire(self, stop: asyncio.Event | None = None) -> bool:
-        """Wait for the next slot; False when `stop` was set meanwhile: at --rate 0.2 four sessions hold slots
-        up to 20 s ahead, and a Ctrl-C must not wait for them."""
-        if not self.interval:
-            return True
-        async with self.lock:
-            now = self.clock()
-            slot = max(self.next_slot, now)
-            self.next_slot = slot + self.interval
-        if slot > now:
-            return not await self.sleep(slot - now, stop)
-        return not (stop is not None and stop.is_set())
 
 
 @dataclass(frozen=True)
@@ -188,13 +151,38 @@ class Engine:
         self.transport = transport
         self.fatal: MailerError | None = None
         self.refusals = RefusalRun(options.pause_after)
-        self.unreachable_since: float | None = None
+        self.relay_grace = RelayGrace(options.relay_grace, monotonic, self.progress.note)
+        self.hold = Hold(log, self.stop, options.state_poll)
+        self.interrupt = self.hold.interrupt  # ends every wait of the run (rate slot, retry time, relay backoff)
 
     async def run(self) -> None:
-        """Deliver the queue, then wait (up to max_wait) for deferred recipients' retry times and go again."""
+        """Deliver the queue, then wait (up to max_wait) for deferred recipients' retry times and go again. While
+        the campaign is paused, wait for it to be resumed and go on where it stopped; a cancelled one ends."""
+        watcher = asyncio.create_task(self.hold.watch())
+        try:
+            while True:
+                await self._deliver_all()
+                if self.hold.state is not CampaignState.PAUSED or self.stop.is_set() or self.fatal:
+                    return
+                self.progress.note(
+                    f"campaign {self.campaign.id} paused: waiting for 'mailer campaigns resume "
+                    f"{self.campaign.id}' (Ctrl-C leaves it paused)"
+                )
+                if not await self.hold.resumed():
+                    return
+                self.progress.note(f"campaign {self.campaign.id} resumed")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    def _halted(self) -> bool:
+        return self.stop.is_set() or self.fatal is not None or self.hold.state is not None
+
+    async def _deliver_all(self) -> None:
         await self._drain_queue()
         deadline = self.monotonic() + self.options.max_wait
-        while not (self.stop.is_set() or self.fatal):
+        while not self._halted():
             earliest = self.log.next_retry(self.part)
             if earliest is None:
                 return
@@ -207,7 +195,7 @@ class Engine:
                     f"recipient(s) (--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' "
                     "sends them later"
                 )
-                if await pause(wait, self.stop):
+                if await pause(wait, self.interrupt):
                     return
             self.log.requeue_due(stamp(self.clock()), self.part)
             await self._drain_queue()
@@ -236,7 +224,7 @@ class Engine:
         unrecorded: Unrecorded = []
         try:
             # Stopping: what was not started stays queued for the next run.
-            while not (self.stop.is_set() or self.fatal) and (recipient := next(recipients, None)) is not None:
+            while not self._halted() and (recipient := next(recipients, None)) is not None:
                 await self._deliver(session, recipient, unrecorded)
         finally:
             if unrecorded:
@@ -262,6 +250,8 @@ class Engine:
                     if problem:
                         self.fatal = self.fatal or problem
                         may_send = False
+                    elif self.hold.state is not None:
+                        may_send = False  # paused or cancelled: it stays queued
                     elif self.log.mark_sending(*sending) is None:
                         may_send = False  # recorded or cancelled since it was read: not ours to send
         except StoreWriteError as exc:
@@ -275,9 +265,11 @@ class Engine:
     def _lease_problem(self) -> MailerError | None:
         if self.lease.orphaned():
             return LeaseLost(f"the parent process {self.lease.parent_pid} of this worker is gone")
-        if self.log.holder() == self.lease.owner:
-            return None
-        return self.log.lost()
+        holder, state = self.log.standing()
+        if holder != self.lease.owner:
+            return self.log.lost()
+        self.hold.note(state)
+        return None
 
     async def _deliver(self, session: SMTPSession, recipient: Recipient, unrecorded: Unrecorded) -> None:
         if not self.campaign.is_test and not self.log.is_mailable(recipient.subscriber_id):
@@ -295,7 +287,7 @@ class Engine:
         if self.limiter.interval:
             if unrecorded:
                 self._commit(unrecorded)  # the rate limit may make us wait: record what is known first
-            if not await self.limiter.acquire(self.stop):
+            if not await self.limiter.acquire(self.interrupt):
                 return  # stopped while waiting for the rate limit: still queued
         while not self.fatal:
             if session.sent_on_session >= self.options.session_cap:
@@ -333,41 +325,16 @@ class Engine:
                 unrecorded.append((Outcome(recipient.delivery_id, DeliveryStatus.QUEUED, None, str(exc)), None))
                 self.fatal = self.fatal or exc
                 return
-            self.unreachable_since = None
+            self.relay_grace.since = None
             unrecorded.append(self._outcome(recipient, message, reply))
             return
 
     async def _connect(self, session: SMTPSession) -> bool:
-        """Open the session. A relay that worked (the probe, earlier messages) and now cannot be reached is
-        probably restarting: it is tried again with backoff for `relay_grace` seconds before the campaign stops.
-        False when it stopped (or was stopped)."""
-        delay = 0.5
-        while not (self.fatal or self.stop.is_set()):
-            try:
-                await session.open()
-                return True
-            except RelayUnreachable as exc:
-                now = self.monotonic()
-                if self.unreachable_since is None:
-                    self.unreachable_since = now
-                    if self.options.relay_grace:
-                        self.progress.note(
-                            f"{exc}; trying again for up to {self.options.relay_grace:.0f}s (MAILER_RELAY_GRACE)"
-                        )
-                left = self.unreachable_since + self.options.relay_grace - now
-                if left <= 0:
-                    grace = self.options.relay_grace
-                    self.fatal = self.fatal or RelayUnreachable(
-                        f"{exc}; still after {grace:.0f}s (MAILER_RELAY_GRACE)" if grace else str(exc)
-                    )
-                    return False
-            except MailerError as exc:
-                self.fatal = self.fatal or exc
-                return False
-            if await pause(min(delay, left), self.stop):
-                return False
-            delay = min(delay * 2, RELAY_BACKOFF_MAX)
-        return False
+        """Open the session, waiting out a relay that restarts (RelayGrace); False when it stopped (or was
+        stopped)."""
+        problem = await self.relay_grace.open(session, self._halted, self.interrupt)
+        self.fatal = self.fatal or problem
+        return problem is None and session.connected
 
     def _outcome(self, recipient: Recipient, message: BuiltMessage, reply: Reply) -> tuple[Outcome, str | None]:
         """What to record for one SMTP reply, and the retry time of a deferral."""

@@ -47,3 +47,7 @@ class SMTPUnavailable(MailerError):
 
 class CampaignBusy(MailerError):
     """Another process holds the campaign's lease."""
+
+
+class CampaignHeld(MailerError):
+    """An operator paused the campaign (its state): nobody sends it until it is resumed."""

@@ -27,6 +27,19 @@ class DeliveryStatus(StrEnum):
     BOUNCED = "bounced"
 
 
+class CampaignState(StrEnum):
+    """Where a campaign stands as a whole (its deliveries each have a DeliveryStatus).
+
+    SENDING also covers a campaign whose sender was interrupted: it is resumed by running the send again. PAUSED is
+    an operator's decision and holds until someone resumes it: a live sender waits, a new one is refused."""
+
+    SCHEDULED = "scheduled"  # waiting for its start time (the recipient snapshot is taken when it starts)
+    SENDING = "sending"
+    PAUSED = "paused"
+    FINISHED = "finished"  # nobody left queued or deferred
+    CANCELLED = "cancelled"  # for good: what was left is `skipped`
+
+
 class UnsubscribeSource(StrEnum):
     """Who or what unsubscribed someone (the `unsubscribes` table says it for each)."""
 
@@ -120,6 +133,7 @@ class Campaign:
     is_test: bool = False
     finished: str | None = None
     cancelled: str | None = None
+    state: CampaignState = CampaignState.SENDING
 
 
 @dataclass

@@ -28,7 +28,7 @@ from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError
 from mailer.message import MessageTemplate
-from mailer.models import Campaign, DeliveryStatus, SendSummary
+from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreWriteError
 from mailer.store.leases import LeaseLost
@@ -120,6 +120,11 @@ async def deliver_campaign(
     started = time.monotonic() if started is None else started
     refuse_cancelled(campaign)
     owner = store.leases.acquire(campaign.id, options.lease_seconds)
+    try:
+        store.campaigns.start(campaign.id)  # a paused campaign is refused: only `resume` lifts an operator's pause
+    except MailerError:
+        store.leases.release(campaign.id, owner)
+        raise
     stop = stop or asyncio.Event()
     lost: list[MailerError] = []
     renew = asyncio.create_task(_keep_lease(store, campaign.id, owner, options.lease_seconds, stop, lost))
@@ -157,6 +162,17 @@ async def deliver_campaign(
         with contextlib.suppress(StoreWriteError):  # a full disk: the summary says so, the lease expires
             store.leases.release(campaign.id, owner)
     stopped = stopped or (lost[0] if lost else None)
+    state = store.campaigns.state(campaign.id)
+    if state is CampaignState.CANCELLED:  # cancelled under this sender (the ops console): the rest is skipped
+        notes.append(
+            f"campaign {campaign.id} was cancelled while it was sent; {store.campaigns.skip_rest(campaign.id)} "
+            "recipient(s) left unsent were skipped"
+        )
+    elif state is CampaignState.PAUSED:
+        notes.append(
+            f"campaign {campaign.id} is paused; once resumed ('mailer campaigns resume {campaign.id}') "
+            f"send the rest with: mailer retry {campaign.id}"
+        )
     counts = store.deliveries.counts(campaign.id)
     unfinished = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.DEFERRED, 0)
     if not unfinished and not stopped:

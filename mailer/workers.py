@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 
 from mailer.campaign import template_for_campaign
 from mailer.delivery_log import CampaignLog
-from mailer.engine import Engine, Lease, ProgressSink, SendOptions, pause
+from mailer.engine import Engine, Lease, ProgressSink, SendOptions
 from mailer.errors import MailerError
 from mailer.exit_codes import ExitCode
 from mailer.message import MessageSigner, MessageTemplate
 from mailer.models import Campaign, DeliveryStatus
+from mailer.pacing import pause
 from mailer.smtp import SMTPSettings
 from mailer.store import Partition, Store
 

@@ -31,7 +31,8 @@ from mailer.campaign import open_campaign, prepare_issue
 from mailer.capture import Captured, CaptureServer, Rule, free_port
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
-from mailer.engine import Engine, Lease, RateLimiter, SendOptions
+from mailer.engine import Engine, Lease, SendOptions
+from mailer.pacing import RateLimiter
 from mailer.smtp import relays
 from mailer.store import Store, holder_state, lease_owner
 from tests.conftest import SAMPLE_ISSUE

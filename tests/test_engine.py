@@ -5,6 +5,7 @@ a clock the test moves, so retries, expiry, refusals and the rate limit are chec
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -13,12 +14,14 @@ import pytest
 from mailer.campaign import open_campaign, prepare_issue
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
-from mailer.engine import Engine, Lease, RateLimiter, SendOptions
+from mailer.engine import Engine, Lease, SendOptions
 from mailer.message import BuiltMessage
 from mailer.models import Campaign, DeliveryStatus, Subscriber
+from mailer.pacing import RateLimiter
 from mailer.policy import RetryPolicy
 from mailer.smtp import RelayUnreachable, Reply, SMTPSettings, Stage, classify
 from mailer.store import Store
+from mailer.store.leases import lease_owner
 from tests.conftest import SAMPLE_ISSUE
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -183,3 +186,111 @@ async def test_the_rate_limit_gives_each_message_its_slot(store: Store, config: 
     ).run()
     assert len(relay.sent) == 5
     assert wakes == pytest.approx([0.1, 0.2, 0.3, 0.4])  # the first at once, then one every 1/rate seconds
+
+
+# ---- an operator's pause and cancel (the campaign's state) --------------------------------------------------------
+
+
+class Notes:
+    """A progress sink that remembers the engine's notes and calls `on_note` with each."""
+
+    def __init__(self, on_note: Callable[[str], None] = lambda text: None) -> None:
+        self.notes: list[str] = []
+        self.on_note = on_note
+
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, status: DeliveryStatus, email: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.on_note(text)
+
+
+async def engine_with(
+    store: Store, config: Config, relay: FakeRelay, progress: Notes, stop: asyncio.Event | None = None
+) -> tuple[Campaign, Engine]:
+    campaign, template = open_campaign(store, prepare_issue(store, config, SAMPLE_ISSUE, "bulletin"), config.secret)
+    store.campaigns.start(campaign.id)
+    # The sender holds the lease as another live process (this one's parent) would, as the console sees a sender.
+    owner = lease_owner(os.getppid())
+    store.conn.execute("UPDATE campaigns SET lease_owner = ? WHERE id = ?", (owner, campaign.id))
+    engine = Engine(
+        CampaignLog(store, campaign.id),
+        template,
+        campaign,
+        [SMTPSettings()],
+        SendOptions(concurrency=1, state_poll=0.01),
+        progress,
+        stop,
+        clock=FakeClock(),
+        lease=Lease(owner),
+        transport=relay.transport,
+    )
+    return campaign, engine
+
+
+async def test_a_pause_stops_the_next_message_and_a_resume_goes_on_where_it_stopped(
+    store: Store, config: Config
+) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(8)))
+    sent_at_resume: list[int] = []
+
+    def answer(rcpt: str) -> Reply:
+        if rcpt == "r2@example.org":  # an operator pauses while the third message is on the wire
+            store.campaigns.pause(1)
+        return classify(250, "2.0.0 Ok", Stage.END_OF_DATA)
+
+    def on_note(text: str) -> None:
+        if "paused: waiting" in text:
+            sent_at_resume.append(len(relay.sent))
+            store.campaigns.resume(1)
+
+    relay = FakeRelay(answer)
+    progress = Notes(on_note)
+    campaign, engine = await engine_with(store, config, relay, progress)
+    await engine.run()
+
+    assert sent_at_resume == [3]  # the message in flight ended; none left while paused
+    assert sorted(relay.sent) == sorted(f"r{i}@example.org" for i in range(8))  # each once, the rest after resuming
+    assert set(statuses(store, campaign).values()) == {"sent"}
+    assert progress.notes[-1] == "campaign 1 resumed"
+
+
+async def test_a_paused_run_stopped_by_ctrl_c_leaves_the_rest_queued_and_the_campaign_paused(
+    store: Store, config: Config
+) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(4)))
+    stop = asyncio.Event()
+
+    def answer(rcpt: str) -> Reply:
+        store.campaigns.pause(1)
+        return classify(250, "2.0.0 Ok", Stage.END_OF_DATA)
+
+    relay = FakeRelay(answer)
+    campaign, engine = await engine_with(store, config, relay, Notes(lambda text: stop.set()), stop)
+    await engine.run()
+
+    assert relay.sent == ["r0@example.org"]
+    assert sorted(statuses(store, campaign).values()) == ["queued", "queued", "queued", "sent"]
+    assert store.campaigns.state(campaign.id) == "paused"
+
+
+async def test_a_cancel_under_the_sender_stops_it_before_its_next_message(store: Store, config: Config) -> None:
+    add(store, *(f"r{i}@example.org" for i in range(5)))
+
+    def answer(rcpt: str) -> Reply:
+        if rcpt == "r1@example.org":
+            assert store.campaigns.cancel(1, under_sender=True) is None  # as the console: the sender holds it
+        return classify(250, "2.0.0 Ok", Stage.END_OF_DATA)
+
+    relay = FakeRelay(answer)
+    campaign, engine = await engine_with(store, config, relay, Notes())
+    await engine.run()
+    assert relay.sent == ["r0@example.org", "r1@example.org"]
+
+    assert store.campaigns.skip_rest(campaign.id) == 3  # what the sender does on its way out (send.py)
+    assert sorted(statuses(store, campaign).values()) == ["sent", "sent", "skipped", "skipped", "skipped"]
+    assert store.campaigns.state(campaign.id) == "cancelled"

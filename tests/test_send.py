@@ -616,3 +616,43 @@ def test_send_and_retry_take_their_sessions_from_mailer_toml_unless_told(
     assert run_cli("send", str(SAMPLE_ISSUE), "--list", "bulletin", "--yes", *args).returncode == 0
     assert run_cli("retry", "1", *args).returncode == 0
     assert seen == [sessions, sessions]
+
+
+# ---- an operator's pause outlives the sender ------------------------------------------------------------------------
+
+
+def test_a_paused_campaign_is_sent_by_nobody_until_it_is_resumed(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted"))
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    first = run_cli("send", str(issue), "--list", "bulletin", "--yes", "--max-wait", "0", env=env)
+    assert first.returncode == 0, first.stderr
+    (campaign,) = campaigns(run_cli)
+    paused = run_cli("campaigns", "pause", str(campaign["id"]))
+    assert paused.returncode == 0, paused.stderr
+    assert f"paused with 2 sent and 1 waiting; go on with: mailer campaigns resume {campaign['id']}" in paused.stdout
+    assert campaigns(run_cli)[0]["state"] == "paused"
+    smtp_server.set_rule("li@example.com", Rule())
+    connections = smtp_server.connections
+
+    for refused in (
+        run_cli("retry", str(campaign["id"]), env=env),
+        run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env),
+        run_cli("campaigns", "pause", str(campaign["id"])),
+    ):
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert_one_error_line(refused.stderr)
+        assert f"campaign {campaign['id']} is paused" in refused.stderr
+    assert len(smtp_server.received) == 2 and campaigns(run_cli)[0]["state"] == "paused"
+
+    resumed = run_cli("campaigns", "resume", str(campaign["id"]))
+    assert resumed.returncode == 0, resumed.stderr
+    retried = run_cli("retry", str(campaign["id"]), env=env)
+    assert retried.returncode == 0, retried.stderr
+    assert len(smtp_server.received) == 3 and smtp_server.connections > connections
+    assert campaigns(run_cli)[0]["state"] == "finished"
+    again = run_cli("campaigns", "resume", str(campaign["id"]))
+    assert again.returncode == 1 and "is finished: only a paused one can be resumed" in again.stderr

@@ -37,12 +37,13 @@ def campaigns_ls(
         print_json([dataclasses.asdict(r) for r in rows])
         return
     table(
-        ["id", "issue", "list", "created", "counts"],
+        ["id", "issue", "list", "state", "created", "counts"],
         [
             [
                 r.id,
-                r.issue + (" (test)" if r.test else "") + (" (cancelled)" if r.cancelled else ""),
+                r.issue + (" (test)" if r.test else ""),
                 r.list,
+                r.state,
                 r.created,
                 ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())),
             ]
@@ -66,6 +67,48 @@ def campaigns_cancel(
         sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
     out().print(
         f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
+        markup=False,
+        highlight=False,
+    )
+
+
+@campaigns_app.command("pause")
+def campaigns_pause(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+) -> None:
+    """Hold a campaign: its sender stops taking recipients within a second and waits; nobody sends it until resumed.
+
+    Example: mailer campaigns pause 1
+    """
+    with open_store(ctx) as store:
+        found = store.campaigns.get(campaign)
+        store.campaigns.pause(found.id)
+        counts = store.deliveries.counts(found.id)
+    waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
+    out().print(
+        f"campaign {found.id} paused with {counts.get(DeliveryStatus.SENT, 0)} sent and {waiting} waiting; "
+        f"go on with: mailer campaigns resume {found.id}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@campaigns_app.command("resume")
+def campaigns_resume(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+) -> None:
+    """Lift a pause: a sender that waits goes on where it stopped (with none running: mailer retry ID).
+
+    Example: mailer campaigns resume 1
+    """
+    with open_store(ctx) as store:
+        found = store.campaigns.get(campaign)
+        store.campaigns.resume(found.id)
+    out().print(
+        f"campaign {found.id} resumed: a sender that waits goes on; with none running, send the rest with: "
+        f"mailer retry {found.id}",
         markup=False,
         highlight=False,
     )

@@ -9,12 +9,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mailer.errors import MailerError, NotFoundError, UsageError
-from mailer.models import Campaign, DeliveryStatus, Subscriber
+from mailer.errors import CampaignBusy, CampaignHeld, MailerError, NotFoundError, UsageError
+from mailer.models import Campaign, CampaignState, DeliveryStatus, Subscriber
 from mailer.store.connection import Repository
 from mailer.store.leases import check_holder, lease_owner
 
-_COLUMNS = "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled"
+_COLUMNS = "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled, state"
+
+
+def _campaign(row: dict[str, Any]) -> Campaign:
+    return Campaign(**{**row, "is_test": bool(row["is_test"]), "state": CampaignState(row["state"])})
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class CampaignSummary:
     test: bool
     issue_path: str
     cancelled: str | None
+    state: CampaignState
     counts: dict[str, int]
 
 
@@ -52,7 +57,7 @@ class Campaigns(Repository):
 
     def _first(self, condition: str, args: tuple[Any, ...]) -> Campaign | None:
         for row in self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE {condition}", args):
-            return Campaign(**{**row, "is_test": bool(row["is_test"])})
+            return _campaign(row)
         return None
 
     def check_new_content(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> None:
@@ -81,7 +86,7 @@ class Campaigns(Repository):
             )
             if len(rows) > 1:
                 raise UsageError(f"{ref!r} names {len(rows)} campaigns; use the id from: mailer campaigns ls")
-            found = Campaign(**{**rows[0], "is_test": bool(rows[0]["is_test"])}) if rows else None
+            found = _campaign(rows[0]) if rows else None
         if found is None:
             raise NotFoundError(f"no campaign {ref!r} (see: mailer campaigns ls)")
         return found
@@ -162,24 +167,74 @@ class Campaigns(Repository):
         where = "" if include_tests else "WHERE c.is_test = 0"
         rows = self.store.db.query(
             "SELECT c.id, c.slug AS issue, l.name AS list, c.subject, c.created, c.finished, c.is_test AS test, "
-            f"c.issue_path, c.cancelled FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id"
+            "c.issue_path, c.cancelled, c.state "
+            f"FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id"
         )
         return [
-            CampaignSummary(**{**row, "test": bool(row["test"]), "counts": self.store.deliveries.counts(row["id"])})
+            CampaignSummary(
+                **{
+                    **row,
+                    "test": bool(row["test"]),
+                    "state": CampaignState(row["state"]),
+                    "counts": self.store.deliveries.counts(row["id"]),
+                }
+            )
             for row in list(rows)
         ]
 
     def finish(self, campaign_id: int) -> None:
+        """Nobody is left queued or deferred (a pause that came too late to hold anyone back ends with it)."""
         with self.store.transaction():
-            self.conn.execute("UPDATE campaigns SET finished = ? WHERE id = ?", (self.store.now(), campaign_id))
+            self.conn.execute(
+                "UPDATE campaigns SET finished = ?, state = ? WHERE id = ? AND state <> ?",
+                (self.store.now(), CampaignState.FINISHED, campaign_id, CampaignState.CANCELLED),
+            )
 
-    def cancel(self, campaign_id: int) -> int:
+    def state(self, campaign_id: int) -> CampaignState:
+        row = self.conn.execute("SELECT state FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no campaign {campaign_id} (see: mailer campaigns ls)")
+        return CampaignState(row[0])
+
+    def start(self, campaign_id: int) -> None:
+        """A sender takes the campaign up (a finished one sent again by retry is sending again). A paused one is
+        refused: the pause is an operator's, and only `resume` lifts it."""
+        with self.store.transaction():
+            state = self.state(campaign_id)
+            if state is CampaignState.PAUSED:
+                raise CampaignHeld(
+                    f"campaign {campaign_id} is paused: resume it with 'mailer campaigns resume {campaign_id}' "
+                    "first (nothing was sent now)"
+                )
+            if state is CampaignState.CANCELLED:
+                raise MailerError(f"campaign {campaign_id} was cancelled; nothing was sent")
+            self.conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (CampaignState.SENDING, campaign_id))
+
+    def pause(self, campaign_id: int) -> None:
+        """Hold a campaign: its sender (if one runs) stops taking recipients within about a second, lets the
+        messages in flight end and waits; nobody sends it until it is resumed, across restarts."""
+        self._move_state(campaign_id, CampaignState.SENDING, CampaignState.PAUSED, "only one being sent can be paused")
+
+    def resume(self, campaign_id: int) -> None:
+        """Lift a pause: a waiting sender goes on where it stopped; otherwise send it with `mailer retry ID`."""
+        self._move_state(campaign_id, CampaignState.PAUSED, CampaignState.SENDING, "only a paused one can be resumed")
+
+    def _move_state(self, campaign_id: int, before: CampaignState, after: CampaignState, only: str) -> None:
+        with self.store.transaction():
+            state = self.state(campaign_id)
+            if state is not before:
+                raise MailerError(f"campaign {campaign_id} is {state}: {only}")
+            self.conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (after, campaign_id))
+
+    def cancel(self, campaign_id: int, *, under_sender: bool = False) -> int | None:
         """Stop a campaign for good: its recipients still to send become `skipped`; returns how many.
 
         Refused while a sender holds the campaign (CampaignBusy): that run would go on with its in-flight
-        messages, and it is the one that knows how they ended."""
+        messages, and it is the one that knows how they ended. With `under_sender` (the ops console) the campaign
+        is marked cancelled instead and returns None: its sender stops within about a second, records what it had
+        in flight and skips the rest on its way out (skip_rest)."""
         now = self.store.now()
-        self.store.leases.check_free(campaign_id, lease_owner())
+        owner = lease_owner()
         with self.store.transaction():
             row = self.conn.execute(
                 "SELECT lease_owner, lease_until, cancelled FROM campaigns WHERE id = ?", (campaign_id,)
@@ -189,17 +244,36 @@ class Campaigns(Repository):
             holder, until, cancelled = row
             if cancelled:
                 raise MailerError(f"campaign {campaign_id} was already cancelled at {cancelled}")
-            check_holder(campaign_id, holder, until, lease_owner(), now)
+            try:
+                check_holder(campaign_id, holder, until, owner, now)
+            except CampaignBusy:
+                if not under_sender:
+                    raise
+                self.conn.execute(
+                    "UPDATE campaigns SET cancelled = ?, state = ? WHERE id = ?",
+                    (now, CampaignState.CANCELLED, campaign_id),
+                )
+                return None
             self.conn.execute(
-                "UPDATE campaigns SET cancelled = ?, finished = COALESCE(finished, ?), lease_owner = NULL, "
+                "UPDATE campaigns SET cancelled = ?, state = ?, finished = COALESCE(finished, ?), lease_owner = NULL, "
                 "lease_until = NULL WHERE id = ?",
-                (now, now, campaign_id),
+                (now, CampaignState.CANCELLED, now, campaign_id),
             )
-            skipped = 0
-            for status, reply in (
-                (DeliveryStatus.QUEUED, "campaign cancelled"),
-                (DeliveryStatus.DEFERRED, "campaign cancelled"),
-                (DeliveryStatus.SENDING, "campaign cancelled; an interrupted run may have sent it"),
-            ):
-                skipped += self.store.deliveries.move(campaign_id, status, DeliveryStatus.SKIPPED, reply, now)
+            return self._skip_rest(campaign_id, now)
+
+    def skip_rest(self, campaign_id: int) -> int:
+        """What a cancelled campaign's sender does on its way out: those still to send become `skipped`."""
+        now = self.store.now()
+        with self.store.transaction():
+            self.conn.execute("UPDATE campaigns SET finished = COALESCE(finished, ?) WHERE id = ?", (now, campaign_id))
+            return self._skip_rest(campaign_id, now)
+
+    def _skip_rest(self, campaign_id: int, now: str) -> int:
+        skipped = 0
+        for status, reply in (
+            (DeliveryStatus.QUEUED, "campaign cancelled"),
+            (DeliveryStatus.DEFERRED, "campaign cancelled"),
+            (DeliveryStatus.SENDING, "campaign cancelled; an interrupted run may have sent it"),
+        ):
+            skipped += self.store.deliveries.move(campaign_id, status, DeliveryStatus.SKIPPED, reply, now)
         return skipped

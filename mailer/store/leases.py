@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mailer.clock import stamp
 from mailer.errors import CampaignBusy, MailerError
+from mailer.models import CampaignState
 from mailer.store.connection import Repository
 
 
@@ -123,6 +124,13 @@ class Leases(Repository):
         holder: str | None
         (holder,) = row
         return holder
+
+    def standing(self, campaign_id: int) -> tuple[str | None, CampaignState]:
+        """Who holds the campaign and its state, in one read: the `sending` mark's check."""
+        row = self.conn.execute("SELECT lease_owner, state FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        if row is None:
+            return None, CampaignState.CANCELLED
+        return row[0], CampaignState(row[1])
 
     def renew(self, campaign_id: int, owner: str, seconds: float = 60.0) -> bool:
         """Extend the lease; False when it changed no row: the campaign is no longer ours."""

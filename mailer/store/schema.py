@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Schema 1, as every database began. It stays SQL: sqlite-utils' table.create has no table-level UNIQUE over two
 # columns, and a database made today must have the very tables one made at schema 1 has after its migrations.
@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS returned_mail (
 """
 
 # What ops ask of a mailer.db, as views a person can open in Datasette or query with `sqlite-utils`. Added by
-# schema 7; they hold no data, so they are made again (replaced) whenever their definition changes.
+# schema 7; they hold no data, so they are made again (replaced) after every migration, as the latest schema has them.
 VIEWS = {
     "delivery_log": """SELECT d.id AS delivery_id, c.id AS campaign_id, c.slug AS issue, c.subject, l.name AS list,
        d.email, d.name, d.status, d.attempts, d.smtp_code, d.smtp_reply, d.message_id, d.queued, d.first_attempt,
@@ -129,7 +129,7 @@ VIEWS = {
 FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id JOIN lists l ON l.id = c.list_id
 LEFT JOIN subscribers s ON s.id = d.subscriber_id""",
     "campaign_counts": """SELECT c.id AS campaign_id, c.slug AS issue, l.name AS list, c.subject, c.created,
-       c.finished, c.cancelled, c.is_test, d.status, COUNT(d.id) AS recipients
+       c.finished, c.cancelled, c.state, c.is_test, d.status, COUNT(d.id) AS recipients
 FROM campaigns c JOIN lists l ON l.id = c.list_id LEFT JOIN deliveries d ON d.campaign_id = c.id
 GROUP BY c.id, d.status""",
     "list_members": """SELECT l.name AS list, s.email, s.name, s.status, s.source, s.created, s.confirmed, s.updated,
@@ -181,9 +181,18 @@ CREATE INDEX IF NOT EXISTS campaigns_content ON campaigns (list_id, content_hash
     db.table("campaigns").add_column("cancelled", str)
 
 
-def _schema_7(db: sqlite_utils.Database) -> None:
+def _views(db: sqlite_utils.Database) -> None:
     for name, sql in VIEWS.items():
         db.create_view(name, sql, replace=True)
+
+
+def _schema_8(db: sqlite_utils.Database) -> None:
+    # A campaign's state as a whole (CampaignState), so an operator's pause outlives the sender and the server.
+    db.table("campaigns").add_column("state", str, not_null_default="sending")
+    db.conn.execute(
+        "UPDATE campaigns SET state = CASE WHEN cancelled IS NOT NULL THEN 'cancelled' "
+        "WHEN finished IS NOT NULL THEN 'finished' ELSE 'sending' END"
+    )
 
 
 # Each entry takes the schema from version N-1 to N; a fresh database gets schema 1 and then every step.
@@ -201,7 +210,8 @@ UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
     # a stranger re-posting the form for someone's address must not change what later mail calls them.
     5: lambda db: db.table("signup_requests").add_column("name", str, not_null_default=""),
     6: _schema_6,
-    7: _schema_7,
+    7: lambda db: None,  # the views (made after every migration, as they stand in the latest schema: _views)
+    8: _schema_8,
 }
 
 
@@ -220,6 +230,8 @@ def init(conn: sqlite3.Connection) -> bool:
             conn.execute(statement)
         for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[step](db)
+        if version < SCHEMA_VERSION:
+            _views(db)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
