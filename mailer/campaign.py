@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailer.attachments import Attachment
 from mailer.checks import image_source_warnings
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, TemplateError, UsageError
-from mailer.message import MessageSigner, MessageTemplate, Sender, parse_from, web_edition_url
-from mailer.models import Campaign, MailingList, Subscriber, SubscriberStatus
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from, web_edition_url
+from mailer.models import Campaign, MailingList, Recipient, Subscriber, SubscriberStatus
 from mailer.render import InlineImage, ListContext, RenderedIssue, WebEdition, render_issue
 from mailer.store import Store
 from mailer.tokens import archive_key
@@ -72,6 +74,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
             read_file=issue_file_reader(issue_path),
             templates_dir=config.templates,
             theme=config.theme_for(mailing_list.name),
+            attachment_limit=config.attachment_limit,
             edition=edition,
         )
 
@@ -133,7 +136,8 @@ def read_issue_file(path: Path) -> str:
 
 
 def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
-    """Reads files the issue names (its `images: cid` images), relative to its folder and never outside it."""
+    """Reads files the issue names (its `images: cid` images, its attachments), relative to its folder and never
+    outside it."""
     folder = Path(issue_path).resolve().parent
 
     def read(name: str) -> bytes:
@@ -172,13 +176,26 @@ def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
             }
             for i in issue.images
         ],
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "data": base64.b64encode(a.data).decode("ascii")}
+            for a in issue.attachments
+        ],
+        "content_parts": [list(part) for part in issue.content_parts],
     }
 
 
 def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
     images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
+    attachments = tuple(Attachment(**{**a, "data": base64.b64decode(a["data"])}) for a in data.get("attachments", ()))
     return RenderedIssue(
-        **{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]), "images": images}
+        **{
+            **data,
+            "attr_keys": tuple(data["attr_keys"]),
+            "sections": tuple(data["sections"]),
+            "images": images,
+            "attachments": attachments,
+            "content_parts": tuple(tuple(part) for part in data.get("content_parts", ())),
+        }
     )
 
 
@@ -229,6 +246,13 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
     for sub in store.subscribers.of_list(list_id, SubscriberStatus.ACTIVE):
         return sub
     return Subscriber(email="reader@example.org", name="")
+
+
+def sample_message(store: Store, prepared: PreparedIssue, secret: bytes, signer: MessageSigner | None) -> BuiltMessage:
+    """The message of the list's first subscriber, built as the send would build it (every error surfaces)."""
+    sample = sample_subscriber(store, prepared.mailing_list.id)
+    template = build_template(prepared, 0, "sample", secret, signer=signer)
+    return template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
 
 
 def open_campaign(
