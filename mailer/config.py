@@ -53,6 +53,7 @@ class Config:
     relay_grace: float = 60.0  # how long a relay that worked may be unreachable in a run (a restart) before it stops
     pause_after: int = 10  # identical permanent refusals in a row that pause a campaign as suspicious (0: never)
     lease_seconds: float = 60.0  # a sender's hold on its campaign, renewed while it runs
+    timezone: str = ""  # of `--at` times when neither --tz nor the list says ("": UTC)
 
     @property
     def secret_path(self) -> Path:
@@ -107,6 +108,7 @@ _TOML = {
     "retry_expiry": ("retry_expiry", float),
     "relay_grace": ("relay_grace", float),
     "pause_after": ("pause_after", int),
+    "timezone": ("timezone", str),
 }
 
 

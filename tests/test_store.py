@@ -168,6 +168,38 @@ ALTER TABLE campaigns ADD COLUMN state TEXT NOT NULL DEFAULT 'sending';
 UPDATE campaigns SET state = CASE WHEN cancelled IS NOT NULL THEN 'cancelled' WHEN finished IS NOT NULL THEN 'finished'
 ELSE 'sending' END;
 """,
+    # Issue 13: audiences (several lists, segments), scheduled starts, saved segments and approvals; a campaign's
+    # identity is its audience and the issue's own content.
+    9: """
+ALTER TABLE lists ADD COLUMN require_approval INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lists ADD COLUMN tz TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN audience TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN audience_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN look_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN send_at TEXT;
+ALTER TABLE deliveries ADD COLUMN list_id INTEGER;
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    expr TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE approvals (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    content_hash TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    files TEXT NOT NULL DEFAULT '{}',
+    by_name TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    UNIQUE (list_id, content_hash, by_name)
+);
+CREATE INDEX approvals_path ON approvals (list_id, issue_path, at);
+CREATE INDEX campaigns_audience ON campaigns (audience_key, content_hash) WHERE is_test = 0;
+CREATE INDEX campaigns_due ON campaigns (state, send_at);
+""",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from mailer.audience import audience_lists
 from mailer.cli.common import (
     JsonOpt,
     app,
@@ -18,7 +19,7 @@ from mailer.cli.common import (
     table,
 )
 from mailer.cli.shell import environment, out
-from mailer.models import DeliveryStatus
+from mailer.models import CampaignState, DeliveryStatus
 
 
 @campaigns_app.command("ls")
@@ -42,8 +43,8 @@ def campaigns_ls(
             [
                 r.id,
                 r.issue + (" (test)" if r.test else ""),
-                r.list,
-                r.state,
+                ", ".join(audience_lists(r.audience)) or r.list,
+                f"{r.state} for {r.send_at}" if r.state == CampaignState.SCHEDULED else r.state,
                 r.created,
                 ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())),
             ]

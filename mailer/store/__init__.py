@@ -5,7 +5,9 @@
     lists.py         lists and their subscribers (import, status, unsubscribes)
     suppressions.py  addresses never mailed again, and returned mail (bounces, complaints) read once each
     signups.py       sign-up requests: rate limits and double opt-in
-    campaigns.py     campaigns: the snapshot of an issue and its recipients, cancelling
+    campaigns.py     campaigns: the snapshot of an issue and its recipients, scheduling, cancelling
+    audiences.py     who an audience (lists, a segment) reaches, evaluated in SQLite; saved segments
+    approvals.py     who approved which exact content for a list
     leases.py        one sender per campaign: who holds it and whether that process lives
     deliveries.py    each recipient's status and history: the engine's hot path
 
@@ -27,6 +29,8 @@ import sqlite_utils
 
 from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
+from mailer.store.approvals import Approval, Approvals
+from mailer.store.audiences import Audiences, Segment, register_functions
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
@@ -39,6 +43,7 @@ DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name witho
 
 __all__ = [
     "CHUNK",
+    "Approval",
     "CampaignSummary",
     "DatabaseError",
     "DeliveryRef",
@@ -46,6 +51,7 @@ __all__ = [
     "LogEntry",
     "Outcome",
     "Partition",
+    "Segment",
     "Store",
     "StoreWriteError",
     "Suppression",
@@ -60,7 +66,8 @@ class Store:
     """One mailer database file. `with Store.open(path) as store:`; `init()` creates or migrates the schema.
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
-    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`."""
+    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.audiences`,
+    `store.approvals`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -75,6 +82,9 @@ class Store:
         self.campaigns = Campaigns(self)
         self.leases = Leases(self)
         self.deliveries = Deliveries(self)
+        self.audiences = Audiences(self)
+        self.approvals = Approvals(self)
+        register_functions(conn)
 
     @classmethod
     def open(cls, path: Path, *, must_exist: bool = True, clock: Clock = utcnow) -> Store:
