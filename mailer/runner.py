@@ -87,13 +87,13 @@ class Runner:
         """One pass; returns how many campaigns it sent to."""
         stop = stop or asyncio.Event()
         sent = 0
-        for campaign in self.store.campaigns.interrupted():
+        for campaign in self.store.schedules.interrupted():
             if not stop.is_set() and self._may_try(campaign.id):
                 sent += await self._deliver(campaign, stop, "resumes (its run was interrupted)")
-        for campaign in self.store.campaigns.due(stamp(self.clock())):
+        for campaign in self.store.schedules.due(stamp(self.clock())):
             if not stop.is_set() and self._may_try(campaign.id) and self._approved(campaign):
                 sent += await self._start(campaign, stop)
-        for campaign in self.store.campaigns.retries_due(stamp(self.clock())):
+        for campaign in self.store.schedules.retries_due(stamp(self.clock())):
             if not stop.is_set() and self._may_try(campaign.id):
                 sent += await self._retry(campaign, stop)
         if self.options.bounces is not None and not stop.is_set():
@@ -123,7 +123,7 @@ class Runner:
         except MailerError as exc:
             return self._stopped(campaign, exc)
         audience = stored_audience(self.store, campaign)
-        self.store.campaigns.begin(campaign.id, audience)
+        self.store.schedules.begin(campaign.id, audience)
         total = sum(self.store.deliveries.counts(campaign.id).values())
         self.log(f"campaign {campaign.id} ({campaign.slug}, {audience.describe()}) starts: {total} recipient(s)")
         return await self._deliver(self.store.campaigns.get(campaign.id), stop, "")

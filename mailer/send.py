@@ -81,7 +81,7 @@ async def send_issue(
         issue = prepared.issue
         existing = store.campaigns.find(audience, prepared.identity, issue.content_hash)
         refuse_cancelled(existing)
-        store.campaigns.check_new_content(audience, issue.slug, str(issue_path), prepared.identity)
+        store.schedules.check_new_content(audience, issue.slug, str(issue_path), prepared.identity)
         if send_at is not None:
             return schedule_issue(store, config, prepared, audience, existing, send_at, notes)
         check_approvals(store, audience, prepared.identity, str(issue_path), prepared.files)
@@ -91,7 +91,7 @@ async def send_issue(
 
                 def requeue(store: Store) -> list[str]:
                     return [
-                        f"{store.campaigns.top_up(existing.id, audience)} subscriber(s) who joined or started "
+                        f"{store.schedules.top_up(existing.id, audience)} subscriber(s) who joined or started "
                         f"matching since campaign {existing.id} was sent are queued for it now"
                     ]
 
@@ -100,7 +100,7 @@ async def send_issue(
         store, prepared, config.secret, signer, audience=audience, test_email=options.test_email
     )
     if campaign.state is CampaignState.SCHEDULED:  # sent now, before its time: its recipients are snapshotted now
-        store.campaigns.begin(campaign.id, audience)
+        store.schedules.begin(campaign.id, audience)
         notes.append(f"campaign {campaign.id} was scheduled for {campaign.send_at}; it starts now")
     return await deliver_campaign(
         store,
@@ -186,7 +186,7 @@ def schedule_issue(
             f"(see: mailer campaigns show {existing.id})"
         )
     if existing is not None:
-        store.campaigns.reschedule(existing.id, at)
+        store.schedules.reschedule(existing.id, at)
         campaign = store.campaigns.get(existing.id)
     else:
         campaign, _ = open_campaign(store, prepared, config.secret, audience=audience, send_at=at)

@@ -157,7 +157,7 @@ def test_mailer_run_sends_a_campaign_scheduled_seconds_ahead_and_resumes_one_aft
         _wait_for(lambda: len(smtp_server.received) == 60)
     finally:
         runner.send_signal(signal.SIGTERM)
-        out, err = runner.communicate(timeout=30)
+        _, err = runner.communicate(timeout=30)
     assert runner.returncode == 0, err
     assert "starts: 60 recipient(s)" in err and "mailer run: stopped" in err and "Traceback" not in err
     assert len(smtp_server.received) == 60
@@ -194,8 +194,9 @@ def test_mailer_run_sends_a_campaign_scheduled_seconds_ahead_and_resumes_one_aft
 
 def test_sigterm_stops_an_idle_runner_at_once(store: Store, tmp_path: Path) -> None:
     runner = _runner(tmp_path, {})
-    time.sleep(1.0)
+    assert runner.stderr is not None
+    assert "watching" in runner.stderr.readline()  # its signal handlers are in place before its first line
     runner.send_signal(signal.SIGTERM)
     _, err = runner.communicate(timeout=10)
     assert runner.returncode == 0, err
-    assert "watching" in err and "stopped" in err
+    assert "stopped" in err

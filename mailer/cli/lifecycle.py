@@ -193,5 +193,5 @@ def campaigns_reschedule(
         found = store.campaigns.get(campaign)
         zone = zone_for(store, config, store.lists.by_id(found.list_id).name, tz)
         moment = parse_send_at(at, zone, utcnow())
-        store.campaigns.reschedule(found.id, stamp(moment))
+        store.schedules.reschedule(found.id, stamp(moment))
     _say(f"campaign {found.id} rescheduled for {describe(moment, zone)}; 'mailer run' sends it")

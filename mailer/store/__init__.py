@@ -8,6 +8,7 @@
     campaigns.py     campaigns: the snapshot of an issue and its recipients, scheduling, cancelling
     audiences.py     who an audience (lists, a segment) reaches, evaluated in SQLite; saved segments
     approvals.py     who approved which exact content for a list
+    schedules.py     when campaigns go: scheduled starts, top-ups, what is due for `mailer run`
     leases.py        one sender per campaign: who holds it and whether that process lives
     deliveries.py    each recipient's status and history: the engine's hot path
 
@@ -36,6 +37,7 @@ from mailer.store.connection import StoreWriteError, Transaction, connect, descr
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
+from mailer.store.schedules import Schedules
 from mailer.store.signups import Signups
 from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
 
@@ -67,7 +69,7 @@ class Store:
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
     `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.audiences`,
-    `store.approvals`."""
+    `store.approvals`, `store.schedules`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -84,6 +86,7 @@ class Store:
         self.deliveries = Deliveries(self)
         self.audiences = Audiences(self)
         self.approvals = Approvals(self)
+        self.schedules = Schedules(self)
         register_functions(conn)
 
     @classmethod
