@@ -157,6 +157,7 @@ class SendSummary:
     stop_code: int = 0  # the exit status that goes with `stopped`
     scheduled: str = ""  # a scheduled send: when it will go, as the editor reads it
     sample: tuple[str, ...] = ()  # a dry run: a few of the addresses it would send to
+    audience: str = ""  # who it is for, as a person reads it ("list news where 地区 = ...")
 
     @property
     def failed(self) -> int:

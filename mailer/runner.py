@@ -148,7 +148,14 @@ class Runner:
     async def _retry(self, campaign: Campaign, stop: asyncio.Event) -> int:
         try:
             summary = await retry_campaign(
-                self.store, self.config, str(campaign.id), self.send_options, self.settings, stop=stop, due_only=True
+                self.store,
+                self.config,
+                str(campaign.id),
+                self.send_options,
+                self.settings,
+                stop=stop,
+                due_only=True,
+                now=self.clock(),
             )
         except CampaignBusy:
             return 0

@@ -142,9 +142,9 @@ def _dry_run(
     existing = store.campaigns.find(audience, prepared.identity, prepared.issue.content_hash)
     if existing is not None:
         notes += _existing_notes(store, existing, audience, prepared.issue.content_hash, include_new=False)
-    summary = SendSummary(None, total, {"would send": total}, dry_run=True, warnings=notes, sample=addresses)
-    summary.scheduled = audience.describe()
-    return summary
+    return SendSummary(
+        None, total, {"would send": total}, dry_run=True, warnings=notes, sample=addresses, audience=audience.describe()
+    )
 
 
 def _existing_notes(
@@ -341,16 +341,18 @@ async def retry_campaign(
     *,
     due_only: bool = False,
     failed: bool = False,
+    now: datetime | None = None,
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or with `due_only` those whose backoff has passed, without
-    waiting for the others), and with `failed` to the failed ones too."""
+    waiting for the others), and with `failed` to the failed ones too. `now` is when "due" is judged (the
+    runner's clock)."""
     started = time.monotonic()
     campaign = store.campaigns.get(campaign_ref)
     refuse_cancelled(campaign)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     if due_only:
         options = replace(options, max_wait=0.0)  # keep to the schedule: what is not due waits for its time
-        if not failed and not store.deliveries.count_due(campaign.id, stamp()):
+        if not failed and not store.deliveries.count_due(campaign.id, stamp(now)):
             counts = store.deliveries.counts(campaign.id)
             earliest = store.deliveries.next_retry(campaign.id)
             note = f"nothing is due yet; the next retry time is {earliest}" if earliest else "nothing is due"
@@ -372,7 +374,7 @@ async def retry_campaign(
                 f"{requeued} failed recipient(s) queued again"
                 + (f"; {left} left failed: unsubscribed or suppressed since" if left else "")
             )
-        store.deliveries.requeue_due(campaign.id, stamp() if due_only else None)
+        store.deliveries.requeue_due(campaign.id, stamp(now) if due_only else None)
         return notes
 
     return await deliver_campaign(

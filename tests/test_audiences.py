@@ -304,3 +304,34 @@ def test_saved_segments_and_a_bad_expression(store: Store, tmp_path: Path, run_c
     rendered = run_cli("render", str(issue), "--list", "bulletin", "--where", '地区 = "上海"', "-o", "out")
     assert rendered.returncode == 0, rendered.stderr
     assert "c@example.net" in (tmp_path / "out" / "issue.eml").read_text(encoding="utf-8")
+
+
+async def test_a_campaign_from_before_schema_9_is_still_found_by_its_rendered_output(
+    store: Store, config: Config, smtp_server: CaptureServer, settings, tmp_path: Path
+) -> None:
+    add(store, "bulletin", PEOPLE[:2])
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    first = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
+    with store.transaction():  # what schema 9's migration leaves of a campaign made before it
+        store.conn.execute("UPDATE campaigns SET content_hash = 'rendered:' || look_hash")
+
+    again = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
+
+    assert again.campaign_id == first.campaign_id and len(smtp_server.received) == 2
+    assert "already complete" in " ".join(again.warnings)
+
+
+async def test_the_issue_may_name_its_saved_segment(
+    store: Store, config: Config, smtp_server: CaptureServer, settings, tmp_path: Path
+) -> None:
+    from mailer.targeting import create_segment
+
+    add(store, "bulletin", PEOPLE)
+    create_segment(store, "chongqing", "bulletin", '地区 = "重庆"')
+    issue = tmp_path / "issue.md"
+    issue.write_text("---\nsubject: 第1期\nsegment: chongqing\n---\n\n正文。\n", encoding="utf-8")
+
+    summary = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
+
+    assert summary.counts == {"sent": 1} and not summary.warnings
+    assert [c.rcpt_tos[0] for c in smtp_server.received] == ["a@example.org"]

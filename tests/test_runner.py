@@ -13,9 +13,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from mailer.capture import CaptureServer
 from mailer.config import Config
 from mailer.engine import SendOptions
+from mailer.errors import MailerError
 from mailer.models import CampaignState, Subscriber, UnsubscribeSource
 from mailer.runner import Runner
 from mailer.send import send_issue
@@ -200,3 +203,61 @@ def test_sigterm_stops_an_idle_runner_at_once(store: Store, tmp_path: Path) -> N
     _, err = runner.communicate(timeout=10)
     assert runner.returncode == 0, err
     assert "stopped" in err
+
+
+async def test_the_runner_sends_due_retries_on_its_clock_and_reads_the_bounce_mailbox_every_few_minutes(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    from mailer.capture import Rule
+    from mailer.runner import RunnerOptions
+    from tests.test_bounces import fill, sent_messages
+
+    add(store, ["a@example.org", "b@example.org"])
+    smtp_server.set_rule("b@example.org", Rule(stage="rcpt", code=451, text="4.7.1 greylisted", times=1))
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    first = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
+    assert first.counts == {"sent": 1, "deferred": 1}
+    (tmp_path / "bounces").mkdir()
+    (tmp_path / "bounces" / "one.eml").write_bytes(fill("gmail.eml", sent_messages(smtp_server)["a@example.org"]))
+    lines: list[str] = []
+    now = datetime.now(UTC)
+    clock = Clock(now)
+    options = RunnerOptions(bounces=tmp_path / "bounces", bounce_every=300)
+    runner = Runner(store, config, settings, SendOptions(), lines.append, options, clock=clock)
+
+    assert await runner.tick() == 0  # b's backoff (60 s and jitter) has not passed on the runner's clock
+    assert len(smtp_server.received) == 1
+    assert any("1 new report(s), 1 matched" in line for line in lines), lines
+    assert store.suppressions.get("a@example.org") is not None
+    clock.now = now + timedelta(minutes=2)
+    assert await runner.tick() == 1
+
+    assert [c.rcpt_tos[0] for c in smtp_server.received] == ["a@example.org", "b@example.org"]
+    assert store.deliveries.counts(first.campaign_id or 0) == {"bounced": 1, "sent": 1}
+    scans = len([line for line in lines if "bounces" in line])
+    clock.now = now + timedelta(minutes=10)
+    await runner.tick()  # scanned again, but the report was read already: nothing new to say
+    assert len([line for line in lines if "bounces" in line]) == scans
+
+
+async def test_scheduling_again_moves_it_and_a_plain_send_starts_it_now(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add(store, ["a@example.org"])
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    first = await send_issue(store, config, issue, "bulletin", SendOptions(), settings, send_at=T0)
+    moved = await send_issue(store, config, issue, "bulletin", SendOptions(), settings, send_at=T0 + timedelta(days=1))
+    assert moved.campaign_id == first.campaign_id
+    assert store.campaigns.get(first.campaign_id or 0).send_at == "2026-12-06T01:00:00.000Z"
+    other = write_issue(tmp_path / "issue.md", "第1期", body="另一版。")
+    with pytest.raises(MailerError, match="is scheduled for"):
+        await send_issue(store, config, other, "bulletin", SendOptions(), settings, send_at=T0)
+    write_issue(tmp_path / "issue.md", "第1期")
+
+    now = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
+
+    assert now.campaign_id == first.campaign_id and now.counts == {"sent": 1}
+    assert any("it starts now" in w for w in now.warnings)
+    assert len(smtp_server.received) == 1

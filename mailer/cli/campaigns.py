@@ -134,6 +134,8 @@ def log(
         raise typer.BadParameter("choose one of --json and --csv")
     if status and status not in tuple(DeliveryStatus):
         raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
+    from mailer.campaign import stored_audience
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         rows = store.deliveries.log(found.id, DeliveryStatus(status) if status else None)
@@ -153,5 +155,5 @@ def log(
                     [r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
                     for r in rows
                 ],
-                title=f"campaign {found.id}: {found.subject}",
+                title=f"campaign {found.id}: {found.subject} ({stored_audience(store, found).describe()})",
             )

@@ -215,7 +215,7 @@ def summary_line(summary: SendSummary) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to send"
     if summary.dry_run:
         sample = f" (e.g. {', '.join(summary.sample)})" if summary.sample else ""
-        target = f" of {summary.scheduled}" if summary.scheduled else ""
+        target = f" of {summary.audience}" if summary.audience else ""
         return f"dry run: would send to {summary.total} recipients{target}{sample}; nothing was sent"
     if summary.test:
         return (

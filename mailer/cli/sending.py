@@ -153,7 +153,7 @@ def send(
                 )
             )
             when = f" at {describe(send_at, zone)}" if send_at else ""
-            if not typer.confirm(f"Send {issue} to {counted.total} recipients of {counted.scheduled}{when}?"):
+            if not typer.confirm(f"Send {issue} to {counted.total} recipients of {counted.audience}{when}?"):
                 raise typer.Exit(ExitCode.ERROR)
         stop = asyncio.Event()
         progress = RichProgress(err().is_terminal and not dry_run)

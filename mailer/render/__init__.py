@@ -82,7 +82,7 @@ IMAGE_MODES = ("url", "cid")
 
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
-FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images")
+FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images", "segment")
 TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 
