@@ -117,7 +117,8 @@ def test_two_list_options_on_the_command_line_both_count(
     assert result.returncode == 0, result.stderr
     assert set(received_by(smtp_server)) == {e for e, _, _ in PEOPLE}
     (row,) = campaigns(run_cli)
-    assert row["counts"] == {"sent": 4}
+    assert row["counts"] == {"sent": 4} and row["list"] == "bulletin"
+    assert row["audience"] == {"lists": ["bulletin", "extra"], "where": "", "segment": ""}
 
 
 async def test_a_new_look_alone_is_the_same_campaign_and_says_the_look_changed(

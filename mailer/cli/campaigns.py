@@ -5,6 +5,7 @@ Commands only: each parses, reads the store and prints."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated
 
 import typer
@@ -35,7 +36,10 @@ def campaigns_ls(
     with open_store(ctx) as store:
         rows = store.campaigns.with_counts(include_tests=tests)
     if as_json:
-        print_json([dataclasses.asdict(r) for r in rows])
+        # the audience as an object: {"lists": [...], "where": "...", "segment": "..."}
+        print_json(
+            [{**dataclasses.asdict(r), "audience": json.loads(r.audience) if r.audience else None} for r in rows]
+        )
         return
     table(
         ["id", "issue", "list", "state", "created", "counts"],
