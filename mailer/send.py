@@ -71,7 +71,9 @@ async def send_issue(
     started = time.monotonic()
     names = [lists] if isinstance(lists, str) else list(lists)
     prepared = prepare_issue(store, config, issue_path, names[0] if names else "")
-    audience = resolve_audience(store, names, where, segment or _front_matter_segment(prepared))
+    if not (where or segment):  # what the command line says wins over the issue's `segment:`
+        segment = _front_matter_segment(prepared)
+    audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
         return _dry_run(store, config, prepared, audience, signer)

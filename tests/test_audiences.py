@@ -112,10 +112,13 @@ def test_two_list_options_on_the_command_line_both_count(
     issue = write_issue(tmp_path / "issue.md", "第1期")
     env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
 
-    result = run_cli("send", str(issue), "--list", "bulletin", "--list", "extra", "--yes", env=env)
+    result = run_cli("send", str(issue), "--list", "bulletin", "--list", "extra", "--workers", "2", "--yes", env=env)
 
     assert result.returncode == 0, result.stderr
-    assert set(received_by(smtp_server)) == {e for e, _, _ in PEOPLE}
+    assert received_by(smtp_server) == Counter({e: 1 for e, _, _ in PEOPLE})
+    for captured in smtp_server.received:  # worker processes build each list's own List-Id too
+        on = "bulletin" if captured.rcpt_tos[0] in ("a@example.org", "b@example.com") else "extra"
+        assert f"<{on}.example.org>" in str(message_from_bytes(captured.data)["List-Id"])
     (row,) = campaigns(run_cli)
     assert row["counts"] == {"sent": 4} and row["list"] == "bulletin"
     assert row["audience"] == {"lists": ["bulletin", "extra"], "where": "", "segment": ""}
@@ -332,6 +335,8 @@ async def test_the_issue_may_name_its_saved_segment(
     issue = tmp_path / "issue.md"
     issue.write_text("---\nsubject: 第1期\nsegment: chongqing\n---\n\n正文。\n", encoding="utf-8")
 
+    dry = await send_issue(store, config, issue, "bulletin", SendOptions(dry_run=True), settings, where='地区 = "北京"')
+    assert dry.sample == ("b@example.com",)  # the command line wins over the issue's segment
     summary = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
 
     assert summary.counts == {"sent": 1} and not summary.warnings

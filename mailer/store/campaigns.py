@@ -206,7 +206,10 @@ class Campaigns(Repository):
             if state is CampaignState.CANCELLED:
                 raise MailerError(f"campaign {campaign_id} was cancelled; nothing was sent")
             if state is CampaignState.SCHEDULED:
-                raise CampaignHeld(f"campaign {campaign_id} is scheduled and has not started (see: mailer run)")
+                raise MailerError(
+                    f"campaign {campaign_id} is scheduled and has not started: 'mailer run' starts it at its time "
+                    f"(or move it: mailer campaigns reschedule {campaign_id} --at now); nothing was sent"
+                )
             self.conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (CampaignState.SENDING, campaign_id))
 
     def pause(self, campaign_id: int) -> None:
