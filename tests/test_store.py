@@ -3,6 +3,7 @@ its rows; the views answer what ops ask; the store is a context manager on an in
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -287,6 +288,17 @@ def test_the_released_steps_are_what_the_migrations_make(tmp_path: Path) -> None
     frozen_shape = _shape(frozen)
     frozen_shape.pop("views")
     assert shape == frozen_shape
+
+
+def test_a_campaign_of_schema_8_keeps_its_identity_as_the_rendered_output_and_gets_its_audience(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    _old_database(old, 8)
+    with Store.open(old, must_exist=False) as store:
+        store.init()
+        campaign = store.campaigns.get(1)
+        assert (campaign.content_hash, campaign.look_hash, campaign.audience_key) == ("rendered:h", "h", "1|")
+        assert json.loads(campaign.audience) == {"lists": ["bulletin"], "where": "", "segment": ""}
+        assert store.campaigns.find(store.lists.get("bulletin").id, "new identity", "h") == campaign
 
 
 def test_a_campaign_of_schema_7_gets_the_state_its_stamps_say(tmp_path: Path) -> None:

@@ -139,12 +139,14 @@ def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     "created": r.created,
                     "active": r.active,
                     "total": r.total,
+                    "require_approval": r.require_approval,
+                    "tz": r.tz,
                 }
                 for r in rows
             ]
         )
         return
     table(
-        ["name", "title", "from", "lang", "active", "total"],
-        [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows],
+        ["name", "title", "from", "lang", "active", "total", "approvals"],
+        [[r.name, r.title, r.from_addr, r.lang, r.active, r.total, r.require_approval or ""] for r in rows],
     )

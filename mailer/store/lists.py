@@ -28,6 +28,8 @@ class ListSummary:
     created: str
     active: int
     total: int
+    require_approval: int = 0
+    tz: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Lists(Repository):
         return [
             ListSummary(**row)
             for row in self.store.db.query(
-                "SELECT l.name, l.title, l.from_addr, l.lang, l.created, "
+                "SELECT l.name, l.title, l.from_addr, l.lang, l.created, l.require_approval, l.tz, "
                 "COALESCE(SUM(s.status = 'active'), 0) AS active, COUNT(s.id) AS total "
                 "FROM lists l LEFT JOIN subscribers s ON s.list_id = l.id GROUP BY l.id ORDER BY l.name"
             )
