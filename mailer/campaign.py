@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailer.attachments import Attachment
 from mailer.audience import Audience
 from mailer.checks import image_source_warnings
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, TemplateError, UsageError
-from mailer.message import MessageSigner, MessageTemplate, Sender, parse_from
-from mailer.models import Campaign, MailingList, Subscriber, SubscriberStatus
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
+from mailer.models import Campaign, MailingList, Recipient, Subscriber, SubscriberStatus
 from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
 from mailer.store import Store
 from mailer.wording import READER
@@ -83,6 +85,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
         read_file=issue_file_reader(issue_path, files),
         templates_dir=config.templates,
         theme=config.theme_for(mailing_list.name),
+        attachment_limit=config.attachment_limit,
     )
     warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
@@ -183,13 +186,26 @@ def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
             }
             for i in issue.images
         ],
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "data": base64.b64encode(a.data).decode("ascii")}
+            for a in issue.attachments
+        ],
+        "content_parts": [list(part) for part in issue.content_parts],
     }
 
 
 def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
     images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
+    attachments = tuple(Attachment(**{**a, "data": base64.b64decode(a["data"])}) for a in data.get("attachments", ()))
     return RenderedIssue(
-        **{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]), "images": images}
+        **{
+            **data,
+            "attr_keys": tuple(data["attr_keys"]),
+            "sections": tuple(data["sections"]),
+            "images": images,
+            "attachments": attachments,
+            "content_parts": tuple(tuple(part) for part in data.get("content_parts", ())),
+        }
     )
 
 
@@ -236,6 +252,22 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
     for sub in store.subscribers.of_list(list_id, SubscriberStatus.ACTIVE):
         return sub
     return Subscriber(email="reader@example.org", name="")
+
+
+def sample_message(
+    store: Store,
+    prepared: PreparedIssue,
+    secret: bytes,
+    signer: MessageSigner | None,
+    audience: Audience | None = None,
+) -> BuiltMessage:
+    """The message of the audience's (default: the list's) first subscriber, built as the send would build it
+    (every error surfaces)."""
+    audience = audience or store.campaigns.audience(prepared.mailing_list.id)
+    sample = audience_sample(store, audience)
+    others = [store.lists.by_id(i) for i in audience.list_ids[1:]]
+    template = build_template(prepared, 0, "sample", secret, signer=signer, lists=others)
+    return template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs, sample.list_id), utcnow())
 
 
 def open_campaign(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailer.attachments import DEFAULT_LIMIT_BYTES
 from mailer.errors import ConfigError
 from mailer.models import Theme
 
@@ -54,6 +55,7 @@ class Config:
     pause_after: int = 10  # identical permanent refusals in a row that pause a campaign as suspicious (0: never)
     lease_seconds: float = 60.0  # a sender's hold on its campaign, renewed while it runs
     timezone: str = ""  # of `--at` times when neither --tz nor the list says ("": UTC)
+    attachment_limit: int = DEFAULT_LIMIT_BYTES  # bytes of attachments one message may carry
 
     @property
     def secret_path(self) -> Path:
@@ -87,6 +89,7 @@ _ENV = {
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
     "MAILER_DKIM_DOMAIN": ("dkim_domain", str),
+    "MAILER_ATTACHMENT_LIMIT": ("attachment_limit", int),
 }
 
 _TOML = {
@@ -109,6 +112,7 @@ _TOML = {
     "relay_grace": ("relay_grace", float),
     "pause_after": ("pause_after", int),
     "timezone": ("timezone", str),
+    "attachment_limit": ("attachment_limit", int),
 }
 
 
@@ -127,6 +131,8 @@ _SECONDS_OR_NONE = {"relay_grace"}  # finite, 0 or more: 0 gives a relay no time
 def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
     """A setting as its type: TOML gives typed values, the environment text. Anything that is not a value of that
     type in its range is one ConfigError naming where it was set."""
+    if name == "attachment_limit":
+        return _byte_size(source, key, raw)
     if kind is str or kind is Path:
         if not isinstance(raw, str) or (kind is Path and not raw.strip()):
             raise ConfigError(f"{source}: {key} = {raw!r} must be {'a file name' if kind is Path else 'text'}")
@@ -146,6 +152,26 @@ def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
         raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds above 0")
     elif name in _SECONDS_OR_NONE and not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds, 0 or more")
+    return value
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20}
+MAX_ATTACHMENT_LIMIT = 100 * 2**20  # no relay a newsletter goes through takes more in one message
+
+
+def _byte_size(source: str, key: str, raw: Any) -> int:
+    """A size in bytes: a whole number, or text such as "10 MB" or "512 KB" (MB = 2**20 bytes, as mail clients
+    count), from 1 KB to 100 MB."""
+    found = _SIZE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif found:
+        value = int(float(found.group(1)) * _UNITS[(found.group(2) or "").lower()])
+    else:
+        raise ConfigError(f'{source}: {key} = {raw!r} is not a size such as "10 MB" or "512 KB"')
+    if not 2**10 <= value <= MAX_ATTACHMENT_LIMIT:
+        raise ConfigError(f"{source}: {key} = {raw!r} must be from 1 KB to 100 MB")
     return value
 
 

@@ -98,6 +98,7 @@ def prepare_sample(
         read_file=issue_file_reader(issue_path),
         templates_dir=config.templates,
         theme=config.theme,
+        attachment_limit=config.attachment_limit,
     )
     neutral = no_list(issue.lang)
     prepared = PreparedIssue(

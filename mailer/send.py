@@ -20,21 +20,20 @@ from mailer.approvals import check_approvals
 from mailer.audience import Audience
 from mailer.campaign import (
     PreparedIssue,
-    audience_sample,
-    build_template,
     dkim_signer,
     open_campaign,
     prepare_issue,
     refuse_cancelled,
+    sample_message,
     template_for_campaign,
 )
-from mailer.clock import stamp, utcnow
+from mailer.clock import stamp
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError
 from mailer.message import MessageSigner, MessageTemplate
-from mailer.models import Campaign, CampaignState, DeliveryStatus, Recipient, SendSummary
+from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreWriteError
 from mailer.store.leases import LeaseLost
@@ -44,10 +43,28 @@ from mailer.workers import run_workers
 DRY_RUN_SAMPLE = 5  # addresses a dry run shows of those it would send to
 
 
-async def probe_relays(relays: Sequence[SMTPSettings]) -> None:
-    """Every relay must answer (and accept our login) before any state changes: otherwise exit 4."""
+async def probe_relays(relays: Sequence[SMTPSettings], sizes: bool = False) -> list[tuple[SMTPSettings, int]]:
+    """Every relay must answer (and accept our login) before any state changes: otherwise exit 4. With `sizes`,
+    returns the relays that name the largest message they take, with that size."""
+    limits = []
     for relay in relays:
-        await probe(relay)
+        size = await probe(relay, sizes)
+        if size is not None:
+            limits.append((relay, size))
+    return limits
+
+
+def refuse_oversize(message_bytes: int, limits: Sequence[tuple[SMTPSettings, int]]) -> None:
+    """A message a relay would refuse for its size (552 at MAIL or DATA) would be refused for every recipient: an
+    issue with attachments too large for the relay is stopped before its campaign exists."""
+    margin = 4096  # names and addresses make one message a little longer than another
+    for relay, size in limits:
+        if message_bytes + margin > size:
+            raise MailerError(
+                f"each message is {message_bytes / 2**20:.1f} MB with its attachments (base64 adds a third) and "
+                f"{relay.host}:{relay.port} takes at most {size / 2**20:.1f} MB (its EHLO SIZE); nothing was sent: "
+                "attach less, or link to the files"
+            )
 
 
 async def send_issue(
@@ -97,7 +114,10 @@ async def send_issue(
                         f"matching since campaign {existing.id} was sent are queued for it now"
                     ]
 
-    await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
+    # refused / login refused: exit 4 before any state changes; with attachments, what size each relay takes
+    limits = await probe_relays(settings, sizes=bool(prepared.issue.attachments))
+    if prepared.issue.attachments:
+        refuse_oversize(len(sample_message(store, prepared, config.secret, signer, audience).data), limits)
     campaign, template = open_campaign(
         store, prepared, config.secret, signer, audience=audience, test_email=options.test_email
     )
@@ -128,16 +148,7 @@ def _dry_run(
     store: Store, config: Config, prepared: PreparedIssue, audience: Audience, signer: MessageSigner | None
 ) -> SendSummary:
     """Build one message as a send would (so a template or key error shows now) and count who it would reach."""
-    template = build_template(
-        prepared,
-        0,
-        "dry-run",
-        config.secret,
-        signer=signer,
-        lists=[store.lists.by_id(i) for i in audience.list_ids[1:]],
-    )
-    sample = audience_sample(store, audience)
-    template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs, sample.list_id), utcnow())
+    sample_message(store, prepared, config.secret, signer, audience)
     total = store.audiences.count(audience)
     addresses = tuple(s.email for s in store.audiences.sample(audience, DRY_RUN_SAMPLE))
     notes = list(prepared.warnings)

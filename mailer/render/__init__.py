@@ -29,6 +29,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
+from mailer.attachments import DEFAULT_LIMIT_BYTES, describe, read_attachments, unmentioned
 from mailer.errors import TemplateError
 from mailer.models import Lang, Theme
 from mailer.render.images import embed_images, image_type
@@ -39,11 +40,13 @@ from mailer.render.issue import (
     PH_UNSUBSCRIBE,
     PLACEHOLDER_RE,
     InlineImage,
+    IssueContent,
     ListContext,
     ReadFile,
     RenderedIssue,
     Section,
     attr_placeholder_keys,
+    issue_content,
     substitute,
 )
 from mailer.render.layouts import (
@@ -64,6 +67,7 @@ from mailer.wording import NO_LIST_TITLE
 __all__ = [
     "PLACEHOLDER_RE",
     "InlineImage",
+    "IssueContent",
     "ListContext",
     "RenderedIssue",
     "Section",
@@ -71,6 +75,7 @@ __all__ = [
     "builtin_layouts",
     "image_type",
     "inline_css",
+    "issue_content",
     "layout_files",
     "memory_ceiling",
     "render_issue",
@@ -82,7 +87,18 @@ IMAGE_MODES = ("url", "cid")
 
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
-FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images", "segment")
+FRONT_MATTER_FIELDS = (
+    "subject",
+    "preheader",
+    "issue",
+    "date",
+    "from",
+    "lang",
+    "slug",
+    "images",
+    "attachments",
+    "segment",
+)
 TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 
@@ -315,10 +331,12 @@ def render_issue(
     read_file: ReadFile | None = None,
     given: Mapping[str, Any] | None = None,
     theme: Theme | None = None,
+    attachment_limit: int = DEFAULT_LIMIT_BYTES,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
-    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`.
+    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid` and the
+    files of `attachments:`, together at most `attachment_limit` bytes.
     `given` sets front-matter values as data (a confirmation mail's subject naming the list).
     `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
     list_ctx = list_ctx or ListContext()
@@ -332,6 +350,7 @@ def render_issue(
         raise TemplateError(f"{origin}: front matter 'lang' must be {' or '.join(Lang)}, not {meta['lang']!r}")
     list_title = list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"])
     logo, layout_theme = theme_context(theme or Theme(), list_title)
+    attachments, size_warnings = read_attachments(meta.get("attachments"), read_file, origin, attachment_limit)
     base_context: dict[str, Any] = {
         "subject": str(meta["subject"]).strip(),
         "preheader": str(meta.get("preheader") or "").strip(),
@@ -344,6 +363,7 @@ def render_issue(
         "subscriber": recipient,
         "unsubscribe_url": PH_UNSUBSCRIBE,
         "theme": layout_theme,
+        "attachments": describe(attachments),  # name and size of each, for the layouts to list
     }
     try:
         with memory_ceiling():
@@ -369,11 +389,8 @@ def render_issue(
         raise template_error(origin, exc) from None
     html = inline_css(raw_html)
     text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
-    digest = hashlib.sha256()
-    for part in (source, raw_html, text):
-        digest.update(part.encode("utf-8"))
-    for image in images:
-        digest.update(image.data)
+    content = issue_content(source, raw_html, text, images, attachments)
+    warnings = [*meta.unused(origin), *size_warnings, *unmentioned(attachments, html, text, origin)]
     return RenderedIssue(
         slug=slugify(str(meta.get("slug") or Path(origin).stem)),
         subject=base_context["subject"],
@@ -383,11 +400,13 @@ def render_issue(
         text=text,
         meta={k: _plain(v) for k, v in parsed.items()},
         attr_keys=tuple(recipient._keys),
-        content_hash=digest.hexdigest(),
+        content_hash=content.digest,
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),
         images=images,
-        warnings=tuple(meta.unused(origin)),
+        warnings=tuple(warnings),
+        attachments=attachments,
+        content_parts=content.parts,
     )
 
 
