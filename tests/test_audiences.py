@@ -341,3 +341,23 @@ async def test_the_issue_may_name_its_saved_segment(
 
     assert summary.counts == {"sent": 1} and not summary.warnings
     assert [c.rcpt_tos[0] for c in smtp_server.received] == ["a@example.org"]
+
+
+def test_an_approval_is_of_the_attachments_too(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add(store, "bulletin", PEOPLE[:1])
+    assert run_cli("lists", "update", "bulletin", "--require-approval", "1").returncode == 0
+    (tmp_path / "简报第10期.pdf").write_bytes(b"%PDF-1.4\n% first\n%%EOF\n")
+    issue = tmp_path / "issue.md"
+    issue.write_text("---\nsubject: 第10期\nattachments: [简报第10期.pdf]\n---\n\n正文。\n", encoding="utf-8")
+    assert run_cli("approve", str(issue), "--list", "bulletin", "--by", "李四").returncode == 0
+    (tmp_path / "简报第10期.pdf").write_bytes(b"%PDF-1.4\n% second\n%%EOF\n")  # the PDF replaced, the text not
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+
+    refused = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
+
+    assert refused.returncode == 1 and not smtp_server.received
+    assert_one_error_line(refused.stderr)
+    changed = refused.stderr.split("changed since: ", 1)[1].split(";", 1)[0]
+    assert changed == "简报第10期.pdf"
