@@ -361,3 +361,21 @@ def test_an_approval_is_of_the_attachments_too(
     assert_one_error_line(refused.stderr)
     changed = refused.stderr.split("changed since: ", 1)[1].split(";", 1)[0]
     assert changed == "简报第10期.pdf"
+
+
+def test_the_trial_case_a_new_accent_in_mailer_toml_does_not_mail_the_list_again(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add(store, "bulletin", PEOPLE)
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    assert run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env).returncode == 0
+    (tmp_path / "mailer.toml").write_text('[theme]\naccent = "#7a1f5c"\n', encoding="utf-8")
+    assert run_cli("lists", "update", "bulletin", "--title", "另一个名称").returncode == 0
+
+    again = run_cli("send", str(issue), "--list", "bulletin", "--yes", env=env)
+
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stderr and "the look (layout, theme or list settings) changed" in again.stderr
+    assert len(smtp_server.received) == 4
+    assert [c["counts"] for c in campaigns(run_cli)] == [{"sent": 4}]
