@@ -22,10 +22,11 @@ from mailer.checks import image_source_warnings
 from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, TemplateError, UsageError
-from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from, web_edition_url
 from mailer.models import Campaign, MailingList, Recipient, Subscriber, SubscriberStatus
-from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
+from mailer.render import InlineImage, ListContext, RenderedIssue, WebEdition, render_issue
 from mailer.store import Store
+from mailer.tokens import archive_key
 from mailer.wording import READER
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML
@@ -40,6 +41,8 @@ class PreparedIssue:
     sender: Sender
     issue_path: Path
     warnings: list[str] = field(default_factory=list)
+    # The issue rendered for a neutral reader (the archive's page), made only when a campaign is created.
+    web_edition: Callable[[], str] | None = None
     # The issue's own content: the file and every file it embeds (name -> sha256), and their hash. The layout,
     # the theme and the list's settings are its look (issue.content_hash), not what identifies it.
     files: dict[str, str] = field(default_factory=dict)
@@ -78,15 +81,20 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     source = read_issue_file(issue_path)
     files = {Path(issue_path).name: hashlib.sha256(source.encode("utf-8")).hexdigest()}
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
-    issue = render_issue(
-        source,
-        origin=str(issue_path),
-        list_ctx=ctx,
-        read_file=issue_file_reader(issue_path, files),
-        templates_dir=config.templates,
-        theme=config.theme_for(mailing_list.name),
-        attachment_limit=config.attachment_limit,
-    )
+
+    def render(edition: WebEdition | None = None) -> RenderedIssue:
+        return render_issue(
+            source,
+            origin=str(issue_path),
+            list_ctx=ctx,
+            read_file=issue_file_reader(issue_path, files),
+            templates_dir=config.templates,
+            theme=config.theme_for(mailing_list.name),
+            attachment_limit=config.attachment_limit,
+            edition=edition,
+        )
+
+    issue = render()
     warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
     sender = sender_for(mailing_list, issue, config.base_url)
@@ -104,7 +112,10 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
                 f"From domain {sender.mail_domain} is not aligned with DKIM d={config.dkim_domain}: "
                 "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)"
             )
-    return PreparedIssue(mailing_list, issue, sender, issue_path, warnings, files, content_identity(files))
+    edition = WebEdition(signup_url=f"{config.base_url.rstrip('/')}/s/{mailing_list.name}")
+    return PreparedIssue(
+        mailing_list, issue, sender, issue_path, warnings, lambda: render(edition).html, files, content_identity(files)
+    )
 
 
 def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIssue, issue_path: Path) -> list[str]:
@@ -218,11 +229,20 @@ def build_template(
     signer: MessageSigner | None = None,
     test: bool = False,
     lists: Sequence[MailingList] = (),
+    archive_slug: str | None = None,
 ) -> MessageTemplate:
     """The campaign's skeleton; `lists` are the audience's other lists, whose people get their own List-Id and
     unsubscribe link."""
     if not secret:
         raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
+    # A test send links where the real send's web edition will most likely be: under the issue's own slug.
+    slug = archive_slug or prepared.issue.slug
+    view_url = web_edition_url(
+        prepared.sender.base_url,
+        prepared.mailing_list.name,
+        slug,
+        archive_key(secret, prepared.mailing_list.id, slug),
+    )
     template = MessageTemplate(
         prepared.issue,
         prepared.sender,
@@ -233,6 +253,7 @@ def build_template(
         fallback_name=READER.get(prepared.issue.lang, ""),
         signer=signer,
         test=test,
+        view_url=view_url,
     )
     for other in lists:
         template.add_list(other.id, other.name, other.title or other.name)
@@ -299,6 +320,7 @@ def open_campaign(
             send_at=send_at,
             is_test=test_recipient is not None,
             test_recipient=test_recipient,
+            web_edition=prepared.web_edition() if prepared.web_edition and test_recipient is None else None,
         )
 
     if test_email:
@@ -341,7 +363,16 @@ def template_for_campaign(
     mailing_list = store.lists.by_id(campaign.list_id)
     prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url), Path(campaign.issue_path))
     others = [] if campaign.is_test else [store.lists.by_id(i) for i in stored_audience(store, campaign).list_ids[1:]]
-    return build_template(prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test, lists=others)
+    return build_template(
+        prepared,
+        campaign.id,
+        salt,
+        secret,
+        signer=signer,
+        test=campaign.is_test,
+        lists=others,
+        archive_slug=campaign.archive_slug,
+    )
 
 
 def refuse_cancelled(campaign: Campaign | None) -> None:

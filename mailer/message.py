@@ -275,6 +275,17 @@ def unsubscribe_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/u/{token}"
 
 
+def preferences_url(base_url: str, secret: bytes, list_id: int, subscriber_id: int, issued: int) -> str:
+    """The preferences page of one subscriber: the token carries when it was made (its expiry and rotation)."""
+    token = make_token(secret, TokenKind.PREFERENCES, list_id, subscriber_id, issued)
+    return f"{base_url.rstrip('/')}/p/{token}"
+
+
+def web_edition_url(base_url: str, list_name: str, slug: str, key: str = "") -> str:
+    """An issue's page in its list's archive; `key` opens it while the archive is not public."""
+    return f"{base_url.rstrip('/')}/a/{list_name}/{slug}" + (f"?k={key}" if key else "")
+
+
 def _image_part(boundary: str, image: InlineImage) -> bytes:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", image.filename) or "image"
     encoded = binascii.b2a_base64(image.data, newline=False)
@@ -305,8 +316,11 @@ class MessageTemplate:
         fallback_name: str = "",
         signer: MessageSigner | None = None,
         test: bool = False,
+        view_url: str = "",
     ) -> None:
         self.issue = issue
+        # "view in browser": the campaign's web edition, the same link for every recipient
+        self.view_url = view_url or web_edition_url(sender.base_url, sender.list_name, issue.slug)
         self.signer = signer  # DKIM: signs each finished message, the key loaded once per campaign
         self.test = test  # a test send: the subject says so, whatever the mail client shows
         self.sender = sender
@@ -372,11 +386,19 @@ class MessageTemplate:
         if list_id != self.list_id:
             self.list_tails[list_id] = self._tail(list_name, list_title)
 
-    def values_for(self, recipient: Recipient, unsub_url: str) -> dict[str, str]:
+    def values_for(self, recipient: Recipient, unsub_url: str, now: datetime) -> dict[str, str]:
         values = {
             "NAME": clean_header_text(recipient.name) or self.fallback_name,
             "EMAIL": recipient.email,
             "UNSUBSCRIBE_URL": unsub_url,
+            "PREFERENCES_URL": preferences_url(
+                self.sender.base_url,
+                self.secret,
+                recipient.list_id if recipient.list_id in self.list_tails else self.list_id,  # the list they are on
+                recipient.subscriber_id,
+                int(now.timestamp()),
+            ),
+            "VIEW_URL": self.view_url,
         }
         for code, key in self.attr_codes.items():
             values[code] = clean_header_text(recipient.attrs.get(key, ""))
@@ -391,7 +413,7 @@ class MessageTemplate:
         url = unsubscribe_url(self.sender.base_url, utoken)
         domain = self.bounce_domain
         message_id = message_id_for(self.campaign_id, recipient.subscriber_id, self.salt, domain)
-        values = self.values_for(recipient, url)
+        values = self.values_for(recipient, url, now)
         head = (
             self.head_before_to
             + address_header("To", recipient.name, rcpt)
@@ -417,8 +439,8 @@ class MessageTemplate:
             data = b"".join((*personal, self.closing))
         return BuiltMessage(f"bounces+{btoken}@{domain}", rcpt, message_id, data, smtputf8, url, self.clean_tail)
 
-    def personal_bodies(self, recipient: Recipient, unsub_url: str) -> tuple[str, str]:
+    def personal_bodies(self, recipient: Recipient, unsub_url: str, now: datetime) -> tuple[str, str]:
         """The HTML and text one recipient sees, decoded (for previews and `mailer render`)."""
-        values = self.values_for(recipient, unsub_url)
+        values = self.values_for(recipient, unsub_url, now)
         escaped = {k: html.escape(v, quote=True) for k, v in values.items()}
         return substitute(self.issue.html, escaped), substitute(self.issue.text, values)

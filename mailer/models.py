@@ -49,6 +49,7 @@ class UnsubscribeSource(StrEnum):
     OPS = "ops"  # mailer unsubscribe EMAIL --list L
     REMOVED = "removed"  # mailer subs remove, for someone a delivery log still names
     COMPLAINT = "complaint"  # they marked an issue as spam
+    PREFERENCES = "preferences"  # their own preferences page (a list left, or "unsubscribe from everything")
 
 
 class SuppressionReason(StrEnum):
@@ -85,6 +86,8 @@ class MailingList:
     created: str = ""
     require_approval: int = 0  # approvals of the exact content a send to this list needs (0: none)
     tz: str = ""  # the IANA timezone of its `--at` times ("": mailer.toml's, else UTC)
+    public: bool = False  # offered on every preferences page, to people not on it (lists update --public on)
+    archive: bool = False  # its past issues are a public web archive with a feed (lists update --archive on)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Campaign:
     audience_key: str = ""  # what identifies the audience: the sorted list ids and the expression
     look_hash: str = ""  # the rendered output it was snapshotted with (layout, theme, list title)
     send_at: str | None = None  # a scheduled start (UTC stamp); set for every campaign that was scheduled
+    archive_slug: str | None = None  # its web edition's name in the list's archive (a test send has none)
 
 
 @dataclass

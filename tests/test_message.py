@@ -417,7 +417,7 @@ def test_generated_messages_pass_check_eml(tmp_path: Path, store: Store, config:
 
 def reference_message(tmpl: MessageTemplate, recipient: Recipient, built: BuiltMessage) -> EmailMessage:
     """The same message built by the email package, as the fast builder claims to reproduce."""
-    html, text = tmpl.personal_bodies(recipient, built.unsubscribe_url)
+    html, text = tmpl.personal_bodies(recipient, built.unsubscribe_url, NOW)
     ref = EmailMessage(policy=policy.SMTP)
     ref["From"] = Address(tmpl.sender.from_name, addr_spec=tmpl.sender.from_addr)
     ref["To"] = Address(recipient.name, addr_spec=recipient.email)

@@ -44,12 +44,15 @@ def test_the_wheel_carries_layouts_pages_and_samples(tmp_path: Path) -> None:
         shipped = {
             "mailer/templates/issue.html.j2": REPO / "templates" / "issue.html.j2",
             "mailer/templates/issue.txt.j2": REPO / "templates" / "issue.txt.j2",
-            "mailer/templates/web/page.html.j2": REPO / "templates" / "web" / "page.html.j2",
+            **{
+                f"mailer/templates/web/{name}": REPO / "templates" / "web" / name
+                for name in ("page.html.j2", "page.css.j2", "preferences.html.j2", "archive.html.j2")
+            },
             "mailer/samples/sample.md": REPO / "issues" / "sample.md",
             "mailer/samples/sample.csv": REPO / "subscribers" / "sample.csv",
             **{f"mailer/starter/{path.name}": path for path in (REPO / "mailer" / "starter").iterdir()},
         }
-        assert len(shipped) == 11  # the 5 above and the 6 starter files of mailer new
+        assert len(shipped) == 14  # the 8 above and the 6 starter files of mailer new
         for name, original in shipped.items():
             assert name in names, sorted(names)
             assert archive.read(name) == original.read_bytes(), name  # a copy of the file, not a dangling link

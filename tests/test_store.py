@@ -169,9 +169,41 @@ ALTER TABLE campaigns ADD COLUMN state TEXT NOT NULL DEFAULT 'sending';
 UPDATE campaigns SET state = CASE WHEN cancelled IS NOT NULL THEN 'cancelled' WHEN finished IS NOT NULL THEN 'finished'
 ELSE 'sending' END;
 """,
+    # 9 and 10: the branches of issues 13 and 14 (renumbered at merge).
+    9: "",
+    10: "",
+    # Issue 15: public and archived lists, per-address preferences, link requests, joins, web editions.
+    11: """
+ALTER TABLE lists ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lists ADD COLUMN archive INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN web_edition TEXT;
+ALTER TABLE campaigns ADD COLUMN archive_slug TEXT;
+CREATE TABLE people (
+    email TEXT PRIMARY KEY,
+    lang TEXT NOT NULL DEFAULT '',
+    links_valid_from INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
+CREATE TABLE link_requests (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX link_requests_email ON link_requests (email, at);
+CREATE INDEX link_requests_client ON link_requests (client, at);
+CREATE TABLE joins (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX campaigns_archive_slug ON campaigns (list_id, archive_slug) WHERE archive_slug IS NOT NULL;
+""",
     # Issue 13: audiences (several lists, segments), scheduled starts, saved segments and approvals; a campaign's
     # identity is its audience and the issue's own content.
-    9: """
+    12: """
 ALTER TABLE lists ADD COLUMN require_approval INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE lists ADD COLUMN tz TEXT NOT NULL DEFAULT '';
 ALTER TABLE campaigns ADD COLUMN audience TEXT NOT NULL DEFAULT '';

@@ -37,7 +37,9 @@ from mailer.render.issue import (
     PH_ATTR,
     PH_EMAIL,
     PH_NAME,
+    PH_PREFERENCES,
     PH_UNSUBSCRIBE,
+    PH_VIEW,
     PLACEHOLDER_RE,
     InlineImage,
     IssueContent,
@@ -45,6 +47,7 @@ from mailer.render.issue import (
     ReadFile,
     RenderedIssue,
     Section,
+    WebEdition,
     attr_placeholder_keys,
     issue_content,
     substitute,
@@ -71,6 +74,7 @@ __all__ = [
     "ListContext",
     "RenderedIssue",
     "Section",
+    "WebEdition",
     "attr_placeholder_keys",
     "builtin_layouts",
     "image_type",
@@ -87,18 +91,8 @@ IMAGE_MODES = ("url", "cid")
 
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
-FRONT_MATTER_FIELDS = (
-    "subject",
-    "preheader",
-    "issue",
-    "date",
-    "from",
-    "lang",
-    "slug",
-    "images",
-    "attachments",
-    "segment",
-)
+_MAILER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images", "attachments")
+FRONT_MATTER_FIELDS = (*_MAILER_FIELDS, "segment")  # segment: read by mailer send (send.py), not here
 TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 
@@ -185,6 +179,22 @@ class _RecipientFields:
         if key not in self._keys:
             self._keys.append(key)
         return PH_ATTR.format(self._keys.index(key))
+
+
+class _NeutralReader:
+    """The reader of a web edition: nobody. Every field is blank, so a layout's own default shows
+    (`{{ subscriber.city or "各地" }}`) and no personal value can reach a public page."""
+
+    name = ""
+    email = ""
+
+    def __getattr__(self, key: str) -> str:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return ""
+
+    def __getitem__(self, key: str) -> str:
+        return ""
 
 
 def _markdown() -> MarkdownIt:
@@ -332,17 +342,23 @@ def render_issue(
     given: Mapping[str, Any] | None = None,
     theme: Theme | None = None,
     attachment_limit: int = DEFAULT_LIMIT_BYTES,
+    *,
+    edition: WebEdition | None = None,
+    view_link: bool = True,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
     `read_file` reads a file next to the issue (path as written in it): the images of `images: cid` and the
     files of `attachments:`, together at most `attachment_limit` bytes.
     `given` sets front-matter values as data (a confirmation mail's subject naming the list).
-    `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
+    `theme`: the colours, logo and footer lines of mailer.toml's [theme].
+    `edition`: render the web edition (a neutral reader, no personal links) instead of the mail.
+    `view_link`: the mail links to its web edition ("view in browser"); not a confirmation mail, which has none."""
     list_ctx = list_ctx or ListContext()
     parsed, body = split_front_matter(source, origin, given)
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
+    reader: _RecipientFields | _NeutralReader = recipient if edition is None else _NeutralReader()
     lang = str(meta.get("lang") or list_ctx.lang or "zh").strip().lower()
     if lang not in tuple(Lang):
         # The layouts' own words (greeting, headings, footer) exist in these; any other value printed the English
@@ -360,8 +376,13 @@ def render_issue(
         "list_title": list_title,
         "list_name": list_ctx.name,
         "meta": meta,
-        "subscriber": recipient,
-        "unsubscribe_url": PH_UNSUBSCRIBE,
+        "subscriber": reader,
+        "unsubscribe_url": PH_UNSUBSCRIBE if edition is None else "",
+        "preferences_url": PH_PREFERENCES if edition is None else "",
+        "view_url": PH_VIEW if edition is None and view_link else "",
+        "web": edition is not None,
+        "signup_url": edition.signup_url if edition else "",
+        "archive_url": edition.archive_url if edition else "",
         "theme": layout_theme,
         "attachments": describe(attachments),  # name and size of each, for the layouts to list
     }

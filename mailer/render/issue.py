@@ -27,10 +27,16 @@ PH_EMAIL = "@@MAILER_EMAIL@@"
 PH_UNSUBSCRIBE = "@@MAILER_UNSUBSCRIBE_URL@@"
 
 
+PH_PREFERENCES = "@@MAILER_PREFERENCES_URL@@"
+
+
+PH_VIEW = "@@MAILER_VIEW_URL@@"  # the campaign's web edition: one value for every recipient of a campaign
+
+
 PH_ATTR = "@@MAILER_A{}@@"
 
 
-PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|A\d+)@@")
+PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|PREFERENCES_URL|VIEW_URL|A\d+)@@")
 
 
 ReadFile = Callable[[str], bytes]
@@ -43,6 +49,16 @@ class ListContext:
     name: str = ""
     title: str = ""
     lang: str = "zh"
+
+
+@dataclass(frozen=True)
+class WebEdition:
+    """Render for the web, for nobody in particular: the archive's page and "view in browser". The reader is blank
+    (no name, no address, every attribute empty, no personal link), and the layout gets `web` true with the list's
+    sign-up page and the archive's index to link to instead of the unsubscribe notice."""
+
+    signup_url: str
+    archive_url: str = "./"
 
 
 @dataclass(frozen=True)

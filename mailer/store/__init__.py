@@ -5,6 +5,8 @@
     lists.py         lists and their subscribers (import, status, unsubscribes)
     suppressions.py  addresses never mailed again, and returned mail (bounces, complaints) read once each
     signups.py       sign-up requests: rate limits and double opt-in
+    people.py        one address across lists: its preferences, joins, "send me my link" requests
+    archive.py       a list's archive: the web editions of the campaigns that reached someone
     campaigns.py     campaigns: the snapshot of an issue and its recipients, scheduling, cancelling
     audiences.py     who an audience (lists, a segment) reaches, evaluated in SQLite; saved segments
     approvals.py     who approved which exact content for a list
@@ -31,12 +33,14 @@ import sqlite_utils
 from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
 from mailer.store.approvals import Approval, Approvals
+from mailer.store.archive import Archive, ArchivedIssue
 from mailer.store.audiences import Audiences, Segment, register_functions
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
+from mailer.store.people import People, Person
 from mailer.store.schedules import Schedules
 from mailer.store.signups import Signups
 from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
@@ -46,6 +50,7 @@ DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name witho
 __all__ = [
     "CHUNK",
     "Approval",
+    "ArchivedIssue",
     "CampaignSummary",
     "DatabaseError",
     "DeliveryRef",
@@ -53,6 +58,7 @@ __all__ = [
     "LogEntry",
     "Outcome",
     "Partition",
+    "Person",
     "Segment",
     "Store",
     "StoreWriteError",
@@ -69,7 +75,7 @@ class Store:
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
     `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.audiences`,
-    `store.approvals`, `store.schedules`."""
+    `store.approvals`, `store.schedules`, `store.people`, `store.archive`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -84,6 +90,8 @@ class Store:
         self.campaigns = Campaigns(self)
         self.leases = Leases(self)
         self.deliveries = Deliveries(self)
+        self.people = People(self)
+        self.archive = Archive(self)
         self.audiences = Audiences(self)
         self.approvals = Approvals(self)
         self.schedules = Schedules(self)

@@ -7,6 +7,7 @@ Must not send or render; the content arrives rendered (campaign.py) and deliveri
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +19,29 @@ from mailer.store.leases import check_holder, lease_owner
 
 _COLUMNS = (
     "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled, state, audience, "
-    "audience_key, look_hash, send_at"
+    "audience_key, look_hash, send_at, archive_slug"
 )
 _LIVE = "('queued', 'sending')"  # recipients a campaign is in the middle of (deferred ones wait for retries)
 
 
 def _campaign(row: dict[str, Any]) -> Campaign:
     return Campaign(**{**row, "is_test": bool(row["is_test"]), "state": CampaignState(row["state"])})
+
+
+def _free_archive_slug(conn: sqlite3.Connection, list_id: int, slug: str) -> str:
+    """The issue's slug, or `slug-2`, `slug-3`, ... when the list's archive has that name already."""
+    taken = {
+        name
+        for (name,) in conn.execute(
+            "SELECT archive_slug FROM campaigns WHERE list_id = ? AND (archive_slug = ? OR archive_slug LIKE ?)",
+            (list_id, slug, f"{slug}-%"),
+        )
+    }
+    n, candidate = 1, slug
+    while candidate in taken:
+        n += 1
+        candidate = f"{slug}-{n}"
+    return candidate
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,7 @@ class Campaigns(Repository):
     def find(self, target: Audience | int, content_hash: str, look_hash: str = "") -> Campaign | None:
         """The campaign that sends this content to this audience: what is sent and to whom name a campaign, not
         the issue's file name, nor its look (the latest one, should a database from before schema 5 hold two). A
-        campaign from before schema 9 is known by the rendered output it was made from (`look_hash`)."""
+        campaign from before schema 12 is known by the rendered output it was made from (`look_hash`)."""
         return self._first(
             "audience_key = ? AND content_hash IN (?, ?) AND is_test = 0 ORDER BY id DESC LIMIT 1",
             (self.audience(target).key, content_hash, f"rendered:{look_hash}"),
@@ -104,13 +121,15 @@ class Campaigns(Repository):
         send_at: str | None = None,
         is_test: bool = False,
         test_recipient: Subscriber | None = None,
+        web_edition: str | None = None,
     ) -> Campaign:
         """Write the campaign and its recipient snapshot (active, not suppressed, matching) in one transaction; a
         scheduled one (`send_at`) gets its snapshot when it starts (begin).
 
         For a real send, the campaign of this content and audience is returned if it exists (another process may
         have created it first: the check and the insert share one write transaction, so two senders never make
-        two); see check_new_content for what is refused."""
+        two); see check_new_content for what is refused. `web_edition`: the issue rendered for a neutral reader,
+        archived under the issue's slug (`slug-2`, ... when the list's archive has that name already)."""
         now = self.store.now()
         audience = self.audience(target)
         with self.store.transaction():
@@ -142,6 +161,11 @@ class Campaigns(Repository):
                 ),
             )
             campaign_id = int(cur.lastrowid or 0)
+            if web_edition is not None and not is_test:
+                self.conn.execute(
+                    "UPDATE campaigns SET web_edition = ?, archive_slug = ? WHERE id = ?",
+                    (web_edition, _free_archive_slug(self.conn, audience.list_ids[0], slug), campaign_id),
+                )
             if test_recipient is not None:
                 self.conn.execute(
                     "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "

@@ -45,7 +45,13 @@ class UpsertCounts(NamedTuple):
     suppressed: int = 0  # new, but their address is suppressed: listed, never mailed
 
 
-_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created, require_approval, tz"
+_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created, require_approval, tz, public, archive"
+
+
+def _list(row: dict[str, Any]) -> MailingList:
+    return MailingList(**{**row, "public": bool(row["public"]), "archive": bool(row["archive"])})
+
+
 _SUBSCRIBER_COLUMNS = "id, email, name, attrs, status, list_id"
 
 
@@ -78,15 +84,26 @@ class Lists(Repository):
 
     def get(self, name: str) -> MailingList:
         for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists WHERE name = ?", (name,)):
-            return MailingList(**row)
+            return _list(row)
         known = [n for (n,) in self.conn.execute("SELECT name FROM lists ORDER BY name")]
         hint = f" (lists: {', '.join(known)})" if known else " (create it with: mailer lists create NAME)"
         raise NotFoundError(f"no list named {name!r}{hint}")
 
     def by_id(self, list_id: int) -> MailingList:
         for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists WHERE id = ?", (list_id,)):
-            return MailingList(**row)
+            return _list(row)
         raise NotFoundError(f"no list with id {list_id}")
+
+    def all(self) -> list[MailingList]:
+        return [_list(row) for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists ORDER BY id")]
+
+    def set_flags(self, name: str, *, public: bool | None = None, archive: bool | None = None) -> MailingList:
+        """Change whether a list is offered on preferences pages (public) and publishes its archive."""
+        mailing_list = self.get(name)
+        for column, value in (("public", public), ("archive", archive)):
+            if value is not None:
+                self.conn.execute(f"UPDATE lists SET {column} = ? WHERE id = ?", (int(value), mailing_list.id))
+        return self.get(name)
 
     def with_counts(self) -> list[ListSummary]:
         return [
@@ -142,6 +159,7 @@ class Lists(Repository):
                     self.conn.execute(sql, campaigns)
             for sql in (
                 "DELETE FROM unsubscribes WHERE subscriber_id IN (SELECT id FROM subscribers WHERE list_id = ?)",
+                "DELETE FROM joins WHERE subscriber_id IN (SELECT id FROM subscribers WHERE list_id = ?)",
                 "DELETE FROM signup_requests WHERE list_id = ?",
                 "DELETE FROM segments WHERE list_id = ?",
                 "DELETE FROM approvals WHERE list_id = ?",

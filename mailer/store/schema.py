@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 12
 
 # Schema 1, as every database began. It stays SQL: sqlite-utils' table.create has no table-level UNIQUE over two
 # columns, and a database made today must have the very tables one made at schema 1 has after its migrations.
@@ -195,7 +195,47 @@ def _schema_8(db: sqlite_utils.Database) -> None:
     )
 
 
-# Issue 13: who a campaign is for (several lists, a segment: its audience), when it goes (a scheduled start), saved
+# Issue 15: subscribers at home. Per address (not per list row): the preferred language and the moment before which
+# their preferences links no longer work (a change rotates them); "send me my link" requests (rate limits, as for
+# sign-ups); joins made from the preferences page, recorded with their source as unsubscribes are; which lists are
+# offered to everyone on preferences pages (public) and publish their archive; each campaign's issue as rendered
+# for a neutral reader (the web edition) under a slug unique in its list.
+_PEOPLE_AND_ARCHIVE = """
+CREATE TABLE IF NOT EXISTS people (
+    email TEXT PRIMARY KEY,
+    lang TEXT NOT NULL DEFAULT '',
+    links_valid_from INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_requests (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS link_requests_email ON link_requests (email, at);
+CREATE INDEX IF NOT EXISTS link_requests_client ON link_requests (client, at);
+CREATE TABLE IF NOT EXISTS joins (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS campaigns_archive_slug ON campaigns (list_id, archive_slug)
+    WHERE archive_slug IS NOT NULL;
+"""
+
+
+def _schema_11(db: sqlite_utils.Database) -> None:
+    db.table("lists").add_column("public", int, not_null_default=0)
+    db.table("lists").add_column("archive", int, not_null_default=0)
+    db.table("campaigns").add_column("web_edition", str)
+    db.table("campaigns").add_column("archive_slug", str)
+    _script(_PEOPLE_AND_ARCHIVE)(db)
+
+
+# Issue 13 (schema 12): who a campaign is for (several lists, a segment: its audience), when it goes (scheduled), saved
 # segments and approvals of exact content. A campaign's identity becomes its audience and the issue's own content
 # (the file and what it embeds), no longer the rendered output: a new theme colour must not mail a list again. The
 # content hash of older campaigns was of the rendered output, so it moves to look_hash and their identity is kept
@@ -229,7 +269,7 @@ CREATE INDEX IF NOT EXISTS campaigns_due ON campaigns (state, send_at);
 """
 
 
-def _schema_9(db: sqlite_utils.Database) -> None:
+def _schema_12(db: sqlite_utils.Database) -> None:
     db.table("lists").add_column("require_approval", int, not_null_default=0)
     db.table("lists").add_column("tz", str, not_null_default="")
     for column in ("audience", "audience_key", "look_hash"):
@@ -256,7 +296,12 @@ UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
     6: _schema_6,
     7: lambda db: None,  # the views (made after every migration, as they stand in the latest schema: _views)
     8: _schema_8,
-    9: _schema_9,
+    # 9 and 10 were kept for the branches of issues 13 and 14; main had released them empty, so a database
+    # made there is at 11 already: issue 13's step is 12 (issue 14's comes after it).
+    9: lambda db: None,
+    10: lambda db: None,
+    11: _schema_11,
+    12: _schema_12,
 }
 
 
