@@ -97,6 +97,13 @@ async def test_several_lists_send_each_address_once_with_the_list_it_is_on(
         parsed = read_token(config.secret, token, TokenKind.UNSUBSCRIBE)
         subscriber = store.subscribers.by_id(parsed.b)
         assert parsed.a == lists[on] and subscriber.list_id == lists[on] and subscriber.email == captured.rcpt_tos[0]
+        body = "".join(
+            part.get_payload(decode=True).decode("utf-8")  # type: ignore[union-attr]
+            for part in message.walk()
+            if part.get_content_type() == "text/plain"
+        )
+        prefs = read_token(config.secret, re.search(r"/p/([A-Za-z0-9]+)", body).group(1), TokenKind.PREFERENCES)  # type: ignore[union-attr]
+        assert (prefs.a, prefs.b) == (lists[on], subscriber.id)  # the preferences link is of that list too
         assert str(message["From"]).endswith("<bulletin@example.org>")  # the content is the first list's
     # The other order is the same audience: resumed, nobody mailed twice.
     again = await send_issue(store, config, issue, ["extra", "bulletin"], SendOptions(), settings)
@@ -310,13 +317,13 @@ def test_saved_segments_and_a_bad_expression(store: Store, tmp_path: Path, run_c
     assert "c@example.net" in (tmp_path / "out" / "issue.eml").read_text(encoding="utf-8")
 
 
-async def test_a_campaign_from_before_schema_9_is_still_found_by_its_rendered_output(
+async def test_a_campaign_from_before_schema_12_is_still_found_by_its_rendered_output(
     store: Store, config: Config, smtp_server: CaptureServer, settings, tmp_path: Path
 ) -> None:
     add(store, "bulletin", PEOPLE[:2])
     issue = write_issue(tmp_path / "issue.md", "第1期")
     first = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
-    with store.transaction():  # what schema 9's migration leaves of a campaign made before it
+    with store.transaction():  # what schema 12's migration leaves of a campaign made before it
         store.conn.execute("UPDATE campaigns SET content_hash = 'rendered:' || look_hash")
 
     again = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
