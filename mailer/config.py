@@ -55,6 +55,7 @@ class Config:
     pause_after: int = 10  # identical permanent refusals in a row that pause a campaign as suspicious (0: never)
     lease_seconds: float = 60.0  # a sender's hold on its campaign, renewed while it runs
     stop_grace: float = 30.0  # after a stop, seconds workers have to finish their messages in flight before SIGKILL
+    timezone: str = ""  # of `--at` times when neither --tz nor the list says ("": UTC)
     attachment_limit: int = DEFAULT_LIMIT_BYTES  # bytes of attachments one message may carry
 
     @property
@@ -112,6 +113,7 @@ _TOML = {
     "retry_expiry": ("retry_expiry", float),
     "relay_grace": ("relay_grace", float),
     "pause_after": ("pause_after", int),
+    "timezone": ("timezone", str),
     "attachment_limit": ("attachment_limit", int),
 }
 

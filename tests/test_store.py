@@ -3,6 +3,7 @@ its rows; the views answer what ops ask; the store is a context manager on an in
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,6 +201,38 @@ CREATE TABLE joins (
 );
 CREATE UNIQUE INDEX campaigns_archive_slug ON campaigns (list_id, archive_slug) WHERE archive_slug IS NOT NULL;
 """,
+    # Issue 13: audiences (several lists, segments), scheduled starts, saved segments and approvals; a campaign's
+    # identity is its audience and the issue's own content.
+    12: """
+ALTER TABLE lists ADD COLUMN require_approval INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lists ADD COLUMN tz TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN audience TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN audience_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN look_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN send_at TEXT;
+ALTER TABLE deliveries ADD COLUMN list_id INTEGER;
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    expr TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE approvals (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    content_hash TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    files TEXT NOT NULL DEFAULT '{}',
+    by_name TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    UNIQUE (list_id, content_hash, by_name)
+);
+CREATE INDEX approvals_path ON approvals (list_id, issue_path, at);
+CREATE INDEX campaigns_audience ON campaigns (audience_key, content_hash) WHERE is_test = 0;
+CREATE INDEX campaigns_due ON campaigns (state, send_at);
+""",
 }
 
 
@@ -287,6 +320,17 @@ def test_the_released_steps_are_what_the_migrations_make(tmp_path: Path) -> None
     frozen_shape = _shape(frozen)
     frozen_shape.pop("views")
     assert shape == frozen_shape
+
+
+def test_a_campaign_of_schema_8_keeps_its_identity_as_the_rendered_output_and_gets_its_audience(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    _old_database(old, 8)
+    with Store.open(old, must_exist=False) as store:
+        store.init()
+        campaign = store.campaigns.get(1)
+        assert (campaign.content_hash, campaign.look_hash, campaign.audience_key) == ("rendered:h", "h", "1|")
+        assert json.loads(campaign.audience) == {"lists": ["bulletin"], "where": "", "segment": ""}
+        assert store.campaigns.find(store.lists.get("bulletin").id, "new identity", "h") == campaign
 
 
 def test_a_campaign_of_schema_7_gets_the_state_its_stamps_say(tmp_path: Path) -> None:

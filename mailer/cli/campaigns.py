@@ -5,10 +5,12 @@ Commands only: each parses, reads the store and prints."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated
 
 import typer
 
+from mailer.audience import audience_lists
 from mailer.cli.common import (
     JsonOpt,
     app,
@@ -18,7 +20,7 @@ from mailer.cli.common import (
     table,
 )
 from mailer.cli.shell import environment, out
-from mailer.models import DeliveryStatus
+from mailer.models import CampaignState, DeliveryStatus
 
 
 @campaigns_app.command("ls")
@@ -34,7 +36,10 @@ def campaigns_ls(
     with open_store(ctx) as store:
         rows = store.campaigns.with_counts(include_tests=tests)
     if as_json:
-        print_json([dataclasses.asdict(r) for r in rows])
+        # the audience as an object: {"lists": [...], "where": "...", "segment": "..."}
+        print_json(
+            [{**dataclasses.asdict(r), "audience": json.loads(r.audience) if r.audience else None} for r in rows]
+        )
         return
     table(
         ["id", "issue", "list", "state", "created", "counts"],
@@ -42,8 +47,8 @@ def campaigns_ls(
             [
                 r.id,
                 r.issue + (" (test)" if r.test else ""),
-                r.list,
-                r.state,
+                ", ".join(audience_lists(r.audience)) or r.list,
+                f"{r.state} for {r.send_at}" if r.state == CampaignState.SCHEDULED else r.state,
                 r.created,
                 ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())),
             ]
@@ -133,6 +138,8 @@ def log(
         raise typer.BadParameter("choose one of --json and --csv")
     if status and status not in tuple(DeliveryStatus):
         raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
+    from mailer.campaign import stored_audience
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         rows = store.deliveries.log(found.id, DeliveryStatus(status) if status else None)
@@ -152,5 +159,5 @@ def log(
                     [r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
                     for r in rows
                 ],
-                title=f"campaign {found.id}: {found.subject}",
+                title=f"campaign {found.id}: {found.subject} ({stored_audience(store, found).describe()})",
             )

@@ -99,14 +99,14 @@ class Deliveries(DeliveryHistory):
         last = 0
         while True:
             rows = self.conn.execute(
-                "SELECT id, subscriber_id, email, name, attrs FROM deliveries WHERE campaign_id = ? "
-                f"AND status = 'queued' AND id > ? AND id % ? = ? ORDER BY id LIMIT {CHUNK}",
+                "SELECT id, subscriber_id, email, name, attrs, COALESCE(list_id, 0) FROM deliveries "
+                f"WHERE campaign_id = ? AND status = 'queued' AND id > ? AND id % ? = ? ORDER BY id LIMIT {CHUNK}",
                 (campaign_id, last, part[1], part[0]),
             ).fetchall()
             if not rows:
                 return
-            for delivery_id, subscriber_id, email, name, attrs in rows:
-                yield Recipient(delivery_id, subscriber_id, email, name, json.loads(attrs))
+            for delivery_id, subscriber_id, email, name, attrs, list_id in rows:
+                yield Recipient(delivery_id, subscriber_id, email, name, json.loads(attrs), list_id)
                 last = delivery_id
 
     def mark_sending(self, delivery_id: int, message_id: str) -> int | None:
