@@ -23,6 +23,10 @@ class CampaignPaused(SMTPUnavailable):
     """Recipient after recipient refused with the same reply: the relay refusing the campaign, not them."""
 
 
+class RelayTakesNoAnswer(SMTPUnavailable):
+    """Messages in a row were cut off after DATA: the relay may have each, and confirms none."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter for 4xx replies, and when to give up (Postfix-like defaults)."""
@@ -109,6 +113,7 @@ class RefusalRun:
     held: list[int] = field(default_factory=list)  # refused again after a pause: requeued only if this run pauses
     paused: CampaignPaused | None = None
     began: int = 0  # the order (Engine: its count of `sending` marks) of the message that began this run
+    doubts: int = 0  # messages in a row cut off after DATA: `limit` of them stop the campaign (RelayTakesNoAnswer)
 
     @property
     def requeue(self) -> list[int]:
@@ -117,9 +122,20 @@ class RefusalRun:
 
     def add(
         self, delivery_id: int, reply: Reply, again: bool = False, order: int | None = None
-    ) -> CampaignPaused | None:
+    ) -> SMTPUnavailable | None:
         """Count one reply (`again`: the recipient was queued again by a pause before; `order`: when its message
-        left, in sending order); the CampaignPaused to stop with when this reply made the run long enough."""
+        left, in sending order); the CampaignPaused to stop with when this reply made the run long enough.
+
+        A relay that takes every message and then hangs or drops the connection leaves each recipient in doubt
+        (the relay may have it; it is sent again, with the same Message-ID, up to IN_DOUBT_CAP times): `limit` such
+        messages in a row stop the campaign, so a broken relay gets at most that many copies more per run."""
+        self.doubts = self.doubts + 1 if in_doubt(reply) else 0
+        if self.limit and self.doubts == self.limit:
+            return RelayTakesNoAnswer(
+                f"{self.doubts} messages in a row were cut off after DATA without an answer (the last: "
+                f"{reply.text}): the relay takes messages without confirming them, so the campaign stopped "
+                f"(MAILER_PAUSE_AFTER={self.limit}); they are retried with the same Message-ID"
+            )
         ends_run = self.paused is None and (order is None or order > self.began)
         if reply.status == DeliveryStatus.FAILED and reply.code is not None:
             this = reply_group(reply.code, reply.text)

@@ -17,6 +17,7 @@ from mailer.campaign import open_campaign, prepare_issue
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, SendOptions
+from mailer.errors import SMTPUnavailable
 from mailer.message import BuiltMessage
 from mailer.models import Campaign, DeliveryStatus, Subscriber
 from mailer.pacing import RateLimiter
@@ -158,6 +159,18 @@ async def test_equal_refusals_in_a_row_pause_the_campaign_and_queue_them_again(s
     campaign = store.campaigns.find(store.lists.get("bulletin").id, store.campaigns.get(1).content_hash)
     assert campaign is not None
     assert set(statuses(store, campaign).values()) == {"queued"}  # nobody burnt
+
+
+async def test_messages_cut_off_after_data_in_a_row_stop_the_campaign(store: Store, config: Config) -> None:
+    """A relay that takes every message and then hangs: each recipient is in doubt (it may have a copy), and a
+    run that went on would give each a copy now and another on every retry."""
+    add(store, *(f"r{i}@example.org" for i in range(8)))
+    relay = FakeRelay(lambda rcpt: Reply(DeliveryStatus.DEFERRED, None, "timed out", Stage.DATA, True))
+    with pytest.raises(SMTPUnavailable, match="3 messages in a row were cut off after DATA") as stopped:
+        await run_engine(store, config, relay, FakeClock(), concurrency=1, pause_after=3)
+    assert type(stopped.value).__name__ == "RelayTakesNoAnswer"
+    assert len(relay.sent) == 3
+    assert sorted(statuses(store, store.campaigns.get(1)).values()) == ["deferred"] * 3 + ["queued"] * 5
 
 
 async def test_a_relay_that_stays_down_past_its_grace_stops_the_campaign(store: Store, config: Config) -> None:
