@@ -168,6 +168,27 @@ ALTER TABLE campaigns ADD COLUMN state TEXT NOT NULL DEFAULT 'sending';
 UPDATE campaigns SET state = CASE WHEN cancelled IS NOT NULL THEN 'cancelled' WHEN finished IS NOT NULL THEN 'finished'
 ELSE 'sending' END;
 """,
+    9: "",  # issue 13's step, merged on its own branch
+    # The ops console: the audit of operators' actions and the indexes its pages read at a million deliveries.
+    10: """
+ALTER TABLE deliveries ADD COLUMN domain TEXT GENERATED ALWAYS AS (substr(email, instr(email, '@') + 1)) VIRTUAL;
+CREATE INDEX deliveries_campaign ON deliveries (campaign_id);
+CREATE INDEX deliveries_domain ON deliveries (campaign_id, domain, status, attempts);
+CREATE INDEX deliveries_minute ON deliveries (campaign_id, substr(updated, 1, 16), status);
+CREATE INDEX deliveries_email ON deliveries (email);
+CREATE INDEX subscribers_email ON subscribers (email);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    campaign_id INTEGER,
+    email TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_campaign ON audit (campaign_id);
+CREATE INDEX audit_email ON audit (email);
+""",
 }
 
 
@@ -210,9 +231,13 @@ def _shape(path: Path) -> dict[str, object]:
             ]
         }
         for table in tables:
-            columns = sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({table})"))
+            columns = sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_xinfo({table})"))  # generated too
             indexes = sorted(
-                (unique, partial, tuple(c for (_, _, c) in conn.execute(f"PRAGMA index_info('{name}')")))
+                (
+                    unique,
+                    partial,
+                    tuple(c or "(expression)" for (_, _, c) in conn.execute(f"PRAGMA index_info('{name}')")),
+                )
                 for (_, name, unique, _, partial) in conn.execute(f"PRAGMA index_list({table})")
             )
             shape[table] = (columns, indexes)

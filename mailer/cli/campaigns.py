@@ -5,6 +5,7 @@ Commands only: each parses, reads the store and prints."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated
 
 import typer
@@ -15,9 +16,11 @@ from mailer.cli.common import (
     campaigns_app,
     open_store,
     print_json,
+    stream_json,
     table,
 )
-from mailer.cli.shell import environment, out
+from mailer.cli.report import show_report
+from mailer.cli.shell import environment, out, say
 from mailer.models import DeliveryStatus
 
 
@@ -114,6 +117,26 @@ def campaigns_resume(
     )
 
 
+@campaigns_app.command("show")
+def campaigns_show(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as a JSON object on stdout.")] = False,
+) -> None:
+    """A campaign at a glance: counts as a bar, the send rate, the top SMTP replies and receiving domains.
+
+    Example: mailer campaigns show 1
+    """
+    from mailer.campaign_report import campaign_report
+
+    with open_store(ctx) as store:
+        report = campaign_report(store, campaign)
+    if as_json:
+        environment().stdout.write(json.dumps(report.as_json(), ensure_ascii=False, indent=2) + "\n")
+        return
+    show_report(report)
+
+
 LOG_COLUMNS = ["email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued", "updated"]
 
 
@@ -124,8 +147,11 @@ def log(
     status: Annotated[str | None, typer.Option(help="Only this status, e.g. deferred or failed.")] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="The table shows the newest N (--csv and --json: all).")
+    ] = 50,
 ) -> None:
-    """One row per recipient: status, attempts, last SMTP reply, Message-ID, times.
+    """One row per recipient: status, attempts, last SMTP reply, Message-ID, times (the table: the newest 50).
 
     Example: mailer log 1 --status failed
     """
@@ -133,19 +159,26 @@ def log(
         raise typer.BadParameter("choose one of --json and --csv")
     if status and status not in tuple(DeliveryStatus):
         raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
+    wanted = DeliveryStatus(status) if status else None
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
-        rows = store.deliveries.log(found.id, DeliveryStatus(status) if status else None)
         if as_json:
-            print_json([{k: getattr(r, k) for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
+            stream_json(
+                {k: getattr(r, k) for k in [*LOG_COLUMNS, "next_attempt"]}
+                for r in store.deliveries.log(found.id, wanted)
+            )
         elif as_csv:
             from mailer.spreadsheet import SpreadsheetWriter
 
             writer = SpreadsheetWriter(environment().stdout)
             writer.writerow(LOG_COLUMNS)
-            for r in rows:
+            for r in store.deliveries.log(found.id, wanted):
                 writer.writerow([getattr(r, k) for k in LOG_COLUMNS])
         else:
+            # The newest first and only `limit` of them: a table of a million rows is neither read nor printed.
+            rows = store.reports.page(found.id, status=wanted, limit=limit)
+            counts = store.deliveries.counts(found.id)
+            total = counts.get(wanted, 0) if wanted else sum(counts.values())
             table(
                 ["email", "status", "tries", "code", "reply", "message-id", "updated"],
                 [
@@ -154,3 +187,11 @@ def log(
                 ],
                 title=f"campaign {found.id}: {found.subject}",
             )
+            if total > len(rows):
+                which = f" {wanted}" if wanted else ""
+                more = f"mailer log {found.id}" + (f" --status {wanted}" if wanted else "")
+                say(
+                    out(),
+                    f"the newest {len(rows)} of {total}{which} deliveries; all of them: {more} --csv (or --json, "
+                    f"or --limit N)",
+                )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Coroutine
+import textwrap
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -114,6 +115,17 @@ def run_service(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None)
 
 def print_json(rows: list[dict[str, Any]]) -> None:
     environment().stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+
+
+def stream_json(rows: Iterable[dict[str, Any]]) -> None:
+    """A JSON array written as its rows come (what print_json writes, byte for byte), so memory stays flat however
+    many there are."""
+    stdout = environment().stdout
+    first = True
+    for row in rows:
+        stdout.write(("[\n" if first else ",\n") + textwrap.indent(json.dumps(row, ensure_ascii=False, indent=2), "  "))
+        first = False
+    stdout.write("[]\n" if first else "\n]\n")
 
 
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:

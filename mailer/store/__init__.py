@@ -8,6 +8,8 @@
     campaigns.py     campaigns: the snapshot of an issue and its recipients, cancelling
     leases.py        one sender per campaign: who holds it and whether that process lives
     deliveries.py    each recipient's status and history: the engine's hot path
+    reports.py       what ops read at scale: a campaign's aggregates, keyset pages, one person's history, totals
+    audit.py         what operators did in the ops console, who and when
 
 The only package that imports sqlite3 or sqlite-utils. Reads return dataclasses of mailer.models or of the
 repository, statuses are enums, never prints. sqlite-utils makes the schema steps it can express and runs the
@@ -27,11 +29,13 @@ import sqlite_utils
 
 from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
+from mailer.store.audit import Audit, AuditEntry
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
+from mailer.store.reports import PersonDelivery, Reports
 from mailer.store.signups import Signups
 from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
 
@@ -39,6 +43,7 @@ DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name witho
 
 __all__ = [
     "CHUNK",
+    "AuditEntry",
     "CampaignSummary",
     "DatabaseError",
     "DeliveryRef",
@@ -46,6 +51,7 @@ __all__ = [
     "LogEntry",
     "Outcome",
     "Partition",
+    "PersonDelivery",
     "Store",
     "StoreWriteError",
     "Suppression",
@@ -60,7 +66,8 @@ class Store:
     """One mailer database file. `with Store.open(path) as store:`; `init()` creates or migrates the schema.
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
-    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`."""
+    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.reports`,
+    `store.audit`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -75,6 +82,8 @@ class Store:
         self.campaigns = Campaigns(self)
         self.leases = Leases(self)
         self.deliveries = Deliveries(self)
+        self.reports = Reports(self)
+        self.audit = Audit(self)
 
     @classmethod
     def open(cls, path: Path, *, must_exist: bool = True, clock: Clock = utcnow) -> Store:
