@@ -58,6 +58,9 @@ suppressions_app = typer.Typer(
     help="Addresses never mailed again, on any list (bounced, complained).\n\nExample: mailer suppressions ls",
     no_args_is_help=True,
 )
+ops_app = typer.Typer(
+    help="The ops console of mailer serve (/ops/).\n\nExample: mailer ops passwd", no_args_is_help=True
+)
 # In the order `mailer --help` has always listed them.
 app.add_typer(lists_app, name="lists")
 app.add_typer(subs_app, name="subs")
@@ -65,6 +68,7 @@ app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(bounces_app, name="bounces")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(suppressions_app, name="suppressions")
+app.add_typer(ops_app, name="ops")
 T = TypeVar("T")
 
 

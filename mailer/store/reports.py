@@ -220,3 +220,22 @@ class Reports(Repository):
         """(value, n) of one column of returned_mail, suppressions or subscribers: bounces, complaints, sign-ups."""
         assert (table, column) in {("returned_mail", "kind"), ("suppressions", "reason"), ("subscribers", "status")}
         return self.conn.execute(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}").fetchall()
+
+    def signup_total(self) -> int:
+        (n,) = self.conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()
+        return int(n)
+
+    def count(self, campaign_id: int, *, status: DeliveryStatus | None = None, domain: str | None = None) -> int:
+        """How many deliveries a page's filters match (a range of one index)."""
+        if domain is None:
+            if status is None:
+                return self.total(campaign_id)
+            return self.store.deliveries.counts(campaign_id).get(status, 0)
+        extra, args = (
+            ("", (campaign_id, domain)) if status is None else (" AND status = ?", (campaign_id, domain, str(status)))
+        )
+        (n,) = self.conn.execute(
+            f"SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_domain WHERE campaign_id = ? AND domain = ?{extra}",
+            args,
+        ).fetchone()
+        return int(n)

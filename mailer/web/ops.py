@@ -1,0 +1,283 @@
+"""The ops console under /ops/ (issue 14): its routes, who may use each (a session for pages and actions, also
+HTTP Basic for /ops/api/, also a read-only token for /ops/metrics), the sign-in form, sign-out, and the actions
+posted from the pages (CSRF-checked, done and audited by operations.py, then back to the page with a note).
+
+Off unless a password is configured: then everything under /ops/ is a plain 404. The pages themselves are
+ops_views.py's; who someone is, ops_auth.py's. Every answer carries the console's CSP (scripts from 'self' only)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from mailer.errors import MailerError
+from mailer.operations import ADDRESS_ACTIONS, CAMPAIGN_ACTIONS, Action, act_on_address, act_on_campaign
+from mailer.tokens import check_form_token, make_form_token
+from mailer.web import ops_views
+from mailer.web.ops_auth import SESSION_COOKIE, OpsAuth, Session
+from mailer.web.ops_pages import LANGS, render, words
+
+if TYPE_CHECKING:
+    from mailer.web.endpoints import WebApp
+
+log = logging.getLogger("mailer.web")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+LANG_COOKIE = "mailer_ops_lang"
+FORM_COOKIE = "mailer_ops_form"
+FORM_MAX_AGE = 3600
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+Handler = Callable[[Request, Session, str], Awaitable[Response]]
+
+
+class OpsConsole:
+    def __init__(self, web: WebApp) -> None:
+        self.web = web
+        self.auth = OpsAuth(web.config, web.clock)
+        self.notes: dict[str, tuple[str, bool]] = {}  # session nonce -> the last action's sentence, and if refused
+        self.script = resources.files("mailer.web").joinpath("static/ops.js").read_bytes()
+
+    def routes(self) -> list[BaseRoute]:
+        if not self.auth.enabled:
+            return [
+                Route("/ops", self.off, methods=ALL_METHODS),
+                Route("/ops/{rest:path}", self.off, methods=ALL_METHODS),
+            ]
+        return [
+            Route("/ops", lambda request: RedirectResponse("/ops/", 303)),
+            Route("/ops/login", self.login, methods=["GET", "POST"]),
+            Route("/ops/logout", self.logout, methods=["POST"]),
+            Route("/ops/static/ops.js", self.static_script),
+            Route("/ops/", self.page(ops_views.campaigns)),
+            Route("/ops/campaigns/{id:int}", self.page(ops_views.campaign)),
+            Route("/ops/campaigns/{id:int}/{action}", self.campaign_action, methods=["POST"]),
+            Route("/ops/people", self.page(ops_views.people)),
+            Route("/ops/people/{action}", self.address_action, methods=["POST"]),
+            Route("/ops/api/campaigns", self.api(ops_views.api_campaigns)),
+            Route("/ops/api/campaigns/{id:int}", self.api(ops_views.api_campaign)),
+            Route("/ops/api/campaigns/{id:int}/deliveries", self.api(ops_views.api_deliveries)),
+            Route("/ops/metrics", self.api(ops_views.metrics, token=True)),
+            Route("/ops/{rest:path}", self.off, methods=ALL_METHODS),
+        ]
+
+    # ---- plumbing ---------------------------------------------------------------------------------------------
+
+    async def off(self, request: Request) -> Response:
+        return self.harden(PlainTextResponse("Not Found\n", status_code=404))
+
+    @staticmethod
+    def harden(response: Response) -> Response:
+        response.headers["content-security-policy"] = CSP
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    def lang(self, request: Request, default: str = "") -> str:
+        chosen = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE, "")
+        if chosen in LANGS:
+            return chosen
+        if default in LANGS:
+            return default
+        return "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
+
+    def _keep_lang(self, request: Request, response: Response) -> None:
+        chosen = request.query_params.get("lang")
+        if chosen in LANGS:
+            response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, path="/ops", samesite="strict", httponly=True)
+
+    @staticmethod
+    def client(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def actor(self, request: Request) -> str:
+        return f"{self.auth.user} ({self.client(request)})"
+
+    def note_for(self, session: Session) -> tuple[str, bool]:
+        return self.notes.pop(session.nonce, ("", False))
+
+    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """A page for a signed-in operator; anyone else is sent to the sign-in form (and back after)."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.auth.session(request)
+            if session is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return self.harden(RedirectResponse(f"/ops/login?next={quote(target, safe='')}", 303))
+            response = await handler(request, session, self.lang(request))
+            self._keep_lang(request, response)
+            return self.harden(response)
+
+        return endpoint
+
+    def api(self, handler: Handler, token: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """JSON (or metrics) for a session, HTTP Basic with the console's credentials, or (metrics) the token."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.auth.session(request)
+            if session is None and not (token and self.auth.metrics_token_ok(request)):
+                client = self.client(request)
+                given = self.auth.basic_credentials(request)
+                if self.auth.limited(client):
+                    return self.harden(PlainTextResponse("too many failed sign-ins; wait a few minutes\n", 429))
+                if given is None or not await self.auth.check(*given):
+                    if given is not None:
+                        self.auth.failed(client)
+                    challenge = {"www-authenticate": 'Basic realm="mailer ops", charset="UTF-8"'}
+                    return self.harden(PlainTextResponse("sign in required\n", 401, headers=challenge))
+                session = Session("", "")  # a script's request: no session, no forms
+            return self.harden(await handler(request, session or Session("", ""), self.lang(request)))
+
+        return endpoint
+
+    def same_origin(self, request: Request) -> bool:
+        origin = request.headers.get("origin")
+        if origin is None:
+            return True  # not a browser's cross-site form post (browsers send Origin on every POST)
+        ours = {urlsplit(self.web.config.base_url).netloc, request.headers.get("host", "")}
+        return urlsplit(origin).netloc in ours
+
+    async def static_script(self, request: Request) -> Response:
+        return self.harden(Response(self.script, media_type="text/javascript; charset=utf-8"))
+
+    # ---- signing in and out -----------------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        lang = self.lang(request)
+        target = request.query_params.get("next", "/ops/")
+        if request.method == "GET":
+            if self.auth.session(request) is not None:
+                return self.harden(RedirectResponse(_safe_next(target), 303))
+            return self._login_form(lang, target)
+        client = self.client(request)
+        if self.auth.limited(client):
+            return self._login_form(lang, target, status=429, error=words(lang)["limited"])
+        form = await self.web.read_form(request)
+        if form is None:
+            return self._login_form(lang, target, status=400, error=words(lang)["expired_form"])
+        target = str(form.get("next", target))
+        user = str(form.get("user", ""))[:200]
+        fresh = self.same_origin(request) and check_form_token(
+            self.web.config.secret,
+            "ops-login",
+            str(form.get("form_token", "")),
+            request.cookies.get(FORM_COOKIE, ""),
+            int(time.time()),
+            FORM_MAX_AGE,
+        )
+        if not fresh:
+            return self._login_form(lang, target, status=403, error=words(lang)["expired_form"], user=user)
+        if not await self.auth.check(user, str(form.get("password", ""))[:1000]):
+            self.auth.failed(client)
+            log.warning("ops sign-in refused for a client at %s", client)
+            return self._login_form(lang, target, status=401, error=words(lang)["bad_login"], user=user)
+        value, max_age = self.auth.new_session()
+        response = RedirectResponse(_safe_next(target), 303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            value,
+            max_age=max_age,
+            path="/ops",
+            httponly=True,
+            samesite="strict",
+            secure=self.web.secure_cookie,
+        )
+        response.delete_cookie(FORM_COOKIE, path="/ops/login")
+        log.info("ops sign-in from %s", client)
+        return self.harden(response)
+
+    def _login_form(self, lang: str, target: str, *, status: int = 200, error: str = "", user: str = "") -> Response:
+        nonce = secrets.token_urlsafe(16)
+        token = make_form_token(self.web.config.secret, "ops-login", int(time.time()), nonce)
+        response = render(
+            "login", lang, status, title=words(lang)["sign_in"], form_token=token, next=target, user=user, error=error
+        )
+        response.set_cookie(
+            FORM_COOKIE,
+            nonce,
+            max_age=FORM_MAX_AGE,
+            path="/ops/login",
+            httponly=True,
+            samesite="strict",
+            secure=self.web.secure_cookie,
+        )
+        return self.harden(response)
+
+    async def logout(self, request: Request) -> Response:
+        session = await self._checked_post(request)
+        if isinstance(session, Response):
+            return session
+        self.auth.sign_out(session)
+        response = RedirectResponse("/ops/login", 303)
+        response.delete_cookie(SESSION_COOKIE, path="/ops")
+        return self.harden(response)
+
+    # ---- actions ----------------------------------------------------------------------------------------------
+
+    async def _checked_post(self, request: Request) -> Session | Response:
+        """The session of a POST that carries its CSRF field and comes from our own pages; else a 403."""
+        session = self.auth.session(request)
+        form = await self.web.read_form(request)
+        if session is None or form is None or not self.same_origin(request):
+            return self.harden(PlainTextResponse("refused: sign in and use the console's own forms\n", 403))
+        if not self.auth.csrf_ok(session, str(form.get("csrf", ""))):
+            return self.harden(PlainTextResponse("refused: the form's CSRF field is missing or wrong\n", 403))
+        request.state.form = form
+        return session
+
+    async def campaign_action(self, request: Request) -> Response:
+        session = await self._checked_post(request)
+        if isinstance(session, Response):
+            return session
+        campaign_id = request.path_params["id"]
+        try:
+            action = Action(request.path_params["action"])
+        except ValueError:
+            action = None
+        if action not in CAMPAIGN_ACTIONS:
+            return await self.off(request)
+        actor = self.actor(request)
+        await self._act(session, lambda store: act_on_campaign(store, actor, action, campaign_id))
+        return self.harden(RedirectResponse(f"/ops/campaigns/{campaign_id}", 303))
+
+    async def address_action(self, request: Request) -> Response:
+        session = await self._checked_post(request)
+        if isinstance(session, Response):
+            return session
+        try:
+            action = Action(request.path_params["action"])
+        except ValueError:
+            action = None
+        if action not in ADDRESS_ACTIONS:
+            return await self.off(request)
+        form = request.state.form
+        email, list_name = str(form.get("email", ""))[:254], str(form.get("list", ""))[:200]
+        actor = self.actor(request)
+        await self._act(session, lambda store: act_on_address(store, actor, action, email, list_name))
+        return self.harden(RedirectResponse(f"/ops/people?q={quote(email.strip().lower(), safe='@')}", 303))
+
+    async def _act(self, session: Session, work: Callable[..., str]) -> None:
+        try:
+            said = await self.web.with_store(work)
+            self.notes[session.nonce] = (said, False)
+            log.info("ops action: %s", said)
+        except MailerError as exc:
+            self.notes[session.nonce] = (str(exc), True)
+
+
+def _safe_next(target: str) -> str:
+    """Where to go after signing in: a path of the console only (never another site: //evil.test is a host)."""
+    if target.startswith("/ops/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ops/"
