@@ -270,13 +270,15 @@ async def api_deliveries(request: Request, session: Session, lang: str) -> Respo
 
     rows, matching = await console.web.with_store(look)
     filters = {k: v for k, v in (("status", status or ""), ("domain", domain or "")) if v}
-    after = f"{request.url.path}?{urlencode({**filters, 'limit': limit, 'before': rows[limit - 1].id})}"
+    after = None
+    if len(rows) > limit:
+        after = f"{request.url.path}?{urlencode({**filters, 'limit': limit, 'before': rows[limit - 1].id})}"
     return JSONResponse(
         {
             "campaign": campaign_id,
             "matching": matching,
             "deliveries": [_entry_json(e) for e in rows[:limit]],
-            "next": after if len(rows) > limit else None,
+            "next": after,
         }
     )
 
