@@ -18,8 +18,6 @@ from mailer.metrics import reply_group
 from mailer.models import CampaignState, DeliveryStatus
 from mailer.store import AuditEntry, Store
 
-# Statuses whose last reply ops read (a sent delivery's reply varies by queue id and says only "accepted").
-REPLY_STATUSES = (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.SKIPPED)
 DONE = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.SKIPPED)
 CHART_STATUSES = ("sent", "deferred", "failed")
 
@@ -125,7 +123,7 @@ def campaign_report(store: Store, ref: str | int, *, top: int = 10, buckets: int
         counts=counts,
         bucket_minutes=width,
         timeline=timeline,
-        replies=_replies(store.reports.reply_counts(campaign.id, REPLY_STATUSES))[:top],
+        replies=_replies(store.reports.reply_counts(campaign.id))[:top],
         domains=domains[:top],
         other_domains=max(0, len(domains) - top),
         audit=store.audit.of_campaign(campaign.id),

@@ -2,14 +2,12 @@
 keyset pages of its deliveries (filtered by status and domain, newest first), the whole log in one index-ordered
 pass, one person's history across lists and campaigns, and the totals /ops/metrics exposes.
 
-Read-only. Every query walks an index of schema 10 (named with INDEXED BY where the planner could pick a worse one),
-so the ops console and `mailer log` answer in well under a second at 1,000,000 deliveries: no query here sorts or
-groups rows it reads from the table itself, and none reads more rows than it returns but the aggregates."""
+Read-only. The aggregates come from the tallies schema 10's triggers keep (a few rows per domain, minute and reply),
+and every page of deliveries walks one index in id order (named with INDEXED BY where the planner could pick a worse
+one), so the ops console and `mailer log` answer in well under a second at 1,000,000 deliveries."""
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,47 +30,48 @@ class PersonDelivery:
 
 
 class Reports(Repository):
-    # ---- one campaign's aggregates ------------------------------------------------------------------------------
+    # ---- one campaign's aggregates, from the tallies the triggers keep -------------------------------------------
 
     def minute_counts(self, campaign_id: int) -> list[tuple[str, str, int]]:
-        """(minute, status, deliveries last changed in it), from deliveries_minute in its order."""
-        return [
-            (minute, status, n)
-            for minute, status, n in self.conn.execute(
-                "SELECT substr(updated, 1, 16), status, COUNT(*) FROM deliveries INDEXED BY deliveries_minute "
-                "WHERE campaign_id = ? GROUP BY substr(updated, 1, 16), status",
-                (campaign_id,),
-            )
-        ]
-
-    def reply_counts(
-        self, campaign_id: int, statuses: Sequence[DeliveryStatus], limit: int = 5000
-    ) -> list[tuple[int | None, str, str, int]]:
-        """(code, reply, status, n) of the deliveries in `statuses`, the most common first (at most `limit` distinct
-        replies: past that the rest are variants ops will not read one by one)."""
-        marks = ",".join("?" for _ in statuses)
+        """(minute, status, deliveries that became sent, deferred or failed in it)."""
         return self.conn.execute(
-            "SELECT smtp_code, smtp_reply, status, COUNT(*) AS n FROM deliveries INDEXED BY deliveries_status "
-            f"WHERE campaign_id = ? AND status IN ({marks}) GROUP BY smtp_code, smtp_reply, status "
-            "ORDER BY n DESC LIMIT ?",
-            (campaign_id, *map(str, statuses), limit),
+            "SELECT minute, status, n FROM delivery_minutes WHERE campaign_id = ? AND n > 0", (campaign_id,)
         ).fetchall()
 
+    def reply_counts(self, campaign_id: int, limit: int = 5000) -> list[tuple[int | None, str, str, int]]:
+        """(code, reply, status, n) of the deliveries deferred, failed, bounced or skipped, the most common first
+        (at most `limit` distinct replies: past that the rest are variants ops will not read one by one)."""
+        rows = self.conn.execute(
+            "SELECT smtp_code, smtp_reply, status, n FROM delivery_replies WHERE campaign_id = ? AND n > 0 "
+            "ORDER BY n DESC LIMIT ?",
+            (campaign_id, limit),
+        ).fetchall()
+        return [(code or None, reply, status, n) for code, reply, status, n in rows]
+
     def domain_counts(self, campaign_id: int) -> list[tuple[str, str, int, int]]:
-        """(domain, status, attempts, n): the per-domain table and its median attempts, from deliveries_domain."""
+        """(domain, status, attempts, n): the per-domain table and its median attempts."""
         return self.conn.execute(
-            "SELECT domain, status, attempts, COUNT(*) FROM deliveries INDEXED BY deliveries_domain "
-            "WHERE campaign_id = ? GROUP BY domain, status, attempts",
-            (campaign_id,),
+            "SELECT domain, status, attempts, n FROM delivery_tally WHERE campaign_id = ? AND n > 0", (campaign_id,)
         ).fetchall()
 
     def total(self, campaign_id: int) -> int:
-        (n,) = self.conn.execute(
-            "SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_campaign WHERE campaign_id = ?", (campaign_id,)
-        ).fetchone()
-        return int(n)
+        (n,) = self.conn.execute("SELECT SUM(n) FROM delivery_tally WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        return int(n or 0)
 
-    # ---- deliveries, a page at a time or all of them ------------------------------------------------------------
+    def count(self, campaign_id: int, *, status: DeliveryStatus | None = None, domain: str | None = None) -> int:
+        """How many deliveries a page's filters match."""
+        where = "campaign_id = ?"
+        args: list[Any] = [campaign_id]
+        if status is not None:
+            where += " AND status = ?"
+            args.append(str(status))
+        if domain is not None:
+            where += " AND domain = ?"
+            args.append(domain)
+        (n,) = self.conn.execute(f"SELECT SUM(n) FROM delivery_tally WHERE {where}", args).fetchone()
+        return int(n or 0)
+
+    # ---- deliveries, a page at a time ---------------------------------------------------------------------------
 
     def page(
         self,
@@ -84,47 +83,27 @@ class Reports(Repository):
         limit: int = 50,
     ) -> list[LogEntry]:
         """Up to `limit` deliveries, newest (highest id) first, with ids below `before` (the keyset: the last id of
-        the previous page), filtered by status and domain. Each index run is read in id order and only `limit` rows
-        of it: a domain filter merges the runs of deliveries_domain (one per status and attempts) by id."""
+        the previous page), filtered by status and domain. Each walks one index in id order from `before` and stops
+        at `limit` rows: deliveries_domain for a domain (the status then checked on the row: a rare status in a
+        large domain reads more rows, never more than the domain has), deliveries_status, or deliveries_campaign."""
         below = before if before is not None else 2**63 - 1
-        if domain is None:
-            args: list[Any] = [campaign_id]
-            index, extra = "deliveries_campaign", ""
+        args: list[Any] = [campaign_id]
+        index, extra = "deliveries_campaign", ""
+        if domain is not None:
+            index, extra = "deliveries_domain", " AND domain = ?"
+            args.append(domain)
             if status is not None:
-                index, extra = "deliveries_status", " AND status = ?"
+                extra += " AND +status = ?"  # the unary + keeps the planner on deliveries_domain
                 args.append(str(status))
-            rows = self.conn.execute(
-                f"SELECT {LOG_COLUMNS} FROM deliveries INDEXED BY {index} WHERE campaign_id = ?{extra} AND id < ? "
-                "ORDER BY id DESC LIMIT ?",
-                (*args, below, limit),
-            ).fetchall()
-            return [log_entry(row) for row in rows]
-        runs = [
-            self.conn.execute(
-                f"SELECT {LOG_COLUMNS} FROM deliveries INDEXED BY deliveries_domain WHERE campaign_id = ? "
-                "AND domain = ? AND status = ? AND attempts = ? AND id < ? ORDER BY id DESC LIMIT ?",
-                (campaign_id, domain, run_status, attempts, below, limit),
-            ).fetchall()
-            for run_status, attempts in self._domain_runs(campaign_id, domain, status)
-        ]
-        merged = heapq.merge(*runs, key=lambda row: -row[0])
-        return [log_entry(row) for _, row in zip(range(limit), merged, strict=False)]
-
-    def _domain_runs(self, campaign_id: int, domain: str, status: DeliveryStatus | None) -> list[tuple[str, int]]:
-        """The (status, attempts) pairs present for a domain, found by skipping through the index: one probe per
-        pair, however many deliveries each holds."""
-        runs: list[tuple[str, int]] = []
-        after: tuple[str, int] = (str(status) if status else "", -1)
-        while True:
-            row = self.conn.execute(
-                "SELECT status, attempts FROM deliveries INDEXED BY deliveries_domain WHERE campaign_id = ? "
-                "AND domain = ? AND (status, attempts) > (?, ?) ORDER BY status, attempts LIMIT 1",
-                (campaign_id, domain, *after),
-            ).fetchone()
-            if row is None or (status is not None and row[0] != str(status)):
-                return runs
-            runs.append((row[0], row[1]))
-            after = (row[0], row[1])
+        elif status is not None:
+            index, extra = "deliveries_status", " AND status = ?"
+            args.append(str(status))
+        rows = self.conn.execute(
+            f"SELECT {LOG_COLUMNS} FROM deliveries INDEXED BY {index} WHERE campaign_id = ?{extra} AND id < ? "
+            "ORDER BY id DESC LIMIT ?",
+            (*args, below, limit),
+        ).fetchall()
+        return [log_entry(row) for row in rows]
 
     # ---- one person ---------------------------------------------------------------------------------------------
 
@@ -202,19 +181,23 @@ class Reports(Repository):
     # ---- totals for /ops/metrics ----------------------------------------------------------------------------
 
     def status_counts(self) -> list[tuple[int, str, int]]:
-        """(campaign, status, n) of every campaign that is not a test, from deliveries_status in its order."""
+        """(campaign, status, n) of every campaign that is not a test."""
         return self.conn.execute(
-            "SELECT d.campaign_id, d.status, COUNT(*) FROM deliveries d INDEXED BY deliveries_status "
-            "WHERE d.campaign_id IN (SELECT id FROM campaigns WHERE is_test = 0) GROUP BY d.campaign_id, d.status"
+            "SELECT campaign_id, status, SUM(n) FROM delivery_tally WHERE campaign_id IN "
+            "(SELECT id FROM campaigns WHERE is_test = 0) GROUP BY campaign_id, status HAVING SUM(n) > 0"
         ).fetchall()
 
     def reply_classes(self, campaign_id: int) -> list[tuple[int, int]]:
-        """(SMTP class 2/4/5, n) of the last reply of each delivery of one campaign."""
-        return self.conn.execute(
-            "SELECT smtp_code / 100, COUNT(*) FROM deliveries INDEXED BY deliveries_campaign WHERE campaign_id = ? "
-            "AND smtp_code IS NOT NULL GROUP BY smtp_code / 100",
+        """(SMTP class 2/4/5, n) of the last reply of each delivery of one campaign: the replies of those not sent,
+        and a 2xx for each one sent (the relay accepted it)."""
+        rows = self.conn.execute(
+            "SELECT smtp_code / 100, SUM(n) FROM delivery_replies WHERE campaign_id = ? AND n > 0 AND smtp_code > 0 "
+            "GROUP BY smtp_code / 100",
             (campaign_id,),
         ).fetchall()
+        classes = dict(rows)
+        classes[2] = classes.get(2, 0) + self.count(campaign_id, status=DeliveryStatus.SENT)
+        return [(k, v) for k, v in sorted(classes.items()) if v]
 
     def kind_counts(self, table: str, column: str) -> list[tuple[str, int]]:
         """(value, n) of one column of returned_mail, suppressions or subscribers: bounces, complaints, sign-ups."""
@@ -223,19 +206,4 @@ class Reports(Repository):
 
     def signup_total(self) -> int:
         (n,) = self.conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()
-        return int(n)
-
-    def count(self, campaign_id: int, *, status: DeliveryStatus | None = None, domain: str | None = None) -> int:
-        """How many deliveries a page's filters match (a range of one index)."""
-        if domain is None:
-            if status is None:
-                return self.total(campaign_id)
-            return self.store.deliveries.counts(campaign_id).get(status, 0)
-        extra, args = (
-            ("", (campaign_id, domain)) if status is None else (" AND status = ?", (campaign_id, domain, str(status)))
-        )
-        (n,) = self.conn.execute(
-            f"SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_domain WHERE campaign_id = ? AND domain = ?{extra}",
-            args,
-        ).fetchone()
         return int(n)
