@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -94,22 +93,24 @@ def time_pages(config: Config, campaign: int, repeat: int) -> None:
 
 
 def time_log(db: Path, campaign: int) -> None:
+    """Each form of `mailer log` as a process of its own, its output read through a pipe and thrown away; the peak
+    RSS is GNU time's (the child's own: RUSAGE_CHILDREN would count the pages a fork shares with this process)."""
     for args in ([], ["--status", "failed"], ["--csv"], ["--json"]):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        command = [sys.executable, "-m", "mailer", "--db", str(db), "log", str(campaign), *args]
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "mailer", "--db", str(db), "log", str(campaign), *args],
-            capture_output=True,
-            cwd=REPO,
-            check=True,
-        )
+        with subprocess.Popen(
+            ["/usr/bin/time", "-f", "peak %M KB", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+        ) as child:
+            size, last = 0, b""
+            assert child.stdout is not None and child.stderr is not None
+            for chunk in iter(lambda: child.stdout.read(1 << 16), b""):  # type: ignore[union-attr]
+                size += len(chunk)
+                last = (last + chunk)[-400:]
+            peak = child.stderr.read().decode().strip().splitlines()[-1]
         elapsed = time.monotonic() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        rss = f"{peak / 1024:.0f} MB peak" if peak > before else "peak not above an earlier run's"
-        line = done.stdout.decode().strip().splitlines()[-1][:90]
+        line = last.decode(errors="replace").strip().splitlines()[-1][:80]
         print(
-            f"mailer log {campaign} {' '.join(args):16} {elapsed:5.1f}s  {rss:>24}  "
-            f"{len(done.stdout) / 1e6:6.1f} MB out  {line}"
+            f"mailer log {campaign} {' '.join(args):16} {elapsed:5.1f}s  {peak:>14}  {size / 1e6:6.1f} MB out  {line}"
         )
 
 
@@ -126,16 +127,27 @@ def screenshots(folder: Path) -> None:
         with Store.open(db, must_exist=False) as store:
             store.init()
             fill_campaign(store, "weekly", 8000, seed=1, start=datetime(2026, 11, 16, 9, 0, tzinfo=UTC))
-            store.conn.execute("UPDATE campaigns SET state = 'finished', finished = created")
-            second = fill_campaign(store, "weekly", 26000, seed=2, start=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
-            # A slow patch: the middle of the send took longer (a receiver throttling), as real sends do.
             store.conn.execute(
-                "UPDATE deliveries SET updated = strftime('%Y-%m-%dT%H:%M:%fZ', updated, '+' || "
-                "CAST((id - 8000) * 0.15 AS INTEGER) || ' seconds') WHERE campaign_id = ? AND id > 8000 + ?",
-                (second, 8000),
+                "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, smtp_code = 250, "
+                "smtp_reply = '2.0.0 Ok: queued' WHERE status IN ('queued', 'deferred')"
+            )
+            store.conn.execute(
+                "UPDATE campaigns SET state = 'finished', finished = created, subject = 'Weekly Notes #47'"
+            )
+            # A slow patch in the middle (a receiver throttling), as real sends have.
+            second = fill_campaign(
+                store,
+                "weekly",
+                26000,
+                seed=2,
+                start=datetime(2026, 11, 30, 8, 0, tzinfo=UTC),
+                pace=lambda i: 60.0 + (240.0 if 9000 < i < 13000 else 0.0) + 30.0 * math.sin(i / 900),
             )
             third = fill_campaign(store, "bulletin", 3000, seed=3, start=datetime(2026, 12, 1, 7, 30, tzinfo=UTC))
-            store.conn.execute("UPDATE campaigns SET state = 'paused' WHERE id = ?", (third,))
+            store.conn.execute("UPDATE campaigns SET subject = 'Weekly Notes #48' WHERE id = ?", (second,))
+            store.conn.execute(
+                "UPDATE campaigns SET state = 'paused', subject = '知识产权运营简报 第12期' WHERE id = ?", (third,)
+            )
             store.audit.record("ops (10.0.0.7)", "pause", campaign_id=third, detail=f"campaign {third} paused")
         config = ensure_secret(Config(db_path=db, ops_password=PASSWORD))
         with LiveWeb(lambda url: create_app(config.with_overrides(base_url=url))) as live, sync_playwright() as pw:

@@ -5,6 +5,7 @@ statuses, attempts, replies and times a real large send ends with, written strai
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from mailer.clock import stamp
@@ -21,9 +22,18 @@ OUTCOMES = [
 ]
 
 
-def fill_campaign(store: Store, list_name: str, n: int, *, seed: int = 1, start: datetime | None = None) -> int:
+def fill_campaign(
+    store: Store,
+    list_name: str,
+    n: int,
+    *,
+    seed: int = 1,
+    start: datetime | None = None,
+    pace: Callable[[int], float] = lambda i: 60.0,
+) -> int:
     """A list `list_name` (created if missing) with n subscribers and one campaign to all of them, its deliveries
-    already ended as OUTCOMES says, about 1000 per minute from `start`. Returns the campaign id."""
+    already ended as OUTCOMES says, the i-th `pace(i)` milliseconds after the one before it (1000 a minute unless
+    told otherwise) from `start`. Returns the campaign id."""
     rng = random.Random(seed)
     start = start or datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
     now = stamp(start)
@@ -52,10 +62,12 @@ def fill_campaign(store: Store, list_name: str, n: int, *, seed: int = 1, start:
         ).lastrowid
 
         def rows():  # type: ignore[no-untyped-def]
+            at_ms = 0.0
             for i in range(n):
+                at_ms += pace(i)
                 email = f"user{base + i}@{DOMAINS[i % len(DOMAINS)]}"
                 status, attempts, code, reply = _outcome(rng.random())
-                at = stamp(start + timedelta(milliseconds=60 * i))
+                at = stamp(start + timedelta(milliseconds=at_ms))
                 text = reply.format(qid=f"{rng.getrandbits(40):010X}", ip=f"10.0.{i % 250}.{i % 200}", email=email)
                 yield (campaign_id, base + i + 1, email, f"User {i}", status, attempts, code, text, f"<{i}@x>", now, at)
 

@@ -127,9 +127,21 @@ def stream_json(rows: Iterable[dict[str, Any]]) -> None:
     stdout = environment().stdout
     first = True
     for row in rows:
-        stdout.write(("[\n" if first else ",\n") + textwrap.indent(json.dumps(row, ensure_ascii=False, indent=2), "  "))
+        stdout.write(("[\n" if first else ",\n") + _indented(row))
         first = False
     stdout.write("[]\n" if first else "\n]\n")
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _indented(row: dict[str, Any]) -> str:
+    """One object as json.dumps(indent=2) writes it inside an array. A flat row is written key by key with the C
+    encoder: with `indent` json falls back to its pure-Python encoder, 4x slower (36 s for a million log rows)."""
+    if not row or any(isinstance(value, dict | list) for value in row.values()):
+        return textwrap.indent(json.dumps(row, ensure_ascii=False, indent=2), "  ")
+    dump = _ENCODE
+    return "  {\n" + ",\n".join(f"    {dump(key)}: {dump(value)}" for key, value in row.items()) + "\n  }"
 
 
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
