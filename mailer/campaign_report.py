@@ -65,8 +65,7 @@ class CampaignReport:
 
     @property
     def progress(self) -> float:
-        """Share of recipients whose delivery has ended (sent, failed, bounced or skipped)."""
-        return self.done / self.total if self.total else 1.0
+        return progress(self.counts)
 
     @property
     def send_rate(self) -> list[int]:
@@ -100,6 +99,12 @@ class CampaignReport:
                 for a in self.audit
             ],
         }
+
+
+def progress(counts: dict[str, int]) -> float:
+    """Share of recipients whose delivery has ended (sent, failed, bounced or skipped); 1 for none at all."""
+    total = sum(counts.values())
+    return sum(counts.get(status, 0) for status in DONE) / total if total else 1.0
 
 
 def campaign_report(store: Store, ref: str | int, *, top: int = 10, buckets: int = 60) -> CampaignReport:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from mailer.addresses import normalise_address
+from mailer.campaign_report import progress
 from mailer.errors import MailerError, UsageError
 from mailer.metrics import Family
 from mailer.models import CampaignState, DeliveryStatus, ReturnedKind
@@ -125,15 +126,13 @@ def metric_families(store: Store) -> list[Family]:
         per_status[status] += n
         per_campaign.append(({"campaign": str(campaign_id), "status": status}, n))
     Samples = list[tuple[dict[str, str], float]]
-    progress: Samples = []
+    progressed: Samples = []
     states: Samples = []
     bounce_ratio: Samples = []
     replies: dict[str, int] = defaultdict(int)
     for c in campaigns.values():
-        total = sum(c.counts.values())
-        done = sum(c.counts.get(s, 0) for s in ("sent", "failed", "bounced", "skipped"))
         label = {"campaign": str(c.id), "list": c.list, "issue": c.issue}
-        progress.append((label, done / total if total else 1.0))
+        progressed.append((label, progress(c.counts)))
         states.extend(({"campaign": str(c.id), "state": str(s)}, float(c.state == s)) for s in CampaignState)
         delivered = c.counts.get(DeliveryStatus.SENT, 0) + c.counts.get(DeliveryStatus.BOUNCED, 0)
         bounce_ratio.append((label, c.counts.get(DeliveryStatus.BOUNCED, 0) / delivered if delivered else 0.0))
@@ -153,7 +152,7 @@ def metric_families(store: Store) -> list[Family]:
             "mailer_campaign_progress_ratio",
             "gauge",
             "Share of a campaign's recipients whose delivery ended.",
-            progress,
+            progressed,
         ),
         Family("mailer_campaign_state", "gauge", "1 for the state each campaign is in.", states),
         Family(

@@ -405,3 +405,21 @@ def test_the_csv_export_is_formula_safe_and_the_json_export_whole(console: Conso
             json.loads(client.get(url, params={"format": "json", "domain": "none.test"}, auth=("ops", PASSWORD)).text)
             == []
         )
+
+
+def test_a_pause_from_the_console_outlives_the_server(config: Config, store: Store) -> None:
+    lives = _serve(config, store, ops_password=PASSWORD)
+    first = next(lives)
+    with first.signed_in() as client:
+        page = client.get(f"/ops/campaigns/{first.campaign}")
+        client.post(f"/ops/campaigns/{first.campaign}/pause", data={"csrf": csrf_of(page)})
+    lives.close()  # the server stops
+    restarted = create_app(config.with_overrides(ops_password=PASSWORD, base_url="http://restarted.test"))
+    with LiveWeb(lambda url: restarted) as live:
+        again = Console(live.url, store, [timedelta(0)], first.campaign)
+        with again.signed_in() as client:
+            page = client.get(f"/ops/campaigns/{first.campaign}")
+            assert 'data-field="state">paused<' in page.text
+            assert 'value="resume"' in page.text and 'value="pause"' not in page.text  # the buttons
+            assert "campaign 1 paused" in page.text  # the audit row, read back from the database
+    assert store.campaigns.state(first.campaign) is CampaignState.PAUSED

@@ -55,6 +55,7 @@ from mailer.render.layouts import (
     environment,
     layout_files,
     memory_ceiling,
+    render_console_page,
     render_page,
     template_error,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "inline_css",
     "layout_files",
     "memory_ceiling",
+    "render_console_page",
     "render_issue",
     "render_page",
     "substitute",

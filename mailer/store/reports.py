@@ -122,41 +122,35 @@ class Reports(Repository):
         return [query] if query in found else found
 
     def memberships(self, email: str) -> list[dict[str, Any]]:
-        return list(
-            self.store.db.query(
-                "SELECT s.id, l.name AS list, l.lang, s.name, s.status, s.source, s.created, s.confirmed, s.updated "
-                "FROM subscribers s JOIN lists l ON l.id = s.list_id WHERE s.email = ? ORDER BY l.name",
-                (email,),
-            )
+        return self._of(
+            "SELECT s.id, l.name AS list, l.lang, s.name, s.status, s.source, s.created, s.confirmed, s.updated "
+            "FROM subscribers s JOIN lists l ON l.id = s.list_id WHERE s.email = ? ORDER BY l.name",
+            email,
         )
 
     def unsubscribes(self, email: str) -> list[dict[str, Any]]:
-        return list(
-            self.store.db.query(
-                "SELECT l.name AS list, u.source, u.at FROM unsubscribes u "
-                "JOIN subscribers s ON s.id = u.subscriber_id "
-                "JOIN lists l ON l.id = s.list_id WHERE s.email = ? ORDER BY u.at",
-                (email,),
-            )
+        return self._of(
+            "SELECT l.name AS list, u.source, u.at FROM unsubscribes u "
+            "JOIN subscribers s ON s.id = u.subscriber_id "
+            "JOIN lists l ON l.id = s.list_id WHERE s.email = ? ORDER BY u.at",
+            email,
         )
 
     def signups(self, email: str) -> list[dict[str, Any]]:
-        return list(
-            self.store.db.query(
-                "SELECT l.name AS list, r.at, r.mailed FROM signup_requests r JOIN lists l ON l.id = r.list_id "
-                "WHERE r.email = ? ORDER BY r.at",
-                (email,),
-            )
+        return self._of(
+            "SELECT l.name AS list, r.at, r.mailed FROM signup_requests r JOIN lists l ON l.id = r.list_id "
+            "WHERE r.email = ? ORDER BY r.at",
+            email,
         )
 
     def returned(self, email: str) -> list[dict[str, Any]]:
-        return list(
-            self.store.db.query(
-                "SELECT kind, campaign_id, status, diagnostic, origin, at FROM returned_mail WHERE email = ? "
-                "ORDER BY at",
-                (email,),
-            )
+        return self._of(
+            "SELECT kind, campaign_id, status, diagnostic, origin, at FROM returned_mail WHERE email = ? ORDER BY at",
+            email,
         )
+
+    def _of(self, sql: str, email: str) -> list[dict[str, Any]]:
+        return list(self.store.db.query(sql, (email,)))
 
     def deliveries_of(self, email: str, limit: int = 200) -> list[PersonDelivery]:
         """Every delivery to the address across campaigns (newest first), each with its events."""

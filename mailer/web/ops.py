@@ -95,7 +95,7 @@ class OpsConsole:
     def _keep_lang(self, request: Request, response: Response) -> None:
         chosen = request.query_params.get("lang")
         if chosen in LANGS:
-            response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, path="/ops", samesite="strict", httponly=True)
+            self._cookie(response, LANG_COOKIE, chosen, 365 * 86400, "/ops")
 
     @staticmethod
     def client(request: Request) -> str:
@@ -184,15 +184,7 @@ class OpsConsole:
             return self._login_form(lang, target, status=401, error=words(lang)["bad_login"], user=user)
         value, max_age = self.auth.new_session()
         response = RedirectResponse(_safe_next(target), 303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            value,
-            max_age=max_age,
-            path="/ops",
-            httponly=True,
-            samesite="strict",
-            secure=self.web.secure_cookie,
-        )
+        self._cookie(response, SESSION_COOKIE, value, max_age, "/ops")
         response.delete_cookie(FORM_COOKIE, path="/ops/login")
         log.info("ops sign-in from %s", client)
         return self.harden(response)
@@ -203,16 +195,14 @@ class OpsConsole:
         response = render(
             "login", lang, status, title=words(lang)["sign_in"], form_token=token, next=target, user=user, error=error
         )
-        response.set_cookie(
-            FORM_COOKIE,
-            nonce,
-            max_age=FORM_MAX_AGE,
-            path="/ops/login",
-            httponly=True,
-            samesite="strict",
-            secure=self.web.secure_cookie,
-        )
+        self._cookie(response, FORM_COOKIE, nonce, FORM_MAX_AGE, "/ops/login")
         return self.harden(response)
+
+    def _cookie(self, response: Response, name: str, value: str, max_age: int, path: str) -> None:
+        """Every cookie of the console: HttpOnly, SameSite=Strict, Secure when MAILER_BASE_URL is https."""
+        response.set_cookie(
+            name, value, max_age=max_age, path=path, httponly=True, samesite="strict", secure=self.web.secure_cookie
+        )
 
     async def logout(self, request: Request) -> Response:
         session = await self._checked_post(request)
@@ -268,6 +258,8 @@ class OpsConsole:
         return self.harden(RedirectResponse(f"/ops/people?q={quote(email.strip().lower(), safe='@')}", 303))
 
     async def _act(self, session: Session, work: Callable[..., str]) -> None:
+        if len(self.notes) > 1000:  # notes nobody came back to read (a closed tab): the oldest go first
+            self.notes.pop(next(iter(self.notes)))
         try:
             said = await self.web.with_store(work)
             self.notes[session.nonce] = (said, False)

@@ -1,20 +1,23 @@
 """The pages of the ops console: its words in English and Chinese, and each page (sign-in, campaigns, one campaign,
-one person) rendered from the built-in layouts web/ops_*.html.j2 (an editor's layouts folder styles subscriber
-pages, never the console).
+one person) rendered from the layouts beside it, web/layouts/ops_*.html.j2 (not the editor's: `mailer new` does not
+copy them, and a layouts folder styles subscriber pages, never the console).
 
 Renders only: what to show is decided by ops.py; the charts are charts.py's inline SVG (CSP-safe, labels escaped)."""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from starlette.responses import HTMLResponse
 
 from mailer.charts import STATUS_COLOURS
-from mailer.render import render_page
+from mailer.render import render_console_page
 
 LANGS = ("en", "zh")
+LAYOUTS = Path(str(resources.files("mailer.web") / "layouts"))  # shipped with the package (pyproject package-data)
 
 WORDS: dict[str, dict[str, str]] = {
     "en": {
@@ -191,5 +194,5 @@ def render(name: str, lang: str, code: int = 200, **context: Any) -> HTMLRespons
         "note": "",
         "error": "",
     }
-    html = render_page(f"ops_{name}.html.j2", {**base, **context}, None)
+    html = render_console_page(LAYOUTS, f"ops_{name}.html.j2", {**base, **context})
     return HTMLResponse(html, status_code=code)

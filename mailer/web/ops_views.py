@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from mailer.campaign_report import CHART_STATUSES, campaign_report
+from mailer.campaign_report import CHART_STATUSES, campaign_report, progress
 from mailer.charts import STATUS_COLOURS, columns, stacked_bar
 from mailer.errors import NotFoundError
 from mailer.metrics import CONTENT_TYPE, exposition
@@ -39,12 +39,6 @@ def _console(request: Request) -> OpsConsole:
     return request.app.state.ops  # type: ignore[no-any-return]
 
 
-def _progress(counts: dict[str, int]) -> float:
-    total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in ("sent", "failed", "bounced", "skipped"))
-    return done / total if total else 1.0
-
-
 def _campaign_json(c: CampaignSummary) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -57,7 +51,7 @@ def _campaign_json(c: CampaignSummary) -> dict[str, Any]:
         "test": c.test,
         "counts": c.counts,
         "total": sum(c.counts.values()),
-        "progress": round(_progress(c.counts), 4),
+        "progress": round(progress(c.counts), 4),
     }
 
 
@@ -76,7 +70,7 @@ async def campaigns(request: Request, session: Session, lang: str) -> Response:
             **_campaign_json(c),
             "bar": stacked_bar(c.counts, label=_counts_text(c.counts)),
             "counts_text": _counts_text(c.counts),
-            "progress": f"{100 * _progress(c.counts):.1f}%",
+            "progress": f"{100 * progress(c.counts):.1f}%",
         }
         for c in reversed(found)
     ]
@@ -229,7 +223,7 @@ async def api_campaign(request: Request, session: Session, lang: str) -> Respons
             "state": str(found.state),
             "counts": counts,
             "total": sum(counts.values()),
-            "progress": round(_progress(counts), 4),
+            "progress": round(progress(counts), 4),
         }
 
     try:
