@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import mimetypes
 import re
 import unicodedata
@@ -36,9 +37,11 @@ class Attachment:
 
 
 def _clean_name(written: str) -> str:
-    """The file's own name (no folders), without controls or quotes that would break the header."""
+    """The file's own name (no folders), without controls or quotes that would break the header, nor angle
+    brackets: the email package reads `<x>` as x in a quoted name (email.utils.unquote), and Windows cannot save
+    a file named with them."""
     name = unicodedata.normalize("NFC", written.replace("\\", "/").rsplit("/", 1)[-1])
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch not in '"')
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch not in '"<>')
     return name.strip() or "attachment"
 
 
@@ -157,3 +160,24 @@ def describe(attachments: Sequence[Attachment]) -> list[dict[str, str]]:
         human = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{max(1, round(size / 1024))} KB"
         out.append({"filename": item.filename, "size": human, "content_type": item.content_type})
     return out
+
+
+def unmentioned(attachments: Sequence[Attachment], html_part: str, text_part: str, origin: str) -> list[str]:
+    """A warning for each attachment a part does not name: a layout copied before attachments existed lists none,
+    and a reader who does not see the file named may never look for it."""
+    warnings = []
+    for item in attachments:
+        missing = [
+            kind
+            for kind, found in (
+                ("HTML", item.filename in html_part or html.escape(item.filename) in html_part),
+                ("text", item.filename in text_part),
+            )
+            if not found
+        ]
+        if missing:
+            warnings.append(
+                f"{origin}: attachment {item.filename} is not named in the {' and '.join(missing)} part: the layout "
+                "does not list `attachments` (the built-in layouts do; see: mailer new)"
+            )
+    return warnings

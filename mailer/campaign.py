@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailer.attachments import Attachment
 from mailer.checks import image_source_warnings
+from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError, TemplateError, UsageError
-from mailer.message import MessageSigner, MessageTemplate, Sender, parse_from
-from mailer.models import Campaign, MailingList, Subscriber, SubscriberStatus
-from mailer.render import InlineImage, ListContext, RenderedIssue, render_issue
+from mailer.message import BuiltMessage, MessageSigner, MessageTemplate, Sender, parse_from, web_edition_url
+from mailer.models import Campaign, MailingList, Recipient, Subscriber, SubscriberStatus
+from mailer.render import InlineImage, ListContext, RenderedIssue, WebEdition, render_issue
 from mailer.store import Store
+from mailer.tokens import archive_key
 from mailer.wording import READER
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML
@@ -35,6 +38,8 @@ class PreparedIssue:
     sender: Sender
     issue_path: Path
     warnings: list[str] = field(default_factory=list)
+    # The issue rendered for a neutral reader (the archive's page), made only when a campaign is created.
+    web_edition: Callable[[], str] | None = None
 
 
 def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -> Sender:
@@ -60,14 +65,20 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     mailing_list = store.lists.get(list_name)
     source = read_issue_file(issue_path)
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
-    issue = render_issue(
-        source,
-        origin=str(issue_path),
-        list_ctx=ctx,
-        read_file=issue_file_reader(issue_path),
-        templates_dir=config.templates,
-        theme=config.theme_for(mailing_list.name),
-    )
+
+    def render(edition: WebEdition | None = None) -> RenderedIssue:
+        return render_issue(
+            source,
+            origin=str(issue_path),
+            list_ctx=ctx,
+            read_file=issue_file_reader(issue_path),
+            templates_dir=config.templates,
+            theme=config.theme_for(mailing_list.name),
+            attachment_limit=config.attachment_limit,
+            edition=edition,
+        )
+
+    issue = render()
     warnings = [*issue.warnings, *check_attributes(store, mailing_list, issue, issue_path)]
     warnings += image_source_warnings(issue.html)  # a relative path goes out broken (preview's own check)
     sender = sender_for(mailing_list, issue, config.base_url)
@@ -85,7 +96,8 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
                 f"From domain {sender.mail_domain} is not aligned with DKIM d={config.dkim_domain}: "
                 "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)"
             )
-    return PreparedIssue(mailing_list, issue, sender, issue_path, warnings)
+    edition = WebEdition(signup_url=f"{config.base_url.rstrip('/')}/s/{mailing_list.name}")
+    return PreparedIssue(mailing_list, issue, sender, issue_path, warnings, lambda: render(edition).html)
 
 
 def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIssue, issue_path: Path) -> list[str]:
@@ -124,7 +136,8 @@ def read_issue_file(path: Path) -> str:
 
 
 def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
-    """Reads files the issue names (its `images: cid` images), relative to its folder and never outside it."""
+    """Reads files the issue names (its `images: cid` images, its attachments), relative to its folder and never
+    outside it."""
     folder = Path(issue_path).resolve().parent
 
     def read(name: str) -> bytes:
@@ -163,13 +176,26 @@ def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
             }
             for i in issue.images
         ],
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "data": base64.b64encode(a.data).decode("ascii")}
+            for a in issue.attachments
+        ],
+        "content_parts": [list(part) for part in issue.content_parts],
     }
 
 
 def issue_from_json(data: dict[str, Any]) -> RenderedIssue:
     images = tuple(InlineImage(**{**i, "data": base64.b64decode(i["data"])}) for i in data.get("images", ()))
+    attachments = tuple(Attachment(**{**a, "data": base64.b64decode(a["data"])}) for a in data.get("attachments", ()))
     return RenderedIssue(
-        **{**data, "attr_keys": tuple(data["attr_keys"]), "sections": tuple(data["sections"]), "images": images}
+        **{
+            **data,
+            "attr_keys": tuple(data["attr_keys"]),
+            "sections": tuple(data["sections"]),
+            "images": images,
+            "attachments": attachments,
+            "content_parts": tuple(tuple(part) for part in data.get("content_parts", ())),
+        }
     )
 
 
@@ -181,9 +207,18 @@ def build_template(
     *,
     signer: MessageSigner | None = None,
     test: bool = False,
+    archive_slug: str | None = None,
 ) -> MessageTemplate:
     if not secret:
         raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
+    # A test send links where the real send's web edition will most likely be: under the issue's own slug.
+    slug = archive_slug or prepared.issue.slug
+    view_url = web_edition_url(
+        prepared.sender.base_url,
+        prepared.mailing_list.name,
+        slug,
+        archive_key(secret, prepared.mailing_list.id, slug),
+    )
     return MessageTemplate(
         prepared.issue,
         prepared.sender,
@@ -194,6 +229,7 @@ def build_template(
         fallback_name=READER.get(prepared.issue.lang, ""),
         signer=signer,
         test=test,
+        view_url=view_url,
     )
 
 
@@ -210,6 +246,13 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
     for sub in store.subscribers.of_list(list_id, SubscriberStatus.ACTIVE):
         return sub
     return Subscriber(email="reader@example.org", name="")
+
+
+def sample_message(store: Store, prepared: PreparedIssue, secret: bytes, signer: MessageSigner | None) -> BuiltMessage:
+    """The message of the list's first subscriber, built as the send would build it (every error surfaces)."""
+    sample = sample_subscriber(store, prepared.mailing_list.id)
+    template = build_template(prepared, 0, "sample", secret, signer=signer)
+    return template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
 
 
 def open_campaign(
@@ -235,6 +278,7 @@ def open_campaign(
             secrets.token_hex(8),
             is_test=test_recipient is not None,
             test_recipient=test_recipient,
+            web_edition=prepared.web_edition() if prepared.web_edition and test_recipient is None else None,
         )
 
     if test_email:
@@ -245,7 +289,9 @@ def open_campaign(
     # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
     campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or create()
     _, salt = store.campaigns.rendered(campaign.id)
-    return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer)
+    return campaign, build_template(
+        prepared, campaign.id, salt, secret, signer=signer, archive_slug=campaign.archive_slug
+    )
 
 
 def template_for_campaign(
@@ -260,7 +306,9 @@ def template_for_campaign(
     issue = issue_from_json(rendered)
     mailing_list = store.lists.by_id(campaign.list_id)
     prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url), Path(campaign.issue_path))
-    return build_template(prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test)
+    return build_template(
+        prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test, archive_slug=campaign.archive_slug
+    )
 
 
 def refuse_cancelled(campaign: Campaign | None) -> None:

@@ -190,6 +190,7 @@ class CaptureServer:
         tls: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         echo_auth: bool = False,
+        size_limit: int = 50 * 1024 * 1024,
     ) -> None:
         if not host.startswith("127.") and host != "localhost":
             raise ValueError("the capture server only listens on loopback")
@@ -209,6 +210,7 @@ class CaptureServer:
         if tls is not None:
             kwargs.update({"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": True})
         self.options = kwargs
+        self.size_limit = size_limit  # advertised as EHLO SIZE; a larger message gets 552
         self.handler = _Handler(self.state)
         self.controller = self._controller()
         self.running = False
@@ -219,7 +221,7 @@ class CaptureServer:
             hostname=self.host,
             port=self.port,
             enable_SMTPUTF8=True,
-            data_size_limit=50 * 1024 * 1024,
+            data_size_limit=self.size_limit,
             server_hostname="capture.localhost",
             **self.options,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailer.attachments import DEFAULT_LIMIT_BYTES
 from mailer.errors import ConfigError
 from mailer.models import Theme
 from mailer.passwords import PasswordHashError, check_hash
@@ -60,6 +61,7 @@ class Config:
     ops_password: str = field(default="", repr=False)
     ops_password_hash: str = field(default="", repr=False)
     ops_metrics_token: str = field(default="", repr=False)  # a read-only bearer token for /ops/metrics alone
+    attachment_limit: int = DEFAULT_LIMIT_BYTES  # bytes of attachments one message may carry
 
     @property
     def secret_path(self) -> Path:
@@ -96,6 +98,7 @@ _ENV = {
     "MAILER_OPS_USER": ("ops_user", str),
     "MAILER_OPS_PASSWORD": ("ops_password", str),
     "MAILER_OPS_METRICS_TOKEN": ("ops_metrics_token", str),
+    "MAILER_ATTACHMENT_LIMIT": ("attachment_limit", int),
 }
 
 _TOML = {
@@ -117,6 +120,7 @@ _TOML = {
     "retry_expiry": ("retry_expiry", float),
     "relay_grace": ("relay_grace", float),
     "pause_after": ("pause_after", int),
+    "attachment_limit": ("attachment_limit", int),
 }
 
 
@@ -135,6 +139,8 @@ _SECONDS_OR_NONE = {"relay_grace"}  # finite, 0 or more: 0 gives a relay no time
 def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
     """A setting as its type: TOML gives typed values, the environment text. Anything that is not a value of that
     type in its range is one ConfigError naming where it was set."""
+    if name == "attachment_limit":
+        return _byte_size(source, key, raw)
     if kind is str or kind is Path:
         if not isinstance(raw, str) or (kind is Path and not raw.strip()):
             raise ConfigError(f"{source}: {key} = {raw!r} must be {'a file name' if kind is Path else 'text'}")
@@ -154,6 +160,26 @@ def _convert(source: str, key: str, kind: type, raw: Any, name: str) -> Any:
         raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds above 0")
     elif name in _SECONDS_OR_NONE and not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{source}: {key} = {raw!r} must be a number of seconds, 0 or more")
+    return value
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20}
+MAX_ATTACHMENT_LIMIT = 100 * 2**20  # no relay a newsletter goes through takes more in one message
+
+
+def _byte_size(source: str, key: str, raw: Any) -> int:
+    """A size in bytes: a whole number, or text such as "10 MB" or "512 KB" (MB = 2**20 bytes, as mail clients
+    count), from 1 KB to 100 MB."""
+    found = _SIZE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif found:
+        value = int(float(found.group(1)) * _UNITS[(found.group(2) or "").lower()])
+    else:
+        raise ConfigError(f'{source}: {key} = {raw!r} is not a size such as "10 MB" or "512 KB"')
+    if not 2**10 <= value <= MAX_ATTACHMENT_LIMIT:
+        raise ConfigError(f"{source}: {key} = {raw!r} must be from 1 KB to 100 MB")
     return value
 
 

@@ -49,6 +49,7 @@ class UnsubscribeSource(StrEnum):
     OPS = "ops"  # mailer unsubscribe EMAIL --list L
     REMOVED = "removed"  # mailer subs remove, for someone a delivery log still names
     COMPLAINT = "complaint"  # they marked an issue as spam
+    PREFERENCES = "preferences"  # their own preferences page (a list left, or "unsubscribe from everything")
 
 
 class SuppressionReason(StrEnum):
@@ -83,6 +84,8 @@ class MailingList:
     reply_to: str
     lang: str
     created: str = ""
+    public: bool = False  # offered on every preferences page, to people not on it (lists update --public on)
+    archive: bool = False  # its past issues are a public web archive with a feed (lists update --archive on)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class Campaign:
     finished: str | None = None
     cancelled: str | None = None
     state: CampaignState = CampaignState.SENDING
+    archive_slug: str | None = None  # its web edition's name in the list's archive (a test send has none)
 
 
 @dataclass

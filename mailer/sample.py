@@ -86,6 +86,7 @@ def prepare_sample(
         read_file=issue_file_reader(issue_path),
         templates_dir=config.templates,
         theme=config.theme,
+        attachment_limit=config.attachment_limit,
     )
     neutral = no_list(issue.lang)
     prepared = PreparedIssue(
@@ -111,8 +112,9 @@ def build_sample(
     secret = config.secret or secrets.token_bytes(16)  # a sample needs some key; links in it are samples
     template = build_template(prepared, 0, "preview", secret, signer=dkim_signer(config))
     recipient = Recipient(0, sample.id, sample.email, sample.name, sample.attrs)
-    message = template.build(recipient, utcnow())
-    html, text = template.personal_bodies(recipient, message.unsubscribe_url)
+    now = utcnow()
+    message = template.build(recipient, now)
+    html, text = template.personal_bodies(recipient, message.unsubscribe_url, now)
     return SampleMessage(
         prepared.issue.slug,
         html,

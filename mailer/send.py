@@ -15,31 +15,48 @@ from dataclasses import replace
 from pathlib import Path
 
 from mailer.campaign import (
-    build_template,
     dkim_signer,
     open_campaign,
     prepare_issue,
     refuse_cancelled,
-    sample_subscriber,
+    sample_message,
     template_for_campaign,
 )
-from mailer.clock import stamp, utcnow
+from mailer.clock import stamp
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError
 from mailer.message import MessageTemplate
-from mailer.models import Campaign, CampaignState, DeliveryStatus, Recipient, SendSummary
+from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreWriteError
 from mailer.store.leases import LeaseLost
 from mailer.workers import run_workers
 
 
-async def probe_relays(relays: Sequence[SMTPSettings]) -> None:
-    """Every relay must answer (and accept our login) before any state changes: otherwise exit 4."""
+async def probe_relays(relays: Sequence[SMTPSettings], sizes: bool = False) -> list[tuple[SMTPSettings, int]]:
+    """Every relay must answer (and accept our login) before any state changes: otherwise exit 4. With `sizes`,
+    returns the relays that name the largest message they take, with that size."""
+    limits = []
     for relay in relays:
-        await probe(relay)
+        size = await probe(relay, sizes)
+        if size is not None:
+            limits.append((relay, size))
+    return limits
+
+
+def refuse_oversize(message_bytes: int, limits: Sequence[tuple[SMTPSettings, int]]) -> None:
+    """A message a relay would refuse for its size (552 at MAIL or DATA) would be refused for every recipient: an
+    issue with attachments too large for the relay is stopped before its campaign exists."""
+    margin = 4096  # names and addresses make one message a little longer than another
+    for relay, size in limits:
+        if message_bytes + margin > size:
+            raise MailerError(
+                f"each message is {message_bytes / 2**20:.1f} MB with its attachments (base64 adds a third) and "
+                f"{relay.host}:{relay.port} takes at most {size / 2**20:.1f} MB (its EHLO SIZE); nothing was sent: "
+                "attach less, or link to the files"
+            )
 
 
 async def send_issue(
@@ -57,16 +74,17 @@ async def send_issue(
     prepared = prepare_issue(store, config, issue_path, list_name)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
-        template = build_template(prepared, 0, "dry-run", config.secret, signer=signer)
-        sample = sample_subscriber(store, prepared.mailing_list.id)
-        template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
+        sample_message(store, prepared, config.secret, signer)
         total = store.subscribers.count_recipients(prepared.mailing_list.id)
         return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
     if not options.test_email:  # what would be refused is refused before any SMTP
         issue = prepared.issue
         refuse_cancelled(store.campaigns.find(prepared.mailing_list.id, issue.content_hash))
         store.campaigns.check_new_content(prepared.mailing_list.id, issue.slug, str(issue_path), issue.content_hash)
-    await probe_relays(settings)  # refused / login refused: exit 4 before any state changes
+    # refused / login refused: exit 4 before any state changes; with attachments, what size each relay takes
+    limits = await probe_relays(settings, sizes=bool(prepared.issue.attachments))
+    if prepared.issue.attachments:
+        refuse_oversize(len(sample_message(store, prepared, config.secret, signer).data), limits)
     campaign, template = open_campaign(store, prepared, config.secret, signer, test_email=options.test_email)
     return await deliver_campaign(
         store,

@@ -25,7 +25,7 @@ from mailer.render import ListContext, RenderedIssue, render_issue
 from mailer.spreadsheet import SpreadsheetWriter
 from mailer.store import Store
 from mailer.tokens import BadToken, TokenKind, make_token, read_token
-from mailer.wording import CONFIRM_BODY, CONFIRM_META, READER
+from mailer.wording import CONFIRM_BODY, CONFIRM_META, LINK_BODY, LINK_META, READER
 
 _BATCH = 1000
 
@@ -308,25 +308,73 @@ def confirm_with_token(
     return target, ConfirmState.READY
 
 
+# The mails mailer writes to one person (not issues): their words per language, rendered in the issue layout.
+NOTICES = {"confirmation": (CONFIRM_BODY, CONFIRM_META), "link": (LINK_BODY, LINK_META)}
+
+
 @functools.lru_cache(maxsize=32)
-def _confirmation_issue(
+def _notice_issue(
+    kind: str,
     name: str,
     title: str,
     lang: str,
     templates_dir: Path | None,
     theme: Theme | None,
 ) -> RenderedIssue:
-    """Rendered once per list (premailer costs ~15 ms); the confirm URL is a per-recipient attribute."""
-    words = lang if lang in CONFIRM_BODY else "en"
-    given = {key: value.format(title=title) for key, value in CONFIRM_META[words].items()}
+    """Rendered once per list and kind (premailer costs ~15 ms); the links in it are per-recipient values."""
+    bodies, metas = NOTICES[kind]
+    words = lang if lang in bodies else "en"
+    given = {key: value.format(title=title) for key, value in metas[words].items()}
     return render_issue(
-        CONFIRM_BODY[words],
-        origin="confirmation.md",
+        bodies[words],
+        origin=f"{kind}.md",
         list_ctx=ListContext(name=name, title=title, lang=lang),
         given=given,
         templates_dir=templates_dir,
         theme=theme,
+        view_link=False,  # a notice has no web edition
     )
+
+
+def build_notice(
+    kind: str,
+    mailing_list: MailingList,
+    subscriber: Subscriber,
+    secret: bytes,
+    base_url: str,
+    now: datetime,
+    signer: MessageSigner | None = None,
+    attrs: dict[str, str] | None = None,
+    *,
+    lang: str = "",
+    templates_dir: Path | None = None,
+    theme: Theme | None = None,
+) -> BuiltMessage:
+    """A mail to one person from a list (a confirmation, their preferences link): same wire rules as an issue
+    (List-Unsubscribe included: it means "not me"), in the issue layout of `templates_dir` (else the built-in one)
+    and the list's theme, in `lang` (else the list's language)."""
+    if not mailing_list.from_addr:
+        raise MailerError(f"list {mailing_list.name!r} has no From address; cannot send it mail")
+    from_name, from_addr = parse_from(mailing_list.from_addr)
+    title = mailing_list.title or mailing_list.name
+    lang = lang or mailing_list.lang
+    issue = _notice_issue(kind, mailing_list.name, title, lang, templates_dir, theme)
+    sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
+    # Campaign 0 marks a notice: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
+    template = MessageTemplate(
+        issue,
+        sender,
+        secret=secret,
+        campaign_id=0,
+        list_id=mailing_list.id,
+        salt=secrets.token_hex(8),
+        fallback_name=READER.get(lang, "reader"),
+        signer=signer,
+    )
+    # The name typed into a form is not in the mail: a stranger could otherwise put their words into a mail to
+    # any address. It waits with the request (the link names it) for the issues that follow confirmation.
+    recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, "", attrs or {})
+    return template.build(recipient, now)
 
 
 def build_confirmation(
@@ -341,28 +389,18 @@ def build_confirmation(
     templates_dir: Path | None = None,
     theme: Theme | None = None,
 ) -> BuiltMessage:
-    """The double opt-in mail: same wire rules as an issue (List-Unsubscribe included: it means "not me"), in the
-    issue layout of `templates_dir` (else the built-in one) and the list's theme."""
-    if not mailing_list.from_addr:
-        raise MailerError(f"list {mailing_list.name!r} has no From address; cannot send confirmations")
-    from_name, from_addr = parse_from(mailing_list.from_addr)
-    title = mailing_list.title or mailing_list.name
-    issue = _confirmation_issue(mailing_list.name, title, mailing_list.lang, templates_dir, theme)
-    sender = Sender(from_name, from_addr, mailing_list.reply_to, mailing_list.name, title, base_url)
-    # Campaign 0 marks a confirmation: a bounce of it (VERP delivery id = subscriber id) suppresses the address.
-    template = MessageTemplate(
-        issue,
-        sender,
-        secret=secret,
-        campaign_id=0,
-        list_id=mailing_list.id,
-        salt=secrets.token_hex(8),
-        fallback_name=READER.get(mailing_list.lang, "reader"),
-        signer=signer,
-    )
+    """The double opt-in mail, with its confirm link and (as every mail) the person's preferences link."""
     token = make_token(secret, TokenKind.CONFIRM, mailing_list.id, subscriber.id, request_id)
     confirm_url = f"{base_url.rstrip('/')}/c/{token}"
-    # The name typed into the form is not in the mail: a stranger could otherwise put their words into a mail to
-    # any address. It waits with the request (the link names it) for the issues that follow confirmation.
-    recipient = Recipient(subscriber.id, subscriber.id, subscriber.email, "", {"confirm_url": confirm_url})
-    return template.build(recipient, now)
+    return build_notice(
+        "confirmation",
+        mailing_list,
+        subscriber,
+        secret,
+        base_url,
+        now,
+        signer,
+        {"confirm_url": confirm_url},
+        templates_dir=templates_dir,
+        theme=theme,
+    )

@@ -1,5 +1,5 @@
-"""HMAC-SHA256 signed tokens for unsubscribe, confirm and VERP bounce addresses, the sign-up form, and the ops
-console's sessions and their CSRF field.
+"""HMAC-SHA256 signed tokens for unsubscribe, confirm, preferences and VERP bounce addresses, the key of an
+archived issue's "view in browser" link, the sign-up form, and the ops console's sessions and their CSRF field.
 
 Pure: the secret is passed in. Tokens are lowercase base32 so they survive URLs and case-folding mail systems."""
 
@@ -20,6 +20,7 @@ class TokenKind(StrEnum):
     UNSUBSCRIBE = "u"
     CONFIRM = "c"
     BOUNCE = "b"
+    PREFERENCES = "p"
 
 
 class BadToken(ValueError):
@@ -29,9 +30,10 @@ class BadToken(ValueError):
 @dataclass(frozen=True)
 class Token:
     kind: TokenKind
-    a: int  # list id (unsubscribe, confirm) or campaign id (bounce)
-    b: int  # subscriber id (unsubscribe, confirm) or delivery id (bounce)
-    c: int = 0  # confirm: the sign-up request the mail answers (0 in links made before requests were kept)
+    a: int  # list id (unsubscribe, confirm, preferences) or campaign id (bounce)
+    b: int  # subscriber id (unsubscribe, confirm, preferences) or delivery id (bounce)
+    c: int = 0  # confirm: the sign-up request the mail answers (0 in links made before requests were kept);
+    # preferences: when the link was made (Unix seconds), for its expiry and its rotation
 
 
 def _varint(n: int) -> bytes:
@@ -96,6 +98,17 @@ def read_token(secret: bytes, token: str, kind: TokenKind) -> Token:
     if pos != len(payload):
         raise BadToken("trailing bytes in token")
     return Token(kind, a, b, c)
+
+
+def archive_key(secret: bytes, list_id: int, slug: str) -> str:
+    """The key in an issue's "view in browser" link: it opens the archived issue of a list whose archive is not
+    public. One per issue, not per reader, so it says nothing about who followed it."""
+    mac = hmac.new(secret, f"mailer-archive-v1:{list_id}:{slug}".encode(), hashlib.sha256).digest()[:10]
+    return base64.b32encode(mac).decode("ascii").rstrip("=").lower()
+
+
+def check_archive_key(secret: bytes, list_id: int, slug: str, key: str) -> bool:
+    return bool(secret) and hmac.compare_digest(archive_key(secret, list_id, slug).encode(), key.encode("utf-8"))
 
 
 # ---- form tokens: signed double-submit CSRF protection for the sign-up form ---------------------------------------

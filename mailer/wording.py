@@ -51,6 +51,38 @@ TEXT: dict[str, dict[str, str]] = {
         "expired": "这个确认链接已超过 7 天。请重新订阅，我们会再发一封确认邮件。",
         "gone_heading": "链接已失效",
         "gone": "这个确认链接已不再适用。如需订阅，请重新填写订阅表单。",
+        "prefs_heading": "我的订阅",
+        "prefs_intro": "{addr} 的订阅设置。勾选想收到的列表，然后保存。",
+        "prefs_lists": "邮件列表",
+        "prefs_status_pending": "待确认",
+        "prefs_status_bounced": "无法投递，暂停发送",
+        "prefs_suppressed": "发往这个地址的邮件被退回或被标为垃圾邮件，我们已停止向它发送；地址修复后请联系我们恢复。",
+        "prefs_name": "称呼",
+        "prefs_lang": "页面和通知的语言",
+        "prefs_lang_default": "跟随各列表",
+        "prefs_save": "保存设置",
+        "prefs_saved": "已保存。",
+        "prefs_leave_heading": "全部退订",
+        "prefs_leave_intro": "不想再收到我们的任何邮件？",
+        "prefs_leave_button": "退订全部列表",
+        "prefs_left": "{addr} 已退订全部列表，不会再收到我们的邮件。",
+        "prefs_rotated": "为了安全，保存后此前邮件里的“我的订阅”链接已失效；以后的邮件会带上新链接，"
+        "也可以随时在下方索取。",
+        "prefs_expired_heading": "链接已过期",
+        "prefs_expired": "这个订阅设置链接已过期或已被新链接取代。请填写邮箱，我们会发一封带新链接的邮件。",
+        "link_heading": "获取我的订阅设置链接",
+        "link_intro": "填写您的邮箱，我们会把管理订阅的链接发给您。",
+        "link_button": "发送链接",
+        "link_sent_heading": "请查收邮件",
+        "link_sent": "如果 {addr} 订阅了我们的邮件，我们已经把订阅设置链接发给它。链接一年内有效。",
+        "link_get_new": "获取新的订阅设置链接",
+        "link_limited": "这台设备索取链接的次数太多了，请过一会儿再试。",
+        "archive_heading": "「{title}」往期",
+        "archive_intro": "共 {count} 期，最新的在前。",
+        "archive_empty": "还没有往期。",
+        "archive_feed": "订阅源（Atom）",
+        "archive_signup": "订阅「{title}」",
+        "archive_closed": "这个列表的往期没有公开。",
     },
     "en": {
         "unsub_heading": "Unsubscribe from {title}",
@@ -88,6 +120,41 @@ TEXT: dict[str, dict[str, str]] = {
         "expired": "This confirmation link is more than 7 days old. Please sign up again and we will send a new one.",
         "gone_heading": "This link no longer applies",
         "gone": "This confirmation link is no longer valid. To subscribe, please fill in the sign-up form again.",
+        "prefs_heading": "Your subscriptions",
+        "prefs_intro": "Settings for {addr}. Tick the lists you want to receive, then save.",
+        "prefs_lists": "Mailing lists",
+        "prefs_status_pending": "awaiting confirmation",
+        "prefs_status_bounced": "undeliverable, paused",
+        "prefs_suppressed": "Mail to this address bounced or was reported as spam, so we stopped sending to it; once "
+        "the address works again, ask us to resume.",
+        "prefs_name": "Your name",
+        "prefs_lang": "Language of these pages and our notices",
+        "prefs_lang_default": "each list's own",
+        "prefs_save": "Save",
+        "prefs_saved": "Saved.",
+        "prefs_leave_heading": "Unsubscribe from everything",
+        "prefs_leave_intro": "Don't want any more mail from us?",
+        "prefs_leave_button": "Unsubscribe from all lists",
+        "prefs_left": "{addr} is unsubscribed from every list and will receive nothing more from us.",
+        "prefs_rotated": "For your safety, the preferences links in earlier mails stopped working when you saved; "
+        "the next mail carries a new one, and you can ask for one below at any time.",
+        "prefs_expired_heading": "This link has expired",
+        "prefs_expired": "This preferences link has expired or was replaced by a newer one. Enter your address and "
+        "we will mail you a new link.",
+        "link_heading": "Get the link to your subscriptions",
+        "link_intro": "Enter your address and we will mail you the link to manage your subscriptions.",
+        "link_button": "Send me my link",
+        "link_sent_heading": "Check your inbox",
+        "link_sent": "If {addr} is on one of our lists, the link to its subscriptions is on its way. It works for a "
+        "year.",
+        "link_get_new": "Get a new link to your subscriptions",
+        "link_limited": "Too many links were asked for from this device. Please try again later.",
+        "archive_heading": "{title}: past issues",
+        "archive_intro": "{count} issues, newest first.",
+        "archive_empty": "No issues yet.",
+        "archive_feed": "Feed (Atom)",
+        "archive_signup": "Subscribe to {title}",
+        "archive_closed": "The past issues of this list are not public.",
     },
 }
 
@@ -135,5 +202,35 @@ CONFIRM_META = {
         "subject": "Please confirm your subscription to {title}",
         "preheader": "One click and you are subscribed",
         "why": "You receive this because this address was entered on the sign-up page of {title}.",
+    },
+}
+
+
+# The "send me my link" mail. Its link is the reader's own preferences link (a per-recipient placeholder).
+LINK_BODY = {
+    "zh": """有人（希望是您）在我们的网站上为 {{ subscriber.email }} 索取了订阅设置链接：
+
+[打开我的订阅设置]({{ preferences_url }})
+
+在那里可以选择要收到的列表、修改称呼和语言，或全部退订。链接一年内有效。如果不是您本人索取，请忽略本邮件，什么也不会改变。
+""",
+    "en": """Someone, hopefully you, asked for the link to the subscriptions of {{ subscriber.email }}:
+
+[Open my subscriptions]({{ preferences_url }})
+
+There you can choose the lists you receive, change your name and language, or leave them all. The link works for a
+year. If it was not you, ignore this message: nothing changes.
+""",
+}
+LINK_META = {
+    "zh": {
+        "subject": "您的订阅设置链接",
+        "preheader": "管理您收到的邮件列表",
+        "why": "您收到这封邮件，是因为有人在我们的网站上为这个地址索取了订阅设置链接。",
+    },
+    "en": {
+        "subject": "The link to your subscriptions",
+        "preheader": "Manage the lists you receive",
+        "why": "You receive this because the link to this address's subscriptions was asked for on our site.",
     },
 }

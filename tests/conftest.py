@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -214,3 +215,75 @@ class LiveWeb:
 def web_config(config: Config, smtp: CaptureServer, url: str) -> Config:
     """The test config pointed at the capture SMTP server, with links to the live web server."""
     return config.with_overrides(smtp_host="127.0.0.1", smtp_port=smtp.port, base_url=url)
+
+
+def send_issue(run_cli, issue: Path, list_name: str, smtp: CaptureServer, base_url: str, *extra: str):  # type: ignore[no-untyped-def]
+    """`mailer send ISSUE --list L --yes` to the capture server, with links to `base_url`; asserts it worked."""
+    result = run_cli(
+        "send",
+        str(issue),
+        "--list",
+        list_name,
+        "--yes",
+        "--smtp-port",
+        str(smtp.port),
+        *extra,
+        env={"MAILER_BASE_URL": base_url},
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def write_issue(folder: Path, name: str, subject: str, body: str, **meta: str) -> Path:
+    """An issue file with this front matter (subject, then `meta`) and body."""
+    lines = ["---", f'subject: "{subject}"', *(f'{key}: "{value}"' for key, value in meta.items()), "---", body]
+    path = folder / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def dkim_signed_web(config: Config, smtp: CaptureServer, tmp_path: Path) -> Iterator[tuple[Any, Callable[[], None]]]:
+    """`mailer serve` with a DKIM key (made in tmp_path) on a live server: (an httpx client of it, a wait for the mails
+    it sends in the background). `dkim_verifies(data, tmp_path)` checks a message it sent against that key."""
+    import httpx
+
+    from mailer.dkim import generate_key
+    from mailer.web import create_app
+
+    generate_key("news2026", "example.org", tmp_path / "keys")
+    key = tmp_path / "keys" / "news2026._domainkey.example.org.pem"
+    holder: list[Any] = []
+
+    def make(url: str) -> object:
+        signed = web_config(config, smtp, url).with_overrides(
+            dkim_key=str(key), dkim_selector="news2026", dkim_domain="example.org"
+        )
+        holder.append(create_app(signed))
+        return holder[0]
+
+    def settle() -> None:
+        import time
+
+        deadline = time.monotonic() + 10
+        while holder[0].state.web.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with LiveWeb(make) as live, httpx.Client(base_url=live.url, timeout=10) as http:
+        yield http, settle
+
+
+def dkim_verifies(data: bytes, tmp_path: Path) -> bool:
+    """The message carries a DKIM signature first that dkimpy verifies against the key dkim_signed_web made."""
+    import dkim as dkimpy
+
+    from mailer.dkim import Signer
+
+    signer = Signer.from_file(tmp_path / "keys" / "news2026._domainkey.example.org.pem", "news2026", "example.org")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        if name.decode().rstrip(".") == "news2026._domainkey.example.org":
+            return f"v=DKIM1; k=rsa; p={signer.public_key}".encode()
+        return None
+
+    return data.startswith(b"DKIM-Signature:") and bool(dkimpy.verify(data, dnsfunc=dns))

@@ -9,9 +9,11 @@ import re
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import dkim as dkimpy
@@ -20,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mailer.dkim
+from mailer.attachments import Attachment
 from mailer.capture import CaptureServer
 from mailer.config import Config
 from mailer.dkim import (
@@ -35,7 +39,7 @@ from mailer.dkim import (
 from mailer.errors import ConfigError
 from mailer.message import MessageTemplate, Sender
 from mailer.models import Recipient
-from mailer.render import ListContext, render_issue
+from mailer.render import InlineImage, ListContext, render_issue
 from tests.conftest import CHECK_EML, SAMPLE_CSV, SAMPLE_ISSUE
 
 REQUIRED = {"from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post"}
@@ -204,6 +208,68 @@ def test_signature_is_byte_identical_to_dkimpys_own(template: MessageTemplate, s
         )
     assert record_tags(theirs.decode().split(":", 1)[1])["b"] == ours["b"]
     assert record_tags(theirs.decode().split(":", 1)[1])["bh"] == ours["bh"]
+
+
+# ---- with attachments: the campaign's fixed end canonicalised once ------------------------------------------------
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4096 + b"\n%%EOF\n"  # 1 MB
+
+
+@pytest.fixture(scope="module")
+def attachment_templates(signer: Signer) -> tuple[MessageTemplate, MessageTemplate]:
+    """The sample issue with a 1 MB PDF under a CJK name and an image: signed, and the same unsigned."""
+    base = render_issue(
+        SAMPLE_ISSUE.read_text(encoding="utf-8"), "sample.md", ListContext("bulletin", "知识产权运营简报", "zh")
+    )
+    issue = replace(
+        base,
+        attachments=(Attachment("简报第10期.pdf", "application/pdf", PDF),),
+        images=(InlineImage("c.1@mailer", "c.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),),
+    )
+    sender = Sender("简报", "bulletin@example.org", "", "bulletin", "知识产权运营简报", "https://news.example.org")
+    common: dict[str, Any] = {"secret": b"k" * 32, "campaign_id": 7, "list_id": 1, "salt": "s"}
+    return MessageTemplate(issue, sender, signer=signer, **common), MessageTemplate(issue, sender, **common)
+
+
+def test_a_message_with_attachments_verifies_and_signs_as_the_whole_message_would(
+    attachment_templates: tuple[MessageTemplate, MessageTemplate], signer: Signer
+) -> None:
+    signed, unsigned = attachment_templates
+    for email, name in (("wang@example.org", "王小明"), ("li@example.org", "李  四 ")):
+        data = build(signed, email, name)
+        assert verify(data, signer)
+        assert data == signer.sign(build(unsigned, email, name), int(NOW.timestamp()))
+        [pdf] = message_from_bytes(data, policy=policy.default).iter_attachments()
+        assert pdf.get_payload(decode=True) == PDF and pdf.get_filename() == "简报第10期.pdf"
+    assert not verify(data.replace(b"AAECAwQF", b"AAECAwQG", 1), signer)  # the hash still reads the attachment
+
+
+def test_the_attachment_is_not_canonicalised_again_per_recipient(
+    attachment_templates: tuple[MessageTemplate, MessageTemplate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed, _ = attachment_templates
+    scanned = []
+    original = mailer.dkim._needs_wsp_fix
+    monkeypatch.setattr(mailer.dkim, "_needs_wsp_fix", lambda body: scanned.append(len(body)) or original(body))
+    for n in range(20):
+        build(signed, f"r{n}@example.org", f"读者{n}")
+    assert len(scanned) == 20 and max(scanned) < len(PDF) / 10  # the personal start only: ~60 KB of 1.4 MB
+
+
+@pytest.mark.parametrize(
+    ("start", "tail"),
+    [
+        (b"From: a@example.org\r\n\r\nbody\r\n", b"\r\n--b--\r\n"),
+        (b"From: a@example.org\r\n\r\nno line end", b" \t x  \r\n"),  # the start's last line goes on in the tail
+        (b"From: a@example.org\r\n\r\nbody\r\n\r\n", b"\r\n\r\n"),  # an all-empty tail: trailing lines go
+        (b"From: a@example.org\r\n\r\n", b"only\r\n"),
+        (b"From: a@example.org\nSubject: lf\n\nbody\n", b"end \n\n"),
+    ],
+)
+def test_the_tail_signer_signs_exactly_as_signing_the_whole(signer: Signer, start: bytes, tail: bytes) -> None:
+    whole = signer.sign(start + tail, timestamp=5)
+    assert signer.for_tail(tail)(start, 5) == whole
+    assert verify(whole, signer)
 
 
 def test_bare_lf_messages_are_signed_in_their_crlf_form(signer: Signer) -> None:

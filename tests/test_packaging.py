@@ -44,14 +44,17 @@ def test_the_wheel_carries_layouts_pages_and_samples(tmp_path: Path) -> None:
         shipped = {
             "mailer/templates/issue.html.j2": REPO / "templates" / "issue.html.j2",
             "mailer/templates/issue.txt.j2": REPO / "templates" / "issue.txt.j2",
-            "mailer/templates/web/page.html.j2": REPO / "templates" / "web" / "page.html.j2",
+            **{
+                f"mailer/templates/web/{name}": REPO / "templates" / "web" / name
+                for name in ("page.html.j2", "page.css.j2", "preferences.html.j2", "archive.html.j2")
+            },
             "mailer/samples/sample.md": REPO / "issues" / "sample.md",
             "mailer/samples/sample.csv": REPO / "subscribers" / "sample.csv",
             **{f"mailer/starter/{path.name}": path for path in (REPO / "mailer" / "starter").iterdir()},
             "mailer/web/static/ops.js": REPO / "mailer" / "web" / "static" / "ops.js",
             **{f"mailer/web/layouts/{p.name}": p for p in (REPO / "mailer" / "web" / "layouts").glob("*.j2")},
         }
-        assert len(shipped) == 17  # the 5 above, the 6 starter files of mailer new, the console's script and 5 layouts
+        assert len(shipped) == 20  # the 8 above, the 6 starter files of mailer new, the console's script and 5 layouts
         for name, original in shipped.items():
             assert name in names, sorted(names)
             assert archive.read(name) == original.read_bytes(), name  # a copy of the file, not a dangling link

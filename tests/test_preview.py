@@ -355,6 +355,39 @@ def test_embedded_images_show_in_the_screenshot(tmp_path: Path) -> None:
     assert (200, 146, 42) in colours  # the chart's orange, drawn from the data: URI the cid became
 
 
+def test_raw_html_img_tags_are_embedded_too(tmp_path: Path) -> None:
+    write_png(tmp_path / "issue" / "images" / "chart.png")
+    write_png(tmp_path / "issue" / "图表 一.png", (300, 100))
+    issue = tmp_path / "issue" / "raw.md"
+    issue.write_text(
+        "---\nsubject: Raw\nimages: cid\nlang: en\n---\n\n"
+        '<p align="center"><IMG alt="chart" SRC=\'images/chart.png\' /></p>\n\n'
+        '<!-- <img src="images/old.png"> -->\n\n'
+        'Inline <img src="images/chart.png" width="120"> and <img alt=x src="图表 一.png">, '
+        '<img src="https://cdn.example.org/a.png"> stays.\n\n'
+        '`<img src="images/missing.png">` is code.\n',
+        encoding="utf-8",
+    )
+    sample = build_sample(issue, Config(base_url="https://news.example.org"))
+    message = message_from_bytes(sample.data, policy=policy.default)
+    assert message.get_content_type() == "multipart/related"
+    images = {str(p["Content-ID"]).strip("<>"): p for p in message.iter_parts() if p.get_content_maintype() == "image"}
+    assert len(images) == 2  # the chart once, however often it is shown
+    by_size = {len(p.get_content()): cid for cid, p in images.items()}
+    chart = by_size[(tmp_path / "issue" / "images" / "chart.png").stat().st_size]
+    other = by_size[(tmp_path / "issue" / "图表 一.png").stat().st_size]
+    assert f'alt="chart" src="cid:{chart}" width="536"' in sample.html  # 800 px capped at the column
+    assert f'src="cid:{chart}" width="120"' in sample.html  # the editor's own width kept
+    assert f'alt="x" src="cid:{other}" width="300"' in sample.html
+    assert 'src="https://cdn.example.org/a.png"' in sample.html
+    assert '<!-- <img src="images/old.png"> -->' in sample.html  # a comment is not read (old.png does not exist)
+    assert "images/chart.png" not in sample.html and '&lt;img src="images/missing.png"&gt;' in sample.html
+    for src, words in (("../secret.png", "outside the issue's folder"), ("nope.png", "does not exist")):
+        issue.write_text(f'---\nsubject: x\nimages: cid\n---\n\n<div><img src="{src}"></div>\n', encoding="utf-8")
+        with pytest.raises(TemplateError, match=words):
+            build_sample(issue, Config(base_url="https://news.example.org"))
+
+
 def test_images_cid_refuses_files_outside_the_issue_folder_and_non_images(tmp_path: Path) -> None:
     (tmp_path / "secret.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     folder = tmp_path / "issue"

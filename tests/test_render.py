@@ -26,6 +26,8 @@ RECIPIENT = {
     "NAME": "林小雨 <Lin & Co>",
     "EMAIL": "lin.xiaoyu@example.org",
     "UNSUBSCRIBE_URL": "https://news.example.org/u/goldentoken?a=1&b=2",
+    "PREFERENCES_URL": "https://news.example.org/p/goldenprefs",
+    "VIEW_URL": "https://news.example.org/a/bulletin/issue?k=goldenkey",
 }
 RECIPIENT_ATTRS = {"city": "杭州"}
 MINIMAL = "---\nsubject: Hello\n---\n\nIntro.\n\n## One\n\nBody.\n"

@@ -52,6 +52,32 @@ def test_wire_data_declines_what_it_would_have_to_normalise(pieces: list[bytes])
     assert (wire is not None) == crlf_lines
 
 
+@given(LINES, LINES)
+def test_a_clean_tail_changes_nothing_on_the_wire(head: list[bytes], tail: list[bytes]) -> None:
+    clean = b"".join(b"\r\n" + line.lstrip(b".") for line in tail) + b"\r\n"  # no line of it starts with "."
+    data = b"".join(line + b"\r\n" for line in head) + clean
+    # The true tail, part of it (perhaps not at a line start), none, and more than there is (ignored).
+    for claimed in (len(clean), len(clean) // 2, 0, -3, len(data), len(data) + 5):
+        assert wire_data(data, claimed) == aiosmtplib_wire(data), claimed
+
+
+def test_the_tail_a_template_vouches_for_is_not_scanned_again() -> None:
+    from dataclasses import replace
+
+    from mailer.attachments import Attachment
+
+    issue = render_issue(SAMPLE_ISSUE.read_text(encoding="utf-8"), str(SAMPLE_ISSUE), ListContext("t", "简报", "zh"))
+    issue = replace(issue, attachments=(Attachment("a.pdf", "application/pdf", bytes(range(256)) * 4000),))
+    sender = Sender("简报", "bulletin@example.org", "", "t", "简报", "https://news.example.org")
+    template = MessageTemplate(issue, sender, secret=b"k" * 32, campaign_id=1, list_id=1, salt="s")
+    built = template.build(Recipient(1, 1, "wang@example.org", "王小明", {}), datetime(2026, 11, 25, tzinfo=UTC))
+    assert built.clean_tail == len(template.closing) > 1_000_000 and built.data.endswith(template.closing)
+    assert wire_data(built.data, built.clean_tail) == wire_data(built.data) == aiosmtplib_wire(built.data)
+    # A bare LF planted in the tail is not seen: the template's word is taken (its closing is checked once).
+    planted = built.data[:-100] + b"x\n" + built.data[-98:]
+    assert wire_data(planted) is None and wire_data(planted, built.clean_tail) is not None
+
+
 def sample_message() -> BuiltMessage:
     issue = render_issue(SAMPLE_ISSUE.read_text(encoding="utf-8"), str(SAMPLE_ISSUE), ListContext("t", "简报", "zh"))
     sender = Sender("简报", "bulletin@example.org", "", "t", "简报", "https://news.example.org")

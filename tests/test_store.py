@@ -262,6 +262,35 @@ CREATE TRIGGER deliveries_tally_delete AFTER DELETE ON deliveries BEGIN
         AND status = OLD.status;
 END;
 """,
+    # Issue 15: public and archived lists, per-address preferences, link requests, joins, web editions.
+    11: """
+ALTER TABLE lists ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lists ADD COLUMN archive INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN web_edition TEXT;
+ALTER TABLE campaigns ADD COLUMN archive_slug TEXT;
+CREATE TABLE people (
+    email TEXT PRIMARY KEY,
+    lang TEXT NOT NULL DEFAULT '',
+    links_valid_from INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
+CREATE TABLE link_requests (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX link_requests_email ON link_requests (email, at);
+CREATE INDEX link_requests_client ON link_requests (client, at);
+CREATE TABLE joins (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX campaigns_archive_slug ON campaigns (list_id, archive_slug) WHERE archive_slug IS NOT NULL;
+""",
 }
 
 

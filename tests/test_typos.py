@@ -67,11 +67,7 @@ ISSUE = "---\nsubject: Hi\neditor: 林\n{extra}---\n\nBody {{{{ meta.get('extra_
         ),
         ("subjet: typo\n", "did you mean 'subject'?"),
         ("extra_notes: x\n", "did you mean 'extra_note'?"),  # the body asked for extra_note
-        (
-            "attachments: [a.pdf]\n",
-            "front matter field 'attachments' is not used by mailer or the layout, so it "
-            "appears nowhere (mailer reads subject, preheader",
-        ),
+        ("attachment: [a.pdf]\n", "did you mean 'attachments'?"),  # read since issue 13; its misspelling is not
     ],
 )
 def test_front_matter_nobody_reads_is_named_with_the_nearest_field(extra: str, warning: str) -> None:

@@ -26,7 +26,7 @@ from mailer.subscriptions import SignupLimits, add_subscriber, create_list
 from mailer.tokens import TokenKind, make_token
 from mailer.web import create_app
 from mailer.web.endpoints import WebApp
-from tests.conftest import CHECK_EML, LiveWeb, web_config
+from tests.conftest import CHECK_EML, LiveWeb, dkim_signed_web, dkim_verifies, web_config
 
 
 @dataclass
@@ -479,37 +479,12 @@ def test_serve_on_a_port_in_use_or_out_of_range(store: Store, run_cli) -> None: 
 def test_confirmation_mails_are_dkim_signed_when_a_key_is_configured(
     config: Config, store: Store, smtp_server: CaptureServer, tmp_path: Path
 ) -> None:
-    import dkim as dkimpy
-
-    from mailer.dkim import Signer, generate_key
-
-    generate_key("news2026", "example.org", tmp_path / "keys")
-    key = tmp_path / "keys" / "news2026._domainkey.example.org.pem"
-    signer = Signer.from_file(key, "news2026", "example.org")
-    holder: list[Any] = []
-
-    def make(url: str) -> object:
-        signed = web_config(config, smtp_server, url).with_overrides(
-            dkim_key=str(key), dkim_selector="news2026", dkim_domain="example.org"
-        )
-        holder.append(create_app(signed))
-        return holder[0]
-
-    with LiveWeb(make) as live, httpx.Client(base_url=live.url, timeout=10) as http:
+    with dkim_signed_web(config, smtp_server, tmp_path) as (http, settle):
         page = http.get("/s/bulletin")
         http.post("/s/bulletin", data={"email": "signed@example.org", "form_token": form_token(page.text)})
-        deadline = time.monotonic() + 10
-        while holder[0].state.web.pending and time.monotonic() < deadline:
-            time.sleep(0.01)
+        settle()
     [mail] = smtp_server.received
-    assert mail.data.startswith(b"DKIM-Signature:")
-
-    def dns(name: bytes, timeout: int = 5) -> bytes | None:
-        if name.decode().rstrip(".") == "news2026._domainkey.example.org":
-            return f"v=DKIM1; k=rsa; p={signer.public_key}".encode()
-        return None
-
-    assert dkimpy.verify(mail.data, dnsfunc=dns)
+    assert dkim_verifies(mail.data, tmp_path)
 
 
 def test_the_unsubscribe_link_of_a_test_send_explains_itself(site: Site) -> None:

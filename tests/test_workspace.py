@@ -26,7 +26,10 @@ def test_a_workspace_has_every_part(tmp_path: Path) -> None:
         "subscribers/example.csv",
         "templates/issue.html.j2",
         "templates/issue.txt.j2",
+        "templates/web/archive.html.j2",
+        "templates/web/page.css.j2",
         "templates/web/page.html.j2",
+        "templates/web/preferences.html.j2",
     ]
     for name, data in builtin_layouts():
         assert (tmp_path / "ws" / "templates" / name).read_bytes() == data
@@ -63,6 +66,7 @@ def test_the_starter_issue_shows_every_field_and_renders_cleanly(tmp_path: Path,
         "date",
         "lang",
         "images",
+        "attachments",
         "slug",
         "from",
         "editor",
@@ -94,7 +98,7 @@ def test_it_never_overwrites_a_file(tmp_path: Path, run_cli) -> None:
     toml.write_text("# changed\n", encoding="utf-8")
     again = run_cli("new", "ws", "--lang", "en")
     assert again.returncode == 0
-    assert "created" not in again.stdout and again.stdout.count("kept ") == 7
+    assert "created" not in again.stdout and again.stdout.count("kept ") == 10
     assert toml.read_text(encoding="utf-8") == "# changed\n"
 
 

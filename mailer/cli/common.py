@@ -61,6 +61,10 @@ suppressions_app = typer.Typer(
 ops_app = typer.Typer(
     help="The ops console of mailer serve (/ops/).\n\nExample: mailer ops passwd", no_args_is_help=True
 )
+archive_app = typer.Typer(
+    help="A list's public archive of past issues.\n\nExample: mailer archive build bulletin -o site",
+    no_args_is_help=True,
+)
 # In the order `mailer --help` has always listed them.
 app.add_typer(lists_app, name="lists")
 app.add_typer(subs_app, name="subs")
@@ -68,6 +72,7 @@ app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(bounces_app, name="bounces")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(suppressions_app, name="suppressions")
+app.add_typer(archive_app, name="archive")
 app.add_typer(ops_app, name="ops")
 T = TypeVar("T")
 

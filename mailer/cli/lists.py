@@ -4,6 +4,8 @@ Commands only: each parses, calls one service and prints."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +13,7 @@ import typer
 from mailer.cli.common import (
     JsonOpt,
     app,
+    archive_app,
     lists_app,
     open_store,
     print_json,
@@ -82,3 +85,57 @@ def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         ["name", "title", "from", "lang", "active", "total"],
         [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows],
     )
+
+
+class Switch(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+def _switch(value: Switch | None) -> bool | None:
+    return None if value is None else value is Switch.ON
+
+
+@lists_app.command("update")
+def lists_update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The list to change.")],
+    archive: Annotated[
+        Switch | None, typer.Option(help="Publish its past issues at /a/NAME/ with an Atom feed (default off).")
+    ] = None,
+    public: Annotated[
+        Switch | None,
+        typer.Option(help="Offer it on every subscriber's preferences page, to join in one click (default off)."),
+    ] = None,
+) -> None:
+    """Change a list's settings; what is not given stays as it is.
+
+    Example: mailer lists update bulletin --archive on --public on
+    """
+    with open_store(ctx) as store:
+        changed = store.lists.set_flags(name, public=_switch(public), archive=_switch(archive))
+    out().print(
+        f"list {changed.name}: archive {'on' if changed.archive else 'off'}, public {'on' if changed.public else 'off'}"
+    )
+
+
+@archive_app.command("build")
+def archive_build(
+    ctx: typer.Context,
+    list_name: Annotated[str, typer.Argument(metavar="LIST", help="The list whose archive to write.")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder to write into (created).")],
+    url: Annotated[
+        str, typer.Option(help="Where the folder will be served, for the feed's links (default: BASE_URL/a/LIST/).")
+    ] = "",
+) -> None:
+    """Write a list's public archive as static files: index.html, one page per issue, feed.xml.
+
+    Example: mailer archive build bulletin -o site
+    """
+    from mailer.archive import build_static
+
+    config = settings(ctx)
+    with open_store(ctx) as store:
+        written = build_static(store, config, list_name, out_dir, url)
+    issues = sum(1 for path in written if path.suffix == ".html" and path.name != "index.html")
+    out().print(f"wrote {out_dir}: {issues} issue(s), index.html and feed.xml")

@@ -29,6 +29,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
+from mailer.attachments import DEFAULT_LIMIT_BYTES, describe, read_attachments, unmentioned
 from mailer.errors import TemplateError
 from mailer.models import Lang, Theme
 from mailer.render.images import embed_images, image_type
@@ -36,14 +37,19 @@ from mailer.render.issue import (
     PH_ATTR,
     PH_EMAIL,
     PH_NAME,
+    PH_PREFERENCES,
     PH_UNSUBSCRIBE,
+    PH_VIEW,
     PLACEHOLDER_RE,
     InlineImage,
+    IssueContent,
     ListContext,
     ReadFile,
     RenderedIssue,
     Section,
+    WebEdition,
     attr_placeholder_keys,
+    issue_content,
     substitute,
 )
 from mailer.render.layouts import (
@@ -65,13 +71,16 @@ from mailer.wording import NO_LIST_TITLE
 __all__ = [
     "PLACEHOLDER_RE",
     "InlineImage",
+    "IssueContent",
     "ListContext",
     "RenderedIssue",
     "Section",
+    "WebEdition",
     "attr_placeholder_keys",
     "builtin_layouts",
     "image_type",
     "inline_css",
+    "issue_content",
     "layout_files",
     "memory_ceiling",
     "render_console_page",
@@ -84,7 +93,7 @@ IMAGE_MODES = ("url", "cid")
 
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
-FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images")
+FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images", "attachments")
 TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 
@@ -171,6 +180,22 @@ class _RecipientFields:
         if key not in self._keys:
             self._keys.append(key)
         return PH_ATTR.format(self._keys.index(key))
+
+
+class _NeutralReader:
+    """The reader of a web edition: nobody. Every field is blank, so a layout's own default shows
+    (`{{ subscriber.city or "各地" }}`) and no personal value can reach a public page."""
+
+    name = ""
+    email = ""
+
+    def __getattr__(self, key: str) -> str:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return ""
+
+    def __getitem__(self, key: str) -> str:
+        return ""
 
 
 def _markdown() -> MarkdownIt:
@@ -317,16 +342,24 @@ def render_issue(
     read_file: ReadFile | None = None,
     given: Mapping[str, Any] | None = None,
     theme: Theme | None = None,
+    attachment_limit: int = DEFAULT_LIMIT_BYTES,
+    *,
+    edition: WebEdition | None = None,
+    view_link: bool = True,
 ) -> RenderedIssue:
     """Render an issue once; raises TemplateError for anything that would break a send.
 
-    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid`.
+    `read_file` reads a file next to the issue (path as written in it): the images of `images: cid` and the
+    files of `attachments:`, together at most `attachment_limit` bytes.
     `given` sets front-matter values as data (a confirmation mail's subject naming the list).
-    `theme`: the colours, logo and footer lines of mailer.toml's [theme]."""
+    `theme`: the colours, logo and footer lines of mailer.toml's [theme].
+    `edition`: render the web edition (a neutral reader, no personal links) instead of the mail.
+    `view_link`: the mail links to its web edition ("view in browser"); not a confirmation mail, which has none."""
     list_ctx = list_ctx or ListContext()
     parsed, body = split_front_matter(source, origin, given)
     meta = _FrontMatter(parsed)
     recipient = _RecipientFields()
+    reader: _RecipientFields | _NeutralReader = recipient if edition is None else _NeutralReader()
     lang = str(meta.get("lang") or list_ctx.lang or "zh").strip().lower()
     if lang not in tuple(Lang):
         # The layouts' own words (greeting, headings, footer) exist in these; any other value printed the English
@@ -334,6 +367,7 @@ def render_issue(
         raise TemplateError(f"{origin}: front matter 'lang' must be {' or '.join(Lang)}, not {meta['lang']!r}")
     list_title = list_ctx.title or list_ctx.name or NO_LIST_TITLE.get(lang, NO_LIST_TITLE["en"])
     logo, layout_theme = theme_context(theme or Theme(), list_title)
+    attachments, size_warnings = read_attachments(meta.get("attachments"), read_file, origin, attachment_limit)
     base_context: dict[str, Any] = {
         "subject": str(meta["subject"]).strip(),
         "preheader": str(meta.get("preheader") or "").strip(),
@@ -343,9 +377,15 @@ def render_issue(
         "list_title": list_title,
         "list_name": list_ctx.name,
         "meta": meta,
-        "subscriber": recipient,
-        "unsubscribe_url": PH_UNSUBSCRIBE,
+        "subscriber": reader,
+        "unsubscribe_url": PH_UNSUBSCRIBE if edition is None else "",
+        "preferences_url": PH_PREFERENCES if edition is None else "",
+        "view_url": PH_VIEW if edition is None and view_link else "",
+        "web": edition is not None,
+        "signup_url": edition.signup_url if edition else "",
+        "archive_url": edition.archive_url if edition else "",
         "theme": layout_theme,
+        "attachments": describe(attachments),  # name and size of each, for the layouts to list
     }
     try:
         with memory_ceiling():
@@ -371,11 +411,8 @@ def render_issue(
         raise template_error(origin, exc) from None
     html = inline_css(raw_html)
     text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
-    digest = hashlib.sha256()
-    for part in (source, raw_html, text):
-        digest.update(part.encode("utf-8"))
-    for image in images:
-        digest.update(image.data)
+    content = issue_content(source, raw_html, text, images, attachments)
+    warnings = [*meta.unused(origin), *size_warnings, *unmentioned(attachments, html, text, origin)]
     return RenderedIssue(
         slug=slugify(str(meta.get("slug") or Path(origin).stem)),
         subject=base_context["subject"],
@@ -385,11 +422,13 @@ def render_issue(
         text=text,
         meta={k: _plain(v) for k, v in parsed.items()},
         attr_keys=tuple(recipient._keys),
-        content_hash=digest.hexdigest(),
+        content_hash=content.digest,
         from_addr=str(meta.get("from") or ""),
         sections=tuple(s.title for s in sections),
         images=images,
-        warnings=tuple(meta.unused(origin)),
+        warnings=tuple(warnings),
+        attachments=attachments,
+        content_parts=content.parts,
     )
 
 

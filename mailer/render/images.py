@@ -6,6 +6,7 @@ Pure but for the reader it is given; never opens a file itself."""
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 import struct
 import urllib.parse
@@ -56,30 +57,81 @@ def is_local_src(src: str) -> bool:
 
 
 def embed_images(tokens: Sequence[Token], read_file: ReadFile | None, origin: str) -> tuple[InlineImage, ...]:
-    """`images: cid`: point each local Markdown image at a `cid:` part carrying its bytes, with a width attribute
-    (Outlook sizes images by it, not by CSS) no wider than the layout's column."""
-    images: dict[str, InlineImage] = {}
-    widths: dict[str, str] = {}
+    """`images: cid`: point each local image, Markdown (`![alt](a.png)`) or raw HTML (`<img src="a.png">`), at a
+    `cid:` part carrying its bytes, with a width attribute (Outlook sizes images by it, not by CSS) no wider than
+    the layout's column."""
+    embedder = _Embedder(read_file, origin)
     for tok in tokens:
+        if tok.type == "html_block":
+            tok.content = embedder.raw_html(tok.content)
         for child in tok.children or ():
+            if child.type == "html_inline":
+                child.content = embedder.raw_html(child.content)
+                continue
             src = str(child.attrs.get("src", "")) if child.type == "image" else ""
             if not is_local_src(src):
                 continue
-            if src not in images:
-                if read_file is None:
-                    raise TemplateError(f"{origin}: images: cid needs the issue's folder to read {src}")
-                # markdown-it percent-encodes the link (图表.png -> %E5%9B%BE...): the file has the written name
-                data = read_file(urllib.parse.unquote(src))
-                try:
-                    content_type, ext, size = image_type(data)
-                except ValueError as exc:
-                    raise TemplateError(f"{origin}: image {src}: {exc}") from None
-                digest = hashlib.sha256(data).hexdigest()[:16]
-                stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(urllib.parse.unquote(src)).stem).strip("-")[:40] or "image"
-                images[src] = InlineImage(f"{stem}.{digest}@mailer", f"{stem}.{ext}", content_type, data)
-                if size and size[0]:
-                    widths[src] = str(min(size[0], CONTENT_WIDTH))
-            child.attrs["src"] = f"cid:{images[src].cid}"
-            if src in widths and "width" not in child.attrs:
-                child.attrs["width"] = widths[src]
-    return tuple(images.values())
+            # markdown-it percent-encodes the link (图表.png -> %E5%9B%BE...): the file has the written name
+            image, width = embedder.embed(urllib.parse.unquote(src))
+            child.attrs["src"] = f"cid:{image.cid}"
+            if width and "width" not in child.attrs:
+                child.attrs["width"] = width
+    return embedder.images()
+
+
+# An <img> tag of raw HTML in the Markdown, and each attribute in it (quoted either way, or bare). Comments are
+# matched first so that an <img> inside one stays as it is, and unread.
+_RAW_IMG = re.compile(r"<!--.*?-->|<img\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>", re.IGNORECASE | re.DOTALL)
+_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?""")
+
+
+class _Embedder:
+    """The images of one issue, each read and given its content ID once however often it is shown."""
+
+    def __init__(self, read_file: ReadFile | None, origin: str) -> None:
+        self.read_file = read_file
+        self.origin = origin
+        self._found: dict[str, tuple[InlineImage, str]] = {}
+
+    def images(self) -> tuple[InlineImage, ...]:
+        return tuple(image for image, _ in self._found.values())
+
+    def embed(self, path: str) -> tuple[InlineImage, str]:
+        """The image at `path` (as the file is named, next to the issue) and its width attribute ("" if unknown)."""
+        if path not in self._found:
+            if self.read_file is None:
+                raise TemplateError(f"{self.origin}: images: cid needs the issue's folder to read {path}")
+            data = self.read_file(path)
+            try:
+                content_type, ext, size = image_type(data)
+            except ValueError as exc:
+                raise TemplateError(f"{self.origin}: image {path}: {exc}") from None
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(path).stem).strip("-")[:40] or "image"
+            width = str(min(size[0], CONTENT_WIDTH)) if size and size[0] else ""
+            self._found[path] = (InlineImage(f"{stem}.{digest}@mailer", f"{stem}.{ext}", content_type, data), width)
+        return self._found[path]
+
+    def raw_html(self, markup: str) -> str:
+        """Raw HTML with each local `<img src>` pointing at its `cid:` part, and a width where it had none."""
+        return _RAW_IMG.sub(self._raw_tag, markup) if "<img" in markup.lower() else markup
+
+    def _raw_tag(self, match: re.Match[str]) -> str:
+        tag = match.group(0)
+        if tag.startswith("<!--"):
+            return tag
+        attrs: dict[str, re.Match[str]] = {}
+        for attr in _ATTR.finditer(tag, len("<img")):
+            attrs.setdefault(attr.group(1).lower(), attr)  # the first of a repeated attribute is the one shown
+        src_attr = attrs.get("src")
+        if src_attr is None:
+            return tag
+        src = html.unescape(next((g for g in src_attr.groups()[1:] if g is not None), "")).strip()
+        if not is_local_src(src):
+            return tag
+        image, width = self.embed(urllib.parse.unquote(src))
+        out = f'{tag[: src_attr.start()]}src="cid:{image.cid}"{tag[src_attr.end() :]}'
+        if width and "width" not in attrs:
+            end = len(out) - 2 if out.endswith("/>") else len(out) - 1
+            out = f'{out[:end].rstrip()} width="{width}"{out[end:]}'
+        return out

@@ -1,16 +1,20 @@
 """What a rendering is: the RenderedIssue (subject, inlined HTML and plain text with per-recipient placeholders),
-its sections and embedded images, the list it was rendered for, and the placeholders message.py fills in.
+its sections, embedded images and attachments, its content identity (the issue and everything it embeds), the
+list it was rendered for, and the placeholders message.py fills in.
 
 Data and the substitution only; no Markdown, no Jinja."""
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from markupsafe import Markup
+
+from mailer.attachments import Attachment
 
 # Per-recipient values are rendered as these markers and substituted after inlining. They are plain ASCII with no
 # Markdown, HTML or URI meaning, so Markdown, Jinja autoescape, lxml and premailer all pass them through unchanged.
@@ -23,10 +27,16 @@ PH_EMAIL = "@@MAILER_EMAIL@@"
 PH_UNSUBSCRIBE = "@@MAILER_UNSUBSCRIBE_URL@@"
 
 
+PH_PREFERENCES = "@@MAILER_PREFERENCES_URL@@"
+
+
+PH_VIEW = "@@MAILER_VIEW_URL@@"  # the campaign's web edition: one value for every recipient of a campaign
+
+
 PH_ATTR = "@@MAILER_A{}@@"
 
 
-PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|A\d+)@@")
+PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|PREFERENCES_URL|VIEW_URL|A\d+)@@")
 
 
 ReadFile = Callable[[str], bytes]
@@ -39,6 +49,16 @@ class ListContext:
     name: str = ""
     title: str = ""
     lang: str = "zh"
+
+
+@dataclass(frozen=True)
+class WebEdition:
+    """Render for the web, for nobody in particular: the archive's page and "view in browser". The reader is blank
+    (no name, no address, every attribute empty, no personal link), and the layout gets `web` true with the list's
+    sign-up page and the archive's index to link to instead of the unsubscribe notice."""
+
+    signup_url: str
+    archive_url: str = "./"
 
 
 @dataclass(frozen=True)
@@ -76,9 +96,41 @@ class RenderedIssue:
     sections: tuple[str, ...] = field(default=())
     images: tuple[InlineImage, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())  # e.g. a front-matter field nothing reads
+    attachments: tuple[Attachment, ...] = field(default=())
+    # What content_hash covers, part by part: (what, sha256 hex), as issue_content gives them
+    content_parts: tuple[tuple[str, str], ...] = field(default=())
 
     def placeholders(self) -> set[str]:
         return set(PLACEHOLDER_RE.findall(self.html)) | set(PLACEHOLDER_RE.findall(self.text))
+
+
+@dataclass(frozen=True)
+class IssueContent:
+    """The issue and everything it embeds: `digest` is the campaign's identity (content_hash), `parts` names each
+    piece with its own SHA-256, so that what changed between two versions can be named."""
+
+    digest: str
+    parts: tuple[tuple[str, str], ...]
+
+
+def issue_content(
+    source: str, layout_html: str, text: str, images: Sequence[InlineImage], attachments: Sequence[Attachment] = ()
+) -> IssueContent:
+    """The identity of an issue: its file, the HTML and text its layouts made of it, each embedded image (the
+    theme's logo included) and each attachment. An edit to any of them is new content (a new campaign, and an
+    approval no longer valid). An issue without attachments keeps the digest it had before they existed, so a
+    campaign started then is still found and resumed."""
+    pieces = [
+        ("issue", source.encode("utf-8")),
+        ("html", layout_html.encode("utf-8")),
+        ("text", text.encode("utf-8")),
+        *((f"image {image.filename}", image.data) for image in images),
+        *((f"attachment {attachment.filename}", attachment.data) for attachment in attachments),
+    ]
+    digest = hashlib.sha256()
+    for _, data in pieces:
+        digest.update(data)
+    return IssueContent(digest.hexdigest(), tuple((what, hashlib.sha256(data).hexdigest()) for what, data in pieces))
 
 
 def substitute(template: str, values: dict[str, str]) -> str:

@@ -5,6 +5,8 @@
     lists.py         lists and their subscribers (import, status, unsubscribes)
     suppressions.py  addresses never mailed again, and returned mail (bounces, complaints) read once each
     signups.py       sign-up requests: rate limits and double opt-in
+    people.py        one address across lists: its preferences, joins, "send me my link" requests
+    archive.py       a list's archive: the web editions of the campaigns that reached someone
     campaigns.py     campaigns: the snapshot of an issue and its recipients, cancelling
     leases.py        one sender per campaign: who holds it and whether that process lives
     deliveries.py    each recipient's status and history: the engine's hot path
@@ -29,12 +31,14 @@ import sqlite_utils
 
 from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
+from mailer.store.archive import Archive, ArchivedIssue
 from mailer.store.audit import Audit, AuditEntry
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
+from mailer.store.people import People, Person
 from mailer.store.reports import PersonDelivery, Reports
 from mailer.store.signups import Signups
 from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
@@ -43,6 +47,7 @@ DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name witho
 
 __all__ = [
     "CHUNK",
+    "ArchivedIssue",
     "AuditEntry",
     "CampaignSummary",
     "DatabaseError",
@@ -51,6 +56,7 @@ __all__ = [
     "LogEntry",
     "Outcome",
     "Partition",
+    "Person",
     "PersonDelivery",
     "Store",
     "StoreWriteError",
@@ -66,8 +72,8 @@ class Store:
     """One mailer database file. `with Store.open(path) as store:`; `init()` creates or migrates the schema.
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
-    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.reports`,
-    `store.audit`."""
+    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.people`,
+    `store.archive`, `store.reports`, `store.audit`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -84,6 +90,8 @@ class Store:
         self.deliveries = Deliveries(self)
         self.reports = Reports(self)
         self.audit = Audit(self)
+        self.people = People(self)
+        self.archive = Archive(self)
 
     @classmethod
     def open(cls, path: Path, *, must_exist: bool = True, clock: Clock = utcnow) -> Store:

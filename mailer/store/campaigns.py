@@ -6,6 +6,7 @@ Must not send or render; the content arrives rendered (campaign.py) and deliveri
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +15,29 @@ from mailer.models import Campaign, CampaignState, DeliveryStatus, Subscriber
 from mailer.store.connection import Repository
 from mailer.store.leases import check_holder, lease_owner
 
-_COLUMNS = "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled, state"
+_COLUMNS = (
+    "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled, state, archive_slug"
+)
 
 
 def _campaign(row: dict[str, Any]) -> Campaign:
     return Campaign(**{**row, "is_test": bool(row["is_test"]), "state": CampaignState(row["state"])})
+
+
+def _free_archive_slug(conn: sqlite3.Connection, list_id: int, slug: str) -> str:
+    """The issue's slug, or `slug-2`, `slug-3`, ... when the list's archive has that name already."""
+    taken = {
+        name
+        for (name,) in conn.execute(
+            "SELECT archive_slug FROM campaigns WHERE list_id = ? AND (archive_slug = ? OR archive_slug LIKE ?)",
+            (list_id, slug, f"{slug}-%"),
+        )
+    }
+    n, candidate = 1, slug
+    while candidate in taken:
+        n += 1
+        candidate = f"{slug}-{n}"
+    return candidate
 
 
 @dataclass(frozen=True)
@@ -110,12 +129,14 @@ class Campaigns(Repository):
         *,
         is_test: bool = False,
         test_recipient: Subscriber | None = None,
+        web_edition: str | None = None,
     ) -> Campaign:
         """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction.
 
         For a real send, the campaign of this content and list is returned if it exists (another process may have
         created it first: the check and the insert share one write transaction, so two senders never make two);
-        see check_new_content for what is refused."""
+        see check_new_content for what is refused. `web_edition`: the issue rendered for a neutral reader, archived
+        under the issue's slug (`slug-2`, ... when the list's archive has that name already)."""
         now = self.store.now()
         with self.store.transaction():
             if not is_test:
@@ -139,6 +160,11 @@ class Campaigns(Repository):
                 ),
             )
             campaign_id = int(cur.lastrowid or 0)
+            if web_edition is not None and not is_test:
+                self.conn.execute(
+                    "UPDATE campaigns SET web_edition = ?, archive_slug = ? WHERE id = ?",
+                    (web_edition, _free_archive_slug(self.conn, list_id, slug), campaign_id),
+                )
             if test_recipient is not None:
                 self.conn.execute(
                     "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "

@@ -43,7 +43,13 @@ class UpsertCounts(NamedTuple):
     suppressed: int = 0  # new, but their address is suppressed: listed, never mailed
 
 
-_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created"
+_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created, public, archive"
+
+
+def _list(row: dict[str, Any]) -> MailingList:
+    return MailingList(**{**row, "public": bool(row["public"]), "archive": bool(row["archive"])})
+
+
 _SUBSCRIBER_COLUMNS = "id, email, name, attrs, status, list_id"
 
 
@@ -76,15 +82,26 @@ class Lists(Repository):
 
     def get(self, name: str) -> MailingList:
         for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists WHERE name = ?", (name,)):
-            return MailingList(**row)
+            return _list(row)
         known = [n for (n,) in self.conn.execute("SELECT name FROM lists ORDER BY name")]
         hint = f" (lists: {', '.join(known)})" if known else " (create it with: mailer lists create NAME)"
         raise NotFoundError(f"no list named {name!r}{hint}")
 
     def by_id(self, list_id: int) -> MailingList:
         for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists WHERE id = ?", (list_id,)):
-            return MailingList(**row)
+            return _list(row)
         raise NotFoundError(f"no list with id {list_id}")
+
+    def all(self) -> list[MailingList]:
+        return [_list(row) for row in self.store.db.query(f"SELECT {_LIST_COLUMNS} FROM lists ORDER BY id")]
+
+    def set_flags(self, name: str, *, public: bool | None = None, archive: bool | None = None) -> MailingList:
+        """Change whether a list is offered on preferences pages (public) and publishes its archive."""
+        mailing_list = self.get(name)
+        for column, value in (("public", public), ("archive", archive)):
+            if value is not None:
+                self.conn.execute(f"UPDATE lists SET {column} = ? WHERE id = ?", (int(value), mailing_list.id))
+        return self.get(name)
 
     def with_counts(self) -> list[ListSummary]:
         return [

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # Schema 1, as every database began. It stays SQL: sqlite-utils' table.create has no table-level UNIQUE over two
 # columns, and a database made today must have the very tables one made at schema 1 has after its migrations.
@@ -297,6 +297,46 @@ END;
 """
 
 
+# Issue 15: subscribers at home. Per address (not per list row): the preferred language and the moment before which
+# their preferences links no longer work (a change rotates them); "send me my link" requests (rate limits, as for
+# sign-ups); joins made from the preferences page, recorded with their source as unsubscribes are; which lists are
+# offered to everyone on preferences pages (public) and publish their archive; each campaign's issue as rendered
+# for a neutral reader (the web edition) under a slug unique in its list.
+_PEOPLE_AND_ARCHIVE = """
+CREATE TABLE IF NOT EXISTS people (
+    email TEXT PRIMARY KEY,
+    lang TEXT NOT NULL DEFAULT '',
+    links_valid_from INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_requests (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS link_requests_email ON link_requests (email, at);
+CREATE INDEX IF NOT EXISTS link_requests_client ON link_requests (client, at);
+CREATE TABLE IF NOT EXISTS joins (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS campaigns_archive_slug ON campaigns (list_id, archive_slug)
+    WHERE archive_slug IS NOT NULL;
+"""
+
+
+def _schema_11(db: sqlite_utils.Database) -> None:
+    db.table("lists").add_column("public", int, not_null_default=0)
+    db.table("lists").add_column("archive", int, not_null_default=0)
+    db.table("campaigns").add_column("web_edition", str)
+    db.table("campaigns").add_column("archive_slug", str)
+    _script(_PEOPLE_AND_ARCHIVE)(db)
+
+
 # Each entry takes the schema from version N-1 to N; a fresh database gets schema 1 and then every step.
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     2: lambda db: db.table("deliveries").add_column("first_attempt", str),
@@ -314,8 +354,10 @@ UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
     6: _schema_6,
     7: lambda db: None,  # the views (made after every migration, as they stand in the latest schema: _views)
     8: _schema_8,
-    9: lambda db: None,  # issue 13's (segments, scheduling, approvals), merged separately; renumbered at merge
+    # 9 belongs to the branch of issue 13 (list settings); renumbered at merge.
+    9: lambda db: None,
     10: _script(_OPS_CONSOLE),
+    11: _schema_11,
 }
 
 

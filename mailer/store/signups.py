@@ -5,7 +5,8 @@ Must not change a subscriber (lists.py does, when a request is confirmed)."""
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+from typing import Any, Literal
 
 from mailer.store.connection import Repository
 
@@ -13,13 +14,7 @@ from mailer.store.connection import Repository
 class Signups(Repository):
     def counts(self, email: str, client: str, since: str) -> tuple[int, int]:
         """(confirmation mails sent to `email`, requests made from `client`) since a time."""
-        (mailed,) = self.conn.execute(
-            "SELECT COUNT(*) FROM signup_requests WHERE email = ? AND mailed = 1 AND at >= ?", (email, since)
-        ).fetchone()
-        (asked,) = self.conn.execute(
-            "SELECT COUNT(*) FROM signup_requests WHERE client = ? AND at >= ?", (client, since)
-        ).fetchone()
-        return int(mailed), int(asked)
+        return request_counts(self.conn, "signup_requests", email, client, since)
 
     def last_mailed(self, email: str, list_id: int | None = None) -> str | None:
         """When a confirmation mail last went to `email` (for one list, or any)."""
@@ -52,7 +47,24 @@ class Signups(Repository):
 
     def forget_last_mail(self, email: str) -> None:
         """The latest confirmation mail to `email` could not be sent: it does not count against the address."""
-        self.conn.execute(
-            "UPDATE signup_requests SET mailed = 0 WHERE id = (SELECT MAX(id) FROM signup_requests WHERE email = ?)",
-            (email,),
-        )
+        forget_last_mail(self.conn, "signup_requests", email)
+
+
+# Requests that mail someone (sign-ups here, "send me my link" in people.py) are limited the same way.
+RequestTable = Literal["signup_requests", "link_requests"]
+
+
+def request_counts(
+    conn: sqlite3.Connection, table: RequestTable, email: str, client: str, since: str
+) -> tuple[int, int]:
+    """(mails sent to `email`, requests made from `client`) since a time, in one table of requests."""
+    (mailed,) = conn.execute(
+        f"SELECT COUNT(*) FROM {table} WHERE email = ? AND mailed = 1 AND at >= ?", (email, since)
+    ).fetchone()
+    (asked,) = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE client = ? AND at >= ?", (client, since)).fetchone()
+    return int(mailed), int(asked)
+
+
+def forget_last_mail(conn: sqlite3.Connection, table: RequestTable, email: str) -> None:
+    """The latest mail a request sent `email` could not be sent: it does not count against the address."""
+    conn.execute(f"UPDATE {table} SET mailed = 0 WHERE id = (SELECT MAX(id) FROM {table} WHERE email = ?)", (email,))

@@ -2,6 +2,9 @@
 
     endpoints.py  `mailer serve`'s subscriber pages: unsubscribe (RFC 8058 one-click too) and confirm
     signup.py     its sign-up form, double opt-in: the confirmation mail goes out after the answer
+    preferences.py  a subscriber's own page (lists, name, language, leave everything) and "send me my link"
+    archive.py    the public archive: index, each issue's web edition, the Atom feed
+    forms.py      what every form that changes something checks: a cookie-bound token, the Origin
     pages.py      the page layout filled in, in the list's language, and the bilingual pages for bad requests
     live.py       `mailer preview --watch`: the live-reloading preview on 127.0.0.1
     ops.py        the ops console under /ops/ (off without a password): routes, sign-in, actions
@@ -55,6 +58,13 @@ def create_app(config: Config, limits: SignupLimits | None = None, clock: Callab
         Route("/u/{token}", _by_method(web.unsubscribe_page, web.unsubscribe), methods=["GET", "POST"]),
         Route("/s/{list}", _by_method(web.signups.page, web.signups.post), methods=["GET", "POST"]),
         Route("/c/{token}", _by_method(web.confirm_page, web.confirm), methods=["GET", "POST"]),
+        Route("/p/", _by_method(web.preferences.link_page, web.preferences.link_request), methods=["GET", "POST"]),
+        Route("/p/{token}", _by_method(web.preferences.page, web.preferences.change), methods=["GET", "POST"]),
+        Route("/a/{list}", web.archive.to_index, methods=["GET"]),
+        Route("/a/{list}/", web.archive.index, methods=["GET"]),
+        Route("/a/{list}/feed.xml", web.archive.feed, methods=["GET"]),
+        Route("/a/{list}/{slug}", web.archive.issue, methods=["GET"]),
+        Route("/a/{list}/{slug}/{image}", web.archive.image, methods=["GET"]),
         Route("/healthz", web.health, methods=["GET"]),
         *ops.routes(),
     ]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -21,7 +22,9 @@ from mailer.campaign import dkim_signer
 from mailer.clock import utcnow
 from mailer.config import Config
 from mailer.errors import MailerError
+from mailer.message import BuiltMessage
 from mailer.models import MailingList, SubscriberStatus, UnsubscribeSource
+from mailer.smtp import relays, send_one
 from mailer.store import Store
 from mailer.subscriptions import (
     ConfirmState,
@@ -30,16 +33,19 @@ from mailer.subscriptions import (
     TestLink,
     confirm_with_token,
     link_target,
+    mask_address,
     requested_name,
     unsubscribe_with_token,
 )
 from mailer.tokens import BadToken, TokenKind
+from mailer.web.archive import ArchiveEndpoints
 from mailer.web.pages import Pages, say, words_for
+from mailer.web.preferences import PreferencesEndpoints
 from mailer.web.signup import SignupEndpoints
 
 log = logging.getLogger("mailer.web")
 
-TOKEN_IN_PATH = re.compile(r"^/(u|c)/[^/]+")
+TOKEN_IN_PATH = re.compile(r"^/(u|c|p)/[^/]+")
 
 
 class WebApp:
@@ -53,12 +59,13 @@ class WebApp:
         self.config = config
         self.limits = limits or SignupLimits()
         self.clock = clock
-        self.secure_cookie = config.base_url.startswith("https://")
-        self.pending = 0  # confirmation mails handed to the background and not yet sent
+        self.pending = 0  # mails (confirmations, preferences links) handed to the background and not yet sent
         self.signer = dkim_signer(config)  # confirmations are DKIM-signed like issues; the key is read once
         self.pages = Pages(config.theme, config.templates)
         self.pages.check_layout()
         self.signups = SignupEndpoints(self)
+        self.preferences = PreferencesEndpoints(self)
+        self.archive = ArchiveEndpoints(self)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 
@@ -71,6 +78,28 @@ class WebApp:
 
     def signup_url(self, mailing_list: MailingList) -> str:
         return f"{self.config.base_url}/s/{mailing_list.name}"
+
+    def mail_later(self, response: Response, message: BuiltMessage, forget: Callable[[Store], None]) -> None:
+        """Send `message` after `response` has gone: a slow relay does not hold the browser, and the answer takes as
+        long for an address that gets a mail as for one that does not (timing must not tell who is subscribed).
+        A mail that cannot be sent is `forget`-ten: it does not count against the address's limits."""
+        self.pending += 1
+        response.background = BackgroundTask(self._send_later, message, forget)
+
+    async def _send_later(self, message: BuiltMessage, forget: Callable[[Store], None]) -> None:
+        try:
+            try:
+                reply = await send_one(relays(self.config), message)
+                delivered = reply.code is not None and 200 <= reply.code < 300
+                problem = f"{reply.code} {reply.text}"
+            except MailerError as exc:
+                delivered, problem = False, str(exc)
+            if not delivered:
+                # Not counted against the address: the person can simply send the form again.
+                log.warning("mail to %s not sent: %s", mask_address(message.rcpt_to), problem)
+                await self.with_store(forget)
+        finally:
+            self.pending -= 1
 
     @staticmethod
     async def read_form(request: Request) -> FormData | None:

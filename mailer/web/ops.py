@@ -8,12 +8,10 @@ ops_views.py's; who someone is, ops_auth.py's. Every answer carries the console'
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -21,8 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 from mailer.errors import MailerError
 from mailer.operations import ADDRESS_ACTIONS, CAMPAIGN_ACTIONS, Action, act_on_address, act_on_campaign
-from mailer.tokens import check_form_token, make_form_token
 from mailer.web import ops_views
+from mailer.web.forms import FormGuard
 from mailer.web.ops_auth import SESSION_COOKIE, OpsAuth, Session
 from mailer.web.ops_pages import LANGS, render, words
 
@@ -37,7 +35,6 @@ CSP = (
 )
 LANG_COOKIE = "mailer_ops_lang"
 FORM_COOKIE = "mailer_ops_form"
-FORM_MAX_AGE = 3600
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 Handler = Callable[[Request, Session, str], Awaitable[Response]]
@@ -47,6 +44,7 @@ class OpsConsole:
     def __init__(self, web: WebApp) -> None:
         self.web = web
         self.auth = OpsAuth(web.config, web.clock)
+        self.guard = FormGuard(web.config.secret, FORM_COOKIE, "/ops/login", web.config.base_url)  # the sign-in form
         self.notes: dict[str, tuple[str, bool]] = {}  # session nonce -> the last action's sentence, and if refused
         self.script = resources.files("mailer.web").joinpath("static/ops.js").read_bytes()
 
@@ -141,13 +139,6 @@ class OpsConsole:
 
         return endpoint
 
-    def same_origin(self, request: Request) -> bool:
-        origin = request.headers.get("origin")
-        if origin is None:
-            return True  # not a browser's cross-site form post (browsers send Origin on every POST)
-        ours = {urlsplit(self.web.config.base_url).netloc, request.headers.get("host", "")}
-        return urlsplit(origin).netloc in ours
-
     async def static_script(self, request: Request) -> Response:
         return self.harden(Response(self.script, media_type="text/javascript; charset=utf-8"))
 
@@ -168,15 +159,7 @@ class OpsConsole:
             return self._login_form(lang, target, status=400, error=words(lang)["expired_form"])
         target = str(form.get("next", target))
         user = str(form.get("user", ""))[:200]
-        fresh = self.same_origin(request) and check_form_token(
-            self.web.config.secret,
-            "ops-login",
-            str(form.get("form_token", "")),
-            request.cookies.get(FORM_COOKIE, ""),
-            int(time.time()),
-            FORM_MAX_AGE,
-        )
-        if not fresh:
+        if not self.guard.check(request, form, "ops-login"):
             return self._login_form(lang, target, status=403, error=words(lang)["expired_form"], user=user)
         if not await self.auth.check(user, str(form.get("password", ""))[:1000]):
             self.auth.failed(client)
@@ -190,18 +173,17 @@ class OpsConsole:
         return self.harden(response)
 
     def _login_form(self, lang: str, target: str, *, status: int = 200, error: str = "", user: str = "") -> Response:
-        nonce = secrets.token_urlsafe(16)
-        token = make_form_token(self.web.config.secret, "ops-login", int(time.time()), nonce)
+        token, nonce = self.guard.issue("ops-login")
         response = render(
             "login", lang, status, title=words(lang)["sign_in"], form_token=token, next=target, user=user, error=error
         )
-        self._cookie(response, FORM_COOKIE, nonce, FORM_MAX_AGE, "/ops/login")
+        self.guard.set_cookie(response, nonce)
         return self.harden(response)
 
     def _cookie(self, response: Response, name: str, value: str, max_age: int, path: str) -> None:
         """Every cookie of the console: HttpOnly, SameSite=Strict, Secure when MAILER_BASE_URL is https."""
         response.set_cookie(
-            name, value, max_age=max_age, path=path, httponly=True, samesite="strict", secure=self.web.secure_cookie
+            name, value, max_age=max_age, path=path, httponly=True, samesite="strict", secure=self.guard.secure
         )
 
     async def logout(self, request: Request) -> Response:
@@ -219,7 +201,7 @@ class OpsConsole:
         """The session of a POST that carries its CSRF field and comes from our own pages; else a 403."""
         session = self.auth.session(request)
         form = await self.web.read_form(request)
-        if session is None or form is None or not self.same_origin(request):
+        if session is None or form is None or not self.guard.same_origin(request):
             return self.harden(PlainTextResponse("refused: sign in and use the console's own forms\n", 403))
         if not self.auth.csrf_ok(session, str(form.get("csrf", ""))):
             return self.harden(PlainTextResponse("refused: the form's CSRF field is missing or wrong\n", 403))

@@ -18,6 +18,35 @@ from mailer.wording import BAD_LINK, NO_LIST, TEXT, UNAVAILABLE
 
 TRAP_FIELD = "website"  # hidden from people, filled in by form-spamming bots
 
+# The other page layouts with every part filled in, for the check at start.
+SAMPLE_PAGES: dict[str, dict[str, Any]] = {
+    "preferences.html.j2": {
+        "lang": "zh",
+        "heading": "heading",
+        "intro": "intro",
+        "notice": "notice",
+        "warning": "warning",
+        "action": "/p/token",
+        "form_token": "token",
+        "lists_label": "lists",
+        "lists": [{"name": "list", "title": "title", "checked": True, "disabled": False, "note": "note"}],
+        "name": {"label": "name", "value": "name"},
+        "language": {"label": "language", "value": "", "options": [("", "default"), ("zh", "中文")]},
+        "save": "save",
+        "ask": {"href": "/p/", "text": "ask"},
+        "leave": {"heading": "heading", "intro": "intro", "button": "button"},
+    },
+    "archive.html.j2": {
+        "lang": "en",
+        "list_title": "title",
+        "heading": "heading",
+        "intro": "intro",
+        "issues": [{"href": "slug", "subject": "subject", "issue_number": "1", "date": "date", "preheader": "p"}],
+        "feed": {"href": "feed.xml", "text": "feed"},
+        "signup": {"href": "/s/list", "text": "sign up"},
+    },
+}
+
 
 class Pages:
     def __init__(self, theme: Theme, templates: Path | None) -> None:
@@ -55,6 +84,8 @@ class Pages:
                     error="error",
                 )
             self.bad_link()
+            for name, context in SAMPLE_PAGES.items():
+                self.render(name, context)
 
     def page(
         self,
@@ -83,6 +114,10 @@ class Pages:
             self.templates,
         )
         return HTMLResponse(html, status_code=status)
+
+    def render(self, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+        """Another page layout of web/ (the preferences page, the archive's index), with the theme."""
+        return HTMLResponse(render_page(name, {**context, "theme": self.theme}, self.templates), status_code=status)
 
     def unavailable(self, status: int = 500, list_title: str = "") -> Response:
         """The answer to a request that failed on our side: bilingual, naming nothing."""

@@ -7,22 +7,16 @@ Requests and pages only: subscriptions.request_signup decides and the store reme
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from mailer.addresses import AddressError
-from mailer.errors import MailerError, NotFoundError
-from mailer.message import BuiltMessage
+from mailer.errors import NotFoundError
 from mailer.models import MailingList
-from mailer.smtp import relays, send_one
 from mailer.subscriptions import SignupOutcome, build_confirmation, mask_address, request_signup
-from mailer.tokens import check_form_token, make_form_token
+from mailer.web.forms import FormGuard
 from mailer.web.pages import TRAP_FIELD, words_for
 from mailer.wording import UNAVAILABLE
 
@@ -31,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailer.web")
 
-FORM_MAX_AGE = 2 * 3600  # a sign-up form older than this asks for a reload
 CSRF_COOKIE = "mailer_form"
 
 
@@ -40,6 +33,9 @@ class SignupEndpoints:
 
     def __init__(self, web: WebApp) -> None:
         self.web = web
+
+    def _guard(self, mailing_list: MailingList) -> FormGuard:
+        return FormGuard(self.web.config.secret, CSRF_COOKIE, f"/s/{mailing_list.name}", self.web.config.base_url)
 
     async def _list(self, name: str) -> MailingList | None:
         try:
@@ -51,13 +47,12 @@ class SignupEndpoints:
         self, mailing_list: MailingList, *, status: int = 200, error: str = "", email: str = "", name: str = ""
     ) -> HTMLResponse:
         words = words_for(mailing_list)
-        nonce = secrets.token_urlsafe(16)
+        guard = self._guard(mailing_list)
+        form_token, nonce = guard.issue(mailing_list.name)
         form = {
             "action": f"/s/{mailing_list.name}",
             "button": words["signup_button"],
-            "hidden": {
-                "form_token": make_form_token(self.web.config.secret, mailing_list.name, int(time.time()), nonce)
-            },
+            "hidden": {"form_token": form_token},
             "fields": [
                 {
                     "name": "email",
@@ -88,15 +83,7 @@ class SignupEndpoints:
             form=form,
             error=error,
         )
-        response.set_cookie(
-            CSRF_COOKIE,
-            nonce,
-            max_age=FORM_MAX_AGE,
-            path=f"/s/{mailing_list.name}",
-            httponly=True,
-            samesite="strict",
-            secure=self.web.secure_cookie,
-        )
+        guard.set_cookie(response, nonce)
         return response
 
     async def page(self, request: Request) -> Response:
@@ -104,14 +91,6 @@ class SignupEndpoints:
         if mailing_list is None:
             return self.web.pages.no_list()
         return self._signup_form(mailing_list)
-
-    def _same_origin(self, request: Request) -> bool:
-        """A browser names the page a form came from; it must be us (MAILER_BASE_URL, or the Host we serve)."""
-        origin = request.headers.get("origin")
-        if not origin or origin == "null":
-            return origin is None
-        ours = {urlsplit(self.web.config.base_url).netloc, request.headers.get("host", "")}
-        return urlsplit(origin).netloc in ours
 
     async def post(self, request: Request) -> Response:
         mailing_list = await self._list(request.path_params["list"])
@@ -124,15 +103,7 @@ class SignupEndpoints:
             return self._signup_form(mailing_list, status=400, error=words["signup_bad_email"])
         email = str(form.get("email", "")).strip()[:254]
         name = str(form.get("name", "")).strip()[:200]
-        valid_form = self._same_origin(request) and check_form_token(
-            self.web.config.secret,
-            mailing_list.name,
-            str(form.get("form_token", "")),
-            request.cookies.get(CSRF_COOKIE, ""),
-            int(time.time()),
-            FORM_MAX_AGE,
-        )
-        if not valid_form:
+        if not self._guard(mailing_list).check(request, form, mailing_list.name):
             return self.web.pages.page(
                 mailing_list.lang,
                 words["form_expired_heading"],
@@ -188,21 +159,6 @@ class SignupEndpoints:
                 templates_dir=config.templates,
                 theme=config.theme_for(mailing_list.name),
             )
-            self.web.pending += 1
-            sent_page.background = BackgroundTask(self._send_confirmation, signup.subscriber.email, message)
+            email = signup.subscriber.email
+            self.web.mail_later(sent_page, message, lambda store: store.signups.forget_last_mail(email))
         return sent_page
-
-    async def _send_confirmation(self, email: str, message: BuiltMessage) -> None:
-        try:
-            try:
-                reply = await send_one(relays(self.web.config), message)
-                delivered = reply.code is not None and 200 <= reply.code < 300
-                problem = f"{reply.code} {reply.text}"
-            except MailerError as exc:
-                delivered, problem = False, str(exc)
-            if not delivered:
-                # Not counted against the address: the person can simply send the form again.
-                log.warning("confirmation mail to %s not sent: %s", mask_address(email), problem)
-                await self.web.with_store(lambda store: store.signups.forget_last_mail(email))
-        finally:
-            self.web.pending -= 1
