@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -277,7 +278,7 @@ async def api_deliveries(request: Request, session: Session, lang: str) -> Respo
     )
 
 
-def _all_rows(db_path: Any, campaign_id: int, status: DeliveryStatus | None, domain: str | None) -> Iterator[LogEntry]:
+def _all_rows(db_path: Path, campaign_id: int, status: DeliveryStatus | None, domain: str | None) -> Iterator[LogEntry]:
     with Store.open(db_path) as store:
         before = None
         while True:
