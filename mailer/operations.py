@@ -189,7 +189,7 @@ def metric_families(store: Store) -> list[Family]:
             "mailer_subscribers",
             "gauge",
             "Subscriptions by status (pending: signed up, not confirmed).",
-            [({"status": s}, float(n)) for s, n in store.reports.kind_counts("subscribers", "status")],
+            [({"status": s}, float(n)) for s, n in store.reports.subscriber_counts()],
         ),
         Family(
             "mailer_signup_requests_total",

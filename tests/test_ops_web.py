@@ -250,6 +250,7 @@ def test_metrics_in_prometheus_text_behind_auth_or_the_read_only_token(console: 
     assert f'mailer_campaign_state{{campaign="{console.campaign}",state="sending"}} 1' in text
     assert re.search(r'mailer_smtp_last_replies\{class="4xx"\} \d+', text)
     assert "# TYPE mailer_campaign_bounce_ratio gauge" in text and "mailer_complaints_total 0" in text
+    assert 'mailer_subscribers{status="active"} 1500\n' in text
     with console.signed_in() as client:
         assert client.get("/ops/metrics").text.startswith("# HELP mailer_deliveries")
 

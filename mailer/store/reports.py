@@ -194,9 +194,17 @@ class Reports(Repository):
         return [(k, v) for k, v in sorted(classes.items()) if v]
 
     def kind_counts(self, table: str, column: str) -> list[tuple[str, int]]:
-        """(value, n) of one column of returned_mail, suppressions or subscribers: bounces, complaints, sign-ups."""
-        assert (table, column) in {("returned_mail", "kind"), ("suppressions", "reason"), ("subscribers", "status")}
+        """(value, n) of one column of returned_mail or suppressions: bounces, complaints."""
+        assert (table, column) in {("returned_mail", "kind"), ("suppressions", "reason")}
         return self.conn.execute(f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}").fetchall()
+
+    def subscriber_counts(self) -> list[tuple[str, int]]:
+        """(status, n) of every subscription. Counted per list first, in the order of subscribers_status: a
+        million rows grouped by status alone go through a sort (260 ms), in index order they do not (80 ms)."""
+        return self.conn.execute(
+            "SELECT status, SUM(n) FROM (SELECT list_id, status, COUNT(*) AS n FROM subscribers "
+            "GROUP BY list_id, status) GROUP BY status"
+        ).fetchall()
 
     def signup_total(self) -> int:
         (n,) = self.conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()
