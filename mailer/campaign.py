@@ -1,6 +1,7 @@
 """A campaign's content and identity: an issue file read and rendered for one list (every template error found
-here, before any SMTP), its sender, the message skeleton, the rendered issue kept as JSON in the campaign's
-snapshot, and finding or creating the campaign of that content and list.
+here, before any SMTP), the hash of the issue and every file it embeds (what identifies its content, and what an
+approval approves), its sender, the message skeleton (for each list of the audience), the rendered issue kept as
+JSON in the campaign's snapshot, and finding or creating the campaign of that content and audience.
 
 Must not send, wait or hold a lease (send.py and engine.py do); talks to the store only to read the list and its
 subscribers' attributes and to write the snapshot."""
@@ -8,13 +9,15 @@ subscribers' attributes and to write the snapshot."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailer.attachments import Attachment
+from mailer.audience import Audience
 from mailer.checks import image_source_warnings
 from mailer.clock import utcnow
 from mailer.config import Config
@@ -40,6 +43,18 @@ class PreparedIssue:
     warnings: list[str] = field(default_factory=list)
     # The issue rendered for a neutral reader (the archive's page), made only when a campaign is created.
     web_edition: Callable[[], str] | None = None
+    # The issue's own content: the file and every file it embeds (name -> sha256), and their hash. The layout,
+    # the theme and the list's settings are its look (issue.content_hash), not what identifies it.
+    files: dict[str, str] = field(default_factory=dict)
+    identity: str = ""
+
+
+def content_identity(files: dict[str, str]) -> str:
+    """The hash of an issue and everything it embeds, from each file's name and hash (the same in any order)."""
+    digest = hashlib.sha256(b"mailer-issue-v1")
+    for name in sorted(files):
+        digest.update(f"\0{name}\0{files[name]}".encode())
+    return digest.hexdigest()
 
 
 def sender_for(mailing_list: MailingList, issue: RenderedIssue, base_url: str) -> Sender:
@@ -64,6 +79,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
     """Read and render the issue for the list: every template error surfaces here, before any SMTP."""
     mailing_list = store.lists.get(list_name)
     source = read_issue_file(issue_path)
+    files = {Path(issue_path).name: hashlib.sha256(source.encode("utf-8")).hexdigest()}
     ctx = ListContext(name=mailing_list.name, title=mailing_list.title, lang=mailing_list.lang)
 
     def render(edition: WebEdition | None = None) -> RenderedIssue:
@@ -71,7 +87,7 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
             source,
             origin=str(issue_path),
             list_ctx=ctx,
-            read_file=issue_file_reader(issue_path),
+            read_file=issue_file_reader(issue_path, files),
             templates_dir=config.templates,
             theme=config.theme_for(mailing_list.name),
             attachment_limit=config.attachment_limit,
@@ -97,7 +113,9 @@ def prepare_issue(store: Store, config: Config, issue_path: Path, list_name: str
                 "DMARC fails and Gmail or Yahoo may reject or spam-folder the issue (see: mailer doctor)"
             )
     edition = WebEdition(signup_url=f"{config.base_url.rstrip('/')}/s/{mailing_list.name}")
-    return PreparedIssue(mailing_list, issue, sender, issue_path, warnings, lambda: render(edition).html)
+    return PreparedIssue(
+        mailing_list, issue, sender, issue_path, warnings, lambda: render(edition).html, files, content_identity(files)
+    )
 
 
 def check_attributes(store: Store, mailing_list: MailingList, issue: RenderedIssue, issue_path: Path) -> list[str]:
@@ -135,9 +153,9 @@ def read_issue_file(path: Path) -> str:
         raise MailerError(f"cannot read issue file {path}: {exc.strerror}") from None
 
 
-def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
+def issue_file_reader(issue_path: Path, files: dict[str, str] | None = None) -> Callable[[str], bytes]:
     """Reads files the issue names (its `images: cid` images, its attachments), relative to its folder and never
-    outside it."""
+    outside it; `files` hears each name read and its sha256 (what the issue embeds is part of its content)."""
     folder = Path(issue_path).resolve().parent
 
     def read(name: str) -> bytes:
@@ -145,7 +163,10 @@ def issue_file_reader(issue_path: Path) -> Callable[[str], bytes]:
         if not path.is_relative_to(folder):
             raise TemplateError(f"{issue_path}: {name} is outside the issue's folder {folder}")
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
+            if files is not None:
+                files[name] = hashlib.sha256(data).hexdigest()
+            return data
         except FileNotFoundError:
             raise TemplateError(f"{issue_path}: {name} does not exist (looked for {path})") from None
         except OSError as exc:
@@ -207,8 +228,11 @@ def build_template(
     *,
     signer: MessageSigner | None = None,
     test: bool = False,
+    lists: Sequence[MailingList] = (),
     archive_slug: str | None = None,
 ) -> MessageTemplate:
+    """The campaign's skeleton; `lists` are the audience's other lists, whose people get their own List-Id and
+    unsubscribe link."""
     if not secret:
         raise MailerError("no signing secret: run 'mailer init' (or set MAILER_SECRET)")
     # A test send links where the real send's web edition will most likely be: under the issue's own slug.
@@ -219,7 +243,7 @@ def build_template(
         slug,
         archive_key(secret, prepared.mailing_list.id, slug),
     )
-    return MessageTemplate(
+    template = MessageTemplate(
         prepared.issue,
         prepared.sender,
         secret=secret,
@@ -231,6 +255,9 @@ def build_template(
         test=test,
         view_url=view_url,
     )
+    for other in lists:
+        template.add_list(other.id, other.name, other.title or other.name)
+    return template
 
 
 def dkim_signer(config: Config) -> MessageSigner | None:
@@ -248,11 +275,20 @@ def sample_subscriber(store: Store, list_id: int) -> Subscriber:
     return Subscriber(email="reader@example.org", name="")
 
 
-def sample_message(store: Store, prepared: PreparedIssue, secret: bytes, signer: MessageSigner | None) -> BuiltMessage:
-    """The message of the list's first subscriber, built as the send would build it (every error surfaces)."""
-    sample = sample_subscriber(store, prepared.mailing_list.id)
-    template = build_template(prepared, 0, "sample", secret, signer=signer)
-    return template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs), utcnow())
+def sample_message(
+    store: Store,
+    prepared: PreparedIssue,
+    secret: bytes,
+    signer: MessageSigner | None,
+    audience: Audience | None = None,
+) -> BuiltMessage:
+    """The message of the audience's (default: the list's) first subscriber, built as the send would build it
+    (every error surfaces)."""
+    audience = audience or store.campaigns.audience(prepared.mailing_list.id)
+    sample = audience_sample(store, audience)
+    others = [store.lists.by_id(i) for i in audience.list_ids[1:]]
+    template = build_template(prepared, 0, "sample", secret, signer=signer, lists=others)
+    return template.build(Recipient(0, sample.id, sample.email, sample.name, sample.attrs, sample.list_id), utcnow())
 
 
 def open_campaign(
@@ -261,37 +297,57 @@ def open_campaign(
     secret: bytes,
     signer: MessageSigner | None = None,
     *,
+    audience: Audience | None = None,
     test_email: str | None = None,
+    send_at: str | None = None,
 ) -> tuple[Campaign, MessageTemplate]:
-    """Find the campaign of this issue and list (resume) or create it with its recipient snapshot; with
-    `test_email`, a test campaign of one message to that address (as the list's first subscriber)."""
+    """Find the campaign of this issue and audience (default: the whole list it was prepared for) to resume, or
+    create it with its recipient snapshot (or, with `send_at`, scheduled: snapshotted when it starts); with
+    `test_email`, a test campaign of one message to that address (as the audience's first subscriber)."""
     issue = prepared.issue
+    audience = audience or store.campaigns.audience(prepared.mailing_list.id)
 
     def create(test_recipient: Subscriber | None = None) -> Campaign:
         return store.campaigns.create(
-            prepared.mailing_list.id,
+            audience,
             issue.slug,
             issue.subject,
             str(prepared.issue_path),
-            issue.content_hash,
+            prepared.identity,
             issue_to_json(issue),
             secrets.token_hex(8),
+            look_hash=issue.content_hash,
+            send_at=send_at,
             is_test=test_recipient is not None,
             test_recipient=test_recipient,
             web_edition=prepared.web_edition() if prepared.web_edition and test_recipient is None else None,
         )
 
     if test_email:
-        sample = sample_subscriber(store, prepared.mailing_list.id)
+        sample = audience_sample(store, audience)
         campaign = create(Subscriber(id=0, email=test_email, name=sample.name, attrs=sample.attrs))
         _, salt = store.campaigns.rendered(campaign.id)
         return campaign, build_template(prepared, campaign.id, salt, secret, signer=signer, test=True)
     # An existing campaign is found without the write lock, which a stopped sender may hold (acquire_lease names it).
-    campaign = store.campaigns.find(prepared.mailing_list.id, issue.content_hash) or create()
-    _, salt = store.campaigns.rendered(campaign.id)
-    return campaign, build_template(
-        prepared, campaign.id, salt, secret, signer=signer, archive_slug=campaign.archive_slug
-    )
+    campaign = store.campaigns.find(audience, prepared.identity, issue.content_hash) or create()
+    return campaign, template_for_campaign(store, campaign, prepared.sender.base_url, secret, signer)
+
+
+def audience_sample(store: Store, audience: Audience) -> Subscriber:
+    """The first subscriber the audience reaches (the sample reader of a render, a test send or a dry run)."""
+    for sub in store.audiences.sample(audience, 1):
+        return sub
+    return sample_subscriber(store, audience.list_ids[0])
+
+
+def stored_audience(store: Store, campaign: Campaign) -> Audience:
+    """A campaign's audience as it was given (lists first given first, the expression)."""
+    from mailer.audience import audience_lists, audience_of
+
+    names = audience_lists(campaign.audience)
+    if not names:  # a test campaign: its list
+        return Audience((campaign.list_id,), (store.lists.by_id(campaign.list_id).name,))
+    return audience_of(campaign.audience, [store.lists.get(name).id for name in names])
 
 
 def template_for_campaign(
@@ -306,8 +362,16 @@ def template_for_campaign(
     issue = issue_from_json(rendered)
     mailing_list = store.lists.by_id(campaign.list_id)
     prepared = PreparedIssue(mailing_list, issue, sender_for(mailing_list, issue, base_url), Path(campaign.issue_path))
+    others = [] if campaign.is_test else [store.lists.by_id(i) for i in stored_audience(store, campaign).list_ids[1:]]
     return build_template(
-        prepared, campaign.id, salt, secret, signer=signer, test=campaign.is_test, archive_slug=campaign.archive_slug
+        prepared,
+        campaign.id,
+        salt,
+        secret,
+        signer=signer,
+        test=campaign.is_test,
+        lists=others,
+        archive_slug=campaign.archive_slug,
     )
 
 

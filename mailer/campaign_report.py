@@ -1,22 +1,86 @@
-"""One campaign summed up for ops, the same in the console (/ops/campaigns/ID) and the terminal (`mailer campaigns
-show ID`): counts per status, deliveries per time bucket, the SMTP replies grouped as `reply_group` reads them, the
-receiving domains with their outcomes and median attempts, and what operators did to it.
+"""One campaign summed up, the same for `mailer campaigns show ID` and the ops console (/ops/campaigns/ID): what it
+is (issue, audience: lists and segment, state and times, approvals of its content: CampaignDetails) and how its
+sending went (counts per status, deliveries per time bucket, the SMTP replies grouped as `reply_group` reads them,
+the receiving domains with their outcomes and median attempts, what operators did: CampaignReport).
 
-Reads the store (its reports repository, which walks indexes only) and returns values; renders nothing. A new part
-of the summary (issue 13's approvals and audience) is a new field of CampaignReport and a new key of as_json()."""
+A service over the store (its reports repository reads tallies and indexes only) that builds values; renders
+nothing. A new part of the summary is a new field here and a new key of CampaignReport.as_json()."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mailer.campaign import stored_audience
 from mailer.clock import parse_stamp
 from mailer.metrics import reply_group
-from mailer.models import CampaignState, DeliveryStatus
+from mailer.models import DeliveryStatus
 from mailer.store import AuditEntry, Store
+
+
+@dataclass(frozen=True)
+class ApprovalLine:
+    list: str
+    by: str
+    at: str
+    note: str
+
+
+@dataclass(frozen=True)
+class CampaignDetails:
+    id: int
+    issue: str
+    subject: str
+    issue_path: str
+    state: str
+    created: str
+    send_at: str | None
+    finished: str | None
+    cancelled: str | None
+    test: bool
+    lists: list[str]
+    where: str
+    segment: str
+    audience: str  # as a person reads it
+    counts: dict[str, int]
+    approvals_needed: dict[str, int] = field(default_factory=dict)  # list -> approvals it requires
+    approvals: list[ApprovalLine] = field(default_factory=list)
+
+
+def campaign_details(store: Store, ref: str) -> CampaignDetails:
+    campaign = store.campaigns.get(ref)
+    audience = stored_audience(store, campaign)
+    needed: dict[str, int] = {}
+    approvals: list[ApprovalLine] = []
+    for list_id, name in zip(audience.list_ids, audience.list_names, strict=True):
+        needed[name] = store.lists.by_id(list_id).require_approval
+        approvals += [
+            ApprovalLine(a.list_name, a.by, a.at, a.note)
+            for a in store.approvals.of_content(list_id, campaign.content_hash)
+        ]
+    return CampaignDetails(
+        id=campaign.id,
+        issue=campaign.slug,
+        subject=campaign.subject,
+        issue_path=campaign.issue_path,
+        state=str(campaign.state),
+        created=campaign.created,
+        send_at=campaign.send_at,
+        finished=campaign.finished,
+        cancelled=campaign.cancelled,
+        test=campaign.is_test,
+        lists=list(audience.list_names),
+        where=audience.where,
+        segment=audience.segment,
+        audience=audience.describe(),
+        counts=store.deliveries.counts(campaign.id),
+        approvals_needed=needed,
+        approvals=approvals,
+    )
+
 
 DONE = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.SKIPPED)
 CHART_STATUSES = ("sent", "deferred", "failed")
@@ -41,23 +105,32 @@ class DomainRow:
 
 @dataclass(frozen=True)
 class CampaignReport:
-    id: int
-    issue: str
-    subject: str
-    lists: list[str]
-    state: CampaignState
-    created: str
-    finished: str | None
-    cancelled: str | None
-    test: bool
+    """A campaign's details and how its sending went."""
+
+    details: CampaignDetails
     total: int
-    counts: dict[str, int]
     bucket_minutes: int  # the width of each time bucket: 1 unless the send spans more buckets than a chart shows
     timeline: list[tuple[str, dict[str, int]]]  # (bucket start, YYYY-MM-DDTHH:MM in UTC; counts per status)
     replies: list[ReplyGroup]
     domains: list[DomainRow]
     other_domains: int  # domains beyond the top ones shown
     audit: list[AuditEntry] = field(default_factory=list)
+
+    @property
+    def id(self) -> int:
+        return self.details.id
+
+    @property
+    def subject(self) -> str:
+        return self.details.subject
+
+    @property
+    def state(self) -> str:
+        return self.details.state
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.details.counts
 
     @property
     def done(self) -> int:
@@ -73,18 +146,10 @@ class CampaignReport:
         return [counts.get(DeliveryStatus.SENT, 0) for _, counts in self.timeline]
 
     def as_json(self) -> dict[str, Any]:
+        """`campaigns show --json`'s object: the details' keys, then how the sending went."""
         return {
-            "id": self.id,
-            "issue": self.issue,
-            "subject": self.subject,
-            "lists": self.lists,
-            "state": str(self.state),
-            "created": self.created,
-            "finished": self.finished,
-            "cancelled": self.cancelled,
-            "test": self.test,
+            **asdict(self.details),
             "total": self.total,
-            "counts": self.counts,
             "progress": round(self.progress, 4),
             "bucket_minutes": self.bucket_minutes,
             "timeline": [{"at": at, **counts} for at, counts in self.timeline],
@@ -108,30 +173,20 @@ def progress(counts: dict[str, int]) -> float:
 
 
 def campaign_report(store: Store, ref: str | int, *, top: int = 10, buckets: int = 60) -> CampaignReport:
-    """The summary of campaign `ref` (an id, or a slug naming one campaign): `top` replies and domains, at most
-    `buckets` time buckets."""
-    campaign = store.campaigns.get(ref)
-    counts = store.deliveries.counts(campaign.id)
-    width, timeline = _timeline(store.reports.minute_counts(campaign.id), buckets)
-    domains = _domains(store.reports.domain_counts(campaign.id))
+    """The summary of campaign `ref` (an id, or a slug naming one campaign): its details, `top` replies and
+    domains, at most `buckets` time buckets."""
+    details = campaign_details(store, str(ref))
+    width, timeline = _timeline(store.reports.minute_counts(details.id), buckets)
+    domains = _domains(store.reports.domain_counts(details.id))
     return CampaignReport(
-        id=campaign.id,
-        issue=campaign.slug,
-        subject=campaign.subject,
-        lists=[store.lists.by_id(campaign.list_id).name],
-        state=campaign.state,
-        created=campaign.created,
-        finished=campaign.finished,
-        cancelled=campaign.cancelled,
-        test=campaign.is_test,
-        total=sum(counts.values()),
-        counts=counts,
+        details=details,
+        total=sum(details.counts.values()),
         bucket_minutes=width,
         timeline=timeline,
-        replies=_replies(store.reports.reply_counts(campaign.id))[:top],
+        replies=_replies(store.reports.reply_counts(details.id))[:top],
         domains=domains[:top],
         other_domains=max(0, len(domains) - top),
-        audit=store.audit.of_campaign(campaign.id),
+        audit=store.audit.of_campaign(details.id),
     )
 
 

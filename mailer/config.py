@@ -61,6 +61,7 @@ class Config:
     ops_password: str = field(default="", repr=False)
     ops_password_hash: str = field(default="", repr=False)
     ops_metrics_token: str = field(default="", repr=False)  # a read-only bearer token for /ops/metrics alone
+    timezone: str = ""  # of `--at` times when neither --tz nor the list says ("": UTC)
     attachment_limit: int = DEFAULT_LIMIT_BYTES  # bytes of attachments one message may carry
 
     @property
@@ -120,6 +121,7 @@ _TOML = {
     "retry_expiry": ("retry_expiry", float),
     "relay_grace": ("relay_grace", float),
     "pause_after": ("pause_after", int),
+    "timezone": ("timezone", str),
     "attachment_limit": ("attachment_limit", int),
 }
 

@@ -333,12 +333,10 @@ class MessageTemplate:
         domain = sender.mail_domain
         check_address(sender.from_addr)
         self.boundary = boundary or f"==mailer-{hashlib.sha256(f'{salt}:{campaign_id}'.encode()).hexdigest()[:24]}=="
-        list_slug = re.sub(r"[^a-z0-9-]+", "-", sender.list_name.lower()).strip("-") or "list"
         self.head_before_to = address_header("From", sender.from_name, sender.from_addr)
         self.head_subject = unstructured_header("Subject", (TEST_SUBJECT_PREFIX if test else "") + issue.subject)
-        tail = [address_header("Reply-To", "", sender.reply_to)] if sender.reply_to else []
-        tail.append(_fold("List-Id", [*_phrase_atoms(sender.list_title), f"<{list_slug}.{domain}>"]))
-        self.head_tail = "".join(tail)
+        self.head_tail = self._tail(sender.list_name, sender.list_title)
+        self.list_tails: dict[int, str] = {}  # the other lists of a campaign's audience, by id
         alternative = f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"\r\n'
         self.opening = b""
         self.text = _PartBody(issue.text, escape=False)
@@ -376,13 +374,29 @@ class MessageTemplate:
         self.clean_tail = len(self.closing) if clean else 0
         self.bounce_domain = domain
 
+    def _tail(self, list_name: str, list_title: str) -> str:
+        list_slug = re.sub(r"[^a-z0-9-]+", "-", list_name.lower()).strip("-") or "list"
+        tail = [address_header("Reply-To", "", self.sender.reply_to)] if self.sender.reply_to else []
+        tail.append(_fold("List-Id", [*_phrase_atoms(list_title), f"<{list_slug}.{self.sender.mail_domain}>"]))
+        return "".join(tail)
+
+    def add_list(self, list_id: int, list_name: str, list_title: str) -> None:
+        """A campaign for several lists: who is on this one gets its List-Id and an unsubscribe link for it (the
+        content, From and Reply-To stay those of the first list)."""
+        if list_id != self.list_id:
+            self.list_tails[list_id] = self._tail(list_name, list_title)
+
     def values_for(self, recipient: Recipient, unsub_url: str, now: datetime) -> dict[str, str]:
         values = {
             "NAME": clean_header_text(recipient.name) or self.fallback_name,
             "EMAIL": recipient.email,
             "UNSUBSCRIBE_URL": unsub_url,
             "PREFERENCES_URL": preferences_url(
-                self.sender.base_url, self.secret, self.list_id, recipient.subscriber_id, int(now.timestamp())
+                self.sender.base_url,
+                self.secret,
+                recipient.list_id if recipient.list_id in self.list_tails else self.list_id,  # the list they are on
+                recipient.subscriber_id,
+                int(now.timestamp()),
             ),
             "VIEW_URL": self.view_url,
         }
@@ -392,7 +406,9 @@ class MessageTemplate:
 
     def build(self, recipient: Recipient, now: datetime) -> BuiltMessage:
         rcpt, smtputf8 = wire_address(recipient.email)
-        utoken = make_token(self.secret, TokenKind.UNSUBSCRIBE, self.list_id, recipient.subscriber_id)
+        tail = self.list_tails.get(recipient.list_id)
+        list_id = self.list_id if tail is None else recipient.list_id
+        utoken = make_token(self.secret, TokenKind.UNSUBSCRIBE, list_id, recipient.subscriber_id)
         btoken = make_token(self.secret, TokenKind.BOUNCE, self.campaign_id, recipient.delivery_id)
         url = unsubscribe_url(self.sender.base_url, utoken)
         domain = self.bounce_domain
@@ -404,7 +420,7 @@ class MessageTemplate:
             + self.head_subject
             + f"Date: {email.utils.format_datetime(now)}\r\n"
             + f"Message-ID: {message_id}\r\n"
-            + self.head_tail
+            + (self.head_tail if tail is None else tail)
             + f"List-Unsubscribe: <{url}>,\r\n <mailto:unsubscribe+{utoken}@{domain}?subject=unsubscribe>\r\n"
             + self.head_post
             + "\r\n"

@@ -84,6 +84,8 @@ class MailingList:
     reply_to: str
     lang: str
     created: str = ""
+    require_approval: int = 0  # approvals of the exact content a send to this list needs (0: none)
+    tz: str = ""  # the IANA timezone of its `--at` times ("": mailer.toml's, else UTC)
     public: bool = False  # offered on every preferences page, to people not on it (lists update --public on)
     archive: bool = False  # its past issues are a public web archive with a feed (lists update --archive on)
 
@@ -122,6 +124,7 @@ class Recipient:
     email: str
     name: str = ""
     attrs: dict[str, Any] = field(default_factory=dict)
+    list_id: int = 0  # the list they are on, whose unsubscribe link and List-Id they get (0: the campaign's)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,10 @@ class Campaign:
     finished: str | None = None
     cancelled: str | None = None
     state: CampaignState = CampaignState.SENDING
+    audience: str = ""  # JSON: {"lists": [names, first given first], "where": expression, "segment": name}
+    audience_key: str = ""  # what identifies the audience: the sorted list ids and the expression
+    look_hash: str = ""  # the rendered output it was snapshotted with (layout, theme, list title)
+    send_at: str | None = None  # a scheduled start (UTC stamp); set for every campaign that was scheduled
     archive_slug: str | None = None  # its web edition's name in the list's archive (a test send has none)
 
 
@@ -152,6 +159,9 @@ class SendSummary:
     warnings: list[str] = field(default_factory=list)
     stopped: str = ""  # why the campaign stopped before it was done (relay gone, sender refused, disk full, ...)
     stop_code: int = 0  # the exit status that goes with `stopped`
+    scheduled: str = ""  # a scheduled send: when it will go, as the editor reads it
+    sample: tuple[str, ...] = ()  # a dry run: a few of the addresses it would send to
+    audience: str = ""  # who it is for, as a person reads it ("list news where 地区 = ...")
 
     @property
     def failed(self) -> int:

@@ -150,9 +150,11 @@ def preview_issue(
     list_name: str | None = None,
     *,
     offline: bool = False,
+    segment: tuple[str | None, str | None] = (None, None),
 ) -> PreviewResult:
-    """Render for a sample recipient, check it, and write <slug>-desktop.png and <slug>-mobile.png in out_dir."""
-    message = build_sample(issue_path, config, store, list_name)
+    """Render for a sample recipient (of the segment, if any), check it, and write <slug>-desktop.png and
+    <slug>-mobile.png in out_dir."""
+    message = build_sample(issue_path, config, store, list_name, segment=segment)
     warnings = [*message.notes, *check_message(message), *check_fonts(message.html)]
     shots = screenshot(message.browser_html, out_dir, message.slug, offline=offline)
     return PreviewResult(message, shots, warnings)
@@ -211,6 +213,7 @@ def live_preview(
     store: Store | None = None,
     list_name: str | None = None,
     on_render: Callable[[LivePreview], None] | None = None,
+    segment: tuple[str | None, str | None] = (None, None),
 ) -> LivePreview:
     """A LivePreview of the issue that watches the issue file, the files beside it and the layouts."""
     issue_path = Path(issue_path)
@@ -224,6 +227,6 @@ def live_preview(
                     yield path
         yield from layout_files(config.templates)
 
-    live = LivePreview(lambda: build_sample(issue_path, config, store, list_name), watched, on_render)
+    live = LivePreview(lambda: build_sample(issue_path, config, store, list_name, segment=segment), watched, on_render)
     live.refresh(force=True)
     return live

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mailer.campaign import (
     PreparedIssue,
+    audience_sample,
     build_template,
     dkim_signer,
     issue_file_reader,
@@ -28,6 +29,7 @@ from mailer.errors import MailerError
 from mailer.models import MailingList, Recipient, Subscriber
 from mailer.render import InlineImage, ListContext, render_issue
 from mailer.store import Store
+from mailer.targeting import resolve_audience
 from mailer.wording import NO_LIST_TITLE
 
 
@@ -70,14 +72,24 @@ def prepare_sample(
     config: Config,
     store: Store | None = None,
     list_name: str | None = None,
+    segment: tuple[str | None, str | None] = (None, None),
 ) -> tuple[PreparedIssue, Subscriber]:
-    """The issue rendered for a list and that list's first active subscriber, or, with no list, for a sample
-    Chinese list and reader (what `mailer render` and `mailer preview` show)."""
+    """The issue rendered for a list and that list's first active subscriber (the first one `segment`, a
+    `--where` expression or a saved segment's name, matches), or, with no list, for a sample Chinese list and
+    reader (what `mailer render` and `mailer preview` show)."""
     if list_name:
         if store is None:
             raise MailerError("--list needs a database; run: mailer init")
         prepared = prepare_issue(store, config, issue_path, list_name)
+        where, saved = segment
+        if where or saved:
+            audience = resolve_audience(store, [list_name], where, saved)
+            if not store.audiences.count(audience):
+                raise MailerError(f"nobody on list {list_name} matches {audience.where}: there is no sample reader")
+            return prepared, audience_sample(store, audience)
         return prepared, sample_subscriber(store, prepared.mailing_list.id)
+    if any(segment):
+        raise MailerError("--where and --segment choose a reader of a list: add --list NAME")
     source = read_issue_file(issue_path)
     issue = render_issue(
         source,
@@ -101,11 +113,12 @@ def build_sample(
     store: Store | None = None,
     list_name: str | None = None,
     warn: Callable[[str], None] | None = None,
+    segment: tuple[str | None, str | None] = (None, None),
 ) -> SampleMessage:
     """The issue rendered and personalised for the list's first active subscriber (or a sample reader), exactly as
     `mailer send` would build it: the same template, the same DKIM signer. `warn` hears what mailer send would
     warn about as soon as the issue is rendered (before a bad DKIM key, say, stops the build)."""
-    prepared, sample = prepare_sample(issue_path, config, store, list_name)
+    prepared, sample = prepare_sample(issue_path, config, store, list_name, segment)
     for warning in prepared.warnings:
         if warn:
             warn(warning)
@@ -133,10 +146,11 @@ def render_to_dir(
     store: Store | None = None,
     list_name: str | None = None,
     warn: Callable[[str], None] | None = None,
+    segment: tuple[str | None, str | None] = (None, None),
 ) -> list[Path]:
     """Write <slug>.html, <slug>.txt and <slug>.eml (as for a sample recipient of the list) into out_dir;
     `warn` hears what mailer send would warn about."""
-    sample = build_sample(issue_path, config, store, list_name, warn)
+    sample = build_sample(issue_path, config, store, list_name, warn, segment)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{sample.slug}.html", out_dir / f"{sample.slug}.txt", out_dir / f"{sample.slug}.eml"]
     paths[0].write_text(sample.html, encoding="utf-8")

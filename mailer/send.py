@@ -1,6 +1,7 @@
-"""`mailer send` and `mailer retry` as services: render and check before any SMTP, probe the relays, snapshot or
-resume the campaign, hold its lease while one process (engine.py) or several (workers.py) deliver, and sum the run
-up in a SendSummary, with the one line that says why a campaign stopped and how it goes on.
+"""`mailer send` and `mailer retry` as services: render and check before any SMTP (the audience, approvals),
+schedule, probe the relays, snapshot, resume or top up the campaign, hold its lease while one process (engine.py)
+or several (workers.py) deliver, and sum the run up in a SendSummary, with the one line that says why a campaign
+stopped and how it goes on.
 
 Take a Store, settings and a progress sink; return a SendSummary or raise MailerError. Must not print, exit or
 install signal handlers: the CLI does, through workers.run."""
@@ -12,9 +13,13 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
+from mailer.approvals import check_approvals
+from mailer.audience import Audience
 from mailer.campaign import (
+    PreparedIssue,
     dkim_signer,
     open_campaign,
     prepare_issue,
@@ -27,12 +32,15 @@ from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError
-from mailer.message import MessageTemplate
+from mailer.message import MessageSigner, MessageTemplate
 from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreWriteError
 from mailer.store.leases import LeaseLost
+from mailer.targeting import resolve_audience
 from mailer.workers import run_workers
+
+DRY_RUN_SAMPLE = 5  # addresses a dry run shows of those it would send to
 
 
 async def probe_relays(relays: Sequence[SMTPSettings], sizes: bool = False) -> list[tuple[SMTPSettings, int]]:
@@ -63,29 +71,59 @@ async def send_issue(
     store: Store,
     config: Config,
     issue_path: Path,
-    list_name: str,
+    lists: str | Sequence[str],
     options: SendOptions,
     settings: Sequence[SMTPSettings],
     progress: ProgressSink | None = None,
     stop: asyncio.Event | None = None,
+    *,
+    where: str | None = None,
+    segment: str | None = None,
+    include_new: bool = False,
+    send_at: datetime | None = None,
 ) -> SendSummary:
-    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same content and list."""
+    """Render once, snapshot the campaign, then deliver; resumes the campaign of the same content and audience
+    (with `include_new`, a finished one is topped up with who joined or started matching since). With `send_at`,
+    the campaign is only scheduled (`mailer run` starts it) and nothing is sent now."""
     started = time.monotonic()
-    prepared = prepare_issue(store, config, issue_path, list_name)
+    names = [lists] if isinstance(lists, str) else list(lists)
+    prepared = prepare_issue(store, config, issue_path, names[0] if names else "")
+    if not (where or segment):  # what the command line says wins over the issue's `segment:`
+        segment = _front_matter_segment(prepared)
+    audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
-        sample_message(store, prepared, config.secret, signer)
-        total = store.subscribers.count_recipients(prepared.mailing_list.id)
-        return SendSummary(None, total, {"would send": total}, dry_run=True, warnings=prepared.warnings)
+        return _dry_run(store, config, prepared, audience, signer)
+    notes = list(prepared.warnings)
+    requeue = None
     if not options.test_email:  # what would be refused is refused before any SMTP
         issue = prepared.issue
-        refuse_cancelled(store.campaigns.find(prepared.mailing_list.id, issue.content_hash))
-        store.campaigns.check_new_content(prepared.mailing_list.id, issue.slug, str(issue_path), issue.content_hash)
+        existing = store.campaigns.find(audience, prepared.identity, issue.content_hash)
+        refuse_cancelled(existing)
+        store.schedules.check_new_content(audience, issue.slug, str(issue_path), prepared.identity)
+        if send_at is not None:
+            return schedule_issue(store, config, prepared, audience, existing, send_at, notes)
+        check_approvals(store, audience, prepared.identity, str(issue_path), prepared.files)
+        if existing is not None:
+            notes += _existing_notes(store, existing, audience, issue.content_hash, include_new)
+            if include_new:
+
+                def requeue(store: Store) -> list[str]:
+                    return [
+                        f"{store.schedules.top_up(existing.id, audience)} subscriber(s) who joined or started "
+                        f"matching since campaign {existing.id} was sent are queued for it now"
+                    ]
+
     # refused / login refused: exit 4 before any state changes; with attachments, what size each relay takes
     limits = await probe_relays(settings, sizes=bool(prepared.issue.attachments))
     if prepared.issue.attachments:
-        refuse_oversize(len(sample_message(store, prepared, config.secret, signer).data), limits)
-    campaign, template = open_campaign(store, prepared, config.secret, signer, test_email=options.test_email)
+        refuse_oversize(len(sample_message(store, prepared, config.secret, signer, audience).data), limits)
+    campaign, template = open_campaign(
+        store, prepared, config.secret, signer, audience=audience, test_email=options.test_email
+    )
+    if campaign.state is CampaignState.SCHEDULED:  # sent now, before its time: its recipients are snapshotted now
+        store.schedules.begin(campaign.id, audience)
+        notes.append(f"campaign {campaign.id} was scheduled for {campaign.send_at}; it starts now")
     return await deliver_campaign(
         store,
         campaign,
@@ -95,9 +133,82 @@ async def send_issue(
         progress,
         stop,
         started,
-        prepared.warnings,
-        resume=f"mailer send {issue_path} --list {list_name}",
+        notes,
+        resume=f"mailer send {issue_path} {audience.options()}",
+        requeue=requeue,
     )
+
+
+def _front_matter_segment(prepared: PreparedIssue) -> str | None:
+    value = prepared.issue.meta.get("segment")
+    return str(value).strip() if value else None
+
+
+def _dry_run(
+    store: Store, config: Config, prepared: PreparedIssue, audience: Audience, signer: MessageSigner | None
+) -> SendSummary:
+    """Build one message as a send would (so a template or key error shows now) and count who it would reach."""
+    sample_message(store, prepared, config.secret, signer, audience)
+    total = store.audiences.count(audience)
+    addresses = tuple(s.email for s in store.audiences.sample(audience, DRY_RUN_SAMPLE))
+    notes = list(prepared.warnings)
+    existing = store.campaigns.find(audience, prepared.identity, prepared.issue.content_hash)
+    if existing is not None:
+        notes += _existing_notes(store, existing, audience, prepared.issue.content_hash, include_new=False)
+    return SendSummary(
+        None, total, {"would send": total}, dry_run=True, warnings=notes, sample=addresses, audience=audience.describe()
+    )
+
+
+def _existing_notes(
+    store: Store, campaign: Campaign, audience: Audience, look_hash: str, include_new: bool
+) -> list[str]:
+    """What an editor should know when the issue is a campaign already: its look changed since, and (finished)
+    who joined or started matching since."""
+    notes = []
+    if campaign.look_hash and campaign.look_hash != look_hash:
+        notes.append(
+            f"the look (layout, theme or list settings) changed since campaign {campaign.id} was snapshotted; it "
+            "goes on as it was snapshotted (the content of the issue is the same)"
+        )
+    if campaign.state is CampaignState.FINISHED and not include_new:
+        new = store.audiences.count(audience, campaign.id)
+        if new:
+            notes.append(
+                f"{new} subscriber(s) joined or started matching since campaign {campaign.id} was sent; send it to "
+                "exactly them with --include-new"
+            )
+    return notes
+
+
+def schedule_issue(
+    store: Store,
+    config: Config,
+    prepared: PreparedIssue,
+    audience: Audience,
+    existing: Campaign | None,
+    send_at: datetime,
+    notes: list[str],
+) -> SendSummary:
+    """Record a scheduled campaign (or move the one of this content and audience to the new time); its
+    recipients are snapshotted when `mailer run` starts it. Approvals may come until then."""
+    at = stamp(send_at)
+    if existing is not None and existing.state is not CampaignState.SCHEDULED:
+        raise MailerError(
+            f"campaign {existing.id} of this issue and audience is {existing.state} already; nothing was scheduled "
+            f"(see: mailer campaigns show {existing.id})"
+        )
+    if existing is not None:
+        store.schedules.reschedule(existing.id, at)
+        campaign = store.campaigns.get(existing.id)
+    else:
+        campaign, _ = open_campaign(store, prepared, config.secret, audience=audience, send_at=at)
+    try:
+        check_approvals(store, audience, prepared.identity, str(prepared.issue_path), prepared.files)
+    except MailerError as exc:
+        notes.append(f"it will not start without its approvals: {exc}")
+    total = store.audiences.count(audience)
+    return SendSummary(campaign.id, total, {}, warnings=notes, scheduled=at)
 
 
 async def deliver_campaign(
@@ -243,16 +354,18 @@ async def retry_campaign(
     *,
     due_only: bool = False,
     failed: bool = False,
+    now: datetime | None = None,
 ) -> SendSummary:
     """Send again to deferred recipients (all of them, or with `due_only` those whose backoff has passed, without
-    waiting for the others), and with `failed` to the failed ones too."""
+    waiting for the others), and with `failed` to the failed ones too. `now` is when "due" is judged (the
+    runner's clock)."""
     started = time.monotonic()
     campaign = store.campaigns.get(campaign_ref)
     refuse_cancelled(campaign)
     template = template_for_campaign(store, campaign, config.base_url, config.secret, dkim_signer(config))
     if due_only:
         options = replace(options, max_wait=0.0)  # keep to the schedule: what is not due waits for its time
-        if not failed and not store.deliveries.count_due(campaign.id, stamp()):
+        if not failed and not store.deliveries.count_due(campaign.id, stamp(now)):
             counts = store.deliveries.counts(campaign.id)
             earliest = store.deliveries.next_retry(campaign.id)
             note = f"nothing is due yet; the next retry time is {earliest}" if earliest else "nothing is due"
@@ -274,7 +387,7 @@ async def retry_campaign(
                 f"{requeued} failed recipient(s) queued again"
                 + (f"; {left} left failed: unsubscribed or suppressed since" if left else "")
             )
-        store.deliveries.requeue_due(campaign.id, stamp() if due_only else None)
+        store.deliveries.requeue_due(campaign.id, stamp(now) if due_only else None)
         return notes
 
     return await deliver_campaign(

@@ -53,6 +53,42 @@ def create_list(store: Store, name: str, title: str, from_addr: str, reply_to: s
     return store.lists.create(name, clean_header_text(title), clean_header_text(from_addr), reply_to, lang)
 
 
+def update_list(
+    store: Store,
+    name: str,
+    *,
+    title: str | None = None,
+    from_addr: str | None = None,
+    reply_to: str | None = None,
+    lang: str | None = None,
+    require_approval: int | None = None,
+    tz: str | None = None,
+) -> MailingList:
+    """Change what is given of a list's settings, each checked as `lists create` checks it."""
+    from mailer.schedule import timezone
+
+    changes: dict[str, object] = {}
+    if title is not None:
+        changes["title"] = clean_header_text(title)
+    if from_addr is not None:
+        if from_addr:
+            parse_from(from_addr)
+        changes["from_addr"] = clean_header_text(from_addr)
+    if reply_to is not None:
+        changes["reply_to"] = normalise_address(reply_to) if reply_to else ""
+    if lang is not None:
+        if lang not in tuple(Lang):
+            raise UsageError(f"--lang must be one of {', '.join(Lang)}, not {lang!r}")
+        changes["lang"] = lang
+    if require_approval is not None:
+        changes["require_approval"] = require_approval
+    if tz is not None:
+        if tz:
+            timezone(tz)
+        changes["tz"] = tz
+    return store.lists.update(name, changes)
+
+
 def add_subscriber(store: Store, list_name: str, email: str, name: str = "") -> tuple[Subscriber, bool]:
     """Add (or update the name of) one subscriber; True when newly added."""
     mailing_list = store.lists.get(list_name)

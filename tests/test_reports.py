@@ -123,8 +123,9 @@ def test_campaigns_show_prints_bars_sparkline_replies_and_domains(store: Store, 
     assert shown.returncode == 0, shown.stderr
     assert "█" in shown.stdout and "qq.com" in shown.stdout and "try again later" in shown.stdout
     assert any(ch in shown.stdout for ch in "▁▂▃▄▅▆▇")
-    as_json = json.loads(run_cli("campaigns", "show", str(big), "--json").stdout)
-    assert as_json["id"] == big and as_json["counts"]["sent"] > 1500
+    [as_json] = json.loads(run_cli("campaigns", "show", str(big), "--json").stdout)  # an array, as every --json
+    assert as_json["id"] == big and as_json["counts"]["sent"] > 1500 and as_json["audience"] == "list big"
+    assert as_json["replies"][0]["reply"] == "451 4.7.1 try again later from ip" and len(as_json["domains"]) == 8
     missing = run_cli("campaigns", "show", "999")
     assert missing.returncode == 1 and missing.stderr.startswith("error: no campaign")
 

@@ -3,6 +3,7 @@ its rows; the views answer what ops ask; the store is a context manager on an in
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,10 +169,72 @@ ALTER TABLE campaigns ADD COLUMN state TEXT NOT NULL DEFAULT 'sending';
 UPDATE campaigns SET state = CASE WHEN cancelled IS NOT NULL THEN 'cancelled' WHEN finished IS NOT NULL THEN 'finished'
 ELSE 'sending' END;
 """,
-    9: "",  # issue 13's step, merged on its own branch
+    9: "",
+    10: "",  # main released 9 and 10 empty
+    # Issue 15: public and archived lists, per-address preferences, link requests, joins, web editions.
+    11: """
+ALTER TABLE lists ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lists ADD COLUMN archive INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN web_edition TEXT;
+ALTER TABLE campaigns ADD COLUMN archive_slug TEXT;
+CREATE TABLE people (
+    email TEXT PRIMARY KEY,
+    lang TEXT NOT NULL DEFAULT '',
+    links_valid_from INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
+CREATE TABLE link_requests (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mailed INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL
+);
+CREATE INDEX link_requests_email ON link_requests (email, at);
+CREATE INDEX link_requests_client ON link_requests (client, at);
+CREATE TABLE joins (
+    id INTEGER PRIMARY KEY,
+    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+    source TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX campaigns_archive_slug ON campaigns (list_id, archive_slug) WHERE archive_slug IS NOT NULL;
+""",
+    # Issue 13: audiences (several lists, segments), scheduled starts, saved segments and approvals; a campaign's
+    # identity is its audience and the issue's own content.
+    12: """
+ALTER TABLE lists ADD COLUMN require_approval INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lists ADD COLUMN tz TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN audience TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN audience_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN look_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE campaigns ADD COLUMN send_at TEXT;
+ALTER TABLE deliveries ADD COLUMN list_id INTEGER;
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    expr TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE approvals (
+    id INTEGER PRIMARY KEY,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    content_hash TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    files TEXT NOT NULL DEFAULT '{}',
+    by_name TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL,
+    UNIQUE (list_id, content_hash, by_name)
+);
+CREATE INDEX approvals_path ON approvals (list_id, issue_path, at);
+CREATE INDEX campaigns_audience ON campaigns (audience_key, content_hash) WHERE is_test = 0;
+CREATE INDEX campaigns_due ON campaigns (state, send_at);
+""",
     # The ops console: the audit of operators' actions, the indexes its pages read at a million deliveries, and the
     # tallies kept by triggers.
-    10: """
+    13: """
 ALTER TABLE deliveries ADD COLUMN domain TEXT GENERATED ALWAYS AS (substr(email, instr(email, '@') + 1)) VIRTUAL;
 CREATE INDEX deliveries_campaign ON deliveries (campaign_id);
 CREATE INDEX deliveries_domain ON deliveries (campaign_id, domain);
@@ -261,35 +324,6 @@ CREATE TRIGGER deliveries_tally_delete AFTER DELETE ON deliveries BEGIN
         AND campaign_id = OLD.campaign_id AND smtp_code = COALESCE(OLD.smtp_code, 0) AND smtp_reply = OLD.smtp_reply
         AND status = OLD.status;
 END;
-""",
-    # Issue 15: public and archived lists, per-address preferences, link requests, joins, web editions.
-    11: """
-ALTER TABLE lists ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE lists ADD COLUMN archive INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE campaigns ADD COLUMN web_edition TEXT;
-ALTER TABLE campaigns ADD COLUMN archive_slug TEXT;
-CREATE TABLE people (
-    email TEXT PRIMARY KEY,
-    lang TEXT NOT NULL DEFAULT '',
-    links_valid_from INTEGER NOT NULL DEFAULT 0,
-    updated TEXT NOT NULL
-);
-CREATE TABLE link_requests (
-    id INTEGER PRIMARY KEY,
-    email TEXT NOT NULL,
-    client TEXT NOT NULL,
-    mailed INTEGER NOT NULL DEFAULT 0,
-    at TEXT NOT NULL
-);
-CREATE INDEX link_requests_email ON link_requests (email, at);
-CREATE INDEX link_requests_client ON link_requests (client, at);
-CREATE TABLE joins (
-    id INTEGER PRIMARY KEY,
-    subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
-    source TEXT NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE UNIQUE INDEX campaigns_archive_slug ON campaigns (list_id, archive_slug) WHERE archive_slug IS NOT NULL;
 """,
 }
 
@@ -382,6 +416,17 @@ def test_the_released_steps_are_what_the_migrations_make(tmp_path: Path) -> None
     frozen_shape = _shape(frozen)
     frozen_shape.pop("views")
     assert shape == frozen_shape
+
+
+def test_a_campaign_of_schema_8_keeps_its_identity_as_the_rendered_output_and_gets_its_audience(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    _old_database(old, 8)
+    with Store.open(old, must_exist=False) as store:
+        store.init()
+        campaign = store.campaigns.get(1)
+        assert (campaign.content_hash, campaign.look_hash, campaign.audience_key) == ("rendered:h", "h", "1|")
+        assert json.loads(campaign.audience) == {"lists": ["bulletin"], "where": "", "segment": ""}
+        assert store.campaigns.find(store.lists.get("bulletin").id, "new identity", "h") == campaign
 
 
 def test_a_campaign_of_schema_7_gets_the_state_its_stamps_say(tmp_path: Path) -> None:

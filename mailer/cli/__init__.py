@@ -5,6 +5,7 @@
     lists.py      init, lists          subs.py       subs, unsubscribe, suppressions
     sending.py    render, send, retry  campaigns.py  campaigns, log
     inbound.py    serve, bounces       tools.py      dkim, doctor, preview
+    lifecycle.py  segments, approve, run, campaigns show/reschedule
     workspace.py  new, demo            app.py        every command on the app, in --help order
 
 The only package that prints, reads stdin, runs the event loop or decides an exit code; human output goes through

@@ -9,7 +9,7 @@ import importlib
 
 from mailer.cli.common import app
 
-COMMAND_MODULES = ("lists", "subs", "sending", "campaigns", "inbound", "tools", "workspace")
+COMMAND_MODULES = ("lists", "subs", "sending", "campaigns", "lifecycle", "inbound", "tools", "workspace")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mailer.cli.{_name}")
 

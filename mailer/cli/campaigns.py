@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from mailer.audience import audience_lists
 from mailer.cli.common import (
     JsonOpt,
     app,
@@ -19,9 +20,8 @@ from mailer.cli.common import (
     stream_json,
     table,
 )
-from mailer.cli.report import show_report
 from mailer.cli.shell import environment, out, say
-from mailer.models import DeliveryStatus
+from mailer.models import CampaignState, DeliveryStatus
 
 
 @campaigns_app.command("ls")
@@ -37,7 +37,10 @@ def campaigns_ls(
     with open_store(ctx) as store:
         rows = store.campaigns.with_counts(include_tests=tests)
     if as_json:
-        print_json([dataclasses.asdict(r) for r in rows])
+        # the audience as an object: {"lists": [...], "where": "...", "segment": "..."}
+        print_json(
+            [{**dataclasses.asdict(r), "audience": json.loads(r.audience) if r.audience else None} for r in rows]
+        )
         return
     table(
         ["id", "issue", "list", "state", "created", "counts"],
@@ -45,8 +48,8 @@ def campaigns_ls(
             [
                 r.id,
                 r.issue + (" (test)" if r.test else ""),
-                r.list,
-                r.state,
+                ", ".join(audience_lists(r.audience)) or r.list,
+                f"{r.state} for {r.send_at}" if r.state == CampaignState.SCHEDULED else r.state,
                 r.created,
                 ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())),
             ]
@@ -117,26 +120,6 @@ def campaigns_resume(
     )
 
 
-@campaigns_app.command("show")
-def campaigns_show(
-    ctx: typer.Context,
-    campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as a JSON object on stdout.")] = False,
-) -> None:
-    """A campaign at a glance: counts as a bar, the send rate, the top SMTP replies and receiving domains.
-
-    Example: mailer campaigns show 1
-    """
-    from mailer.campaign_report import campaign_report
-
-    with open_store(ctx) as store:
-        report = campaign_report(store, campaign)
-    if as_json:
-        environment().stdout.write(json.dumps(report.as_json(), ensure_ascii=False, indent=2) + "\n")
-        return
-    show_report(report)
-
-
 LOG_COLUMNS = ["email", "status", "attempts", "smtp_code", "smtp_reply", "message_id", "queued", "updated"]
 
 
@@ -160,6 +143,8 @@ def log(
     if status and status not in tuple(DeliveryStatus):
         raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
     wanted = DeliveryStatus(status) if status else None
+    from mailer.campaign import stored_audience
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         if as_json:
@@ -185,7 +170,7 @@ def log(
                     [r.email, r.status, r.attempts, r.smtp_code, r.smtp_reply[:60], r.message_id, r.updated]
                     for r in rows
                 ],
-                title=f"campaign {found.id}: {found.subject}",
+                title=f"campaign {found.id}: {found.subject} ({stored_audience(store, found).describe()})",
             )
             if total > len(rows):
                 which = f" {wanted}" if wanted else ""

@@ -44,7 +44,10 @@ subs_app = typer.Typer(help="Subscribers of a list.\n\nExample: mailer subs ls -
 
 
 campaigns_app = typer.Typer(
-    help="Campaigns (one per issue and list).\n\nExample: mailer campaigns ls", no_args_is_help=True
+    help="Campaigns (one per issue and audience).\n\nExample: mailer campaigns ls", no_args_is_help=True
+)
+segments_app = typer.Typer(
+    help="Saved segments: part of a list by its attributes.\n\nExample: mailer segments ls", no_args_is_help=True
 )
 bounces_app = typer.Typer(
     help="Returned mail: bounces, complaints, mailto unsubscribes.\n\nExample: mailer bounces scan bounces.mbox",
@@ -72,12 +75,30 @@ app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(bounces_app, name="bounces")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(suppressions_app, name="suppressions")
+app.add_typer(segments_app, name="segments")
 app.add_typer(archive_app, name="archive")
 app.add_typer(ops_app, name="ops")
 T = TypeVar("T")
 
 
 ListOpt = Annotated[str, typer.Option("--list", "-l", help="List name.")]
+
+
+ListsOpt = Annotated[
+    list[str], typer.Option("--list", "-l", help="List name; give it again for several lists (each address once).")
+]
+
+
+WhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--where",
+        help='Only subscribers matching this expression, e.g. \'地区 in ("北京", "重庆") and domain = "example.org"\'.',
+    ),
+]
+
+
+SegmentOpt = Annotated[str | None, typer.Option("--segment", help="Only the subscribers of this saved segment.")]
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON array on stdout.")]
@@ -226,7 +247,9 @@ class RichProgress:
 def summary_line(summary: SendSummary) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to send"
     if summary.dry_run:
-        return f"dry run: would send to {summary.total} recipients; nothing was sent"
+        sample = f" (e.g. {', '.join(summary.sample)})" if summary.sample else ""
+        target = f" of {summary.audience}" if summary.audience else ""
+        return f"dry run: would send to {summary.total} recipients{target}{sample}; nothing was sent"
     if summary.test:
         return (
             f"test message (campaign {summary.campaign_id}, not counted in the issue's): {counts} in "

@@ -24,6 +24,11 @@ from mailer.cli.shell import out
 from mailer.config import ensure_secret
 from mailer.store import Store
 
+ApprovalsOpt = Annotated[
+    int | None, typer.Option("--require-approval", min=0, max=100, help="Approvals a send to it needs (0: none).")
+]
+TzOpt = Annotated[str | None, typer.Option("--tz", help="Time zone of its --at times, e.g. Asia/Shanghai.")]
+
 
 @app.command()
 def init(ctx: typer.Context) -> None:
@@ -45,16 +50,95 @@ def lists_create(
     from_: Annotated[str, typer.Option("--from", help='From header, "Name <addr>".')] = "",
     reply_to: Annotated[str, typer.Option("--reply-to", help="Reply-To address.")] = "",
     lang: Annotated[str, typer.Option(help="Language of the list's pages and defaults: zh or en.")] = "zh",
+    require_approval: ApprovalsOpt = None,
+    tz: TzOpt = None,
 ) -> None:
     """Create a mailing list.
 
     Example: mailer lists create bulletin --title 知识产权运营简报 --from "简报 <news@example.org>" --lang zh
     """
-    from mailer.subscriptions import create_list
+    from mailer.schedule import timezone
+    from mailer.subscriptions import create_list, update_list
 
     with open_store(ctx) as store:
+        if tz:
+            timezone(tz)  # a misspelt zone creates nothing
         created = create_list(store, name, title, from_, reply_to, lang)
+        if require_approval is not None or tz is not None:
+            update_list(store, name, require_approval=require_approval, tz=tz)
     out().print(f"created list {created.name}")
+
+
+class Switch(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+def _switch(value: Switch | None) -> bool | None:
+    return None if value is None else value is Switch.ON
+
+
+@lists_app.command("update")
+def lists_update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The list's name.")],
+    title: Annotated[str | None, typer.Option(help="Title shown to subscribers.")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help='From header, "Name <addr>".')] = None,
+    reply_to: Annotated[str | None, typer.Option("--reply-to", help="Reply-To address ('' for none).")] = None,
+    lang: Annotated[str | None, typer.Option(help="zh or en.")] = None,
+    require_approval: ApprovalsOpt = None,
+    tz: TzOpt = None,
+    archive: Annotated[
+        Switch | None, typer.Option(help="Publish its past issues at /a/NAME/ with an Atom feed (default off).")
+    ] = None,
+    public: Annotated[
+        Switch | None,
+        typer.Option(help="Offer it on every subscriber's preferences page, to join in one click (default off)."),
+    ] = None,
+) -> None:
+    """Change a list's settings; what is not given stays as it is (NAME alone prints them).
+
+    Example: mailer lists update bulletin --require-approval 1 --tz Asia/Shanghai --archive on
+    """
+    from mailer.subscriptions import update_list
+
+    with open_store(ctx) as store:
+        updated = update_list(
+            store,
+            name,
+            title=title,
+            from_addr=from_,
+            reply_to=reply_to,
+            lang=lang,
+            require_approval=require_approval,
+            tz=tz,
+        )
+        updated = store.lists.set_flags(name, public=_switch(public), archive=_switch(archive))
+    approvals = f"{updated.require_approval} approval(s) before a send" if updated.require_approval else "no approvals"
+    out().print(
+        f"list {updated.name}: title {updated.title!r}, from {updated.from_addr!r}, lang {updated.lang}, "
+        f"{approvals}, time zone {updated.tz or 'of mailer.toml (else UTC)'}, "
+        f"archive {'on' if updated.archive else 'off'}, public {'on' if updated.public else 'off'}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@lists_app.command("delete")
+def lists_delete(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The list's name.")],
+    force: Annotated[bool, typer.Option("--force", help="Also delete its campaigns and their delivery log.")] = False,
+) -> None:
+    """Delete a list and its subscribers (refused while it has campaigns, unless --force).
+
+    Example: mailer lists delete old-list
+    """
+    with open_store(ctx) as store:
+        subscribers, campaigns = store.lists.delete(name, force=force)
+    out().print(
+        f"deleted list {name}: {subscribers} subscriber(s), {campaigns} campaign(s)", markup=False, highlight=False
+    )
 
 
 @lists_app.command("ls")
@@ -76,46 +160,16 @@ def lists_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     "created": r.created,
                     "active": r.active,
                     "total": r.total,
+                    "require_approval": r.require_approval,
+                    "tz": r.tz,
                 }
                 for r in rows
             ]
         )
         return
     table(
-        ["name", "title", "from", "lang", "active", "total"],
-        [[r.name, r.title, r.from_addr, r.lang, r.active, r.total] for r in rows],
-    )
-
-
-class Switch(StrEnum):
-    ON = "on"
-    OFF = "off"
-
-
-def _switch(value: Switch | None) -> bool | None:
-    return None if value is None else value is Switch.ON
-
-
-@lists_app.command("update")
-def lists_update(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The list to change.")],
-    archive: Annotated[
-        Switch | None, typer.Option(help="Publish its past issues at /a/NAME/ with an Atom feed (default off).")
-    ] = None,
-    public: Annotated[
-        Switch | None,
-        typer.Option(help="Offer it on every subscriber's preferences page, to join in one click (default off)."),
-    ] = None,
-) -> None:
-    """Change a list's settings; what is not given stays as it is.
-
-    Example: mailer lists update bulletin --archive on --public on
-    """
-    with open_store(ctx) as store:
-        changed = store.lists.set_flags(name, public=_switch(public), archive=_switch(archive))
-    out().print(
-        f"list {changed.name}: archive {'on' if changed.archive else 'off'}, public {'on' if changed.public else 'off'}"
+        ["name", "title", "from", "lang", "active", "total", "approvals"],
+        [[r.name, r.title, r.from_addr, r.lang, r.active, r.total, r.require_approval or ""] for r in rows],
     )
 
 

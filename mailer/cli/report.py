@@ -1,5 +1,6 @@
-"""`mailer campaigns show` on a terminal: a campaign's summary (campaign_report) as rich renders it: the counts as
-a coloured bar with its legend, the send rate as a sparkline, the top replies and domains as tables.
+"""`mailer campaigns show` on a terminal, after the campaign's details (lifecycle.details_lines): how its sending
+went as rich renders it: the counts as a coloured bar with its legend, the send rate as a sparkline, the top replies
+and domains as tables.
 
 Printing only; the summary is campaign_report.py's, the same one the ops console shows."""
 
@@ -33,9 +34,7 @@ def status_bar(counts: dict[str, int], width: int = BAR_WIDTH) -> Text:
 
 def show_report(report: CampaignReport) -> None:
     console = out()
-    lists = ", ".join(report.lists)
-    say(console, clean_header_text(f"campaign {report.id}: {report.subject} ({report.issue}, to {lists})"))
-    say(console, f"state {report.state}; {report.done} of {report.total} done ({report.progress:.1%})")
+    say(console, f"done: {report.done} of {report.total} ({report.progress:.1%})")
     console.print(status_bar(report.counts))
     if report.timeline:
         unit = "minute" if report.bucket_minutes == 1 else f"{report.bucket_minutes} minutes"

@@ -4,15 +4,18 @@ waits. Commands only: the services are sample.py and send.py."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mailer.cli.common import (
-    ListOpt,
+    ListsOpt,
     RichProgress,
+    SegmentOpt,
     TemplatesOpt,
+    WhereOpt,
     app,
     finish_send,
     open_store,
@@ -40,6 +43,8 @@ def render(
     ),
     list_name: Annotated[str | None, typer.Option("--list", "-l", help="Render for this list's settings.")] = None,
     templates: TemplatesOpt = None,
+    where: WhereOpt = None,
+    segment: SegmentOpt = None,
 ) -> None:
     """Render an issue to HTML, plain text and a sample .eml.
 
@@ -54,7 +59,7 @@ def render(
 
     with open_store_for(config, list_name) as store:
         try:
-            paths = render_to_dir(issue, output, config, store, list_name, warn)
+            paths = render_to_dir(issue, output, config, store, list_name, warn, (where, segment))
         except OSError as exc:
             raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
     for path in paths:
@@ -65,7 +70,7 @@ def render(
 def send(
     ctx: typer.Context,
     issue: Annotated[Path, typer.Argument(help="The issue: Markdown with front matter.")],
-    list_name: ListOpt,
+    lists: ListsOpt,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and count recipients; send nothing.")] = False,
     test: Annotated[str | None, typer.Option("--test", help="Send one test message to this address only.")] = None,
     concurrency: ConcurrencyOpt = None,
@@ -81,13 +86,33 @@ def send(
     smtp_host: Annotated[str | None, typer.Option(help="SMTP host (env MAILER_SMTP_HOST).")] = None,
     smtp_port: Annotated[int | None, typer.Option(min=1, max=65535, help="SMTP port (env MAILER_SMTP_PORT).")] = None,
     templates: TemplatesOpt = None,
+    where: WhereOpt = None,
+    segment: SegmentOpt = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help='Schedule it: "2026-12-05 09:00" (in --tz), ISO 8601 with an offset, or now; mailer run sends it.',
+        ),
+    ] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option("--tz", help="Time zone of --at, e.g. Asia/Shanghai (default: the list's, mailer.toml's, UTC)."),
+    ] = None,
+    include_new: Annotated[
+        bool,
+        typer.Option("--include-new", help="For a finished campaign: send it to who joined or started matching since."),
+    ] = False,
 ) -> None:
-    """Send an issue to a list (running it again resumes the same campaign).
+    """Send an issue to one or more lists, or to part of them (running it again resumes the same campaign).
 
     Example: mailer send issues/sample.md --list bulletin --test me@example.org
     """
     from mailer.addresses import normalise_address
+    from mailer.clock import utcnow
     from mailer.engine import SendOptions
+    from mailer.runner import zone_for
+    from mailer.schedule import describe, parse_send_at
     from mailer.send import send_issue
     from mailer.smtp import relays
 
@@ -95,8 +120,10 @@ def send(
         # From cron or a script nobody can answer the question: mailing a whole list takes saying so.
         raise UsageError(
             f"mailer send asks before mailing a list, and stdin is not a terminal: add --yes to send "
-            f"{issue} to list {list_name} (or --dry-run, or --test EMAIL); nothing was sent"
+            f"{issue} to list {', '.join(lists)} (or --dry-run, or --test EMAIL); nothing was sent"
         )
+    if at is not None and (dry_run or test):
+        raise UsageError("--at schedules a real send: leave out --dry-run and --test")
     config = settings(ctx, templates)
     options = SendOptions.for_config(
         config,
@@ -108,21 +135,58 @@ def send(
         workers=workers,
     )
     with open_store(ctx) as store:
+        zone = zone_for(store, config, lists[0] if lists else None, tz)
+        send_at = parse_send_at(at, zone, utcnow()) if at and at.strip().lower() != "now" else None
+        smtp = relays(config, smtp_host, smtp_port)
         if not (dry_run or test or yes):
-            total = store.subscribers.count_recipients(store.lists.get(list_name).id)
-            if not typer.confirm(f"Send {issue} to {total} recipients of {list_name}?"):
+            counted = run_service(
+                send_issue(
+                    store,
+                    config,
+                    issue,
+                    lists,
+                    replace(options, dry_run=True),
+                    smtp,
+                    where=where,
+                    segment=segment,
+                    include_new=include_new,
+                )
+            )
+            when = f" at {describe(send_at, zone)}" if send_at else ""
+            if not typer.confirm(f"Send {issue} to {counted.total} recipients of {counted.audience}{when}?"):
                 raise typer.Exit(ExitCode.ERROR)
         stop = asyncio.Event()
         progress = RichProgress(err().is_terminal and not dry_run)
         try:
             summary = run_service(
                 send_issue(
-                    store, config, issue, list_name, options, relays(config, smtp_host, smtp_port), progress, stop
+                    store,
+                    config,
+                    issue,
+                    lists,
+                    options,
+                    smtp,
+                    progress,
+                    stop,
+                    where=where,
+                    segment=segment,
+                    include_new=include_new,
+                    send_at=send_at,
                 ),
                 stop,
             )
         finally:
             progress.stop()
+    if send_at is not None:
+        for warning in summary.warnings:
+            err().print(f"warning: {warning}", markup=False, highlight=False)
+        out().print(
+            f"campaign {summary.campaign_id} scheduled for {describe(send_at, zone)}: {summary.total} recipient(s) "
+            "match now (who they are is settled when it starts); 'mailer run' sends it",
+            markup=False,
+            highlight=False,
+        )
+        return
     finish_send(summary)
 
 

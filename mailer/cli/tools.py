@@ -9,7 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from mailer.cli.common import (
+    SegmentOpt,
     TemplatesOpt,
+    WhereOpt,
     app,
     dkim_app,
     open_store_for,
@@ -88,6 +90,8 @@ def preview(
         bool, typer.Option("--offline", help="Load no remote images (as a client that blocks them shows the issue).")
     ] = False,
     templates: TemplatesOpt = None,
+    where: WhereOpt = None,
+    segment: SegmentOpt = None,
 ) -> None:
     """Screenshots of the issue as a recipient sees it (1200 px desktop, 390 px mobile) and what mail clients break.
 
@@ -107,7 +111,7 @@ def preview(
                     err().print(f"warning: {warning}", markup=False, highlight=False)
                 err().print(f"rendered {issue} (version {live.version})", markup=False, highlight=False)
 
-            live = live_preview(issue, config, store, list_name, report)
+            live = live_preview(issue, config, store, list_name, report, (where, segment))
             if live.message is None:
                 raise MailerError(live.error)
             serve_live_preview(
@@ -118,7 +122,7 @@ def preview(
                 ),
             )
             return
-        result = preview_issue(issue, output, config, store, list_name, offline=offline)
+        result = preview_issue(issue, output, config, store, list_name, offline=offline, segment=(where, segment))
         assert result.screenshots is not None
         for path in (result.screenshots.desktop, result.screenshots.mobile):
             out().print(f"wrote {path}", markup=False, highlight=False)

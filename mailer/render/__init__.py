@@ -93,7 +93,8 @@ IMAGE_MODES = ("url", "cid")
 
 
 # Front-matter fields mailer itself reads; any other field is for the layout (editor, reviewer, ...).
-FRONT_MATTER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images", "attachments")
+_MAILER_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug", "images", "attachments")
+FRONT_MATTER_FIELDS = (*_MAILER_FIELDS, "segment")  # segment: read by mailer send (send.py), not here
 TEXT_FIELDS = ("subject", "preheader", "issue", "date", "from", "lang", "slug")  # one value each, shown as text
 
 

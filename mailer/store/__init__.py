@@ -7,7 +7,10 @@
     signups.py       sign-up requests: rate limits and double opt-in
     people.py        one address across lists: its preferences, joins, "send me my link" requests
     archive.py       a list's archive: the web editions of the campaigns that reached someone
-    campaigns.py     campaigns: the snapshot of an issue and its recipients, cancelling
+    campaigns.py     campaigns: the snapshot of an issue and its recipients, scheduling, cancelling
+    audiences.py     who an audience (lists, a segment) reaches, evaluated in SQLite; saved segments
+    approvals.py     who approved which exact content for a list
+    schedules.py     when campaigns go: scheduled starts, top-ups, what is due for `mailer run`
     leases.py        one sender per campaign: who holds it and whether that process lives
     deliveries.py    each recipient's status and history: the engine's hot path
     reports.py       what ops read at scale: a campaign's aggregates, keyset pages, one person's history, totals
@@ -31,7 +34,9 @@ import sqlite_utils
 
 from mailer.clock import Clock, stamp, utcnow
 from mailer.store import schema
+from mailer.store.approvals import Approval, Approvals
 from mailer.store.archive import Archive, ArchivedIssue
+from mailer.store.audiences import Audiences, Segment, register_functions
 from mailer.store.audit import Audit, AuditEntry
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreWriteError, Transaction, connect, describe_database_error
@@ -40,6 +45,7 @@ from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
 from mailer.store.people import People, Person
 from mailer.store.reports import PersonDelivery, Reports
+from mailer.store.schedules import Schedules
 from mailer.store.signups import Signups
 from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
 
@@ -47,6 +53,7 @@ DatabaseError = sqlite3.Error  # what SQLite raises, for the shell to name witho
 
 __all__ = [
     "CHUNK",
+    "Approval",
     "ArchivedIssue",
     "AuditEntry",
     "CampaignSummary",
@@ -58,6 +65,7 @@ __all__ = [
     "Partition",
     "Person",
     "PersonDelivery",
+    "Segment",
     "Store",
     "StoreWriteError",
     "Suppression",
@@ -72,8 +80,8 @@ class Store:
     """One mailer database file. `with Store.open(path) as store:`; `init()` creates or migrates the schema.
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
-    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.people`,
-    `store.archive`, `store.reports`, `store.audit`."""
+    `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.audiences`,
+    `store.approvals`, `store.schedules`, `store.people`, `store.archive`, `store.reports`, `store.audit`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -92,6 +100,10 @@ class Store:
         self.audit = Audit(self)
         self.people = People(self)
         self.archive = Archive(self)
+        self.audiences = Audiences(self)
+        self.approvals = Approvals(self)
+        self.schedules = Schedules(self)
+        register_functions(conn)
 
     @classmethod
     def open(cls, path: Path, *, must_exist: bool = True, clock: Clock = utcnow) -> Store:

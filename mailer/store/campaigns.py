@@ -1,5 +1,6 @@
-"""Campaigns: an issue rendered for a list, written with the snapshot of its recipients (active, not suppressed)
-before the first message leaves; found again by list and content to resume; cancelled for good.
+"""Campaigns: an issue rendered for an audience (lists, a segment), written with the snapshot of its recipients
+(active, not suppressed, matching) before the first message leaves (or, scheduled, when it starts: schedules.py);
+found again by audience and content to resume; cancelled for good.
 
 Must not send or render; the content arrives rendered (campaign.py) and deliveries.py moves each recipient."""
 
@@ -10,14 +11,17 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from mailer.audience import Audience
 from mailer.errors import CampaignBusy, CampaignHeld, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, CampaignState, DeliveryStatus, Subscriber
 from mailer.store.connection import Repository
 from mailer.store.leases import check_holder, lease_owner
 
 _COLUMNS = (
-    "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled, state, archive_slug"
+    "id, list_id, slug, subject, issue_path, content_hash, created, is_test, finished, cancelled, state, audience, "
+    "audience_key, look_hash, send_at, archive_slug"
 )
+_LIVE = "('queued', 'sending')"  # recipients a campaign is in the middle of (deferred ones wait for retries)
 
 
 def _campaign(row: dict[str, Any]) -> Campaign:
@@ -55,44 +59,30 @@ class CampaignSummary:
     cancelled: str | None
     state: CampaignState
     counts: dict[str, int]
+    send_at: str | None = None
+    audience: str = ""
 
 
 class Campaigns(Repository):
-    def find(self, list_id: int, content_hash: str) -> Campaign | None:
-        """The campaign that sends this content to this list: what is sent names a campaign, not the issue's
-        file name (the latest one, should a database from before schema 5 hold two)."""
-        return self._first(
-            "list_id = ? AND content_hash = ? AND is_test = 0 ORDER BY id DESC LIMIT 1", (list_id, content_hash)
-        )
+    def audience(self, target: Audience | int) -> Audience:
+        """An audience, or the whole of one list given by its id."""
+        if isinstance(target, Audience):
+            return target
+        return Audience((target,), (self.store.lists.by_id(target).name,))
 
-    def unfinished(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> Campaign | None:
-        """A campaign of the same issue (name or file) with other content that still has recipients to send."""
+    def find(self, target: Audience | int, content_hash: str, look_hash: str = "") -> Campaign | None:
+        """The campaign that sends this content to this audience: what is sent and to whom name a campaign, not
+        the issue's file name, nor its look (the latest one, should a database from before schema 5 hold two). A
+        campaign from before schema 12 is known by the rendered output it was made from (`look_hash`)."""
         return self._first(
-            "list_id = ? AND is_test = 0 AND cancelled IS NULL AND content_hash <> ? AND (slug = ? OR issue_path = ?) "
-            "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = campaigns.id "
-            "AND d.status IN ('queued', 'sending', 'deferred')) ORDER BY id",
-            (list_id, content_hash, slug, issue_path),
+            "audience_key = ? AND content_hash IN (?, ?) AND is_test = 0 ORDER BY id DESC LIMIT 1",
+            (self.audience(target).key, content_hash, f"rendered:{look_hash}"),
         )
 
     def _first(self, condition: str, args: tuple[Any, ...]) -> Campaign | None:
         for row in self.store.db.query(f"SELECT {_COLUMNS} FROM campaigns WHERE {condition}", args):
             return _campaign(row)
         return None
-
-    def check_new_content(self, list_id: int, slug: str, issue_path: str, content_hash: str) -> None:
-        """Refuse new content under the name or file of a campaign that is not finished: that campaign would
-        otherwise be resumed with content the editor no longer sees, or mixed with the new one."""
-        if self.find(list_id, content_hash) is not None:
-            return
-        unfinished = self.unfinished(list_id, slug, issue_path, content_hash)
-        if unfinished is not None:
-            raise MailerError(
-                f"{issue_path} is not what campaign {unfinished.id} sends to this list ({unfinished.issue_path}, "
-                f"issue '{unfinished.slug}', other content), and that campaign is not finished "
-                f"({self.store.deliveries.waiting(unfinished.id)} recipient(s) still to send): finish it as it was "
-                f"snapshotted with 'mailer retry {unfinished.id}', or cancel it with 'mailer campaigns cancel "
-                f"{unfinished.id}' and send again (a new campaign mails the whole list)"
-            )
 
     def get(self, ref: str | int) -> Campaign:
         """A campaign by id, or by the issue's slug when that names one campaign."""
@@ -119,7 +109,7 @@ class Campaigns(Repository):
 
     def create(
         self,
-        list_id: int,
+        target: Audience | int,
         slug: str,
         subject: str,
         issue_path: str,
@@ -127,28 +117,34 @@ class Campaigns(Repository):
         rendered: dict[str, Any],
         salt: str,
         *,
+        look_hash: str = "",
+        send_at: str | None = None,
         is_test: bool = False,
         test_recipient: Subscriber | None = None,
         web_edition: str | None = None,
     ) -> Campaign:
-        """Write the campaign and its recipient snapshot (active, not suppressed) in one transaction.
+        """Write the campaign and its recipient snapshot (active, not suppressed, matching) in one transaction; a
+        scheduled one (`send_at`) gets its snapshot when it starts (begin).
 
-        For a real send, the campaign of this content and list is returned if it exists (another process may have
-        created it first: the check and the insert share one write transaction, so two senders never make two);
-        see check_new_content for what is refused. `web_edition`: the issue rendered for a neutral reader, archived
-        under the issue's slug (`slug-2`, ... when the list's archive has that name already)."""
+        For a real send, the campaign of this content and audience is returned if it exists (another process may
+        have created it first: the check and the insert share one write transaction, so two senders never make
+        two); see check_new_content for what is refused. `web_edition`: the issue rendered for a neutral reader,
+        archived under the issue's slug (`slug-2`, ... when the list's archive has that name already)."""
         now = self.store.now()
+        audience = self.audience(target)
         with self.store.transaction():
             if not is_test:
-                existing = self.find(list_id, content_hash)
+                existing = self.find(audience, content_hash, look_hash)
                 if existing is not None:
                     return existing
-                self.check_new_content(list_id, slug, issue_path, content_hash)
+                self.store.schedules.check_new_content(audience, slug, issue_path, content_hash)
+            state = CampaignState.SCHEDULED if send_at else CampaignState.SENDING
             cur = self.conn.execute(
                 "INSERT INTO campaigns (list_id, slug, subject, issue_path, content_hash, rendered, salt, is_test, "
-                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created, audience, audience_key, look_hash, send_at, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    list_id,
+                    audience.list_ids[0],
                     slug,
                     subject,
                     issue_path,
@@ -157,13 +153,18 @@ class Campaigns(Repository):
                     salt,
                     int(is_test),
                     now,
+                    audience.to_json(),
+                    audience.key if not is_test else "",
+                    look_hash,
+                    send_at,
+                    state,
                 ),
             )
             campaign_id = int(cur.lastrowid or 0)
             if web_edition is not None and not is_test:
                 self.conn.execute(
                     "UPDATE campaigns SET web_edition = ?, archive_slug = ? WHERE id = ?",
-                    (web_edition, _free_archive_slug(self.conn, list_id, slug), campaign_id),
+                    (web_edition, _free_archive_slug(self.conn, audience.list_ids[0], slug), campaign_id),
                 )
             if test_recipient is not None:
                 self.conn.execute(
@@ -179,21 +180,15 @@ class Campaigns(Repository):
                         now,
                     ),
                 )
-            else:
-                self.conn.execute(
-                    "INSERT INTO deliveries (campaign_id, subscriber_id, email, name, attrs, status, queued, updated) "
-                    "SELECT ?, s.id, s.email, s.name, s.attrs, 'queued', ?, ? FROM subscribers s "
-                    "WHERE s.list_id = ? AND s.status = 'active' "
-                    "AND s.email NOT IN (SELECT email FROM suppressions) ORDER BY s.id",
-                    (campaign_id, now, now, list_id),
-                )
+            elif not send_at:
+                self.store.audiences.snapshot(campaign_id, audience)
         return self.get(campaign_id)
 
     def with_counts(self, include_tests: bool = False) -> list[CampaignSummary]:
         where = "" if include_tests else "WHERE c.is_test = 0"
         rows = self.store.db.query(
             "SELECT c.id, c.slug AS issue, l.name AS list, c.subject, c.created, c.finished, c.is_test AS test, "
-            "c.issue_path, c.cancelled, c.state "
+            "c.issue_path, c.cancelled, c.state, c.send_at, c.audience "
             f"FROM campaigns c JOIN lists l ON l.id = c.list_id {where} ORDER BY c.id"
         )
         return [
@@ -234,6 +229,11 @@ class Campaigns(Repository):
                 )
             if state is CampaignState.CANCELLED:
                 raise MailerError(f"campaign {campaign_id} was cancelled; nothing was sent")
+            if state is CampaignState.SCHEDULED:
+                raise MailerError(
+                    f"campaign {campaign_id} is scheduled and has not started: 'mailer run' starts it at its time "
+                    f"(or move it: mailer campaigns reschedule {campaign_id} --at now); nothing was sent"
+                )
             self.conn.execute("UPDATE campaigns SET state = ? WHERE id = ?", (CampaignState.SENDING, campaign_id))
 
     def pause(self, campaign_id: int) -> None:

@@ -58,14 +58,14 @@ class Deliveries(Repository):
         last = 0
         while True:
             rows = self.conn.execute(
-                "SELECT id, subscriber_id, email, name, attrs FROM deliveries WHERE campaign_id = ? "
-                f"AND status = 'queued' AND id > ? AND id % ? = ? ORDER BY id LIMIT {CHUNK}",
+                "SELECT id, subscriber_id, email, name, attrs, COALESCE(list_id, 0) FROM deliveries "
+                f"WHERE campaign_id = ? AND status = 'queued' AND id > ? AND id % ? = ? ORDER BY id LIMIT {CHUNK}",
                 (campaign_id, last, part[1], part[0]),
             ).fetchall()
             if not rows:
                 return
-            for delivery_id, subscriber_id, email, name, attrs in rows:
-                yield Recipient(delivery_id, subscriber_id, email, name, json.loads(attrs))
+            for delivery_id, subscriber_id, email, name, attrs, list_id in rows:
+                yield Recipient(delivery_id, subscriber_id, email, name, json.loads(attrs), list_id)
                 last = delivery_id
 
     def mark_sending(self, delivery_id: int, message_id: str) -> int | None:
@@ -131,7 +131,7 @@ class Deliveries(Repository):
     # ---- a campaign's queue as a whole -------------------------------------------------------------------------
 
     def counts(self, campaign_id: int) -> dict[str, int]:
-        """Deliveries per status, from the tally the triggers keep in step (schema 10): a few rows, not a count of
+        """Deliveries per status, from the tally the triggers keep in step (schema 13): a few rows, not a count of
         a million."""
         return {
             status: n
@@ -260,7 +260,7 @@ class Deliveries(Repository):
 
     def log(self, campaign_id: int, status: DeliveryStatus | None = None) -> Iterator[LogEntry]:
         """Every recipient of a campaign (with one status) in id order, in one pass over an index that holds them in
-        that order (schema 10's deliveries_campaign, or deliveries_status): memory stays flat and nothing is sorted.
+        that order (schema 13's deliveries_campaign, or deliveries_status): memory stays flat and nothing is sorted.
         The chunked query this replaces re-sorted the whole campaign through a temporary B-tree for every 500 rows."""
         args: list[Any] = [campaign_id]
         index, extra = "deliveries_campaign", ""

@@ -1,5 +1,5 @@
-"""Mailing lists and their subscribers: create, look up, import (insert or update, never resubscribing), stream,
-count, remove, unsubscribe and confirm.
+"""Mailing lists and their subscribers: create, update, delete, look up, import (insert or update, never
+resubscribing), stream, count, remove, unsubscribe and confirm.
 
 Must not decide who is mailed (campaigns.py snapshots that) or parse addresses (addresses.py does, before)."""
 
@@ -28,6 +28,8 @@ class ListSummary:
     created: str
     active: int
     total: int
+    require_approval: int = 0
+    tz: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class UpsertCounts(NamedTuple):
     suppressed: int = 0  # new, but their address is suppressed: listed, never mailed
 
 
-_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created, public, archive"
+_LIST_COLUMNS = "id, name, title, from_addr, reply_to, lang, created, require_approval, tz, public, archive"
 
 
 def _list(row: dict[str, Any]) -> MailingList:
@@ -107,11 +109,65 @@ class Lists(Repository):
         return [
             ListSummary(**row)
             for row in self.store.db.query(
-                "SELECT l.name, l.title, l.from_addr, l.lang, l.created, "
+                "SELECT l.name, l.title, l.from_addr, l.lang, l.created, l.require_approval, l.tz, "
                 "COALESCE(SUM(s.status = 'active'), 0) AS active, COUNT(s.id) AS total "
                 "FROM lists l LEFT JOIN subscribers s ON s.list_id = l.id GROUP BY l.id ORDER BY l.name"
             )
         ]
+
+    def update(self, name: str, changes: dict[str, Any]) -> MailingList:
+        """Change a list's settings (columns of `lists`: title, from_addr, reply_to, lang, require_approval, tz)."""
+        found = self.get(name)
+        allowed = {"title", "from_addr", "reply_to", "lang", "require_approval", "tz"}
+        if set(changes) - allowed:
+            raise ValueError(f"not a list setting: {sorted(set(changes) - allowed)}")
+        if changes:
+            with self.store.transaction():
+                assignments = ", ".join(f"{column} = ?" for column in changes)  # column names from `allowed` only
+                self.conn.execute(f"UPDATE lists SET {assignments} WHERE id = ?", (*changes.values(), found.id))
+        return self.get(name)
+
+    def campaign_ids(self, list_id: int) -> list[int]:
+        """The campaigns that sent (or will send) to the list, as their first list or to some of its people."""
+        rows = self.conn.execute(
+            "SELECT id FROM campaigns WHERE list_id = ? UNION "
+            "SELECT DISTINCT campaign_id FROM deliveries WHERE list_id = ? ORDER BY 1",
+            (list_id, list_id),
+        )
+        return [campaign_id for (campaign_id,) in rows]
+
+    def delete(self, name: str, *, force: bool = False) -> tuple[int, int]:
+        """Delete a list with its subscribers, segments and approvals; with `force` also its campaigns and their
+        delivery history. Returns (subscribers, campaigns) deleted."""
+        found = self.get(name)
+        with self.store.transaction():
+            campaigns = self.campaign_ids(found.id)
+            if campaigns and not force:
+                raise MailerError(
+                    f"list {name!r} has {len(campaigns)} campaign(s) ({', '.join(map(str, campaigns[:10]))}): their "
+                    "delivery history would go with it; add --force to delete them too"
+                )
+            marks = ", ".join("?" for _ in campaigns)
+            if campaigns:
+                for sql in (
+                    "DELETE FROM delivery_events WHERE delivery_id IN "
+                    f"(SELECT id FROM deliveries WHERE campaign_id IN ({marks}))",
+                    f"DELETE FROM deliveries WHERE campaign_id IN ({marks})",
+                    f"DELETE FROM returned_mail WHERE campaign_id IN ({marks})",
+                    f"DELETE FROM campaigns WHERE id IN ({marks})",
+                ):
+                    self.conn.execute(sql, campaigns)
+            for sql in (
+                "DELETE FROM unsubscribes WHERE subscriber_id IN (SELECT id FROM subscribers WHERE list_id = ?)",
+                "DELETE FROM joins WHERE subscriber_id IN (SELECT id FROM subscribers WHERE list_id = ?)",
+                "DELETE FROM signup_requests WHERE list_id = ?",
+                "DELETE FROM segments WHERE list_id = ?",
+                "DELETE FROM approvals WHERE list_id = ?",
+            ):
+                self.conn.execute(sql, (found.id,))
+            subscribers = self.conn.execute("DELETE FROM subscribers WHERE list_id = ?", (found.id,)).rowcount
+            self.conn.execute("DELETE FROM lists WHERE id = ?", (found.id,))
+        return int(subscribers), len(campaigns)
 
 
 class Subscribers(Repository):

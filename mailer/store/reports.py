@@ -2,7 +2,7 @@
 keyset pages of its deliveries (filtered by status and domain, newest first), the whole log in one index-ordered
 pass, one person's history across lists and campaigns, and the totals /ops/metrics exposes.
 
-Read-only. The aggregates come from the tallies schema 10's triggers keep (a few rows per domain, minute and reply),
+Read-only. The aggregates come from the tallies schema 13's triggers keep (a few rows per domain, minute and reply),
 and every page of deliveries walks one index in id order (named with INDEXED BY where the planner could pick a worse
 one), so the ops console and `mailer log` answer in well under a second at 1,000,000 deliveries."""
 

@@ -105,7 +105,7 @@ async def campaign(request: Request, session: Session, lang: str) -> Response:
         report = campaign_report(store, campaign_id)
         rows = store.reports.page(campaign_id, status=status, domain=domain, before=before, limit=PAGE + 1)
         matching = store.reports.count(campaign_id, status=status, domain=domain)
-        list_lang = store.lists.get(report.lists[0]).lang if report.lists else ""
+        list_lang = store.lists.get(report.details.lists[0]).lang if report.details.lists else ""
         return report, rows, matching, list_lang
 
     try:
