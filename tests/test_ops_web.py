@@ -424,3 +424,15 @@ def test_a_pause_from_the_console_outlives_the_server(config: Config, store: Sto
             assert 'value="resume"' in page.text and 'value="pause"' not in page.text  # the buttons
             assert "campaign 1 paused" in page.text  # the audit row, read back from the database
     assert store.campaigns.state(first.campaign) is CampaignState.PAUSED
+
+
+def test_the_campaign_page_shows_its_audience_and_approvals(console: Console) -> None:
+    store = console.store
+    list_id, content_hash = store.conn.execute(
+        "SELECT list_id, content_hash FROM campaigns WHERE id = ?", (console.campaign,)
+    ).fetchone()
+    store.approvals.add(list_id, content_hash, "issue.md", {}, "王编辑", "ok to send")
+    with console.signed_in() as client:
+        page = client.get(f"/ops/campaigns/{console.campaign}", params={"lang": "en"})
+        assert "Audience: list big" in page.text
+        assert "Approved by: 王编辑 (big," in page.text
