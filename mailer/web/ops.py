@@ -208,34 +208,30 @@ class OpsConsole:
         request.state.form = form
         return session
 
-    async def campaign_action(self, request: Request) -> Response:
+    async def _posted_action(self, request: Request, allowed: tuple[Action, ...]) -> tuple[Session, Action] | Response:
+        """The session and the action of a checked POST (see _checked_post); an action not in `allowed` is 404."""
         session = await self._checked_post(request)
         if isinstance(session, Response):
             return session
-        campaign_id = request.path_params["id"]
-        try:
-            action = Action(request.path_params["action"])
-        except ValueError:
-            action = None
-        if action not in CAMPAIGN_ACTIONS:
+        name = request.path_params["action"]
+        if name not in {str(action) for action in allowed}:
             return await self.off(request)
-        actor = self.actor(request)
+        return session, Action(name)
+
+    async def campaign_action(self, request: Request) -> Response:
+        posted = await self._posted_action(request, CAMPAIGN_ACTIONS)
+        if isinstance(posted, Response):
+            return posted
+        (session, action), campaign_id, actor = posted, request.path_params["id"], self.actor(request)
         await self._act(session, lambda store: act_on_campaign(store, actor, action, campaign_id))
         return self.harden(RedirectResponse(f"/ops/campaigns/{campaign_id}", 303))
 
     async def address_action(self, request: Request) -> Response:
-        session = await self._checked_post(request)
-        if isinstance(session, Response):
-            return session
-        try:
-            action = Action(request.path_params["action"])
-        except ValueError:
-            action = None
-        if action not in ADDRESS_ACTIONS:
-            return await self.off(request)
-        form = request.state.form
+        posted = await self._posted_action(request, ADDRESS_ACTIONS)
+        if isinstance(posted, Response):
+            return posted
+        (session, action), form, actor = posted, request.state.form, self.actor(request)
         email, list_name = str(form.get("email", ""))[:254], str(form.get("list", ""))[:200]
-        actor = self.actor(request)
         await self._act(session, lambda store: act_on_address(store, actor, action, email, list_name))
         return self.harden(RedirectResponse(f"/ops/people?q={quote(email.strip().lower(), safe='@')}", 303))
 
