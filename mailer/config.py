@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from mailer.attachments import DEFAULT_LIMIT_BYTES
 from mailer.errors import ConfigError
 from mailer.models import Theme
+from mailer.passwords import PasswordHashError, check_hash
 
 TLS_MODES = ("starttls", "tls", "none")
 SECRET_KEYS = {"smtp_password", "password", "secret", "signing_secret"}
@@ -55,6 +56,12 @@ class Config:
     pause_after: int = 10  # identical permanent refusals in a row that pause a campaign as suspicious (0: never)
     lease_seconds: float = 60.0  # a sender's hold on its campaign, renewed while it runs
     stop_grace: float = 30.0  # after a stop, seconds workers have to finish their messages in flight before SIGKILL
+    # The ops console (/ops/): off unless a password is set, plain (MAILER_OPS_PASSWORD) or as the scrypt hash that
+    # `mailer ops passwd` makes, read from MAILER_OPS_PASSWORD_FILE. Both only from the environment.
+    ops_user: str = "ops"
+    ops_password: str = field(default="", repr=False)
+    ops_password_hash: str = field(default="", repr=False)
+    ops_metrics_token: str = field(default="", repr=False)  # a read-only bearer token for /ops/metrics alone
     timezone: str = ""  # of `--at` times when neither --tz nor the list says ("": UTC)
     attachment_limit: int = DEFAULT_LIMIT_BYTES  # bytes of attachments one message may carry
 
@@ -91,6 +98,9 @@ _ENV = {
     "MAILER_DKIM_KEY": ("dkim_key", str),
     "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
     "MAILER_DKIM_DOMAIN": ("dkim_domain", str),
+    "MAILER_OPS_USER": ("ops_user", str),
+    "MAILER_OPS_PASSWORD": ("ops_password", str),
+    "MAILER_OPS_METRICS_TOKEN": ("ops_metrics_token", str),
     "MAILER_ATTACHMENT_LIMIT": ("attachment_limit", int),
 }
 
@@ -212,6 +222,8 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None, 
     if config.smtp_tls not in TLS_MODES:
         raise ConfigError(f"MAILER_SMTP_TLS must be one of {', '.join(TLS_MODES)}, not {config.smtp_tls!r}")
     config = replace(config, base_url=check_base_url(config.base_url))
+    if env.get("MAILER_OPS_PASSWORD_FILE"):
+        config = replace(config, ops_password_hash=read_ops_password_file(Path(env["MAILER_OPS_PASSWORD_FILE"])))
     if env.get("MAILER_SECRET"):
         return replace(config, secret=env["MAILER_SECRET"].encode("utf-8"))
     return replace(config, secret=read_secret_file(config.secret_path))
@@ -383,6 +395,20 @@ def _templates_folder(toml_path: Path, raw: Any) -> Path | None:
     if not folder.is_dir():
         raise ConfigError(f"{toml_path}: templates = {raw!r}: no such folder ({folder})")
     return folder
+
+
+def read_ops_password_file(path: Path) -> str:
+    """The console's password hash from MAILER_OPS_PASSWORD_FILE, checked now: a typo is one line at start, not a
+    console nobody can sign in to."""
+    try:
+        stored = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"MAILER_OPS_PASSWORD_FILE {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        check_hash(stored)
+    except PasswordHashError as exc:
+        raise ConfigError(f"MAILER_OPS_PASSWORD_FILE {path}: {exc}") from None
+    return stored
 
 
 def read_secret_file(path: Path) -> bytes:

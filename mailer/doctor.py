@@ -96,6 +96,24 @@ def check_base_url(config: Config) -> Finding:
     return ok(f"base URL {url} is https")
 
 
+def check_ops_console(config: Config) -> Finding:
+    """Whether `mailer serve` has its ops console under /ops/, and how to turn it on."""
+    if not (config.ops_password or config.ops_password_hash):
+        return ok(
+            "ops console off (/ops/ answers 404); to turn it on: mailer ops passwd > ops.hash, then set "
+            "MAILER_OPS_PASSWORD_FILE=ops.hash (user MAILER_OPS_USER, default ops) and run mailer serve"
+        )
+    how = "a password hash from MAILER_OPS_PASSWORD_FILE" if config.ops_password_hash else "MAILER_OPS_PASSWORD"
+    if config.ops_password and len(config.ops_password) < 12:
+        return warning(f"ops console on with a short MAILER_OPS_PASSWORD ({len(config.ops_password)} characters)")
+    if not config.base_url.startswith("https://"):
+        return warning(
+            f"ops console on (/ops/, user {config.ops_user}, {how}), but MAILER_BASE_URL is not https: its session "
+            "cookie is not marked Secure; serve it behind HTTPS"
+        )
+    return ok(f"ops console on at {config.base_url}/ops/ (user {config.ops_user}, {how})")
+
+
 def check_dkim(config: Config, dns_lookup: DnsLookup | None = None) -> tuple[list[Finding], str | None]:
     """Key present, private (0600), parseable, 2048 bits, named for its selector; with `dns_lookup`, published.
 
@@ -236,10 +254,12 @@ async def run_checks(
     relays: Sequence[SMTPSettings],
     dns_lookup: DnsLookup | None = None,
 ) -> list[Finding]:
-    """Every check, in the order a person fixes things: database, secret, base URL, DKIM, alignment, SMTP."""
+    """Every check, in the order a person fixes things: database, secret, base URL, ops console, DKIM, alignment,
+    SMTP."""
     findings, lists = check_database(config)
     findings.append(check_secret(config))
     findings.append(check_base_url(config))
+    findings.append(check_ops_console(config))
     dkim_findings, dkim_domain = check_dkim(config, dns_lookup)
     findings += dkim_findings
     if dkim_domain:

@@ -1,5 +1,5 @@
-"""HMAC-SHA256 signed tokens for unsubscribe, confirm, preferences and VERP bounce addresses, and the key of an
-archived issue's "view in browser" link.
+"""HMAC-SHA256 signed tokens for unsubscribe, confirm, preferences and VERP bounce addresses, the key of an
+archived issue's "view in browser" link, the sign-up form, and the ops console's sessions and their CSRF field.
 
 Pure: the secret is passed in. Tokens are lowercase base32 so they survive URLs and case-folding mail systems."""
 
@@ -131,3 +131,29 @@ def check_form_token(secret: bytes, scope: str, value: str, cookie_nonce: str, n
         return False
     expected = make_form_token(secret, scope, int(issued), nonce)
     return hmac.compare_digest(expected, value)
+
+
+# ---- sessions of the ops console ------------------------------------------------------------------------------
+
+
+def make_session(key: bytes, user: str, expires: int, nonce: str) -> str:
+    """A session cookie value: `EXPIRES.NONCE.MAC`, the MAC binding user, expiry and nonce to `key` (derived from
+    the signing secret and the console's credential, so a new password ends every session)."""
+    mac = hmac.new(key, f"mailer-ops-session-v1:{user}:{expires}:{nonce}".encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{expires}.{nonce}.{mac}"
+
+
+def read_session(key: bytes, user: str, value: str, now: int) -> str | None:
+    """The session's nonce when `value` is an intact session of `user` that has not expired at `now`; else None."""
+    expires, _, rest = value.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not (key and expires.isdigit() and len(expires) < 16 and nonce and mac) or now >= int(expires):
+        return None
+    if not hmac.compare_digest(make_session(key, user, int(expires), nonce), value):
+        return None
+    return nonce
+
+
+def session_csrf(key: bytes, nonce: str) -> str:
+    """The hidden form field every console action must carry: tied to the session, unknown to another site."""
+    return hmac.new(key, f"mailer-ops-csrf-v1:{nonce}".encode(), hashlib.sha256).hexdigest()[:32]

@@ -51,8 +51,10 @@ def test_the_wheel_carries_layouts_pages_and_samples(tmp_path: Path) -> None:
             "mailer/samples/sample.md": REPO / "issues" / "sample.md",
             "mailer/samples/sample.csv": REPO / "subscribers" / "sample.csv",
             **{f"mailer/starter/{path.name}": path for path in (REPO / "mailer" / "starter").iterdir()},
+            "mailer/web/static/ops.js": REPO / "mailer" / "web" / "static" / "ops.js",
+            **{f"mailer/web/layouts/{p.name}": p for p in (REPO / "mailer" / "web" / "layouts").glob("*.j2")},
         }
-        assert len(shipped) == 14  # the 8 above and the 6 starter files of mailer new
+        assert len(shipped) == 20  # the 8 above, the 6 starter files of mailer new, the console's script and 5 layouts
         for name, original in shipped.items():
             assert name in names, sorted(names)
             assert archive.read(name) == original.read_bytes(), name  # a copy of the file, not a dangling link

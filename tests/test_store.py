@@ -169,9 +169,8 @@ ALTER TABLE campaigns ADD COLUMN state TEXT NOT NULL DEFAULT 'sending';
 UPDATE campaigns SET state = CASE WHEN cancelled IS NOT NULL THEN 'cancelled' WHEN finished IS NOT NULL THEN 'finished'
 ELSE 'sending' END;
 """,
-    # 9 and 10: the branches of issues 13 and 14 (renumbered at merge).
     9: "",
-    10: "",
+    10: "",  # 9 and 10 are empty (reserved while issues 13-15 were built side by side)
     # Issue 15: public and archived lists, per-address preferences, link requests, joins, web editions.
     11: """
 ALTER TABLE lists ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
@@ -233,6 +232,99 @@ CREATE INDEX approvals_path ON approvals (list_id, issue_path, at);
 CREATE INDEX campaigns_audience ON campaigns (audience_key, content_hash) WHERE is_test = 0;
 CREATE INDEX campaigns_due ON campaigns (state, send_at);
 """,
+    # The ops console: the audit of operators' actions, the indexes its pages read at a million deliveries, and the
+    # tallies kept by triggers.
+    13: """
+ALTER TABLE deliveries ADD COLUMN domain TEXT GENERATED ALWAYS AS (substr(email, instr(email, '@') + 1)) VIRTUAL;
+CREATE INDEX deliveries_campaign ON deliveries (campaign_id);
+CREATE INDEX deliveries_domain ON deliveries (campaign_id, domain);
+CREATE INDEX deliveries_email ON deliveries (email);
+CREATE INDEX subscribers_email ON subscribers (email);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    campaign_id INTEGER,
+    email TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_campaign ON audit (campaign_id);
+CREATE INDEX audit_email ON audit (email);
+CREATE TABLE delivery_tally (
+    campaign_id INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, domain, status, attempts)
+) WITHOUT ROWID;
+CREATE TABLE delivery_minutes (
+    campaign_id INTEGER NOT NULL,
+    minute TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, minute, status)
+) WITHOUT ROWID;
+CREATE TABLE delivery_replies (
+    campaign_id INTEGER NOT NULL,
+    smtp_code INTEGER NOT NULL,
+    smtp_reply TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, smtp_code, smtp_reply, status)
+) WITHOUT ROWID;
+INSERT INTO delivery_tally SELECT campaign_id, domain, status, attempts, COUNT(*) FROM deliveries
+    GROUP BY campaign_id, domain, status, attempts;
+INSERT INTO delivery_minutes SELECT d.campaign_id, substr(e.at, 1, 16), e.status, COUNT(*) FROM delivery_events e
+    JOIN deliveries d ON d.id = e.delivery_id WHERE e.status IN ('sent', 'deferred', 'failed') GROUP BY 1, 2, 3;
+INSERT INTO delivery_replies SELECT campaign_id, COALESCE(smtp_code, 0), smtp_reply, status, COUNT(*) FROM deliveries
+    WHERE status IN ('deferred', 'failed', 'bounced', 'skipped') GROUP BY 1, 2, 3, 4;
+CREATE TRIGGER deliveries_tally_insert AFTER INSERT ON deliveries BEGIN
+    INSERT INTO delivery_tally VALUES (NEW.campaign_id, NEW.domain, NEW.status, NEW.attempts, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_minutes_insert AFTER INSERT ON deliveries
+WHEN NEW.status IN ('sent', 'deferred', 'failed') BEGIN
+    INSERT INTO delivery_minutes VALUES (NEW.campaign_id, substr(NEW.updated, 1, 16), NEW.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_replies_insert AFTER INSERT ON deliveries
+WHEN NEW.status IN ('deferred', 'failed', 'bounced', 'skipped') BEGIN
+    INSERT INTO delivery_replies VALUES (NEW.campaign_id, COALESCE(NEW.smtp_code, 0), NEW.smtp_reply, NEW.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_tally_update AFTER UPDATE OF status, attempts ON deliveries
+WHEN OLD.status IS NOT NEW.status OR OLD.attempts IS NOT NEW.attempts BEGIN
+    UPDATE delivery_tally SET n = n - 1 WHERE campaign_id = OLD.campaign_id AND domain = OLD.domain
+        AND status = OLD.status AND attempts = OLD.attempts;
+    INSERT INTO delivery_tally VALUES (NEW.campaign_id, NEW.domain, NEW.status, NEW.attempts, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_minutes_update AFTER UPDATE OF status ON deliveries
+WHEN OLD.status IS NOT NEW.status AND NEW.status IN ('sent', 'deferred', 'failed') BEGIN
+    INSERT INTO delivery_minutes VALUES (NEW.campaign_id, substr(NEW.updated, 1, 16), NEW.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_replies_update AFTER UPDATE OF status, smtp_code, smtp_reply ON deliveries
+WHEN (OLD.status IN ('deferred', 'failed', 'bounced', 'skipped')
+    OR NEW.status IN ('deferred', 'failed', 'bounced', 'skipped'))
+    AND (OLD.status IS NOT NEW.status OR OLD.smtp_code IS NOT NEW.smtp_code OR OLD.smtp_reply IS NOT NEW.smtp_reply)
+BEGIN
+    UPDATE delivery_replies SET n = n - 1 WHERE OLD.status IN ('deferred', 'failed', 'bounced', 'skipped')
+        AND campaign_id = OLD.campaign_id AND smtp_code = COALESCE(OLD.smtp_code, 0) AND smtp_reply = OLD.smtp_reply
+        AND status = OLD.status;
+    INSERT INTO delivery_replies SELECT NEW.campaign_id, COALESCE(NEW.smtp_code, 0), NEW.smtp_reply, NEW.status, 1
+        WHERE NEW.status IN ('deferred', 'failed', 'bounced', 'skipped') ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_tally_delete AFTER DELETE ON deliveries BEGIN
+    UPDATE delivery_tally SET n = n - 1 WHERE campaign_id = OLD.campaign_id AND domain = OLD.domain
+        AND status = OLD.status AND attempts = OLD.attempts;
+    UPDATE delivery_replies SET n = n - 1 WHERE OLD.status IN ('deferred', 'failed', 'bounced', 'skipped')
+        AND campaign_id = OLD.campaign_id AND smtp_code = COALESCE(OLD.smtp_code, 0) AND smtp_reply = OLD.smtp_reply
+        AND status = OLD.status;
+END;
+""",
 }
 
 
@@ -275,9 +367,13 @@ def _shape(path: Path) -> dict[str, object]:
             ]
         }
         for table in tables:
-            columns = sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({table})"))
+            columns = sorted(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_xinfo({table})"))  # generated too
             indexes = sorted(
-                (unique, partial, tuple(c for (_, _, c) in conn.execute(f"PRAGMA index_info('{name}')")))
+                (
+                    unique,
+                    partial,
+                    tuple(c or "(expression)" for (_, _, c) in conn.execute(f"PRAGMA index_info('{name}')")),
+                )
                 for (_, name, unique, _, partial) in conn.execute(f"PRAGMA index_list({table})")
             )
             shape[table] = (columns, indexes)

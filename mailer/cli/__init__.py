@@ -4,8 +4,8 @@
     common.py     the typer app, shared options, tables and JSON, the event loop, a send's progress and summary
     lists.py      init, lists          subs.py       subs, unsubscribe, suppressions
     sending.py    render, send, retry  campaigns.py  campaigns, log
-    inbound.py    serve, bounces       tools.py      dkim, doctor, preview
-    lifecycle.py  segments, approve, run, campaigns show/reschedule
+    inbound.py    serve, ops passwd, bounces          tools.py      dkim, doctor, preview
+    lifecycle.py  segments, approve, run, campaigns show/reschedule  report.py  campaigns show's bars and tables
     workspace.py  new, demo            app.py        every command on the app, in --help order
 
 The only package that prints, reads stdin, runs the event loop or decides an exit code; human output goes through

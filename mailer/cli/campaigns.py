@@ -17,9 +17,10 @@ from mailer.cli.common import (
     campaigns_app,
     open_store,
     print_json,
+    stream_json,
     table,
 )
-from mailer.cli.shell import environment, out
+from mailer.cli.shell import environment, out, say
 from mailer.models import CampaignState, DeliveryStatus
 
 
@@ -129,8 +130,11 @@ def log(
     status: Annotated[str | None, typer.Option(help="Only this status, e.g. deferred or failed.")] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="The table shows the newest N (--csv and --json: all).")
+    ] = 50,
 ) -> None:
-    """One row per recipient: status, attempts, last SMTP reply, Message-ID, times.
+    """One row per recipient: status, attempts, last SMTP reply, Message-ID, times (the table: the newest 50).
 
     Example: mailer log 1 --status failed
     """
@@ -138,21 +142,28 @@ def log(
         raise typer.BadParameter("choose one of --json and --csv")
     if status and status not in tuple(DeliveryStatus):
         raise typer.BadParameter(f"must be one of {', '.join(DeliveryStatus)}", param_hint="--status")
+    wanted = DeliveryStatus(status) if status else None
     from mailer.campaign import stored_audience
 
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
-        rows = store.deliveries.log(found.id, DeliveryStatus(status) if status else None)
         if as_json:
-            print_json([{k: getattr(r, k) for k in [*LOG_COLUMNS, "next_attempt"]} for r in rows])
+            stream_json(
+                {k: getattr(r, k) for k in [*LOG_COLUMNS, "next_attempt"]}
+                for r in store.deliveries.log(found.id, wanted)
+            )
         elif as_csv:
             from mailer.spreadsheet import SpreadsheetWriter
 
             writer = SpreadsheetWriter(environment().stdout)
             writer.writerow(LOG_COLUMNS)
-            for r in rows:
+            for r in store.deliveries.log(found.id, wanted):
                 writer.writerow([getattr(r, k) for k in LOG_COLUMNS])
         else:
+            # The newest first and only `limit` of them: a table of a million rows is neither read nor printed.
+            rows = store.reports.page(found.id, status=wanted, limit=limit)
+            counts = store.deliveries.counts(found.id)
+            total = counts.get(wanted, 0) if wanted else sum(counts.values())
             table(
                 ["email", "status", "tries", "code", "reply", "message-id", "updated"],
                 [
@@ -161,3 +172,11 @@ def log(
                 ],
                 title=f"campaign {found.id}: {found.subject} ({stored_audience(store, found).describe()})",
             )
+            if total > len(rows):
+                which = f" {wanted}" if wanted else ""
+                more = f"mailer log {found.id}" + (f" --status {wanted}" if wanted else "")
+                say(
+                    out(),
+                    f"the newest {len(rows)} of {total}{which} deliveries; all of them: {more} --csv (or --json, "
+                    f"or --limit N)",
+                )

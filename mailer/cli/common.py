@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Coroutine
+import textwrap
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -60,6 +61,9 @@ suppressions_app = typer.Typer(
     help="Addresses never mailed again, on any list (bounced, complained).\n\nExample: mailer suppressions ls",
     no_args_is_help=True,
 )
+ops_app = typer.Typer(
+    help="The ops console of mailer serve (/ops/).\n\nExample: mailer ops passwd", no_args_is_help=True
+)
 archive_app = typer.Typer(
     help="A list's public archive of past issues.\n\nExample: mailer archive build bulletin -o site",
     no_args_is_help=True,
@@ -73,6 +77,7 @@ app.add_typer(dkim_app, name="dkim")
 app.add_typer(suppressions_app, name="suppressions")
 app.add_typer(segments_app, name="segments")
 app.add_typer(archive_app, name="archive")
+app.add_typer(ops_app, name="ops")
 T = TypeVar("T")
 
 
@@ -140,6 +145,29 @@ def run_service(coro: Coroutine[Any, Any, T], stop: asyncio.Event | None = None)
 
 def print_json(rows: list[dict[str, Any]]) -> None:
     environment().stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+
+
+def stream_json(rows: Iterable[dict[str, Any]]) -> None:
+    """A JSON array written as its rows come (what print_json writes, byte for byte), so memory stays flat however
+    many there are."""
+    stdout = environment().stdout
+    first = True
+    for row in rows:
+        stdout.write(("[\n" if first else ",\n") + _indented(row))
+        first = False
+    stdout.write("[]\n" if first else "\n]\n")
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _indented(row: dict[str, Any]) -> str:
+    """One object as json.dumps(indent=2) writes it inside an array. A flat row is written key by key with the C
+    encoder: with `indent` json falls back to its pure-Python encoder, 4x slower (36 s for a million log rows)."""
+    if not row or any(isinstance(value, dict | list) for value in row.values()):
+        return textwrap.indent(json.dumps(row, ensure_ascii=False, indent=2), "  ")
+    dump = _ENCODE
+    return "  {\n" + ",\n".join(f"    {dump(key)}: {dump(value)}" for key, value in row.items()) + "\n  }"
 
 
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:

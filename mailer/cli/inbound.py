@@ -1,4 +1,5 @@
-"""`mailer serve` and `mailer bounces`: what comes back from subscribers, by the web and by mail.
+"""`mailer serve`, `mailer ops passwd` (its console's password hash) and `mailer bounces`: what comes back from
+subscribers, by the web and by mail.
 
 Commands only: the services are web/ and inbox.py."""
 
@@ -15,11 +16,13 @@ from mailer.cli.common import (
     app,
     bounces_app,
     open_store,
+    ops_app,
     print_json,
     settings,
     table,
 )
-from mailer.cli.shell import err
+from mailer.cli.shell import environment, err, say
+from mailer.errors import UsageError
 from mailer.store import Store
 
 
@@ -38,7 +41,8 @@ def serve(
     ] = "127.0.0.1",
     templates: TemplatesOpt = None,
 ) -> None:
-    """Serve the subscriber pages: unsubscribe (with RFC 8058 one-click), sign-up with double opt-in, confirm.
+    """Serve the subscriber pages: unsubscribe (with RFC 8058 one-click), sign-up with double opt-in, confirm; and
+    the ops console under /ops/ when MAILER_OPS_PASSWORD or MAILER_OPS_PASSWORD_FILE is set.
 
     Links in mail point at MAILER_BASE_URL; run this behind a reverse proxy that terminates HTTPS there.
 
@@ -64,6 +68,31 @@ def serve(
         ready=lambda url: err().print(
             f"serving on {url} (links in mail use {config.base_url}); Ctrl-C stops", markup=False, highlight=False
         ),
+    )
+
+
+@ops_app.command("passwd")
+def ops_passwd() -> None:
+    """Print the scrypt hash of a console password (asked twice on a terminal, else the first line of stdin); keep
+    it in a file and point MAILER_OPS_PASSWORD_FILE at it. The password itself is never stored or shown.
+
+    Example: mailer ops passwd
+    """
+    from mailer.passwords import hash_password
+
+    stdin = environment().stdin
+    if stdin.isatty():
+        password = typer.prompt("console password", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("an empty password cannot be used; type one (or pipe it on stdin)")
+    say(environment().out, hash_password(password))
+    err().print(
+        "save this line to a file (e.g. mailer ops passwd > ops.hash), then: MAILER_OPS_PASSWORD_FILE=ops.hash "
+        "mailer serve",
+        markup=False,
+        highlight=False,
     )
 
 

@@ -136,19 +136,22 @@ def campaigns_show(
     campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """One campaign: its issue, audience, state and times, counts, and the approvals of its content.
+    """One campaign: its issue, audience, state and times, counts, the approvals of its content; a status bar, the
+    send rate as a sparkline, the top SMTP replies and receiving domains.
 
     Example: mailer campaigns show 1
     """
-    from mailer.campaign_report import campaign_details
+    from mailer.campaign_report import campaign_report
+    from mailer.cli.report import show_report
 
     with open_store(ctx) as store:
-        details = campaign_details(store, campaign)
+        report = campaign_report(store, campaign)
     if as_json:
-        print_json([dataclasses.asdict(details)])
+        print_json([report.as_json()])
         return
-    for line in details_lines(details):
+    for line in details_lines(report.details):
         _say(line)
+    show_report(report)
 
 
 def details_lines(d: CampaignDetails) -> list[str]:

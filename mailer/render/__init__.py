@@ -61,6 +61,7 @@ from mailer.render.layouts import (
     environment,
     layout_files,
     memory_ceiling,
+    render_console_page,
     render_page,
     template_error,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "issue_content",
     "layout_files",
     "memory_ceiling",
+    "render_console_page",
     "render_issue",
     "render_page",
     "substitute",

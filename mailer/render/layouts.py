@@ -223,6 +223,27 @@ def render_page(name: str, context: dict[str, Any], templates_dir: Path | None =
         raise template_error(f"web/{name}", exc) from None
 
 
+def render_console_page(folder: Path, name: str, context: dict[str, Any]) -> str:
+    """One page of the ops console from the layouts shipped with it in `folder` (autoescaped, StrictUndefined, in
+    the sandbox like every page). Not the editor's layouts: `mailer new` does not copy them and --templates does not
+    restyle them."""
+    try:
+        return _console_environment(str(folder)).get_template(name).render(**context)
+    except Exception as exc:
+        raise template_error(f"{folder.name}/{name}", exc) from None
+
+
+@functools.lru_cache(maxsize=2)
+def _console_environment(folder: str) -> jinja2.Environment:
+    return _Sandbox(
+        loader=jinja2.FileSystemLoader(folder),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _page_environment(templates_dir: Path | None) -> jinja2.Environment:
     return _Sandbox(

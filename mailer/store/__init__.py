@@ -13,6 +13,8 @@
     schedules.py     when campaigns go: scheduled starts, top-ups, what is due for `mailer run`
     leases.py        one sender per campaign: who holds it and whether that process lives
     deliveries.py    each recipient's status and history: the engine's hot path
+    reports.py       what ops read at scale: a campaign's aggregates, keyset pages, one person's history, totals
+    audit.py         what operators did in the ops console, who and when
 
 The only package that imports sqlite3 or sqlite-utils. Reads return dataclasses of mailer.models or of the
 repository, statuses are enums, never prints. sqlite-utils makes the schema steps it can express and runs the
@@ -35,12 +37,14 @@ from mailer.store import schema
 from mailer.store.approvals import Approval, Approvals
 from mailer.store.archive import Archive, ArchivedIssue
 from mailer.store.audiences import Audiences, Segment, register_functions
+from mailer.store.audit import Audit, AuditEntry
 from mailer.store.campaigns import Campaigns, CampaignSummary
 from mailer.store.connection import StoreBusy, StoreWriteError, Transaction, connect, describe_database_error
 from mailer.store.deliveries import CHUNK, Deliveries, LogEntry, Outcome, Partition
 from mailer.store.leases import Leases, holder_state, lease_owner
 from mailer.store.lists import Lists, ListSummary, Subscribers, Unsubscribe
 from mailer.store.people import People, Person
+from mailer.store.reports import PersonDelivery, Reports
 from mailer.store.schedules import Schedules
 from mailer.store.signups import Signups
 from mailer.store.suppressions import DeliveryRef, ReturnedMail, Suppression, Suppressions
@@ -51,6 +55,7 @@ __all__ = [
     "CHUNK",
     "Approval",
     "ArchivedIssue",
+    "AuditEntry",
     "CampaignSummary",
     "DatabaseError",
     "DeliveryRef",
@@ -59,6 +64,7 @@ __all__ = [
     "Outcome",
     "Partition",
     "Person",
+    "PersonDelivery",
     "Segment",
     "Store",
     "StoreBusy",
@@ -76,7 +82,7 @@ class Store:
 
     Its repositories share the connection: `store.lists`, `store.subscribers`, `store.suppressions`,
     `store.returned`, `store.signups`, `store.campaigns`, `store.leases`, `store.deliveries`, `store.audiences`,
-    `store.approvals`, `store.schedules`, `store.people`, `store.archive`."""
+    `store.approvals`, `store.schedules`, `store.people`, `store.archive`, `store.reports`, `store.audit`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Clock = utcnow) -> None:
         self.conn = conn
@@ -91,6 +97,8 @@ class Store:
         self.campaigns = Campaigns(self)
         self.leases = Leases(self)
         self.deliveries = Deliveries(self)
+        self.reports = Reports(self)
+        self.audit = Audit(self)
         self.people = People(self)
         self.archive = Archive(self)
         self.audiences = Audiences(self)

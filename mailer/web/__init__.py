@@ -7,6 +7,9 @@
     forms.py      what every form that changes something checks: a cookie-bound token, the Origin
     pages.py      the page layout filled in, in the list's language, and the bilingual pages for bad requests
     live.py       `mailer preview --watch`: the live-reloading preview on 127.0.0.1
+    ops.py        the ops console under /ops/ (off without a password): routes, sign-in, actions
+    ops_auth.py   who may use it: sessions, CSRF, HTTP Basic, the metrics token, the sign-in limit
+    ops_views.py  its pages, JSON API, exports and /ops/metrics;  ops_pages.py  its words (en, zh) and layouts
 
 This module wraps the endpoints in an app with security headers and a redacting access log, binds sockets and runs
 uvicorn. Must not decide anything about subscribers (subscriptions.py does) or touch SQLite but through the store."""
@@ -31,6 +34,7 @@ from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.subscriptions import SignupLimits
 from mailer.web.endpoints import TOKEN_IN_PATH, WebApp
+from mailer.web.ops import OpsConsole
 
 log = logging.getLogger("mailer.web")
 
@@ -49,6 +53,7 @@ SECURITY_HEADERS = {
 
 def create_app(config: Config, limits: SignupLimits | None = None, clock: Callable[[], datetime] = utcnow) -> Starlette:
     web = WebApp(config, limits, clock)
+    ops = OpsConsole(web)
     routes = [
         Route("/u/{token}", _by_method(web.unsubscribe_page, web.unsubscribe), methods=["GET", "POST"]),
         Route("/s/{list}", _by_method(web.signups.page, web.signups.post), methods=["GET", "POST"]),
@@ -61,6 +66,7 @@ def create_app(config: Config, limits: SignupLimits | None = None, clock: Callab
         Route("/a/{list}/{slug}", web.archive.issue, methods=["GET"]),
         Route("/a/{list}/{slug}/{image}", web.archive.image, methods=["GET"]),
         Route("/healthz", web.health, methods=["GET"]),
+        *ops.routes(),
     ]
 
     async def harden(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -82,6 +88,7 @@ def create_app(config: Config, limits: SignupLimits | None = None, clock: Callab
     app = Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=harden)])
     app.router.redirect_slashes = False  # its redirect is built from the Host header, which a client chooses
     app.state.web = web
+    app.state.ops = ops
     return app
 
 
