@@ -19,7 +19,7 @@ from mailer.approvals import check_approvals
 from mailer.campaign import dkim_signer, stored_audience, template_for_campaign
 from mailer.clock import Clock, stamp, utcnow
 from mailer.config import Config
-from mailer.engine import SendOptions
+from mailer.engine import NoProgress, SendOptions
 from mailer.errors import CampaignBusy, MailerError
 from mailer.models import Campaign, SendSummary
 from mailer.schedule import timezone
@@ -136,7 +136,14 @@ class Runner:
                 self.store, campaign, self.config.base_url, self.config.secret, dkim_signer(self.config)
             )
             summary = await deliver_campaign(
-                self.store, campaign, template, self.settings, self.send_options, stop=stop, resume="mailer run"
+                self.store,
+                campaign,
+                template,
+                self.settings,
+                self.send_options,
+                _Notes(self.log, campaign.id),
+                stop=stop,
+                resume="mailer run",
             )
         except CampaignBusy:
             return 0  # another sender has it; it carries on
@@ -153,6 +160,7 @@ class Runner:
                 str(campaign.id),
                 self.send_options,
                 self.settings,
+                _Notes(self.log, campaign.id),
                 stop=stop,
                 due_only=True,
                 now=self.clock(),
@@ -195,6 +203,16 @@ class Runner:
         new = [r for r in rows if not r.result.startswith("duplicate")]
         if new:
             self.log(f"bounces {self.options.bounces}: {len(new)} new report(s), {sum(r.matched for r in new)} matched")
+
+
+class _Notes(NoProgress):
+    """What the engine says during a run (a pause it waits out, a relay it waits for), as the runner's log lines."""
+
+    def __init__(self, log: Callable[[str], None], campaign_id: int) -> None:
+        self.log, self.campaign_id = log, campaign_id
+
+    def note(self, text: str) -> None:
+        self.log(f"campaign {self.campaign_id}: {text}")
 
 
 def runner_send_options(config: Config, concurrency: int | None, rate: float | None) -> SendOptions:

@@ -436,3 +436,18 @@ def test_the_campaign_page_shows_its_audience_and_approvals(console: Console) ->
         page = client.get(f"/ops/campaigns/{console.campaign}", params={"lang": "en"})
         assert "Audience: list big" in page.text
         assert "Approved by: 王编辑 (big," in page.text
+
+
+def test_a_campaign_to_several_lists_names_them_all(console: Console) -> None:
+    with console.client() as client:
+        (first,) = client.get("/ops/api/campaigns", auth=("ops", PASSWORD)).json()
+        assert first["lists"] == [first["list"]]
+        with console.store.transaction():
+            console.store.conn.execute(
+                "UPDATE campaigns SET audience = ? WHERE id = ?",
+                (json.dumps({"lists": [first["list"], "增刊"]}), console.campaign),
+            )
+        (again,) = client.get("/ops/api/campaigns", auth=("ops", PASSWORD)).json()
+        assert again["list"] == first["list"] and again["lists"] == [first["list"], "增刊"]
+    with console.signed_in() as client:
+        assert f"<td>{first['list']}, 增刊</td>" in client.get("/ops/").text

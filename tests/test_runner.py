@@ -4,6 +4,7 @@ and resumes one after kill -9."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -261,3 +262,34 @@ async def test_scheduling_again_moves_it_and_a_plain_send_starts_it_now(
     assert now.campaign_id == first.campaign_id and now.counts == {"sent": 1}
     assert any("it starts now" in w for w in now.warnings)
     assert len(smtp_server.received) == 1
+
+
+async def test_the_runner_logs_a_pause_it_waits_out_and_goes_on_when_resumed(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    add(store, [f"r{i}@example.org" for i in range(5)])
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    scheduled = await send_issue(store, config, issue, "bulletin", SendOptions(), settings, send_at=T0)
+    campaign_id = scheduled.campaign_id or 0
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "paused: waiting" in line:
+            store.campaigns.resume(campaign_id)
+
+    async def pause_after_the_first_message() -> None:
+        while not smtp_server.received:
+            await asyncio.sleep(0.005)
+        store.campaigns.pause(campaign_id)
+
+    runner = Runner(store, config, settings, SendOptions(concurrency=1, rate=20, state_poll=0.01), log, clock=Clock(T0))
+    pauser = asyncio.create_task(pause_after_the_first_message())
+    assert await runner.tick() == 1
+    await pauser
+
+    assert f"campaign {campaign_id}: campaign {campaign_id} resumed" in lines, lines
+    assert any(f"campaign {campaign_id}: campaign {campaign_id} paused: waiting" in line for line in lines), lines
+    assert sorted(c.rcpt_tos[0] for c in smtp_server.received) == [f"r{i}@example.org" for i in range(5)]
+    assert store.campaigns.state(campaign_id) is CampaignState.FINISHED

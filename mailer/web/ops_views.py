@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from mailer.audience import audience_lists
 from mailer.campaign_report import CHART_STATUSES, campaign_report, progress
 from mailer.charts import STATUS_COLOURS, columns, stacked_bar
 from mailer.errors import NotFoundError
@@ -45,7 +46,8 @@ def _campaign_json(c: CampaignSummary) -> dict[str, Any]:
         "id": c.id,
         "issue": c.issue,
         "subject": c.subject,
-        "list": c.list,
+        "list": c.list,  # the first of its lists, as `mailer campaigns ls --json` gives it
+        "lists": audience_lists(c.audience) or [c.list],
         "state": str(c.state),
         "created": c.created,
         "finished": c.finished,
