@@ -123,7 +123,11 @@ class Runner:
     def _approved(self, campaign: Campaign) -> bool:
         try:
             check_approvals(
-                self.store, stored_audience(self.store, campaign), campaign.content_hash, campaign.issue_path
+                self.store,
+                stored_audience(self.store, campaign),
+                campaign.content_hash,
+                campaign.issue_path,
+                look={"output": campaign.look_hash},  # what it sends: the snapshot taken when it was scheduled
             )
         except MailerError as exc:
             if self.held.get(campaign.id) != str(exc):

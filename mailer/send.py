@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from mailer.approvals import check_approvals
+from mailer.approvals import check_approvals, look_of
 from mailer.audience import Audience
 from mailer.campaign import (
     PreparedIssue,
@@ -106,7 +106,9 @@ async def send_issue(
         store.schedules.check_new_content(audience, issue.slug, str(issue_path), prepared.identity)
         if send_at is not None:
             return schedule_issue(store, config, prepared, audience, existing, send_at, notes)
-        check_approvals(store, audience, prepared.identity, str(issue_path), prepared.files)
+        # What goes out: an existing campaign's snapshot (its look_hash), else the issue as it renders now.
+        look = {"output": existing.look_hash} if existing is not None else look_of(config, prepared)
+        check_approvals(store, audience, prepared.identity, str(issue_path), prepared.files, look)
         if existing is not None:
             notes += _existing_notes(store, existing, audience, issue.content_hash, include_new)
             if include_new:
@@ -207,7 +209,8 @@ def schedule_issue(
     else:
         campaign, _ = open_campaign(store, prepared, config.secret, audience=audience, send_at=at)
     try:
-        check_approvals(store, audience, prepared.identity, str(prepared.issue_path), prepared.files)
+        look = {"output": campaign.look_hash} if existing is not None else look_of(config, prepared)
+        check_approvals(store, audience, prepared.identity, str(prepared.issue_path), prepared.files, look)
     except MailerError as exc:
         notes.append(f"it will not start without its approvals: {exc}")
     total = store.audiences.count(audience)
