@@ -18,6 +18,7 @@ from mailer.campaign import PreparedIssue, prepare_issue
 from mailer.config import Config
 from mailer.errors import MailerError, UsageError
 from mailer.message import clean_header_text
+from mailer.models import Campaign
 from mailer.render.layouts import BUILTIN_TEMPLATES
 from mailer.store import Approval, Store
 
@@ -45,15 +46,18 @@ def approve(store: Store, config: Config, issue_path: Path, list_name: str, by: 
         prepared.files,
         by,
         clean_header_text(note),
-        look_of(config, prepared),
+        look_of(prepared, config),
     )
     have = len(store.approvals.of_content(mailing_list.id, prepared.identity))
     return ApprovalResult(mailing_list.name, by, new, have, mailing_list.require_approval)
 
 
-def look_of(config: Config, prepared: PreparedIssue) -> dict[str, str]:
-    """What the issue looks like to its readers: the rendered mail's hash ("output", the campaign's look_hash) and,
-    to name what changed, each layout file and each [theme] field that made it."""
+def look_of(prepared: PreparedIssue, config: Config, campaign: Campaign | None = None) -> dict[str, str]:
+    """What readers would receive: a campaign's own snapshot (its look_hash) when it exists, else the issue as it
+    renders now: the rendered mail's hash ("output") and, to name what changed, each layout file and each [theme]
+    field that made it."""
+    if campaign is not None:
+        return {"output": campaign.look_hash}
     look = {"output": prepared.issue.content_hash}
     folder = config.templates
     if folder is not None and folder.is_dir():
@@ -70,6 +74,15 @@ def look_of(config: Config, prepared: PreparedIssue) -> dict[str, str]:
             value if isinstance(value, bytes) else repr(value).encode("utf-8")
         ).hexdigest()
     return look
+
+
+def check_prepared(
+    store: Store, config: Config, audience: Audience, prepared: PreparedIssue, campaign: Campaign | None
+) -> None:
+    """check_approvals for a send or schedule of this issue: of `campaign`'s snapshot when it exists, else of the
+    issue as it renders now."""
+    look = look_of(prepared, config, campaign)
+    check_approvals(store, audience, prepared.identity, str(prepared.issue_path), prepared.files, look)
 
 
 def covers(approval: Approval, look: dict[str, str] | None) -> bool:

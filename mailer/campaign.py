@@ -375,6 +375,25 @@ def template_for_campaign(
     )
 
 
+def revivable(store: Store, campaign: Campaign | None) -> Campaign | None:
+    """refuse_cancelled, but a campaign cancelled before it reached anyone (while scheduled) is returned instead:
+    sending or scheduling the same content to the same audience again un-cancels it (`revive`)."""
+    if campaign is not None and store.schedules.never_began(campaign.id):
+        return campaign
+    refuse_cancelled(campaign)
+    return None
+
+
+def revive(store: Store, campaign: Campaign | None, notes: list[str], send_at: str | None = None) -> Campaign | None:
+    """The campaign again, scheduled (at `send_at`, else its old time) if it was cancelled before it reached anyone;
+    says so in `notes`. Any other campaign is returned as it is."""
+    if campaign is None or not store.schedules.revive(campaign.id, send_at):
+        return campaign
+    then = "it is scheduled again" if send_at else "it goes out after all"
+    notes.append(f"campaign {campaign.id} was cancelled before it reached anyone; {then}")
+    return store.campaigns.get(campaign.id)
+
+
 def refuse_cancelled(campaign: Campaign | None) -> None:
     if campaign is not None and campaign.cancelled:
         raise MailerError(

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from mailer.approvals import check_approvals, look_of
+from mailer.approvals import check_prepared
 from mailer.audience import Audience
 from mailer.campaign import (
     PreparedIssue,
@@ -24,6 +24,8 @@ from mailer.campaign import (
     open_campaign,
     prepare_issue,
     refuse_cancelled,
+    revivable,
+    revive,
     sample_message,
     template_for_campaign,
 )
@@ -99,17 +101,16 @@ async def send_issue(
         return _dry_run(store, config, prepared, audience, signer)
     notes = list(prepared.warnings)
     requeue = None
+    revived: Campaign | None = None  # this content's campaign, cancelled before it reached anyone: it goes out now
     if not options.test_email:  # what would be refused is refused before any SMTP
         issue = prepared.issue
         existing = store.campaigns.find(audience, prepared.identity, issue.content_hash)
-        refuse_cancelled(existing)
+        revived = revivable(store, existing)
         store.schedules.check_new_content(audience, issue.slug, str(issue_path), prepared.identity)
         if send_at is not None:
             return schedule_issue(store, config, prepared, audience, existing, send_at, notes)
-        # What goes out: an existing campaign's snapshot (its look_hash), else the issue as it renders now.
-        look = {"output": existing.look_hash} if existing is not None else look_of(config, prepared)
-        check_approvals(store, audience, prepared.identity, str(issue_path), prepared.files, look)
-        if existing is not None:
+        check_prepared(store, config, audience, prepared, existing)
+        if existing is not None and revived is None:
             notes += _existing_notes(store, existing, audience, issue.content_hash, include_new)
             if include_new:
 
@@ -123,6 +124,7 @@ async def send_issue(
     limits = await probe_relays(settings, sizes=bool(prepared.issue.attachments))
     if prepared.issue.attachments:
         refuse_oversize(len(sample_message(store, prepared, config.secret, signer, audience).data), limits)
+    revive(store, revived, notes)
     campaign, template = open_campaign(
         store, prepared, config.secret, signer, audience=audience, test_email=options.test_email
     )
@@ -198,6 +200,7 @@ def schedule_issue(
     """Record a scheduled campaign (or move the one of this content and audience to the new time); its
     recipients are snapshotted when `mailer run` starts it. Approvals may come until then."""
     at = stamp(send_at)
+    existing = revive(store, existing, notes, at)
     if existing is not None and existing.state is not CampaignState.SCHEDULED:
         raise MailerError(
             f"campaign {existing.id} of this issue and audience is {existing.state} already; nothing was scheduled "
@@ -209,8 +212,7 @@ def schedule_issue(
     else:
         campaign, _ = open_campaign(store, prepared, config.secret, audience=audience, send_at=at)
     try:
-        look = {"output": campaign.look_hash} if existing is not None else look_of(config, prepared)
-        check_approvals(store, audience, prepared.identity, str(prepared.issue_path), prepared.files, look)
+        check_prepared(store, config, audience, prepared, campaign if existing is not None else None)
     except MailerError as exc:
         notes.append(f"it will not start without its approvals: {exc}")
     total = store.audiences.count(audience)
