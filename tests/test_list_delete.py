@@ -1,6 +1,7 @@
 """`mailer lists delete NAME --force` keeps what other lists' people depend on: a campaign that also went to another
-list stays whole (their delivery history with it), and nothing is deleted while a campaign of the list is
-scheduled or being sent by a live process (the real CLI, the capture server, a real SQLite file)."""
+list stays whole (so the same send to the lists left does not mail them again), and nothing is deleted while a
+campaign of the list is scheduled or being sent by a live process (the real CLI, the capture server, a real
+SQLite file)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def test_a_campaign_that_also_went_to_another_list_is_kept(
     assert deleted.returncode == 0, deleted.stderr
     assert "0 campaign(s); kept campaign(s) 1: also sent to other lists" in deleted.stdout
     assert two_lists.deliveries.counts(1) == {"sent": 4}  # the history of list b's people too
+    again = _send(run_cli, smtp_server, issue, "bulletin")  # the same send to the list left: that campaign
+    assert again.returncode == 0, again.stderr
+    assert len(smtp_server.received) == 4  # list bulletin's people are not mailed again
     shown = run_cli("campaigns", "show", "1")
     assert shown.returncode == 0 and "bulletin" in shown.stdout
 

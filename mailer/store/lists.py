@@ -202,7 +202,8 @@ class Lists(Repository):
     def _keep_shared(self, list_id: int, campaigns: list[int]) -> list[int]:
         """The campaigns that also went to another list that still exists, each filed under the first such list.
         The deleted list leaves their audience's lists (a list made later under its name must never join a campaign
-        that resumes) for `deleted` beside them, as history; the audience key, which names list ids, is kept."""
+        that resumes) for `deleted` beside them, as history, and their audience key: the same send to the lists
+        left finds the campaign (already complete) instead of mailing their people again."""
         name = self.by_id(list_id).name
         kept = []
         for campaign_id in campaigns:
@@ -228,10 +229,18 @@ class Lists(Repository):
                     data["lists"] = [n for n in data["lists"] if n != name]
                     data["deleted"] = [*data.get("deleted", []), name]
                 first = others[0] if not data.get("lists") else self.get(data["lists"][0]).id
+                ids, _, where = key.partition("|")
+                left = [i for i in ids.split(",") if i and i != str(list_id)]
                 self.conn.execute(
-                    "UPDATE campaigns SET list_id = CASE WHEN list_id = ? THEN ? ELSE list_id END, audience = ? "
-                    "WHERE id = ?",
-                    (list_id, first, json.dumps(data, ensure_ascii=False) if audience else audience, campaign_id),
+                    "UPDATE campaigns SET list_id = CASE WHEN list_id = ? THEN ? ELSE list_id END, audience = ?, "
+                    "audience_key = ? WHERE id = ?",
+                    (
+                        list_id,
+                        first,
+                        json.dumps(data, ensure_ascii=False) if audience else audience,
+                        f"{','.join(left)}|{where}" if left else key,
+                        campaign_id,
+                    ),
                 )
                 kept.append(campaign_id)
         return kept
