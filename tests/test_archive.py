@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
@@ -267,3 +268,22 @@ def test_archive_build_into_a_file_is_one_error_line(archive: Archive) -> None:
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot write the archive to {blocker}: "), line
+
+
+def test_a_control_character_in_an_issue_keeps_the_feed_well_formed(archive: Archive) -> None:
+    """A form feed pasted from Word (in the subject and the body): XML 1.0 cannot carry it even escaped, so the feed
+    drops it rather than become a document no reader parses; served and built alike."""
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    issue = write_issue(archive.tmp_path, "ff", "第1\\f期", "first page\x0csecond page\n")
+    send_issue(archive.run_cli, issue, "bulletin", archive.smtp, archive.url)
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(archive.tmp_path / "site"))
+    assert built.returncode == 0, built.stderr
+    with archive.client() as http:
+        served = http.get("/a/bulletin/feed.xml").content
+    for document in (served, (archive.tmp_path / "site" / "feed.xml").read_bytes()):
+        assert b"\x0c" not in document
+        ET.fromstring(document)  # expat: raises on a character XML forbids
+        parsed = feedparser.parse(document)
+        assert not parsed.bozo, parsed.get("bozo_exception")
+        [entry] = parsed.entries
+        assert entry.title == "第1期" and "first pagesecond page" in entry.content[0].value
