@@ -14,11 +14,21 @@ from mailer.segments import SegmentError, check_fields, parse
 from mailer.store import Store
 
 
+def refuse_blank(where: str | None, segment: str | None) -> None:
+    """A `--where` or `--segment` given but empty is a mistake (an unset shell variable), never "everyone": leaving
+    the option out is how a send says the whole list."""
+    if where is not None and not where.strip():
+        raise UsageError('--where is empty: give an expression (example: city = "北京"), or leave --where out')
+    if segment is not None and not str(segment).strip():
+        raise UsageError("--segment is empty: name a saved segment (see: mailer segments list), or leave it out")
+
+
 def resolve_audience(
     store: Store, list_names: Sequence[str], where: str | None = None, segment: str | None = None
 ) -> Audience:
     """The audience of `--list A --list B [--where EXPR | --segment NAME]`: lists in the order given (a list
     named twice counts once), the expression checked against what their subscribers have."""
+    refuse_blank(where, segment)
     if where and segment:
         raise UsageError("give --where or --segment, not both")
     names = list(dict.fromkeys(n.strip() for n in list_names if n.strip()))
