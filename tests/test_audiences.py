@@ -412,3 +412,22 @@ def test_an_empty_where_or_segment_is_a_usage_error_not_the_whole_list(
         assert says in result.stderr, result.stderr
     assert not smtp_server.received and not campaigns_of(store)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_trials_deep_expressions_and_far_dates_are_one_error_line(store: Store, tmp_path: Path, run_cli) -> None:
+    """What gave a RecursionError or OverflowError traceback (over a thousand lines) on the real CLI."""
+    add(store, "bulletin", PEOPLE)
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    send = ("send", str(issue), "--list", "bulletin")
+    for args in [
+        (*send, "--where", "(" * 1000 + 'email = "a"' + ")" * 1000, "--dry-run"),
+        (*send, "--where", "not " * 400 + 'email = "a"', "--dry-run"),
+        ("segments", "create", "deep", "--list", "bulletin", "--where", "not " * 330 + 'email = "a"'),
+        (*send, "--at", "9999-12-31 23:59", "--tz", "America/New_York", "--yes"),
+        (*send, "--at", "2026-12-05T09:00+25:00", "--yes"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args[-3:], result.stderr[-300:])
+        assert_one_error_line(result.stderr)
+        assert "Recursion" not in result.stderr and "timedelta" not in result.stderr
+    assert not campaigns_of(store) and not store.audiences.segments()
