@@ -9,7 +9,10 @@ hold personal data: nothing here reads a subscriber."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +131,8 @@ def public_list(store: Store, name: str) -> MailingList:
 
 def build_static(store: Store, config: Config, list_name: str, out_dir: Path, url: str = "") -> list[Path]:
     """Write the archive of a list as files: index.html, SLUG.html (with SLUG/ holding its images) and feed.xml.
-    `url` is where the folder will be served (for the feed's links); by default the archive of `mailer serve`."""
+    `url` is where the folder will be served (for the feed's links); by default the archive of `mailer serve`.
+    Only inside `out_dir`: a symbolic link given as the folder, or planted in it, is never written through."""
     mailing_list = public_list(store, list_name)
     url = (url or archive_url(config.base_url, mailing_list)).rstrip("/") + "/"
     issues = store.archive.issues(mailing_list.id)
@@ -147,10 +151,45 @@ def build_static(store: Store, config: Config, list_name: str, out_dir: Path, ur
         files[out_dir / f"{issue.slug}.html"] = edition_html(found[1], issue.slug, images).encode()
         for image in images:
             files[out_dir / issue.slug / image.name] = image.data
+    if out_dir.is_symlink():
+        raise MailerError(f"cannot write the archive to {out_dir}: it is a symbolic link; give the folder itself")
     try:
-        for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        root = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for path, data in files.items():
+                _write_inside(root, path.relative_to(out_dir).parts, data)
+        finally:
+            os.close(root)
     except OSError as exc:
-        raise MailerError(f"cannot write the archive to {out_dir}: {exc.strerror or exc}") from None
+        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+        raise MailerError(f"cannot write the archive to {out_dir}: {exc.strerror or exc}{where}") from None
     return sorted(files)
+
+
+def _write_inside(root: int, parts: tuple[str, ...], data: bytes) -> None:
+    """Write `data` at `parts` below the folder open as `root`, never through a link planted there: each folder is
+    opened with O_NOFOLLOW, and the file is written under a new name and renamed over the old entry, which replaces a
+    link itself rather than the file it points at (outside the folder, perhaps)."""
+    folder = root
+    try:
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=folder)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            if folder != root:
+                os.close(folder)
+            folder = inner
+        temporary = f".{parts[-1]}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(temporary, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+    finally:
+        if folder != root:
+            os.close(folder)

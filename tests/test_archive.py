@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -287,3 +288,49 @@ def test_a_control_character_in_an_issue_keeps_the_feed_well_formed(archive: Arc
         assert not parsed.bozo, parsed.get("bozo_exception")
         [entry] = parsed.entries
         assert entry.title == "第1期" and "first pagesecond page" in entry.content[0].value
+
+
+def test_archive_build_never_writes_through_a_link_planted_in_the_folder(archive: Archive) -> None:
+    """The trial's links: a page and the feed pointing outside the folder, an issue's image folder too; and the
+    folder itself given as a link. Links are replaced, what they point at is left alone."""
+    from tests.test_layouts import png
+
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    (archive.tmp_path / "images").mkdir()
+    (archive.tmp_path / "images" / "chart.png").write_bytes(png(40, 20))
+    issue = write_issue(archive.tmp_path, "pics", "图片", "![图表](images/chart.png)\n", images="cid")
+    send_issue(archive.run_cli, issue, "bulletin", archive.smtp, archive.url)
+    outside = archive.tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("KEEP\n", encoding="utf-8")
+    site = archive.tmp_path / "site"
+    site.mkdir()
+    (site / "pics.html").symlink_to(victim)
+    (site / "feed.xml").symlink_to(outside / "created-outside.xml")
+
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(site))
+
+    assert built.returncode == 0, built.stderr
+    assert victim.read_text(encoding="utf-8") == "KEEP\n" and sorted(p.name for p in outside.iterdir()) == [
+        "victim.txt"
+    ]
+    for name in ("pics.html", "feed.xml"):
+        assert not (site / name).is_symlink() and (site / name).stat().st_size > 100
+    assert sorted(p.name for p in site.iterdir()) == ["feed.xml", "index.html", "pics", "pics.html"]
+
+    shutil.rmtree(site / "pics")
+    (site / "pics").symlink_to(outside, target_is_directory=True)  # the issue's images would land outside
+    linked_images = archive.run_cli("archive", "build", "bulletin", "-o", str(site))
+    assert linked_images.returncode == 1 and linked_images.stderr.startswith(
+        f"error: cannot write the archive to {site}"
+    )
+    assert len(linked_images.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+    link = archive.tmp_path / "site-link"
+    link.symlink_to(outside, target_is_directory=True)
+    as_link = archive.run_cli("archive", "build", "bulletin", "-o", str(link))
+    assert as_link.returncode == 1 and "symbolic link" in as_link.stderr
+    assert len(as_link.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
