@@ -13,8 +13,9 @@ import mimetypes
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailer.errors import TemplateError
 
@@ -22,7 +23,13 @@ WARN_BYTES = 2 * 1024 * 1024  # above this per message, many receivers slow or s
 DEFAULT_LIMIT_BYTES = 10 * 1024 * 1024  # Gmail takes 25 MB, but a list of thousands at 10 MB each is a relay's day
 _SAFE_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*")
 _ASCII_NAME = re.compile(r"[A-Za-z0-9 ._()+,-]+")
-ReadFile = Callable[[str], bytes]
+
+
+class ReadFile(Protocol):
+    """Reads a file the issue names; with `limit`, at most limit + 1 bytes (so a file over it is known to be, without
+    reading a sparse 3 GB file whole). Only a regular file: a named pipe or a device is a TemplateError, not a hang."""
+
+    def __call__(self, name: str, limit: int | None = None) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,16 @@ def read_attachments(
         raise TemplateError(f"{origin}: attachments need the issue's folder to read them from")
     found: list[Attachment] = []
     seen: set[str] = set()
+    total = 0
     for written in names:
         path = urllib.parse.unquote(written.strip())
-        data = read_file(path)
+        data = read_file(path, limit=limit - total)
+        total += len(data)
+        if total > limit:  # the reader stopped one byte past what is left: the file's own size is not needed
+            raise TemplateError(
+                f"{origin}: attachments are over the limit of {limit / 2**20:.0f} MB per message "
+                f"(MAILER_ATTACHMENT_LIMIT) with {written}; link to the files instead"
+            )
         if not data:
             raise TemplateError(f"{origin}: attachment {written} is empty")
         filename = _clean_name(path)
@@ -79,12 +93,6 @@ def read_attachments(
             raise TemplateError(f"{origin}: two attachments are named {filename}; readers could not tell them apart")
         seen.add(filename.casefold())
         found.append(Attachment(filename, content_type_of(filename), data))
-    total = sum(a.size for a in found)
-    if total > limit:
-        raise TemplateError(
-            f"{origin}: attachments are {total / 2**20:.1f} MB, over the limit of "
-            f"{limit / 2**20:.0f} MB per message (MAILER_ATTACHMENT_LIMIT); link to the files instead"
-        )
     warnings = []
     if total > WARN_BYTES:
         warnings.append(
