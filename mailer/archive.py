@@ -143,7 +143,7 @@ def build_static(store: Store, config: Config, list_name: str, out_dir: Path, ur
         ).encode(),
         out_dir / "feed.xml": feed(store, mailing_list, issues, url, ".html"),
     }
-    for issue in issues:
+    for issue in store.archive.pages(mailing_list.id):  # an issue sent again too: its mail links to its own page
         found = store.archive.issue(mailing_list.id, issue.slug)
         if found is None:
             continue

@@ -334,3 +334,25 @@ def test_archive_build_never_writes_through_a_link_planted_in_the_folder(archive
     assert as_link.returncode == 1 and "symbolic link" in as_link.stderr
     assert len(as_link.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+
+def test_an_issue_sent_again_to_part_of_the_list_is_archived_once(archive: Archive) -> None:
+    """The trial sent first-issue to the list, then to a latecomer with --where: the archive showed it twice."""
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    archive.send("n1", "第1期", issue="第1期")
+    archive.run_cli("subs", "add", "late@example.org", "--list", "bulletin")
+    archive.send("n1", "第1期", "--where", 'email = "late@example.org"', issue="第1期")
+    late_link = view_link(archive.mail_to("late@example.org"))
+    with archive.client() as http:
+        index = http.get("/a/bulletin/").text
+        feed = feedparser.parse(http.get("/a/bulletin/feed.xml").content)
+        late_page = http.get(late_link.removeprefix(archive.url))
+    assert re.findall(r'<li><a href="([^"]+)">', index) == ["n1"]
+    assert [e.link for e in feed.entries] == [f"{archive.url}/a/bulletin/n1"]
+    assert late_page.status_code == 200  # the latecomer's own link still opens its page
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(archive.tmp_path / "site"))
+    assert built.returncode == 0, built.stderr
+    site = archive.tmp_path / "site"
+    assert re.findall(r'<li><a href="([^"]+)">', (site / "index.html").read_text(encoding="utf-8")) == ["n1.html"]
+    assert len(feedparser.parse((site / "feed.xml").read_bytes()).entries) == 1
+    assert (site / f"{late_link.split('?')[0].rsplit('/', 1)[1]}.html").is_file()

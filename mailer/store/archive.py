@@ -1,5 +1,6 @@
-"""A list's archive: the web editions of the campaigns that reached someone, newest first, and one of them by its
-archive slug. A test send, a cancelled campaign or one that nobody received yet is never in it.
+"""A list's archive: the web editions of the campaigns that reached someone, newest first (the same content once),
+and one of them by its archive slug. A test send, a cancelled campaign or one that nobody received yet is never in
+it.
 
 Reads only; campaigns.py writes the web edition when it creates a campaign."""
 
@@ -18,6 +19,15 @@ _ARCHIVED = (
 )
 _SENT = "SELECT MIN(COALESCE(d.first_attempt, d.updated)) FROM deliveries d WHERE d.campaign_id = c.id " + (
     "AND d.status IN ('sent', 'bounced')"
+)
+# The archive lists issues, not campaigns: the same content sent again to a segment of the list (or to another
+# audience that starts with it) is listed once, as its first archived campaign. The later one's page still opens
+# by its slug, since its readers' "view in browser" links point at it.
+_FIRST = (
+    " AND NOT EXISTS (SELECT 1 FROM campaigns e WHERE e.list_id = c.list_id AND e.content_hash = c.content_hash "
+    "AND e.id < c.id AND e.is_test = 0 AND e.state <> 'cancelled' AND e.web_edition IS NOT NULL "
+    "AND e.archive_slug IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = e.id "
+    "AND d.status IN ('sent', 'bounced')))"
 )
 
 
@@ -47,7 +57,13 @@ class Archive(Repository):
         ]
 
     def issues(self, list_id: int) -> list[ArchivedIssue]:
-        """The list's archived issues, newest first (a few hundred rows of a few fields: no page bodies)."""
+        """The list's archived issues, newest first, each content once (a few hundred rows of a few fields: no page
+        bodies): what the index and the feed show."""
+        return self._issues(_FIRST, (list_id,))
+
+    def pages(self, list_id: int) -> list[ArchivedIssue]:
+        """Every archived campaign of the list, an issue sent again included: the pages a static archive holds, so
+        every "view in browser" link opens."""
         return self._issues("", (list_id,))
 
     def issue(self, list_id: int, slug: str) -> tuple[ArchivedIssue, str] | None:
