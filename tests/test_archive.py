@@ -356,3 +356,27 @@ def test_an_issue_sent_again_to_part_of_the_list_is_archived_once(archive: Archi
     assert re.findall(r'<li><a href="([^"]+)">', (site / "index.html").read_text(encoding="utf-8")) == ["n1.html"]
     assert len(feedparser.parse((site / "feed.xml").read_bytes()).entries) == 1
     assert (site / f"{late_link.split('?')[0].rsplit('/', 1)[1]}.html").is_file()
+
+
+def test_raw_script_in_the_markdown_never_reaches_the_archive_or_the_feed(archive: Archive) -> None:
+    """The web edition is made safe once, when its campaign is created; the mail keeps what the editor wrote."""
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    body = (
+        "正文<script>alert(1)</script>\n\n"
+        '<img src="https://news.example.org/x.png" onerror="alert(2)" alt="图">\n\n'
+        '<a href="javascript:alert(3)">点我</a> <a href="https://news.example.org/" onclick="alert(4)">主页</a>\n'
+    )
+    issue = write_issue(archive.tmp_path, "js", "第1期", body)
+    send_issue(archive.run_cli, issue, "bulletin", archive.smtp, archive.url)
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(archive.tmp_path / "site"))
+    assert built.returncode == 0, built.stderr
+    with archive.client() as http:
+        page, feed = http.get("/a/bulletin/js").text, http.get("/a/bulletin/feed.xml").text
+    site = archive.tmp_path / "site"
+    documents = [page, feed, *(p.read_text(encoding="utf-8") for p in (site / "js.html", site / "feed.xml"))]
+    for document in documents:
+        for word in ("<script", "&lt;script", "alert(", "onerror", "onclick", "javascript:"):
+            assert word not in document, word
+        assert "正文" in document and "主页" in document and "https://news.example.org/x.png" in document
+    mailed = archive.mail_to("ann.lee@example.org").get_body(("html",)).get_content()
+    assert "<script>alert(1)</script>" in mailed  # the mail is the editor's: mail clients strip scripts themselves
