@@ -21,6 +21,9 @@ from mailer.errors import TemplateError
 
 WARN_BYTES = 2 * 1024 * 1024  # above this per message, many receivers slow or spam-folder a newsletter
 DEFAULT_LIMIT_BYTES = 10 * 1024 * 1024  # Gmail takes 25 MB, but a list of thousands at 10 MB each is a relay's day
+# Programs and scripts: Gmail and Outlook.com reject a message carrying one, others quarantine it, and to a reader
+# a newsletter with one looks like malware.
+RISKY_SUFFIXES = frozenset({"exe", "bat", "cmd", "com", "scr", "js", "vbs", "msi", "ps1", "jar"})
 _SAFE_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*")
 _ASCII_NAME = re.compile(r"[A-Za-z0-9 ._()+,-]+")
 
@@ -93,7 +96,12 @@ def read_attachments(
             raise TemplateError(f"{origin}: two attachments are named {filename}; readers could not tell them apart")
         seen.add(filename.casefold())
         found.append(Attachment(filename, content_type_of(filename), data))
-    warnings = []
+    warnings = [
+        f"attachment {a.filename} is a program or script (.{suffix}): Gmail and Outlook.com reject mail carrying "
+        "one and readers take it for malware; link to it, or send it zipped with a note"
+        for a in found
+        if (suffix := a.filename.rpartition(".")[2].casefold()) in RISKY_SUFFIXES and "." in a.filename
+    ]
     if total > WARN_BYTES:
         warnings.append(
             f"attachments make every message {total / 2**20:.1f} MB: over 2 MB, many receivers slow "

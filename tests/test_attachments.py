@@ -414,3 +414,28 @@ def test_a_message_larger_than_the_relay_takes_is_refused_before_the_campaign(
         sent = run_cli(*send)
         assert sent.returncode == 0, sent.stderr
         assert next(parsed(relay.received[0].data).iter_attachments()).get_payload(decode=True) == pdf[:600_000]
+
+
+@pytest.mark.parametrize(
+    "name", ["setup.exe", "run.BAT", "tool.cmd", "x.com", "s.scr", "a.js", "b.vbs", "i.msi", "p.ps1", "j.jar"]
+)
+def test_a_program_or_script_is_a_warning_naming_the_risk(name: str) -> None:
+    [_], warnings = read_attachments([name], files({name: PDF}), "x.md")
+    [warning] = warnings
+    assert warning.startswith(f"attachment {name} is a program or script") and "reject" in warning
+
+
+def test_documents_get_no_such_warning() -> None:
+    names = ["简报.pdf", "data.xlsx", "exe", "notes.js.txt"]
+    _, warnings = read_attachments(names, files(dict.fromkeys(names, PDF)), "x.md")
+    assert warnings == []
+
+
+def test_send_warns_of_an_exe_attachment(tmp_path: Path, store: Store, smtp_server: CaptureServer, run_cli) -> None:  # type: ignore[no-untyped-def]
+    add_subscriber(store, "bulletin", "reader@example.org", "读者")
+    issue = write_issue(tmp_path / "issues", {"setup.exe": b"MZ" + bytes(100)}, "attachments: [setup.exe]")
+    dry = run_cli("send", str(issue), "--list", "bulletin", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert any(
+        line.startswith("warning: attachment setup.exe is a program or script") for line in dry.stderr.splitlines()
+    )
