@@ -61,6 +61,20 @@ def edition_html(html: str, slug: str, images: list[EditionImage], query: str = 
     return html
 
 
+def edition_of(store: Store, mailing_list: MailingList, slug: str) -> tuple[ArchivedIssue, str] | None:
+    """The issue and its web edition as this list's archive shows it. A campaign for several lists was rendered
+    with its first list's sign-up link; in another list's archive the link is to that list."""
+    found = store.archive.issue(mailing_list.id, slug)
+    if found is None or found[0].list_id in (0, mailing_list.id):
+        return found
+    issue, html = found
+    try:
+        first = store.lists.by_id(issue.list_id).name
+    except NotFoundError:  # that list is gone; its link was already a dead end
+        return found
+    return issue, html.replace(f'/s/{first}"', f'/s/{mailing_list.name}"')
+
+
 def words(mailing_list: MailingList) -> dict[str, str]:
     return TEXT.get(mailing_list.lang, TEXT["en"])
 
@@ -106,7 +120,7 @@ def feed(store: Store, mailing_list: MailingList, issues: list[ArchivedIssue], u
     archive's public address (ending in /)."""
     entries = []
     for issue in issues[:FEED_ENTRIES]:
-        found = store.archive.issue(mailing_list.id, issue.slug)
+        found = edition_of(store, mailing_list, issue.slug)
         body = ""
         if found is not None:
             html = edition_html(found[1], f"{url}{issue.slug}", edition_images(store, issue.campaign_id))
@@ -144,7 +158,7 @@ def build_static(store: Store, config: Config, list_name: str, out_dir: Path, ur
         out_dir / "feed.xml": feed(store, mailing_list, issues, url, ".html"),
     }
     for issue in store.archive.pages(mailing_list.id):  # an issue sent again too: its mail links to its own page
-        found = store.archive.issue(mailing_list.id, issue.slug)
+        found = edition_of(store, mailing_list, issue.slug)
         if found is None:
             continue
         images = edition_images(store, issue.campaign_id)

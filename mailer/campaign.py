@@ -268,7 +268,8 @@ def build_template(
         view_url=view_url,
     )
     for other in lists:
-        template.add_list(other.id, other.name, other.title or other.name)
+        other_view = web_edition_url(prepared.sender.base_url, other.name, slug, archive_key(secret, other.id, slug))
+        template.add_list(other.id, other.name, other.title or other.name, other_view)
     return template
 
 

@@ -31,14 +31,14 @@ from mailer.clock import stamp
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
-from mailer.errors import MailerError, SMTPUnavailable, UsageError
+from mailer.errors import MailerError, SMTPUnavailable
 from mailer.exit_codes import ExitCode
 from mailer.message import MessageSigner, MessageTemplate
 from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
-from mailer.targeting import refuse_blank, resolve_audience
+from mailer.targeting import front_matter_segment, refuse_blank, resolve_audience
 from mailer.workers import run_workers
 
 DRY_RUN_SAMPLE = 5  # addresses a dry run shows of those it would send to
@@ -93,7 +93,7 @@ async def send_issue(
     refuse_blank(where, segment)
     prepared = prepare_issue(store, config, issue_path, names[0] if names else "")
     if not (where or segment):  # what the command line says wins over the issue's `segment:`
-        segment = _front_matter_segment(prepared)
+        segment = front_matter_segment(prepared.issue.meta, str(issue_path))
     audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
@@ -141,17 +141,6 @@ async def send_issue(
         resume=resume or f"mailer send {issue_path} {audience.options()}",
         requeue=requeue,
     )
-
-
-def _front_matter_segment(prepared: PreparedIssue) -> str | None:
-    """The issue's `segment:`; written but empty is an error like `--segment ''`, not the whole list."""
-    meta = prepared.issue.meta
-    if "segment" not in meta:
-        return None
-    value = meta["segment"]
-    if value is None or not str(value).strip():
-        raise UsageError(f"{prepared.issue_path}: front matter 'segment' is empty: name a saved segment, or remove it")
-    return str(value).strip()
 
 
 def _dry_run(

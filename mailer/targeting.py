@@ -5,8 +5,9 @@ A service over the store; must not send or render. The expression language itsel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mailer.audience import Audience, canonical_where
 from mailer.errors import UsageError
@@ -21,6 +22,16 @@ def refuse_blank(where: str | None, segment: str | None) -> None:
         raise UsageError('--where is empty: give an expression (example: city = "北京"), or leave --where out')
     if segment is not None and not str(segment).strip():
         raise UsageError("--segment is empty: name a saved segment (see: mailer segments list), or leave it out")
+
+
+def front_matter_segment(meta: Mapping[str, Any], origin: str) -> str | None:
+    """The issue's `segment:`; written but empty is an error like `--segment ''`, not the whole list."""
+    if "segment" not in meta:
+        return None
+    value = meta["segment"]
+    if value is None or not str(value).strip():
+        raise UsageError(f"{origin}: front matter 'segment' is empty: name a saved segment, or remove it")
+    return str(value).strip()
 
 
 def resolve_audience(

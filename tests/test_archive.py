@@ -380,3 +380,27 @@ def test_raw_script_in_the_markdown_never_reaches_the_archive_or_the_feed(archiv
         assert "正文" in document and "主页" in document and "https://news.example.org/x.png" in document
     mailed = archive.mail_to("ann.lee@example.org").get_body(("html",)).get_content()
     assert "<script>alert(1)</script>" in mailed  # the mail is the editor's: mail clients strip scripts themselves
+
+
+def test_a_reader_of_the_second_list_of_a_campaign_views_it_in_their_own_lists_archive(archive: Archive) -> None:
+    from mailer.subscriptions import create_list
+
+    create_list(archive.store, "extra", "附刊", "附刊 <extra@example.org>", "", "zh")
+    csv = archive.tmp_path / "extra.csv"
+    csv.write_text("email,name\nonly.extra@example.org,Extra\n", encoding="utf-8")
+    import_csv(archive.store, "extra", csv)
+    archive.send("both", "第1期", "--list", "extra")
+    to_extra = archive.mail_to("only.extra@example.org")
+    html = to_extra.get_body(("html",)).get_content()
+    [link] = set(re.findall(r"https?://[^\s\"'<>]+/a/extra/[^\s\"'<>]+", html))
+    assert "/a/bulletin/" not in html and "/a/bulletin/" not in to_extra.get_body(("plain",)).get_content()
+    assert view_link(archive.mail_to("ann.lee@example.org")).startswith(f"{archive.url}/a/bulletin/both?k=")
+    with archive.client() as http:
+        page = http.get(link.replace("&amp;", "&").removeprefix(archive.url))
+        not_public = http.get("/a/extra/both")
+        archive.run_cli("lists", "update", "extra", "--archive", "on")
+        index = http.get("/a/extra/").text
+    assert page.status_code == 200 and "第1期" in page.text, page.status_code
+    assert f'href="{archive.url}/s/extra"' in page.text and "/s/bulletin" not in page.text  # sign up to their list
+    assert not_public.status_code == 404  # a private archive needs the mail's key, whichever list it is
+    assert re.findall(r'<li><a href="([^"]+)">', index) == ["both"]  # the campaign is in each list's archive
