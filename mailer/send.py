@@ -92,8 +92,12 @@ async def send_issue(
     names = [lists] if isinstance(lists, str) else list(lists)
     refuse_blank(where, segment)
     prepared = prepare_issue(store, config, issue_path, names[0] if names else "")
-    if not (where or segment):  # what the command line says wins over the issue's `segment:`
-        segment = front_matter_segment(prepared.issue.meta, str(issue_path))
+    written = front_matter_segment(prepared.issue.meta, str(issue_path))
+    if not (where or segment):
+        segment = written
+    elif written:  # what the command line says wins over the issue's `segment:`, and says so
+        given = f"--where '{where}'" if where else f"--segment {segment}"
+        prepared.warnings.append(f"{given} on the command line replaces the issue's segment: {written}")
     audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:

@@ -55,7 +55,9 @@ def resolve_audience(
         expr = canonical_where(where)
     except SegmentError as exc:
         known = ", ".join(store.audiences.attribute_names(ids)) or "none"
-        raise SegmentError(f"--where {where!r}: {exc} (attributes of {', '.join(names)}: {known})") from None
+        # the column says where it goes wrong: a pasted screenful need not come back whole
+        shown = where if where is None or len(where) <= 80 else f"{where[:60]}…"
+        raise SegmentError(f"--where {shown!r}: {exc} (attributes of {', '.join(names)}: {known})") from None
     if expr:
         check_fields(parse(expr), store.audiences.attribute_names(ids))
     return Audience(ids, tuple(names), expr, segment_name)
