@@ -337,6 +337,7 @@ class MessageTemplate:
         self.head_subject = unstructured_header("Subject", (TEST_SUBJECT_PREFIX if test else "") + issue.subject)
         self.head_tail = self._tail(sender.list_name, sender.list_title)
         self.list_tails: dict[int, str] = {}  # the other lists of a campaign's audience, by id
+        self.list_views: dict[int, str] = {}  # and their archive's link to the issue
         alternative = f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"\r\n'
         self.opening = b""
         self.text = _PartBody(issue.text, escape=False)
@@ -380,11 +381,14 @@ class MessageTemplate:
         tail.append(_fold("List-Id", [*_phrase_atoms(list_title), f"<{list_slug}.{self.sender.mail_domain}>"]))
         return "".join(tail)
 
-    def add_list(self, list_id: int, list_name: str, list_title: str) -> None:
-        """A campaign for several lists: who is on this one gets its List-Id and an unsubscribe link for it (the
-        content, From and Reply-To stay those of the first list)."""
+    def add_list(self, list_id: int, list_name: str, list_title: str, view_url: str = "") -> None:
+        """A campaign for several lists: who is on this one gets its List-Id and an unsubscribe link for it, and
+        "view in browser" opens the issue in this list's archive (the content, From and Reply-To stay those of the
+        first list)."""
         if list_id != self.list_id:
             self.list_tails[list_id] = self._tail(list_name, list_title)
+            if view_url:
+                self.list_views[list_id] = view_url
 
     def values_for(self, recipient: Recipient, unsub_url: str, now: datetime) -> dict[str, str]:
         values = {
@@ -398,7 +402,7 @@ class MessageTemplate:
                 recipient.subscriber_id,
                 int(now.timestamp()),
             ),
-            "VIEW_URL": self.view_url,
+            "VIEW_URL": self.list_views.get(recipient.list_id, self.view_url),
         }
         for code, key in self.attr_codes.items():
             values[code] = clean_header_text(recipient.attrs.get(key, ""))

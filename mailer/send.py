@@ -40,7 +40,7 @@ from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
-from mailer.targeting import resolve_audience
+from mailer.targeting import front_matter_segment, refuse_blank, resolve_audience
 from mailer.workers import run_workers
 
 DRY_RUN_SAMPLE = 5  # addresses a dry run shows of those it would send to
@@ -92,9 +92,14 @@ async def send_issue(
     `resume`: the command that goes on after a stop (the CLI gives it with the options of this run)."""
     started = time.monotonic()
     names = [lists] if isinstance(lists, str) else list(lists)
+    refuse_blank(where, segment)
     prepared = prepare_issue(store, config, issue_path, names[0] if names else "")
-    if not (where or segment):  # what the command line says wins over the issue's `segment:`
-        segment = _front_matter_segment(prepared)
+    written = front_matter_segment(prepared.issue.meta, str(issue_path))
+    if not (where or segment):
+        segment = written
+    elif written:  # what the command line says wins over the issue's `segment:`, and says so
+        given = f"--where '{where}'" if where else f"--segment {segment}"
+        prepared.warnings.append(f"{given} on the command line replaces the issue's segment: {written}")
     audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
@@ -144,11 +149,6 @@ async def send_issue(
         resume=resume or f"mailer send {issue_path} {audience.options()}",
         requeue=requeue,
     )
-
-
-def _front_matter_segment(prepared: PreparedIssue) -> str | None:
-    value = prepared.issue.meta.get("segment")
-    return str(value).strip() if value else None
 
 
 def _dry_run(
