@@ -32,18 +32,17 @@ from mailer.campaign import (
 from mailer.clock import stamp
 from mailer.config import Config
 from mailer.delivery_log import CampaignLog
+from mailer.dry_run import dry_run, existing_notes
 from mailer.engine import Engine, Lease, NoProgress, ProgressSink, SendOptions
 from mailer.errors import MailerError, SMTPUnavailable
 from mailer.exit_codes import ExitCode
-from mailer.message import MessageSigner, MessageTemplate
+from mailer.message import MessageTemplate
 from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
 from mailer.targeting import front_matter_segment, refuse_blank, resolve_audience
 from mailer.workers import run_workers
-
-DRY_RUN_SAMPLE = 5  # addresses a dry run shows of those it would send to
 
 
 async def probe_relays(relays: Sequence[SMTPSettings], sizes: bool = False) -> list[tuple[SMTPSettings, int]]:
@@ -103,7 +102,7 @@ async def send_issue(
     audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
-        return _dry_run(store, config, prepared, audience, signer)
+        return dry_run(store, config, prepared, audience, signer)
     notes = list(prepared.warnings)
     requeue = None
     revived: Campaign | None = None  # this content's campaign, cancelled before it reached anyone: it goes out now
@@ -116,7 +115,7 @@ async def send_issue(
             return schedule_issue(store, config, prepared, audience, existing, send_at, notes)
         check_prepared(store, config, audience, prepared, existing)
         if existing is not None and revived is None:
-            notes += _existing_notes(store, existing, audience, issue.content_hash, include_new)
+            notes += existing_notes(store, existing, audience, issue.content_hash, include_new)
             if include_new:
 
                 def requeue(store: Store) -> list[str]:
@@ -149,43 +148,6 @@ async def send_issue(
         resume=resume or f"mailer send {issue_path} {audience.options()}",
         requeue=requeue,
     )
-
-
-def _dry_run(
-    store: Store, config: Config, prepared: PreparedIssue, audience: Audience, signer: MessageSigner | None
-) -> SendSummary:
-    """Build one message as a send would (so a template or key error shows now) and count who it would reach."""
-    sample_message(store, prepared, config.secret, signer, audience)
-    total = store.audiences.count(audience)
-    addresses = tuple(s.email for s in store.audiences.sample(audience, DRY_RUN_SAMPLE))
-    notes = list(prepared.warnings)
-    existing = store.campaigns.find(audience, prepared.identity, prepared.issue.content_hash)
-    if existing is not None:
-        notes += _existing_notes(store, existing, audience, prepared.issue.content_hash, include_new=False)
-    return SendSummary(
-        None, total, {"would send": total}, dry_run=True, warnings=notes, sample=addresses, audience=audience.describe()
-    )
-
-
-def _existing_notes(
-    store: Store, campaign: Campaign, audience: Audience, look_hash: str, include_new: bool
-) -> list[str]:
-    """What an editor should know when the issue is a campaign already: its look changed since, and (finished)
-    who joined or started matching since."""
-    notes = []
-    if campaign.look_hash and campaign.look_hash != look_hash:
-        notes.append(
-            f"the look (layout, theme or list settings) changed since campaign {campaign.id} was snapshotted; it "
-            "goes on as it was snapshotted (the content of the issue is the same)"
-        )
-    if campaign.state is CampaignState.FINISHED and not include_new:
-        new = store.audiences.count(audience, campaign.id)
-        if new:
-            notes.append(
-                f"{new} subscriber(s) joined or started matching since campaign {campaign.id} was sent; send it to "
-                "exactly them with --include-new"
-            )
-    return notes
 
 
 def schedule_issue(

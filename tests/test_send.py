@@ -658,3 +658,24 @@ def test_a_paused_campaign_is_sent_by_nobody_until_it_is_resumed(
     assert campaigns(run_cli)[0]["state"] == "finished"
     again = run_cli("campaigns", "resume", str(campaign["id"]))
     assert again.returncode == 1 and "is finished: only a paused one can be resumed" in again.stderr
+
+
+def test_a_dry_run_of_a_campaign_that_exists_counts_who_a_send_would_still_reach(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    add_subscribers(store, THREE)
+    smtp_server.set_rule("li@example.com", Rule(stage="rcpt", code=451, text="4.7.1 greylisted"))
+    env = {"MAILER_SMTP_PORT": str(smtp_server.port)}
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    assert run_cli("send", str(issue), "--list", "bulletin", "--yes", "--max-wait", "0", env=env).returncode == 0
+
+    dry = run_cli("send", str(issue), "--list", "bulletin", "--dry-run", env=env)
+
+    assert dry.returncode == 0, dry.stderr
+    out = dry.stdout + dry.stderr
+    assert "would send to 1 recipients" in out, out  # the deferred one: the send resumes the campaign
+    assert "campaign 1 for this audience already (sending, 2 sent): a send resumes it, and reaches 1" in out
+    smtp_server.set_rule("li@example.com", Rule())
+    assert run_cli("retry", "1", env=env).returncode == 0
+    done = run_cli("send", str(issue), "--list", "bulletin", "--dry-run", env=env)
+    assert "would send to 0 recipients" in done.stdout + done.stderr
