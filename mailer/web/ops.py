@@ -127,11 +127,10 @@ class OpsConsole:
             if session is None and not (token and self.auth.metrics_token_ok(request)):
                 client = self.client(request)
                 given = self.auth.basic_credentials(request)
-                if self.auth.limited(client):
+                ok = False if given is None else await self.auth.attempt(client, *given)
+                if ok is None or (given is None and self.auth.limited(client)):
                     return self.harden(PlainTextResponse("too many failed sign-ins; wait a few minutes\n", 429))
-                if given is None or not await self.auth.check(*given):
-                    if given is not None:
-                        self.auth.failed(client)
+                if not ok:
                     challenge = {"www-authenticate": 'Basic realm="mailer ops", charset="UTF-8"'}
                     return self.harden(PlainTextResponse("sign in required\n", 401, headers=challenge))
                 session = Session("", "")  # a script's request: no session, no forms
@@ -161,8 +160,10 @@ class OpsConsole:
         user = str(form.get("user", ""))[:200]
         if not self.guard.check(request, form, "ops-login"):
             return self._login_form(lang, target, status=403, error=words(lang)["expired_form"], user=user)
-        if not await self.auth.check(user, str(form.get("password", ""))[:1000]):
-            self.auth.failed(client)
+        ok = await self.auth.attempt(client, user, str(form.get("password", ""))[:1000])
+        if ok is None:  # the limit again: other sign-ins of this client came in while this one's form was read
+            return self._login_form(lang, target, status=429, error=words(lang)["limited"])
+        if not ok:
             log.warning("ops sign-in refused for a client at %s", client)
             return self._login_form(lang, target, status=401, error=words(lang)["bad_login"], user=user)
         value, max_age = self.auth.new_session()
