@@ -5,15 +5,19 @@ the requests sent together with asyncio."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from mailer.config import Config
-from mailer.passwords import hash_password
+from mailer.config import Config, load_config
+from mailer.errors import ConfigError
+from mailer.passwords import hash_password, verify_password
 from mailer.store import Store
 from mailer.web import ops_auth
 from mailer.web.ops_auth import LOGIN_FAILURES
@@ -103,3 +107,50 @@ def test_a_right_password_does_not_count_against_the_limit(hashed: Console) -> N
         for _ in range(LOGIN_FAILURES - 1):
             assert hashed.sign_in(client, password="guess").status_code == 401
         assert hashed.sign_in(client).status_code == 303
+
+
+# ---- the credential at start ------------------------------------------------------------------------------------
+
+
+def _hash_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "ops.hash"
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
+
+
+def _scrypt_hash(password: str, log_n: int, r: int = 8, p: int = 1) -> str:
+    """A valid scrypt hash in the same text form, as another tool may write it (no memory cap of ours)."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**log_n, r=r, p=p, dklen=32, maxmem=2**30)
+    b64 = lambda data: base64.b64encode(data).decode().rstrip("=")  # noqa: E731
+    return f"$scrypt$ln={log_n},r={r},p={p}${b64(salt)}${b64(digest)}"
+
+
+def test_a_hash_mailer_cannot_verify_is_refused_at_start(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    path = _hash_file(tmp_path, _scrypt_hash("pw", log_n=18))
+    with pytest.raises(ConfigError, match="ln=18, r=8, p=1 need 256 MiB"):
+        load_config({"MAILER_OPS_PASSWORD_FILE": str(path)}, cwd=tmp_path)
+    doctor = run_cli("doctor", env={"MAILER_OPS_PASSWORD_FILE": str(path)})
+    assert doctor.returncode == 1 and doctor.stderr.count("\n") == 1 and "MiB" in doctor.stderr
+    stored = _scrypt_hash("pw", log_n=17)  # 128 MiB: the most OWASP asks, still taken and verified
+    assert load_config({"MAILER_OPS_PASSWORD_FILE": str(_hash_file(tmp_path, stored))}, cwd=tmp_path)
+    assert verify_password("pw", stored) and not verify_password("pW", stored)
+
+
+def test_a_readable_hash_file_a_blank_password_or_both_are_one_line(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    stored = hash_password("s3cret-pass", log_n=10)
+    for mode, who in ((0o644, "others"), (0o640, "its group")):
+        path = _hash_file(tmp_path, stored, mode)
+        with pytest.raises(ConfigError, match=f"readable by {who}.*chmod 600"):
+            load_config({"MAILER_OPS_PASSWORD_FILE": str(path)}, cwd=tmp_path)
+    path = _hash_file(tmp_path, stored)
+    both = {"MAILER_OPS_PASSWORD_FILE": str(path), "MAILER_OPS_PASSWORD": "old-plain"}
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(both, cwd=tmp_path)
+    for blank in (" ", "\t\n"):
+        with pytest.raises(ConfigError, match="MAILER_OPS_PASSWORD is blank"):
+            load_config({"MAILER_OPS_PASSWORD": blank}, cwd=tmp_path)
+    for env in (both, {"MAILER_OPS_PASSWORD": " "}):
+        result = run_cli("serve", "--port", "1", env=env)
+        assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
