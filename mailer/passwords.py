@@ -33,7 +33,7 @@ _MAX_MEMORY = 256 * 1024 * 1024  # what one check may take (OpenSSL refuses a ch
 
 def _memory(log_n: int, r: int, p: int) -> int:
     """Bytes scrypt needs for these parameters, as OpenSSL counts them (its V array and B blocks)."""
-    return 128 * r * (2**log_n + 2) + 128 * r * p
+    return 128 * r * ((1 << log_n) + 2) + 128 * r * p
 
 
 def _scrypt(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
