@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mailer.errors import MailerError
+from mailer.errors import MailerError, NotFoundError
 from mailer.operations import ADDRESS_ACTIONS, CAMPAIGN_ACTIONS, Action, act_on_address, act_on_campaign
 from mailer.web import ops_views
 from mailer.web.forms import FormGuard
@@ -224,8 +224,10 @@ class OpsConsole:
         if isinstance(posted, Response):
             return posted
         (session, action), campaign_id, actor = posted, request.path_params["id"], self.actor(request)
-        await self._act(session, lambda store: act_on_campaign(store, actor, action, campaign_id))
-        return self.harden(RedirectResponse(f"/ops/campaigns/{campaign_id}", 303))
+        refused = await self._act(session, lambda store: act_on_campaign(store, actor, action, campaign_id))
+        # No such campaign: back to the list, which shows the note (the campaign's page would be a bare 404).
+        back = "/ops/" if isinstance(refused, NotFoundError) else f"/ops/campaigns/{campaign_id}"
+        return self.harden(RedirectResponse(back, 303))
 
     async def address_action(self, request: Request) -> Response:
         posted = await self._posted_action(request, ADDRESS_ACTIONS)
@@ -236,15 +238,18 @@ class OpsConsole:
         await self._act(session, lambda store: act_on_address(store, actor, action, email, list_name))
         return self.harden(RedirectResponse(f"/ops/people?q={quote(email.strip().lower(), safe='@')}", 303))
 
-    async def _act(self, session: Session, work: Callable[..., str]) -> None:
+    async def _act(self, session: Session, work: Callable[..., str]) -> MailerError | None:
+        """Do the action and keep its sentence for the next page; why it was refused, or None."""
         if len(self.notes) > 1000:  # notes nobody came back to read (a closed tab): the oldest go first
             self.notes.pop(next(iter(self.notes)))
         try:
             said = await self.web.with_store(work)
-            self.notes[session.nonce] = (said, False)
-            log.info("ops action: %s", said)
         except MailerError as exc:
             self.notes[session.nonce] = (str(exc), True)
+            return exc
+        self.notes[session.nonce] = (said, False)
+        log.info("ops action: %s", said)
+        return None
 
 
 def _safe_next(target: str) -> str:
