@@ -67,10 +67,13 @@ def campaigns_cancel(
 
     Example: mailer campaigns cancel 1
     """
+    from mailer.operations import cli_actor
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         skipped = store.campaigns.cancel(found.id)
         sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
+        store.audit.record(cli_actor(), "cancel", campaign_id=found.id, detail=f"{skipped} recipient(s) skipped")
     out().print(
         f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
         markup=False,
@@ -87,9 +90,12 @@ def campaigns_pause(
 
     Example: mailer campaigns pause 1
     """
+    from mailer.operations import cli_actor
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         store.campaigns.pause(found.id)
+        store.audit.record(cli_actor(), "pause", campaign_id=found.id, detail=f"campaign {found.id} paused")
         counts = store.deliveries.counts(found.id)
     waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
     out().print(
@@ -109,9 +115,12 @@ def campaigns_resume(
 
     Example: mailer campaigns resume 1
     """
+    from mailer.operations import cli_actor
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         store.campaigns.resume(found.id)
+        store.audit.record(cli_actor(), "resume", campaign_id=found.id, detail=f"campaign {found.id} resumed")
     out().print(
         f"campaign {found.id} resumed: a sender that waits goes on; with none running, send the rest with: "
         f"mailer retry {found.id}",
