@@ -58,7 +58,7 @@ def check_hash(stored: str) -> None:
         raise PasswordHashError(f"scrypt parameters ln={log_n}, r={r}, p={p} are outside what mailer accepts")
     if _memory(log_n, r, p) > _MAX_MEMORY:  # valid scrypt (another tool's) that every sign-in would fail on
         raise PasswordHashError(
-            f"scrypt parameters ln={log_n}, r={r}, p={p} need {_memory(log_n, r, p) // 2**20} MiB a check, more than "
+            f"scrypt parameters ln={log_n}, r={r}, p={p} need {-(-_memory(log_n, r, p) // 2**20)} MiB a check, more than "
             f"the {_MAX_MEMORY // 2**20} MiB mailer allows (make one with: mailer ops passwd)"
         )
 

@@ -129,7 +129,7 @@ def _scrypt_hash(password: str, log_n: int, r: int = 8, p: int = 1) -> str:
 
 def test_a_hash_mailer_cannot_verify_is_refused_at_start(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     path = _hash_file(tmp_path, _scrypt_hash("pw", log_n=18))
-    with pytest.raises(ConfigError, match="ln=18, r=8, p=1 need 256 MiB"):
+    with pytest.raises(ConfigError, match="ln=18, r=8, p=1 need 257 MiB a check, more than the 256 MiB"):
         load_config({"MAILER_OPS_PASSWORD_FILE": str(path)}, cwd=tmp_path)
     doctor = run_cli("doctor", env={"MAILER_OPS_PASSWORD_FILE": str(path)})
     assert doctor.returncode == 1 and doctor.stderr.count("\n") == 1 and "MiB" in doctor.stderr
