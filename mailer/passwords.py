@@ -56,10 +56,10 @@ def check_hash(stored: str) -> None:
     log_n, r, p = (int(match.group(i)) for i in (1, 2, 3))
     if not (10 <= log_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4):
         raise PasswordHashError(f"scrypt parameters ln={log_n}, r={r}, p={p} are outside what mailer accepts")
-    if _memory(log_n, r, p) > _MAX_MEMORY:  # valid scrypt (another tool's) that every sign-in would fail on
+    if (need := _memory(log_n, r, p)) > _MAX_MEMORY:  # valid scrypt (another tool's) every sign-in would fail on
         raise PasswordHashError(
-            f"scrypt parameters ln={log_n}, r={r}, p={p} need {-(-_memory(log_n, r, p) // 2**20)} MiB a check, more than "
-            f"the {_MAX_MEMORY // 2**20} MiB mailer allows (make one with: mailer ops passwd)"
+            f"scrypt parameters ln={log_n}, r={r}, p={p} need {-(-need // 2**20)} MiB a check, more than the "
+            f"{_MAX_MEMORY // 2**20} MiB mailer allows (make one with: mailer ops passwd)"
         )
 
 
