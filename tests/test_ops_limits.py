@@ -10,6 +10,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -154,3 +155,15 @@ def test_a_readable_hash_file_a_blank_password_or_both_are_one_line(tmp_path: Pa
     for env in (both, {"MAILER_OPS_PASSWORD": " "}):
         result = run_cli("serve", "--port", "1", env=env)
         assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_wrong_metrics_tokens_count_as_failed_sign_ins(config: Config, store: Store) -> None:
+    for live in _serve(config, store, ops_password=PASSWORD, ops_metrics_token="scrape-me"):
+        with live.client() as client:
+            for i in range(LOGIN_FAILURES):
+                wrong = client.get("/ops/metrics", headers={"authorization": f"Bearer guess-{i}"})
+                assert wrong.status_code == 401
+            right = client.get("/ops/metrics", headers={"authorization": "Bearer scrape-me"})
+            assert right.status_code == 429  # as the right password after five wrong ones
+            live.clock[0] = timedelta(minutes=16)
+            assert client.get("/ops/metrics", headers={"authorization": "Bearer scrape-me"}).status_code == 200

@@ -124,7 +124,14 @@ class OpsConsole:
 
         async def endpoint(request: Request) -> Response:
             session = self.auth.session(request)
-            if session is None and not (token and self.auth.metrics_token_ok(request)):
+            if session is None and token and self.auth.bearer(request):  # a scraper: its token is a guess too
+                client = self.client(request)
+                if self.auth.limited(client):
+                    return self.harden(PlainTextResponse("too many failed sign-ins; wait a few minutes\n", 429))
+                if not self.auth.metrics_token_ok(request):
+                    self.auth.failed(client)
+                    return self.harden(PlainTextResponse("sign in required\n", 401))
+            elif session is None:
                 client = self.client(request)
                 given = self.auth.basic_credentials(request)
                 ok = False if given is None else await self.auth.attempt(client, *given)

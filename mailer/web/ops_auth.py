@@ -147,8 +147,11 @@ class OpsAuth:
             return None
         return (user, password) if sep else None
 
-    def metrics_token_ok(self, request: Request) -> bool:
+    @staticmethod
+    def bearer(request: Request) -> str | None:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return (
-            bool(self.metrics_token) and scheme.lower() == "bearer" and same_secret(value.strip(), self.metrics_token)
-        )
+        return value.strip() if scheme.lower() == "bearer" else None
+
+    def metrics_token_ok(self, request: Request) -> bool:
+        given = self.bearer(request)
+        return bool(self.metrics_token) and given is not None and same_secret(given, self.metrics_token)
