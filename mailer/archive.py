@@ -9,7 +9,10 @@ hold personal data: nothing here reads a subscriber."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,20 @@ def edition_html(html: str, slug: str, images: list[EditionImage], query: str = 
     return html
 
 
+def edition_of(store: Store, mailing_list: MailingList, slug: str) -> tuple[ArchivedIssue, str] | None:
+    """The issue and its web edition as this list's archive shows it. A campaign for several lists was rendered
+    with its first list's sign-up link; in another list's archive the link is to that list."""
+    found = store.archive.issue(mailing_list.id, slug)
+    if found is None or found[0].list_id in (0, mailing_list.id):
+        return found
+    issue, html = found
+    try:
+        first = store.lists.by_id(issue.list_id).name
+    except NotFoundError:  # that list is gone; its link was already a dead end
+        return found
+    return issue, html.replace(f'/s/{first}"', f'/s/{mailing_list.name}"')
+
+
 def words(mailing_list: MailingList) -> dict[str, str]:
     return TEXT.get(mailing_list.lang, TEXT["en"])
 
@@ -103,7 +120,7 @@ def feed(store: Store, mailing_list: MailingList, issues: list[ArchivedIssue], u
     archive's public address (ending in /)."""
     entries = []
     for issue in issues[:FEED_ENTRIES]:
-        found = store.archive.issue(mailing_list.id, issue.slug)
+        found = edition_of(store, mailing_list, issue.slug)
         body = ""
         if found is not None:
             html = edition_html(found[1], f"{url}{issue.slug}", edition_images(store, issue.campaign_id))
@@ -128,7 +145,8 @@ def public_list(store: Store, name: str) -> MailingList:
 
 def build_static(store: Store, config: Config, list_name: str, out_dir: Path, url: str = "") -> list[Path]:
     """Write the archive of a list as files: index.html, SLUG.html (with SLUG/ holding its images) and feed.xml.
-    `url` is where the folder will be served (for the feed's links); by default the archive of `mailer serve`."""
+    `url` is where the folder will be served (for the feed's links); by default the archive of `mailer serve`.
+    Only inside `out_dir`: a symbolic link given as the folder, or planted in it, is never written through."""
     mailing_list = public_list(store, list_name)
     url = (url or archive_url(config.base_url, mailing_list)).rstrip("/") + "/"
     issues = store.archive.issues(mailing_list.id)
@@ -139,18 +157,53 @@ def build_static(store: Store, config: Config, list_name: str, out_dir: Path, ur
         ).encode(),
         out_dir / "feed.xml": feed(store, mailing_list, issues, url, ".html"),
     }
-    for issue in issues:
-        found = store.archive.issue(mailing_list.id, issue.slug)
+    for issue in store.archive.pages(mailing_list.id):  # an issue sent again too: its mail links to its own page
+        found = edition_of(store, mailing_list, issue.slug)
         if found is None:
             continue
         images = edition_images(store, issue.campaign_id)
         files[out_dir / f"{issue.slug}.html"] = edition_html(found[1], issue.slug, images).encode()
         for image in images:
             files[out_dir / issue.slug / image.name] = image.data
+    if out_dir.is_symlink():
+        raise MailerError(f"cannot write the archive to {out_dir}: it is a symbolic link; give the folder itself")
     try:
-        for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        root = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for path, data in files.items():
+                _write_inside(root, path.relative_to(out_dir).parts, data)
+        finally:
+            os.close(root)
     except OSError as exc:
-        raise MailerError(f"cannot write the archive to {out_dir}: {exc.strerror or exc}") from None
+        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+        raise MailerError(f"cannot write the archive to {out_dir}: {exc.strerror or exc}{where}") from None
     return sorted(files)
+
+
+def _write_inside(root: int, parts: tuple[str, ...], data: bytes) -> None:
+    """Write `data` at `parts` below the folder open as `root`, never through a link planted there: each folder is
+    opened with O_NOFOLLOW, and the file is written under a new name and renamed over the old entry, which replaces a
+    link itself rather than the file it points at (outside the folder, perhaps)."""
+    folder = root
+    try:
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=folder)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            if folder != root:
+                os.close(folder)
+            folder = inner
+        temporary = f".{parts[-1]}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(temporary, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+    finally:
+        if folder != root:
+            os.close(folder)

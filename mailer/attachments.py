@@ -13,16 +13,26 @@ import mimetypes
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailer.errors import TemplateError
 
 WARN_BYTES = 2 * 1024 * 1024  # above this per message, many receivers slow or spam-folder a newsletter
 DEFAULT_LIMIT_BYTES = 10 * 1024 * 1024  # Gmail takes 25 MB, but a list of thousands at 10 MB each is a relay's day
+# Programs and scripts: Gmail and Outlook.com reject a message carrying one, others quarantine it, and to a reader
+# a newsletter with one looks like malware.
+RISKY_SUFFIXES = frozenset({"exe", "bat", "cmd", "com", "scr", "js", "vbs", "msi", "ps1", "jar"})
 _SAFE_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*")
 _ASCII_NAME = re.compile(r"[A-Za-z0-9 ._()+,-]+")
-ReadFile = Callable[[str], bytes]
+
+
+class ReadFile(Protocol):
+    """Reads a file the issue names; with `limit`, at most limit + 1 bytes (so a file over it is known to be, without
+    reading a sparse 3 GB file whole). Only a regular file: a named pipe or a device is a TemplateError, not a hang."""
+
+    def __call__(self, name: str, limit: int | None = None) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,16 @@ def read_attachments(
         raise TemplateError(f"{origin}: attachments need the issue's folder to read them from")
     found: list[Attachment] = []
     seen: set[str] = set()
+    total = 0
     for written in names:
         path = urllib.parse.unquote(written.strip())
-        data = read_file(path)
+        data = read_file(path, limit=limit - total)
+        total += len(data)
+        if total > limit:  # the reader stopped one byte past what is left: the file's own size is not needed
+            raise TemplateError(
+                f"{origin}: attachments are over the limit of {limit / 2**20:.0f} MB per message "
+                f"(MAILER_ATTACHMENT_LIMIT) with {written}; link to the files instead"
+            )
         if not data:
             raise TemplateError(f"{origin}: attachment {written} is empty")
         filename = _clean_name(path)
@@ -79,13 +96,12 @@ def read_attachments(
             raise TemplateError(f"{origin}: two attachments are named {filename}; readers could not tell them apart")
         seen.add(filename.casefold())
         found.append(Attachment(filename, content_type_of(filename), data))
-    total = sum(a.size for a in found)
-    if total > limit:
-        raise TemplateError(
-            f"{origin}: attachments are {total / 2**20:.1f} MB, over the limit of "
-            f"{limit / 2**20:.0f} MB per message (MAILER_ATTACHMENT_LIMIT); link to the files instead"
-        )
-    warnings = []
+    warnings = [
+        f"attachment {a.filename} is a program or script (.{suffix}): Gmail and Outlook.com reject mail carrying "
+        "one and readers take it for malware; link to it, or send it zipped with a note"
+        for a in found
+        if (suffix := a.filename.rpartition(".")[2].casefold()) in RISKY_SUFFIXES and "." in a.filename
+    ]
     if total > WARN_BYTES:
         warnings.append(
             f"attachments make every message {total / 2**20:.1f} MB: over 2 MB, many receivers slow "

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailer.attachments import Attachment
+from mailer.attachments import Attachment, ReadFile
 from mailer.audience import Audience
 from mailer.checks import image_source_warnings
 from mailer.clock import utcnow
@@ -153,17 +155,21 @@ def read_issue_file(path: Path) -> str:
         raise MailerError(f"cannot read issue file {path}: {exc.strerror}") from None
 
 
-def issue_file_reader(issue_path: Path, files: dict[str, str] | None = None) -> Callable[[str], bytes]:
+def issue_file_reader(issue_path: Path, files: dict[str, str] | None = None) -> ReadFile:
     """Reads files the issue names (its `images: cid` images, its attachments), relative to its folder and never
     outside it; `files` hears each name read and its sha256 (what the issue embeds is part of its content)."""
     folder = Path(issue_path).resolve().parent
 
-    def read(name: str) -> bytes:
+    def read(name: str, limit: int | None = None) -> bytes:
         path = (folder / name).resolve()
         if not path.is_relative_to(folder):
             raise TemplateError(f"{issue_path}: {name} is outside the issue's folder {folder}")
         try:
-            data = path.read_bytes()
+            _refuse_special(issue_path, name, os.stat(path).st_mode)  # before opening: a FIFO's open would block
+            # O_NONBLOCK: were it swapped for a FIFO since the stat, the open returns and fstat says what it is
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as opened:
+                _refuse_special(issue_path, name, os.fstat(opened.fileno()).st_mode)
+                data = opened.read() if limit is None else opened.read(max(limit, 0) + 1)
             if files is not None:
                 files[name] = hashlib.sha256(data).hexdigest()
             return data
@@ -173,6 +179,12 @@ def issue_file_reader(issue_path: Path, files: dict[str, str] | None = None) -> 
             raise TemplateError(f"{issue_path}: cannot read {name}: {exc.strerror}") from None
 
     return read
+
+
+def _refuse_special(issue_path: Path, name: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise TemplateError(f"{issue_path}: {name} is {kind}, not a file: only regular files can travel with an issue")
 
 
 def issue_to_json(issue: RenderedIssue) -> dict[str, Any]:
@@ -256,7 +268,8 @@ def build_template(
         view_url=view_url,
     )
     for other in lists:
-        template.add_list(other.id, other.name, other.title or other.name)
+        other_view = web_edition_url(prepared.sender.base_url, other.name, slug, archive_key(secret, other.id, slug))
+        template.add_list(other.id, other.name, other.title or other.name, other_view)
     return template
 
 
@@ -373,6 +386,25 @@ def template_for_campaign(
         lists=others,
         archive_slug=campaign.archive_slug,
     )
+
+
+def revivable(store: Store, campaign: Campaign | None) -> Campaign | None:
+    """refuse_cancelled, but a campaign cancelled before it reached anyone (while scheduled) is returned instead:
+    sending or scheduling the same content to the same audience again un-cancels it (`revive`)."""
+    if campaign is not None and store.schedules.never_began(campaign.id):
+        return campaign
+    refuse_cancelled(campaign)
+    return None
+
+
+def revive(store: Store, campaign: Campaign | None, notes: list[str], send_at: str | None = None) -> Campaign | None:
+    """The campaign again, scheduled (at `send_at`, else its old time) if it was cancelled before it reached anyone;
+    says so in `notes`. Any other campaign is returned as it is."""
+    if campaign is None or not store.schedules.revive(campaign.id, send_at):
+        return campaign
+    then = "it is scheduled again" if send_at else "it goes out after all"
+    notes.append(f"campaign {campaign.id} was cancelled before it reached anyone; {then}")
+    return store.campaigns.get(campaign.id)
 
 
 def refuse_cancelled(campaign: Campaign | None) -> None:

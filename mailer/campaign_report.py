@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mailer.approvals import covers
 from mailer.campaign import stored_audience
 from mailer.clock import parse_stamp
 from mailer.metrics import reply_group
@@ -55,10 +56,16 @@ def campaign_details(store: Store, ref: str) -> CampaignDetails:
     audience = stored_audience(store, campaign)
     needed: dict[str, int] = {}
     approvals: list[ApprovalLine] = []
+    look = {"output": campaign.look_hash}  # what the campaign sends; an approval of another look does not cover it
     for list_id, name in zip(audience.list_ids, audience.list_names, strict=True):
         needed[name] = store.lists.by_id(list_id).require_approval
         approvals += [
-            ApprovalLine(a.list_name, a.by, a.at, a.note)
+            ApprovalLine(
+                a.list_name,
+                a.by,
+                a.at,
+                a.note if covers(a, look) else f"{a.note} (of another look: not counted)".strip(),
+            )
             for a in store.approvals.of_content(list_id, campaign.content_hash)
         ]
     return CampaignDetails(

@@ -1,14 +1,23 @@
 """The public archive's Atom feed (RFC 4287): a list's past issues as entries, newest first.
 
-Pure: entries in, UTF-8 XML bytes out, built with ElementTree so every value is escaped as data."""
+Pure: entries in, UTF-8 XML bytes out, built with ElementTree so every value is escaped as data, and without the
+characters XML 1.0 cannot carry even escaped (a form feed pasted from Word would make the whole feed unreadable)."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 ATOM = "http://www.w3.org/2005/Atom"
+# What XML 1.0 forbids (section 2.2 Char): C0 controls but tab, LF and CR; lone surrogates; U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters no XML 1.0 document may hold; ElementTree escapes the rest but keeps these."""
+    return _NOT_XML.sub("", text)
 
 
 @dataclass(frozen=True)
@@ -41,9 +50,9 @@ def atom_feed(info: FeedInfo, entries: Sequence[FeedEntry], fallback_updated: st
     ET.register_namespace("", ATOM)
 
     def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-        element = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attrs)
+        element = ET.SubElement(parent, f"{{{ATOM}}}{tag}", {k: xml_safe(v) for k, v in attrs.items()})
         if text is not None:
-            element.text = text
+            element.text = xml_safe(text)
         return element
 
     feed = ET.Element(f"{{{ATOM}}}feed", {"{http://www.w3.org/XML/1998/namespace}lang": info.lang})

@@ -35,8 +35,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Terminal escape sequences (CSI such as ESC [ 2 J, OSC such as ESC ] 0 ; title BEL, and two-character ones) go
 # whole: with only the ESC removed, text read from a bounce or a form would still show as "[31m" debris.
 _ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-~]")
-# Bidi embeddings, overrides, isolates and marks: in a name or a relay's reply they can make a mail client, a
-# terminal, the console or a spreadsheet show text in another order than it is (the "Trojan Source" trick).
+# Bidi embeddings, overrides, isolates, marks: they show a name or a reply in another order ("Trojan Source").
 _BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 without_bidi = functools.partial(_BIDI_CONTROL.sub, "")  # the text with them removed (a console page, whole)
 _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$")
@@ -45,8 +44,7 @@ _NOT_PLAIN_WIRE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\n\.")  # a bare CR or LF, or
 
 
 def without_controls(value: object) -> str:
-    """The text with terminal escape sequences and bidi controls removed and every other control character (CR, LF,
-    NUL, U+2028 ...) turned into a space; nothing else changes."""
+    """Text without terminal escapes or bidi controls; other control characters (CR, LF, NUL ...) become spaces."""
     return _CONTROL.sub(" ", _BIDI_CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", str(value))))
 
 
@@ -339,6 +337,7 @@ class MessageTemplate:
         self.head_subject = unstructured_header("Subject", (TEST_SUBJECT_PREFIX if test else "") + issue.subject)
         self.head_tail = self._tail(sender.list_name, sender.list_title)
         self.list_tails: dict[int, str] = {}  # the other lists of a campaign's audience, by id
+        self.list_views: dict[int, str] = {}  # and their archive's link to the issue
         alternative = f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"\r\n'
         self.opening = b""
         self.text = _PartBody(issue.text, escape=False)
@@ -382,11 +381,14 @@ class MessageTemplate:
         tail.append(_fold("List-Id", [*_phrase_atoms(list_title), f"<{list_slug}.{self.sender.mail_domain}>"]))
         return "".join(tail)
 
-    def add_list(self, list_id: int, list_name: str, list_title: str) -> None:
-        """A campaign for several lists: who is on this one gets its List-Id and an unsubscribe link for it (the
-        content, From and Reply-To stay those of the first list)."""
+    def add_list(self, list_id: int, list_name: str, list_title: str, view_url: str = "") -> None:
+        """A campaign for several lists: who is on this one gets its List-Id and an unsubscribe link for it, and
+        "view in browser" opens the issue in this list's archive (the content, From and Reply-To stay those of the
+        first list)."""
         if list_id != self.list_id:
             self.list_tails[list_id] = self._tail(list_name, list_title)
+            if view_url:
+                self.list_views[list_id] = view_url
 
     def values_for(self, recipient: Recipient, unsub_url: str, now: datetime) -> dict[str, str]:
         values = {
@@ -400,7 +402,7 @@ class MessageTemplate:
                 recipient.subscriber_id,
                 int(now.timestamp()),
             ),
-            "VIEW_URL": self.view_url,
+            "VIEW_URL": self.list_views.get(recipient.list_id, self.view_url),
         }
         for code, key in self.attr_codes.items():
             values[code] = clean_header_text(recipient.attrs.get(key, ""))

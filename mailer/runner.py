@@ -26,6 +26,7 @@ from mailer.schedule import timezone
 from mailer.send import deliver_campaign, probe_relays, retry_campaign
 from mailer.smtp import SMTPSettings
 from mailer.store import Store
+from mailer.store.leases import lease_owner
 
 Log = Callable[[str], None]
 BACKOFF = timedelta(minutes=1)  # a campaign whose run stopped (relay down, say) is tried again after this
@@ -70,6 +71,7 @@ class Runner:
         self.options = options
         self.clock = clock
         self.held: dict[int, str] = {}  # campaign -> why it waits (logged once, again when the reason changes)
+        self.busy: dict[int, str] = {}  # campaign -> the live sender that holds it (logged once, as `held`)
         self.not_before: dict[int, datetime] = {}
         self.next_bounce_scan: datetime | None = None
 
@@ -88,7 +90,7 @@ class Runner:
         stop = stop or asyncio.Event()
         sent = 0
         for campaign in self.store.schedules.interrupted():
-            if not stop.is_set() and self._may_try(campaign.id):
+            if not stop.is_set() and self._may_try(campaign.id) and self._free(campaign.id):
                 sent += await self._deliver(campaign, stop, "resumes (its run was interrupted)")
         for campaign in self.store.schedules.due(stamp(self.clock())):
             if not stop.is_set() and self._may_try(campaign.id) and self._approved(campaign):
@@ -104,10 +106,28 @@ class Runner:
         until = self.not_before.get(campaign_id)
         return until is None or self.clock() >= until
 
+    def _free(self, campaign_id: int) -> bool:
+        """Whether no other live sender holds the campaign. One that does is not interrupted but at work (another
+        `mailer run`, a `mailer send`): it is left alone, and said so once, not on every pass."""
+        try:
+            self.store.leases.check_free(campaign_id, lease_owner())
+        except CampaignBusy as exc:
+            holder = str(exc).split(";")[0]
+            if self.busy.get(campaign_id) != holder:
+                self.busy[campaign_id] = holder
+                self.log(f"{holder}; leaving it to that sender")
+            return False
+        self.busy.pop(campaign_id, None)
+        return True
+
     def _approved(self, campaign: Campaign) -> bool:
         try:
             check_approvals(
-                self.store, stored_audience(self.store, campaign), campaign.content_hash, campaign.issue_path
+                self.store,
+                stored_audience(self.store, campaign),
+                campaign.content_hash,
+                campaign.issue_path,
+                look={"output": campaign.look_hash},  # what it sends: the snapshot taken when it was scheduled
             )
         except MailerError as exc:
             if self.held.get(campaign.id) != str(exc):

@@ -29,7 +29,7 @@ from mailer.errors import MailerError
 from mailer.models import MailingList, Recipient, Subscriber
 from mailer.render import InlineImage, ListContext, render_issue
 from mailer.store import Store
-from mailer.targeting import resolve_audience
+from mailer.targeting import refuse_blank, resolve_audience
 from mailer.wording import NO_LIST_TITLE
 
 
@@ -77,6 +77,7 @@ def prepare_sample(
     """The issue rendered for a list and that list's first active subscriber (the first one `segment`, a
     `--where` expression or a saved segment's name, matches), or, with no list, for a sample Chinese list and
     reader (what `mailer render` and `mailer preview` show)."""
+    refuse_blank(*segment)
     if list_name:
         if store is None:
             raise MailerError("--list needs a database; run: mailer init")

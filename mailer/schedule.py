@@ -36,21 +36,38 @@ def parse_send_at(text: str, zone: tzinfo, now: datetime) -> datetime:
     value = " ".join(text.split())
     if value.lower() == "now":
         return now.astimezone(UTC)
-    if _WITH_OFFSET.fullmatch(value):
-        moment = _fromiso(value.replace("Z", "+00:00"), text)
-    elif _LOCAL.fullmatch(value):
-        moment = _in_zone(_fromiso(value, text), zone, text)
-    else:
-        raise UsageError(
-            f"--at {text!r}: write a time as YYYY-MM-DD HH:MM (in --tz), ISO 8601 with an offset "
-            "(2026-12-05T09:00+08:00), or now"
-        )
-    moment = moment.astimezone(UTC)
+    try:
+        if offset := _WITH_OFFSET.fullmatch(value):
+            _check_offset(offset.group(2), text)
+            moment = _fromiso(value.replace("Z", "+00:00"), text)
+        elif _LOCAL.fullmatch(value):
+            moment = _in_zone(_fromiso(value, text), zone, text)
+        else:
+            raise UsageError(
+                f"--at {text!r}: write a time as YYYY-MM-DD HH:MM (in --tz), ISO 8601 with an offset "
+                "(2026-12-05T09:00+08:00), or now"
+            )
+        moment = moment.astimezone(UTC)
+        moment.astimezone(zone)  # what describe() shows the editor must exist too
+    except OverflowError:  # 9999-12-31 23:59 in New York is in the year 10000 in UTC
+        raise UsageError(f"--at {text!r} is beyond the last date mailer can keep (9999-12-31 UTC)") from None
     if moment < now - GRACE:
         raise UsageError(
             f"--at {text!r} is in the past ({describe(moment, zone)}); give a later time, or --at now to send at once"
         )
     return moment
+
+
+def _check_offset(offset: str, text: str) -> None:
+    """Real offsets run from -12:00 to +14:00; Python takes anything under 24 hours, and says so in its own terms."""
+    if offset == "Z":
+        return
+    digits = offset[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:])
+    if hours >= 24 or minutes >= 60:
+        raise UsageError(
+            f"--at {text!r}: {offset} is not a time zone offset (under 24 hours; real ones run from -12:00 to +14:00)"
+        )
 
 
 def _fromiso(value: str, text: str) -> datetime:

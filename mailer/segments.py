@@ -15,6 +15,9 @@ from mailer.errors import UsageError
 
 BUILTIN_FIELDS = ("email", "domain", "name", "subscribed")
 ORDERING = ("<", "<=", ">", ">=")
+# How deep `(` and `not` may nest: reading, printing and matching recurse once per level, and no segment a person
+# writes needs more than a handful; far below Python's recursion limit, so a pasted `((((…` is one error line.
+MAX_NESTING = 50
 _KEYWORDS = {"and", "or", "not", "in", "contains", "starts", "with", "is", "empty"}
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -264,6 +267,7 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.tokens = _tokens(source)
         self.pos = 0
+        self.depth = 0
 
     def peek(self, offset: int = 0) -> _Token:
         return self.tokens[min(self.pos + offset, len(self.tokens) - 1)]
@@ -304,17 +308,22 @@ class _Parser:
         return operands[0] if len(operands) == 1 else And(tuple(operands))
 
     def not_expr(self) -> Expr:
-        if self.keyword("not"):
-            self.take()
-            return Not(self.not_expr())
-        if self.peek().kind == "(":
-            self.take()
+        if not (self.keyword("not") or self.peek().kind == "("):
+            return self.condition()
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise SegmentError(
+                f"column {self.peek().column}: nested deeper than {MAX_NESTING} levels of '(' and 'not' (the limit)"
+            )
+        if self.take().kind == "(":
             expr = self.or_expr()
             if self.peek().kind != ")":
                 raise self.fail("')'")
             self.take()
-            return expr
-        return self.condition()
+        else:
+            expr = Not(self.not_expr())
+        self.depth -= 1
+        return expr
 
     def field(self) -> Field:
         tok = self.peek()

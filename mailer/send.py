@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from mailer.approvals import check_approvals
+from mailer.approvals import check_prepared
 from mailer.audience import Audience
 from mailer.campaign import (
     PreparedIssue,
@@ -24,6 +24,8 @@ from mailer.campaign import (
     open_campaign,
     prepare_issue,
     refuse_cancelled,
+    revivable,
+    revive,
     sample_message,
     template_for_campaign,
 )
@@ -38,7 +40,7 @@ from mailer.models import Campaign, CampaignState, DeliveryStatus, SendSummary
 from mailer.smtp import SMTPSettings, probe
 from mailer.store import Store, StoreBusy, StoreWriteError
 from mailer.store.leases import LeaseLost
-from mailer.targeting import resolve_audience
+from mailer.targeting import front_matter_segment, refuse_blank, resolve_audience
 from mailer.workers import run_workers
 
 DRY_RUN_SAMPLE = 5  # addresses a dry run shows of those it would send to
@@ -90,24 +92,30 @@ async def send_issue(
     `resume`: the command that goes on after a stop (the CLI gives it with the options of this run)."""
     started = time.monotonic()
     names = [lists] if isinstance(lists, str) else list(lists)
+    refuse_blank(where, segment)
     prepared = prepare_issue(store, config, issue_path, names[0] if names else "")
-    if not (where or segment):  # what the command line says wins over the issue's `segment:`
-        segment = _front_matter_segment(prepared)
+    written = front_matter_segment(prepared.issue.meta, str(issue_path))
+    if not (where or segment):
+        segment = written
+    elif written:  # what the command line says wins over the issue's `segment:`, and says so
+        given = f"--where '{where}'" if where else f"--segment {segment}"
+        prepared.warnings.append(f"{given} on the command line replaces the issue's segment: {written}")
     audience = resolve_audience(store, names, where, segment)
     signer = dkim_signer(config)  # a bad key stops the send here, before any SMTP
     if options.dry_run:
         return _dry_run(store, config, prepared, audience, signer)
     notes = list(prepared.warnings)
     requeue = None
+    revived: Campaign | None = None  # this content's campaign, cancelled before it reached anyone: it goes out now
     if not options.test_email:  # what would be refused is refused before any SMTP
         issue = prepared.issue
         existing = store.campaigns.find(audience, prepared.identity, issue.content_hash)
-        refuse_cancelled(existing)
+        revived = revivable(store, existing)
         store.schedules.check_new_content(audience, issue.slug, str(issue_path), prepared.identity)
         if send_at is not None:
             return schedule_issue(store, config, prepared, audience, existing, send_at, notes)
-        check_approvals(store, audience, prepared.identity, str(issue_path), prepared.files)
-        if existing is not None:
+        check_prepared(store, config, audience, prepared, existing)
+        if existing is not None and revived is None:
             notes += _existing_notes(store, existing, audience, issue.content_hash, include_new)
             if include_new:
 
@@ -121,6 +129,7 @@ async def send_issue(
     limits = await probe_relays(settings, sizes=bool(prepared.issue.attachments))
     if prepared.issue.attachments:
         refuse_oversize(len(sample_message(store, prepared, config.secret, signer, audience).data), limits)
+    revive(store, revived, notes)
     campaign, template = open_campaign(
         store, prepared, config.secret, signer, audience=audience, test_email=options.test_email
     )
@@ -140,11 +149,6 @@ async def send_issue(
         resume=resume or f"mailer send {issue_path} {audience.options()}",
         requeue=requeue,
     )
-
-
-def _front_matter_segment(prepared: PreparedIssue) -> str | None:
-    value = prepared.issue.meta.get("segment")
-    return str(value).strip() if value else None
 
 
 def _dry_run(
@@ -196,6 +200,7 @@ def schedule_issue(
     """Record a scheduled campaign (or move the one of this content and audience to the new time); its
     recipients are snapshotted when `mailer run` starts it. Approvals may come until then."""
     at = stamp(send_at)
+    existing = revive(store, existing, notes, at)
     if existing is not None and existing.state is not CampaignState.SCHEDULED:
         raise MailerError(
             f"campaign {existing.id} of this issue and audience is {existing.state} already; nothing was scheduled "
@@ -207,7 +212,7 @@ def schedule_issue(
     else:
         campaign, _ = open_campaign(store, prepared, config.secret, audience=audience, send_at=at)
     try:
-        check_approvals(store, audience, prepared.identity, str(prepared.issue_path), prepared.files)
+        check_prepared(store, config, audience, prepared, campaign if existing is not None else None)
     except MailerError as exc:
         notes.append(f"it will not start without its approvals: {exc}")
     total = store.audiences.count(audience)

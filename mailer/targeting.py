@@ -5,8 +5,9 @@ A service over the store; must not send or render. The expression language itsel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mailer.audience import Audience, canonical_where
 from mailer.errors import UsageError
@@ -14,11 +15,31 @@ from mailer.segments import SegmentError, check_fields, parse
 from mailer.store import Store
 
 
+def refuse_blank(where: str | None, segment: str | None) -> None:
+    """A `--where` or `--segment` given but empty is a mistake (an unset shell variable), never "everyone": leaving
+    the option out is how a send says the whole list."""
+    if where is not None and not where.strip():
+        raise UsageError('--where is empty: give an expression (example: city = "北京"), or leave --where out')
+    if segment is not None and not str(segment).strip():
+        raise UsageError("--segment is empty: name a saved segment (see: mailer segments list), or leave it out")
+
+
+def front_matter_segment(meta: Mapping[str, Any], origin: str) -> str | None:
+    """The issue's `segment:`; written but empty is an error like `--segment ''`, not the whole list."""
+    if "segment" not in meta:
+        return None
+    value = meta["segment"]
+    if value is None or not str(value).strip():
+        raise UsageError(f"{origin}: front matter 'segment' is empty: name a saved segment, or remove it")
+    return str(value).strip()
+
+
 def resolve_audience(
     store: Store, list_names: Sequence[str], where: str | None = None, segment: str | None = None
 ) -> Audience:
     """The audience of `--list A --list B [--where EXPR | --segment NAME]`: lists in the order given (a list
     named twice counts once), the expression checked against what their subscribers have."""
+    refuse_blank(where, segment)
     if where and segment:
         raise UsageError("give --where or --segment, not both")
     names = list(dict.fromkeys(n.strip() for n in list_names if n.strip()))
@@ -34,7 +55,9 @@ def resolve_audience(
         expr = canonical_where(where)
     except SegmentError as exc:
         known = ", ".join(store.audiences.attribute_names(ids)) or "none"
-        raise SegmentError(f"--where {where!r}: {exc} (attributes of {', '.join(names)}: {known})") from None
+        # the column says where it goes wrong: a pasted screenful need not come back whole
+        shown = where if where is None or len(where) <= 80 else f"{where[:60]}…"
+        raise SegmentError(f"--where {shown!r}: {exc} (attributes of {', '.join(names)}: {known})") from None
     if expr:
         check_fields(parse(expr), store.audiences.attribute_names(ids))
     return Audience(ids, tuple(names), expr, segment_name)

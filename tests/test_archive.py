@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
@@ -267,3 +269,138 @@ def test_archive_build_into_a_file_is_one_error_line(archive: Archive) -> None:
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot write the archive to {blocker}: "), line
+
+
+def test_a_control_character_in_an_issue_keeps_the_feed_well_formed(archive: Archive) -> None:
+    """A form feed pasted from Word (in the subject and the body): XML 1.0 cannot carry it even escaped, so the feed
+    drops it rather than become a document no reader parses; served and built alike."""
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    issue = write_issue(archive.tmp_path, "ff", "第1\\f期", "first page\x0csecond page\n")
+    send_issue(archive.run_cli, issue, "bulletin", archive.smtp, archive.url)
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(archive.tmp_path / "site"))
+    assert built.returncode == 0, built.stderr
+    with archive.client() as http:
+        served = http.get("/a/bulletin/feed.xml").content
+    for document in (served, (archive.tmp_path / "site" / "feed.xml").read_bytes()):
+        assert b"\x0c" not in document
+        ET.fromstring(document)  # expat: raises on a character XML forbids
+        parsed = feedparser.parse(document)
+        assert not parsed.bozo, parsed.get("bozo_exception")
+        [entry] = parsed.entries
+        assert entry.title == "第1期" and "first pagesecond page" in entry.content[0].value
+
+
+def test_archive_build_never_writes_through_a_link_planted_in_the_folder(archive: Archive) -> None:
+    """The trial's links: a page and the feed pointing outside the folder, an issue's image folder too; and the
+    folder itself given as a link. Links are replaced, what they point at is left alone."""
+    from tests.test_layouts import png
+
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    (archive.tmp_path / "images").mkdir()
+    (archive.tmp_path / "images" / "chart.png").write_bytes(png(40, 20))
+    issue = write_issue(archive.tmp_path, "pics", "图片", "![图表](images/chart.png)\n", images="cid")
+    send_issue(archive.run_cli, issue, "bulletin", archive.smtp, archive.url)
+    outside = archive.tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("KEEP\n", encoding="utf-8")
+    site = archive.tmp_path / "site"
+    site.mkdir()
+    (site / "pics.html").symlink_to(victim)
+    (site / "feed.xml").symlink_to(outside / "created-outside.xml")
+
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(site))
+
+    assert built.returncode == 0, built.stderr
+    assert victim.read_text(encoding="utf-8") == "KEEP\n" and sorted(p.name for p in outside.iterdir()) == [
+        "victim.txt"
+    ]
+    for name in ("pics.html", "feed.xml"):
+        assert not (site / name).is_symlink() and (site / name).stat().st_size > 100
+    assert sorted(p.name for p in site.iterdir()) == ["feed.xml", "index.html", "pics", "pics.html"]
+
+    shutil.rmtree(site / "pics")
+    (site / "pics").symlink_to(outside, target_is_directory=True)  # the issue's images would land outside
+    linked_images = archive.run_cli("archive", "build", "bulletin", "-o", str(site))
+    assert linked_images.returncode == 1 and linked_images.stderr.startswith(
+        f"error: cannot write the archive to {site}"
+    )
+    assert len(linked_images.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+    link = archive.tmp_path / "site-link"
+    link.symlink_to(outside, target_is_directory=True)
+    as_link = archive.run_cli("archive", "build", "bulletin", "-o", str(link))
+    assert as_link.returncode == 1 and "symbolic link" in as_link.stderr
+    assert len(as_link.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+
+def test_an_issue_sent_again_to_part_of_the_list_is_archived_once(archive: Archive) -> None:
+    """The trial sent first-issue to the list, then to a latecomer with --where: the archive showed it twice."""
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    archive.send("n1", "第1期", issue="第1期")
+    archive.run_cli("subs", "add", "late@example.org", "--list", "bulletin")
+    archive.send("n1", "第1期", "--where", 'email = "late@example.org"', issue="第1期")
+    late_link = view_link(archive.mail_to("late@example.org"))
+    with archive.client() as http:
+        index = http.get("/a/bulletin/").text
+        feed = feedparser.parse(http.get("/a/bulletin/feed.xml").content)
+        late_page = http.get(late_link.removeprefix(archive.url))
+    assert re.findall(r'<li><a href="([^"]+)">', index) == ["n1"]
+    assert [e.link for e in feed.entries] == [f"{archive.url}/a/bulletin/n1"]
+    assert late_page.status_code == 200  # the latecomer's own link still opens its page
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(archive.tmp_path / "site"))
+    assert built.returncode == 0, built.stderr
+    site = archive.tmp_path / "site"
+    assert re.findall(r'<li><a href="([^"]+)">', (site / "index.html").read_text(encoding="utf-8")) == ["n1.html"]
+    assert len(feedparser.parse((site / "feed.xml").read_bytes()).entries) == 1
+    assert (site / f"{late_link.split('?')[0].rsplit('/', 1)[1]}.html").is_file()
+
+
+def test_raw_script_in_the_markdown_never_reaches_the_archive_or_the_feed(archive: Archive) -> None:
+    """The web edition is made safe once, when its campaign is created; the mail keeps what the editor wrote."""
+    archive.run_cli("lists", "update", "bulletin", "--archive", "on")
+    body = (
+        "正文<script>alert(1)</script>\n\n"
+        '<img src="https://news.example.org/x.png" onerror="alert(2)" alt="图">\n\n'
+        '<a href="javascript:alert(3)">点我</a> <a href="https://news.example.org/" onclick="alert(4)">主页</a>\n'
+    )
+    issue = write_issue(archive.tmp_path, "js", "第1期", body)
+    send_issue(archive.run_cli, issue, "bulletin", archive.smtp, archive.url)
+    built = archive.run_cli("archive", "build", "bulletin", "-o", str(archive.tmp_path / "site"))
+    assert built.returncode == 0, built.stderr
+    with archive.client() as http:
+        page, feed = http.get("/a/bulletin/js").text, http.get("/a/bulletin/feed.xml").text
+    site = archive.tmp_path / "site"
+    documents = [page, feed, *(p.read_text(encoding="utf-8") for p in (site / "js.html", site / "feed.xml"))]
+    for document in documents:
+        for word in ("<script", "&lt;script", "alert(", "onerror", "onclick", "javascript:"):
+            assert word not in document, word
+        assert "正文" in document and "主页" in document and "https://news.example.org/x.png" in document
+    mailed = archive.mail_to("ann.lee@example.org").get_body(("html",)).get_content()
+    assert "<script>alert(1)</script>" in mailed  # the mail is the editor's: mail clients strip scripts themselves
+
+
+def test_a_reader_of_the_second_list_of_a_campaign_views_it_in_their_own_lists_archive(archive: Archive) -> None:
+    from mailer.subscriptions import create_list
+
+    create_list(archive.store, "extra", "附刊", "附刊 <extra@example.org>", "", "zh")
+    csv = archive.tmp_path / "extra.csv"
+    csv.write_text("email,name\nonly.extra@example.org,Extra\n", encoding="utf-8")
+    import_csv(archive.store, "extra", csv)
+    archive.send("both", "第1期", "--list", "extra")
+    to_extra = archive.mail_to("only.extra@example.org")
+    html = to_extra.get_body(("html",)).get_content()
+    [link] = set(re.findall(r"https?://[^\s\"'<>]+/a/extra/[^\s\"'<>]+", html))
+    assert "/a/bulletin/" not in html and "/a/bulletin/" not in to_extra.get_body(("plain",)).get_content()
+    assert view_link(archive.mail_to("ann.lee@example.org")).startswith(f"{archive.url}/a/bulletin/both?k=")
+    with archive.client() as http:
+        page = http.get(link.replace("&amp;", "&").removeprefix(archive.url))
+        not_public = http.get("/a/extra/both")
+        archive.run_cli("lists", "update", "extra", "--archive", "on")
+        index = http.get("/a/extra/").text
+    assert page.status_code == 200 and "第1期" in page.text, page.status_code
+    assert f'href="{archive.url}/s/extra"' in page.text and "/s/bulletin" not in page.text  # sign up to their list
+    assert not_public.status_code == 404  # a private archive needs the mail's key, whichever list it is
+    assert re.findall(r'<li><a href="([^"]+)">', index) == ["both"]  # the campaign is in each list's archive

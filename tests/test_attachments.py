@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
 import sys
+import tracemalloc
 from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -29,7 +31,7 @@ from mailer.attachments import (
     part_headers,
     read_attachments,
 )
-from mailer.campaign import build_template, issue_from_json, issue_to_json
+from mailer.campaign import build_template, issue_file_reader, issue_from_json, issue_to_json
 from mailer.capture import CaptureServer
 from mailer.config import Config
 from mailer.errors import TemplateError
@@ -45,10 +47,10 @@ NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
 def files(mapping: dict[str, bytes]):  # type: ignore[no-untyped-def]
-    def read(name: str) -> bytes:
+    def read(name: str, limit: int | None = None) -> bytes:
         if name not in mapping:
             raise TemplateError(f"x.md: {name} does not exist")
-        return mapping[name]
+        return mapping[name] if limit is None else mapping[name][: limit + 1]
 
     return read
 
@@ -87,7 +89,7 @@ def test_a_name_in_any_script_parses_back_with_the_same_bytes(name: str) -> None
 @example("<>")  # the email package reads a quoted "<x>" as x (email.utils.unquote): an empty name
 @example("<draft>")
 def test_any_file_name_parses_back_as_written_within_78_columns(name: str) -> None:
-    [attachment], _ = read_attachments([name], lambda path: PDF, "x.md")
+    [attachment], _ = read_attachments([name], lambda path, limit=None: PDF, "x.md")
     assert attachment.filename.strip() and not set(attachment.filename) & set('"<>')
     [part] = wrap(encode_part("B", attachment)).iter_attachments()
     assert part.get_filename() == attachment.filename
@@ -150,7 +152,7 @@ def test_size_warning_and_limit() -> None:
     big = {"big.pdf": b"x" * (3 * 2**20)}
     _, warnings = read_attachments(["big.pdf"], files(big), "x.md")
     assert warnings and "3.0 MB" in warnings[0]
-    with pytest.raises(TemplateError, match=r"3.0 MB, over the limit of 2 MB"):
+    with pytest.raises(TemplateError, match=r"over the limit of 2 MB per message \(MAILER_ATTACHMENT_LIMIT\) with big"):
         read_attachments(["big.pdf"], files(big), "x.md", limit=2 * 2**20)
 
 
@@ -292,6 +294,40 @@ def test_a_layout_that_does_not_list_attachments_is_a_warning(tmp_path: Path) ->
     ]
 
 
+def test_a_sparse_file_over_the_limit_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """The trial's 3 GB sparse .pdf took 3.2 GB of memory before the error: the reader stops one byte past the limit."""
+    huge = tmp_path / "huge.pdf"
+    with huge.open("wb") as out:
+        out.truncate(3 * 2**30)
+    reader = issue_file_reader(tmp_path / "issue.md")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TemplateError, match="over the limit of 10 MB per message"):
+            read_attachments(["huge.pdf"], reader, "issue.md")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, peak
+    assert len(reader("huge.pdf", limit=1000)) == 1001
+
+
+def test_a_named_pipe_or_a_folder_is_refused_without_opening_it_for_good(tmp_path: Path, run_cli_process) -> None:  # type: ignore[no-untyped-def]
+    """A FIFO named as an attachment hung `mailer render` forever: in a process of its own, with a timeout."""
+    folder = tmp_path / "issues"
+    folder.mkdir()
+    os.mkfifo(folder / "f.pdf")
+    (folder / "dir.pdf").mkdir()
+    for name, kind in (("f.pdf", "a named pipe"), ("dir.pdf", "a folder")):
+        issue = folder / f"{name}.md"
+        issue.write_text(f'---\nsubject: "x"\nattachments: [{name}]\n---\nx\n', encoding="utf-8")
+        result = run_cli_process("render", str(issue), "-o", "out", timeout=20)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [
+            f"error: {issue}: {name} is {kind}, not a file: only regular files can travel with an issue"
+        ]
+    assert not (tmp_path / "out").exists()
+
+
 def test_attachments_outside_the_issue_folder_are_refused(tmp_path: Path) -> None:
     (tmp_path / "secret.pdf").write_bytes(make_pdf())
     folder = tmp_path / "issue"
@@ -338,7 +374,7 @@ def test_over_2_mb_is_a_warning_and_over_the_limit_stops_before_anything_is_sent
     refused = run_cli(*send, env={"MAILER_ATTACHMENT_LIMIT": "2 MB"})
     assert refused.returncode == 1
     assert refused.stderr.splitlines() == [
-        f"error: {issue}: attachments are 3.0 MB, over the limit of 2 MB per message (MAILER_ATTACHMENT_LIMIT); "
+        f"error: {issue}: attachments are over the limit of 2 MB per message (MAILER_ATTACHMENT_LIMIT) with big.pdf; "
         "link to the files instead"
     ]
     assert smtp_server.connections == 0
@@ -378,3 +414,28 @@ def test_a_message_larger_than_the_relay_takes_is_refused_before_the_campaign(
         sent = run_cli(*send)
         assert sent.returncode == 0, sent.stderr
         assert next(parsed(relay.received[0].data).iter_attachments()).get_payload(decode=True) == pdf[:600_000]
+
+
+@pytest.mark.parametrize(
+    "name", ["setup.exe", "run.BAT", "tool.cmd", "x.com", "s.scr", "a.js", "b.vbs", "i.msi", "p.ps1", "j.jar"]
+)
+def test_a_program_or_script_is_a_warning_naming_the_risk(name: str) -> None:
+    [_], warnings = read_attachments([name], files({name: PDF}), "x.md")
+    [warning] = warnings
+    assert warning.startswith(f"attachment {name} is a program or script") and "reject" in warning
+
+
+def test_documents_get_no_such_warning() -> None:
+    names = ["简报.pdf", "data.xlsx", "exe", "notes.js.txt"]
+    _, warnings = read_attachments(names, files(dict.fromkeys(names, PDF)), "x.md")
+    assert warnings == []
+
+
+def test_send_warns_of_an_exe_attachment(tmp_path: Path, store: Store, smtp_server: CaptureServer, run_cli) -> None:  # type: ignore[no-untyped-def]
+    add_subscriber(store, "bulletin", "reader@example.org", "读者")
+    issue = write_issue(tmp_path / "issues", {"setup.exe": b"MZ" + bytes(100)}, "attachments: [setup.exe]")
+    dry = run_cli("send", str(issue), "--list", "bulletin", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert any(
+        line.startswith("warning: attachment setup.exe is a program or script") for line in dry.stderr.splitlines()
+    )

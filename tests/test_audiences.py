@@ -343,7 +343,8 @@ async def test_the_issue_may_name_its_saved_segment(
     issue.write_text("---\nsubject: 第1期\nsegment: chongqing\n---\n\n正文。\n", encoding="utf-8")
 
     dry = await send_issue(store, config, issue, "bulletin", SendOptions(dry_run=True), settings, where='地区 = "北京"')
-    assert dry.sample == ("b@example.com",)  # the command line wins over the issue's segment
+    assert dry.sample == ("b@example.com",)  # the command line wins over the issue's segment, and says so
+    assert "--where '地区 = \"北京\"' on the command line replaces the issue's segment: chongqing" in dry.warnings
     summary = await send_issue(store, config, issue, "bulletin", SendOptions(), settings)
 
     assert summary.counts == {"sent": 1} and not summary.warnings
@@ -386,3 +387,48 @@ def test_the_trial_case_a_new_accent_in_mailer_toml_does_not_mail_the_list_again
     assert "already complete" in again.stderr and "the look (layout, theme or list settings) changed" in again.stderr
     assert len(smtp_server.received) == 4
     assert [c["counts"] for c in campaigns(run_cli)] == [{"sent": 4}]
+
+
+def test_an_empty_where_or_segment_is_a_usage_error_not_the_whole_list(
+    store: Store, smtp_server: CaptureServer, tmp_path: Path, run_cli
+) -> None:
+    """`--where "$SEG"` with SEG unset: the trial's script mailed everyone. Leaving the option out says that."""
+    add(store, "bulletin", PEOPLE)
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    blank_segment = tmp_path / "blank.md"
+    blank_segment.write_text("---\nsubject: 第1期\nsegment:\n---\n\n正文。\n", encoding="utf-8")
+    port = ("--smtp-port", str(smtp_server.port))
+    for args, says in [
+        (("send", str(issue), "--list", "bulletin", "--where", "", "--yes", *port), "--where is empty"),
+        (("send", str(issue), "--list", "bulletin", "--where", "  ", "--yes", *port), "--where is empty"),
+        (("send", str(issue), "--list", "bulletin", "--segment", "", "--yes", *port), "--segment is empty"),
+        (("send", str(issue), "--list", "bulletin", "--where", "", "--dry-run"), "--where is empty"),
+        (("send", str(blank_segment), "--list", "bulletin", "--yes", *port), "front matter 'segment' is empty"),
+        (("render", str(issue), "--list", "bulletin", "--where", "", "-o", "out"), "--where is empty"),
+        (("segments", "create", "all", "--list", "bulletin", "--where", " "), "--where is empty"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert_one_error_line(result.stderr)
+        assert says in result.stderr, result.stderr
+    assert not smtp_server.received and not campaigns_of(store)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_trials_deep_expressions_and_far_dates_are_one_error_line(store: Store, tmp_path: Path, run_cli) -> None:
+    """What gave a RecursionError or OverflowError traceback (over a thousand lines) on the real CLI."""
+    add(store, "bulletin", PEOPLE)
+    issue = write_issue(tmp_path / "issue.md", "第1期")
+    send = ("send", str(issue), "--list", "bulletin")
+    for args in [
+        (*send, "--where", "(" * 1000 + 'email = "a"' + ")" * 1000, "--dry-run"),
+        (*send, "--where", "not " * 400 + 'email = "a"', "--dry-run"),
+        ("segments", "create", "deep", "--list", "bulletin", "--where", "not " * 330 + 'email = "a"'),
+        (*send, "--at", "9999-12-31 23:59", "--tz", "America/New_York", "--yes"),
+        (*send, "--at", "2026-12-05T09:00+25:00", "--yes"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args[-3:], result.stderr[-300:])
+        assert_one_error_line(result.stderr)
+        assert "Recursion" not in result.stderr and "timedelta" not in result.stderr and len(result.stderr) < 300
+    assert not campaigns_of(store) and not store.audiences.segments()

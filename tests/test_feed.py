@@ -52,3 +52,17 @@ def test_values_are_escaped_as_data() -> None:
 def test_an_empty_archive_is_a_valid_feed() -> None:
     parsed = feedparser.parse(atom_feed(INFO, [], "2026-12-01T00:00:00Z"))
     assert not parsed.bozo and parsed.entries == [] and parsed.feed.updated == "2026-12-01T00:00:00Z"
+
+
+def test_characters_xml_forbids_are_dropped_from_every_value() -> None:
+    forbidden = "\x00\x01\x0b\x0c\x1f\ufffe\uffff\ud800"
+    entry = FeedEntry(
+        f"标题{forbidden}", f"https://e.org/a/x{forbidden}", "2026-12-01", f"摘{forbidden}要", f"<p>a{forbidden}b</p>"
+    )
+    info = FeedInfo(f"简报{forbidden}", INFO.feed_url, INFO.page_url, "zh", f"中心{forbidden}")
+    document = atom_feed(info, [entry], "2026-12-01")
+    ET.fromstring(document)
+    parsed = feedparser.parse(document)
+    assert not parsed.bozo and parsed.feed.title == "简报" and parsed.entries[0].title == "标题"
+    assert parsed.entries[0].summary == "摘要" and "<p>ab</p>" in parsed.entries[0].content[0].value
+    assert "\t" in atom_feed(info, [FeedEntry("a\tb", "https://e.org/a/y", "2026-12-01")], "x").decode()  # allowed

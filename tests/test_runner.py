@@ -125,8 +125,9 @@ def test_scheduling_from_the_command_line_cancel_reschedule_and_a_past_time(
     cancelled = run_cli("campaigns", "cancel", str(row["id"]))
     assert cancelled.returncode == 0, cancelled.stderr
     assert campaigns(run_cli)[0]["state"] == "cancelled"
-    again = run_cli("campaigns", "reschedule", str(row["id"]), "--at", "2099-01-02 09:00")
-    assert again.returncode == 1 and "only a scheduled one" in again.stderr
+    again = run_cli("campaigns", "reschedule", str(row["id"]), "--at", "2099-01-02 09:00")  # it reached nobody
+    assert again.returncode == 0, again.stderr
+    assert campaigns(run_cli)[0]["state"] == "scheduled"
 
 
 def _runner(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
@@ -293,3 +294,36 @@ async def test_the_runner_logs_a_pause_it_waits_out_and_goes_on_when_resumed(
     assert any(f"campaign {campaign_id}: campaign {campaign_id} paused: waiting" in line for line in lines), lines
     assert sorted(c.rcpt_tos[0] for c in smtp_server.received) == [f"r{i}@example.org" for i in range(5)]
     assert store.campaigns.state(campaign_id) is CampaignState.FINISHED
+
+
+async def test_a_campaign_another_live_sender_holds_is_left_to_it_and_said_once(
+    store: Store, config: Config, smtp_server: CaptureServer, tmp_path: Path
+) -> None:
+    from mailer.store.leases import lease_owner
+
+    add(store, ["a@example.org", "b@example.org"])
+    settings = relays(config.with_overrides(smtp_port=smtp_server.port))
+    scheduled = await send_issue(
+        store, config, write_issue(tmp_path / "issue.md", "第1期"), "bulletin", SendOptions(), settings, send_at=T0
+    )
+    campaign_id = scheduled.campaign_id or 0
+    store.schedules.begin(campaign_id, store.campaigns.audience(store.lists.get("bulletin").id))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the other sender, alive
+    try:
+        with store.transaction():
+            store.conn.execute(
+                "UPDATE campaigns SET lease_owner = ?, lease_until = '2000-01-01' WHERE id = ?",
+                (lease_owner(other.pid), campaign_id),
+            )
+        lines: list[str] = []
+        runner = Runner(store, config, settings, SendOptions(), lines.append, clock=Clock(T0 + timedelta(minutes=1)))
+        for _ in range(3):
+            assert await runner.tick() == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert not smtp_server.received
+    assert not any("resumes" in line for line in lines), lines
+    assert lines == [
+        f"campaign {campaign_id} is being sent by process {other.pid} on this host; leaving it to that sender"
+    ]

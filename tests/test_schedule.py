@@ -36,12 +36,37 @@ def test_a_time_in_the_past_is_refused_unless_now() -> None:
     assert parse_send_at("2026-12-01 15:59:30", SHANGHAI, NOW)  # within a minute: the command took a moment
 
 
-@pytest.mark.parametrize("text", ["tomorrow", "2026-12-05", "09:00", "2026-13-05 09:00", "2026-12-05 25:00"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tomorrow",
+        "2026-12-05",
+        "09:00",
+        "2026-13-05 09:00",
+        "2026-12-05 25:00",
+        "2026-12-05T09:00+25:00",  # Python's own words named timedelta(hours=24)
+        "2026-12-05T09:00-24:00",
+        "2026-12-05T09:00+08:60",
+        "9999-12-31T23:59-05:00",  # the year 10000 in UTC: OverflowError
+    ],
+)
 def test_unreadable_times_are_one_usage_error(text: str) -> None:
     with pytest.raises(UsageError) as caught:
         parse_send_at(text, SHANGHAI, NOW)
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith(f"--at {text!r}")
+    assert "timedelta" not in str(caught.value)
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Shanghai", "UTC"])
+def test_the_last_days_the_calendar_holds_are_one_usage_error_where_they_overflow(zone: str) -> None:
+    for text in ("9999-12-31 23:59", "9999-12-31T23:59-12:00"):
+        try:
+            moment = parse_send_at(text, timezone(zone), NOW)
+        except UsageError as exc:
+            assert "beyond the last date" in str(exc) and "\n" not in str(exc)
+        else:
+            assert describe(moment, timezone(zone))  # what it accepts it can also show
 
 
 def test_daylight_saving_gaps_and_overlaps_are_refused() -> None:

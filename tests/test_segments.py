@@ -9,6 +9,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from mailer.segments import (
+    MAX_NESTING,
     And,
     Compare,
     Field,
@@ -184,3 +185,20 @@ def test_any_input_parses_or_raises_one_line_segment_error(text: str) -> None:
     except SegmentError as exc:
         assert str(exc).startswith(("column ", "the expression is empty"))
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["(" * 1000 + 'email = "a"' + ")" * 1000, "not " * 400 + 'email = "a"', "(not " * 300 + 'a = "1"' + ")" * 300],
+)
+def test_nesting_beyond_the_limit_is_one_error_naming_it(text: str) -> None:
+    with pytest.raises(SegmentError) as caught:
+        parse(text)
+    assert f"deeper than {MAX_NESTING} levels" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_nesting_up_to_the_limit_reads_prints_and_matches() -> None:
+    for text in ("(" * MAX_NESTING + 'email = "x@qq.com"' + ")" * MAX_NESTING, "not " * MAX_NESTING + "age > 30"):
+        expr = parse(text)
+        assert parse(str(expr)) == expr
+        expr.matches(ANON)

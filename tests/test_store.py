@@ -325,6 +325,80 @@ CREATE TRIGGER deliveries_tally_delete AFTER DELETE ON deliveries BEGIN
         AND status = OLD.status;
 END;
 """,
+    # Schema 14: ids of lists, subscribers and campaigns are never reused after a delete (signed links name them):
+    # the three tables rebuilt with AUTOINCREMENT, their sequences started past every id a row still names.
+    14: """
+DROP VIEW IF EXISTS delivery_log;
+DROP VIEW IF EXISTS campaign_counts;
+DROP VIEW IF EXISTS list_members;
+CREATE TABLE new_lists (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL DEFAULT '',
+    from_addr TEXT NOT NULL DEFAULT '',
+    reply_to TEXT NOT NULL DEFAULT '',
+    lang TEXT NOT NULL DEFAULT 'zh',
+    created TEXT NOT NULL
+, "public" INTEGER NOT NULL DEFAULT 0, "archive" INTEGER NOT NULL DEFAULT 0,
+"require_approval" INTEGER NOT NULL DEFAULT 0, "tz" TEXT NOT NULL DEFAULT '');
+INSERT INTO new_lists SELECT * FROM lists;
+DROP TABLE lists;
+ALTER TABLE new_lists RENAME TO lists;
+CREATE TABLE new_subscribers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL, "confirmed" TEXT,
+    UNIQUE (list_id, email)
+);
+INSERT INTO new_subscribers SELECT * FROM subscribers;
+DROP TABLE subscribers;
+ALTER TABLE new_subscribers RENAME TO subscribers;
+CREATE INDEX subscribers_status ON subscribers (list_id, status, id);
+CREATE INDEX subscribers_email ON subscribers (email);
+CREATE TABLE new_campaigns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    list_id INTEGER NOT NULL REFERENCES lists(id),
+    slug TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issue_path TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    rendered TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    is_test INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    finished TEXT,
+    lease_owner TEXT,
+    lease_until TEXT
+, "cancelled" TEXT, "state" TEXT NOT NULL DEFAULT 'sending', "web_edition" TEXT, "archive_slug" TEXT,
+"audience" TEXT NOT NULL DEFAULT '', "audience_key" TEXT NOT NULL DEFAULT '', "look_hash" TEXT NOT NULL DEFAULT '',
+"send_at" TEXT);
+INSERT INTO new_campaigns SELECT * FROM campaigns;
+DROP TABLE campaigns;
+ALTER TABLE new_campaigns RENAME TO campaigns;
+CREATE INDEX campaigns_content ON campaigns (list_id, content_hash) WHERE is_test = 0;
+CREATE INDEX campaigns_slug ON campaigns (list_id, slug);
+CREATE UNIQUE INDEX campaigns_archive_slug ON campaigns (list_id, archive_slug) WHERE archive_slug IS NOT NULL;
+CREATE INDEX campaigns_audience ON campaigns (audience_key, content_hash) WHERE is_test = 0;
+CREATE INDEX campaigns_due ON campaigns (state, send_at);
+DELETE FROM sqlite_sequence;
+INSERT INTO sqlite_sequence (name, seq) VALUES ('lists', (SELECT COALESCE(MAX(m), 0) FROM (
+    SELECT MAX(id) AS m FROM lists UNION ALL SELECT MAX(list_id) FROM subscribers
+    UNION ALL SELECT MAX(list_id) FROM campaigns UNION ALL SELECT MAX(list_id) FROM deliveries
+    UNION ALL SELECT MAX(list_id) FROM signup_requests
+    UNION ALL SELECT MAX(list_id) FROM segments UNION ALL SELECT MAX(list_id) FROM approvals)));
+INSERT INTO sqlite_sequence (name, seq) VALUES ('subscribers', (SELECT COALESCE(MAX(m), 0) FROM (
+    SELECT MAX(id) AS m FROM subscribers UNION ALL SELECT MAX(subscriber_id) FROM deliveries
+    UNION ALL SELECT MAX(subscriber_id) FROM unsubscribes UNION ALL SELECT MAX(subscriber_id) FROM joins)));
+INSERT INTO sqlite_sequence (name, seq) VALUES ('campaigns', (SELECT COALESCE(MAX(m), 0) FROM (
+    SELECT MAX(id) AS m FROM campaigns UNION ALL SELECT MAX(campaign_id) FROM deliveries
+    UNION ALL SELECT MAX(campaign_id) FROM returned_mail UNION ALL SELECT MAX(campaign_id) FROM audit)));
+""",
 }
 
 
@@ -509,3 +583,25 @@ def test_a_closed_store_refuses_queries(tmp_path: Path) -> None:
         store.init()
     with pytest.raises(sqlite3.ProgrammingError):
         store.lists.with_counts()
+
+
+def test_migrating_starts_each_id_past_every_id_a_row_still_names(tmp_path: Path) -> None:
+    """Schema 14: a list, subscriber or campaign deleted before the upgrade (only its deliveries left) does not get
+    its id handed out again, nor does the newest one deleted after."""
+    old = tmp_path / "old.db"
+    _old_database(old, 13)
+    conn = sqlite3.connect(old)
+    conn.execute(
+        "INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, status, queued, updated) "
+        "VALUES (7, 9, 5, 'gone@example.org', 'sent', 'then', 'then')"
+    )
+    conn.commit()
+    conn.close()
+    with Store.open(old, must_exist=False) as store:
+        store.init()
+        made = store.lists.create("next", "", "N <n@example.org>", "", "en")
+        assert made.id == 6
+        store.conn.execute("DELETE FROM lists WHERE id = 6")
+        assert store.lists.create("after", "", "N <n@example.org>", "", "en").id == 7
+        (sequence,) = store.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'campaigns'").fetchone()
+        assert sequence == 7

@@ -21,6 +21,7 @@ from mailer.cli.common import (
     table,
 )
 from mailer.cli.shell import environment, out, say
+from mailer.errors import CampaignBusy
 from mailer.models import CampaignState, DeliveryStatus
 
 
@@ -62,8 +63,16 @@ def campaigns_ls(
 def campaigns_cancel(
     ctx: typer.Context,
     campaign: Annotated[str, typer.Argument(help="Campaign id (see: mailer campaigns ls).")],
+    under_sender: Annotated[
+        bool,
+        typer.Option(
+            "--under-sender",
+            help="Also while a live process sends it: it stops within a second and skips the rest (as the console).",
+        ),
+    ] = False,
 ) -> None:
-    """Stop a campaign for good: whoever it has not reached yet is skipped (refused while it is being sent).
+    """Stop a campaign for good: whoever it has not reached yet is skipped (refused while it is being sent, unless
+    --under-sender). A scheduled campaign cancelled before it reached anyone can be scheduled or sent again.
 
     Example: mailer campaigns cancel 1
     """
@@ -71,9 +80,23 @@ def campaigns_cancel(
 
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
-        skipped = store.campaigns.cancel(found.id)
+        try:
+            skipped = store.campaigns.cancel(found.id, under_sender=under_sender)
+        except CampaignBusy as busy:
+            raise CampaignBusy(
+                f"{busy}; or cancel it under that sender: mailer campaigns cancel {found.id} --under-sender"
+            ) from None
         sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
-        store.audit.record(cli_actor(), "cancel", campaign_id=found.id, detail=f"{skipped} recipient(s) skipped")
+        detail = "its sender stops and skips the rest" if skipped is None else f"{skipped} recipient(s) skipped"
+        store.audit.record(cli_actor(), "cancel", campaign_id=found.id, detail=detail)
+    if skipped is None:
+        out().print(
+            f"campaign {found.id} cancelled: its sender stops within a second and skips whoever it has not reached "
+            f"({sent} had it so far; see: mailer campaigns show {found.id})",
+            markup=False,
+            highlight=False,
+        )
+        return
     out().print(
         f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
         markup=False,

@@ -130,15 +130,17 @@ def lists_delete(
     name: Annotated[str, typer.Argument(help="The list's name.")],
     force: Annotated[bool, typer.Option("--force", help="Also delete its campaigns and their delivery log.")] = False,
 ) -> None:
-    """Delete a list and its subscribers (refused while it has campaigns, unless --force).
+    """Delete a list and its subscribers (refused while it has campaigns, unless --force; --force keeps a campaign that
+    also went to other lists, and is refused while one is scheduled, paused or being sent).
 
     Example: mailer lists delete old-list
     """
     with open_store(ctx) as store:
-        subscribers, campaigns = store.lists.delete(name, force=force)
-    out().print(
-        f"deleted list {name}: {subscribers} subscriber(s), {campaigns} campaign(s)", markup=False, highlight=False
-    )
+        subscribers, campaigns, kept = store.lists.delete(name, force=force)
+    line = f"deleted list {name}: {subscribers} subscriber(s), {campaigns} campaign(s)"
+    if kept:
+        line += f"; kept campaign(s) {', '.join(map(str, kept))}: also sent to other lists, with their delivery history"
+    out().print(line, markup=False, highlight=False)
 
 
 @lists_app.command("ls")

@@ -65,6 +65,7 @@ from mailer.render.layouts import (
     render_page,
     template_error,
 )
+from mailer.render.sanitise import web_safe
 from mailer.render.text import inline_text, tokens_to_text
 from mailer.wording import NO_LIST_TITLE
 
@@ -410,7 +411,7 @@ def render_issue(
         raise TemplateError(f"layout {exc.name} not found in {templates_dir or BUILTIN_TEMPLATES}") from None
     except Exception as exc:  # as for the body: a layout's own error, named by its file and line
         raise template_error(origin, exc) from None
-    html = inline_css(raw_html)
+    html = inline_css(raw_html) if edition is None else web_safe(inline_css(raw_html))  # the mail is the editor's
     text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
     content = issue_content(source, raw_html, text, images, attachments)
     warnings = [*meta.unused(origin), *size_warnings, *unmentioned(attachments, html, text, origin)]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from markupsafe import Markup
 
 from mailer.attachments import Attachment
+from mailer.attachments import ReadFile as ReadFile  # images and attachments share the reader
 
 # Per-recipient values are rendered as these markers and substituted after inlining. They are plain ASCII with no
 # Markdown, HTML or URI meaning, so Markdown, Jinja autoescape, lxml and premailer all pass them through unchanged.
@@ -37,9 +38,6 @@ PH_ATTR = "@@MAILER_A{}@@"
 
 
 PLACEHOLDER_RE = re.compile(r"@@MAILER_(NAME|EMAIL|UNSUBSCRIBE_URL|PREFERENCES_URL|VIEW_URL|A\d+)@@")
-
-
-ReadFile = Callable[[str], bytes]
 
 
 @dataclass(frozen=True)

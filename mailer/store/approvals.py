@@ -6,7 +6,7 @@ Must not decide whether a send may go (approvals.py, the service, does)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailer.store.connection import Repository
 
@@ -20,27 +20,45 @@ class Approval:
     by: str
     note: str
     at: str
+    # What the approved issue looked like (approvals.look_of): "output" -> the rendered mail's hash, "layout NAME"
+    # and "theme FIELD" -> sha256. Empty for approvals recorded before looks were: they cover the content only.
+    look: dict[str, str] = field(default_factory=dict)
+
+
+LOOK_PREFIX = "look:"  # kept in the files column beside the files, so the table keeps its shape
 
 
 _COLUMNS = "l.name, a.content_hash, a.issue_path, a.files, a.by_name, a.note, a.at"
 
 
 class Approvals(Repository):
-    def add(self, list_id: int, content_hash: str, issue_path: str, files: dict[str, str], by: str, note: str) -> bool:
+    def add(
+        self,
+        list_id: int,
+        content_hash: str,
+        issue_path: str,
+        files: dict[str, str],
+        by: str,
+        note: str,
+        look: dict[str, str] | None = None,
+    ) -> bool:
         """Record an approval; True when it is new (the same person approving the same content again updates the
-        note and time)."""
+        note, the time and the look approved)."""
         now = self.store.now()
+        files = {**files, **{LOOK_PREFIX + k: v for k, v in (look or {}).items()}}
+        stored = json.dumps(files, ensure_ascii=False)
         with self.store.transaction():
             cur = self.conn.execute(
-                "UPDATE approvals SET note = ?, at = ? WHERE list_id = ? AND content_hash = ? AND by_name = ?",
-                (note, now, list_id, content_hash, by),
+                "UPDATE approvals SET note = ?, at = ?, files = ? "
+                "WHERE list_id = ? AND content_hash = ? AND by_name = ?",
+                (note, now, stored, list_id, content_hash, by),
             )
             if cur.rowcount:
                 return False
             self.conn.execute(
                 "INSERT INTO approvals (list_id, content_hash, issue_path, files, by_name, note, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (list_id, content_hash, issue_path, json.dumps(files, ensure_ascii=False), by, note, now),
+                (list_id, content_hash, issue_path, stored, by, note, now),
             )
         return True
 
@@ -58,4 +76,11 @@ class Approvals(Repository):
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM approvals a JOIN lists l ON l.id = a.list_id WHERE {condition} ORDER BY a.at", args
         )
-        return [Approval(name, h, path, json.loads(files), by, note, at) for name, h, path, files, by, note, at in rows]
+        return [_approval(*row) for row in rows]
+
+
+def _approval(name: str, content_hash: str, path: str, raw: str, by: str, note: str, at: str) -> Approval:
+    stored: dict[str, str] = json.loads(raw)
+    files = {k: v for k, v in stored.items() if not k.startswith(LOOK_PREFIX)}
+    look = {k.removeprefix(LOOK_PREFIX): v for k, v in stored.items() if k.startswith(LOOK_PREFIX)}
+    return Approval(name, content_hash, path, files, by, note, at, look)

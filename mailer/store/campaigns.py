@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mailer.audience import Audience
 from mailer.errors import CampaignBusy, CampaignHeld, MailerError, NotFoundError, UsageError
 from mailer.models import Campaign, CampaignState, DeliveryStatus, Subscriber
+from mailer.store.archive import on_list
 from mailer.store.connection import Repository
 from mailer.store.leases import check_holder, lease_owner
 
@@ -28,15 +30,19 @@ def _campaign(row: dict[str, Any]) -> Campaign:
     return Campaign(**{**row, "is_test": bool(row["is_test"]), "state": CampaignState(row["state"])})
 
 
-def _free_archive_slug(conn: sqlite3.Connection, list_id: int, slug: str) -> str:
-    """The issue's slug, or `slug-2`, `slug-3`, ... when the list's archive has that name already."""
-    taken = {
-        name
-        for (name,) in conn.execute(
-            "SELECT archive_slug FROM campaigns WHERE list_id = ? AND (archive_slug = ? OR archive_slug LIKE ?)",
-            (list_id, slug, f"{slug}-%"),
-        )
-    }
+def _free_archive_slug(conn: sqlite3.Connection, list_ids: Sequence[int], slug: str) -> str:
+    """The issue's slug, or `slug-2`, `slug-3`, ... when the archive of one of its lists has that name already (a
+    campaign for several lists is in each one's archive)."""
+    taken: set[str] = set()
+    for list_id in list_ids:
+        taken |= {
+            name
+            for (name,) in conn.execute(
+                f"SELECT archive_slug FROM campaigns c WHERE {on_list('c')} "
+                "AND (archive_slug = ?2 OR archive_slug LIKE ?3)",
+                (list_id, slug, f"{slug}-%"),
+            )
+        }
     n, candidate = 1, slug
     while candidate in taken:
         n += 1
@@ -164,7 +170,7 @@ class Campaigns(Repository):
             if web_edition is not None and not is_test:
                 self.conn.execute(
                     "UPDATE campaigns SET web_edition = ?, archive_slug = ? WHERE id = ?",
-                    (web_edition, _free_archive_slug(self.conn, audience.list_ids[0], slug), campaign_id),
+                    (web_edition, _free_archive_slug(self.conn, audience.list_ids, slug), campaign_id),
                 )
             if test_recipient is not None:
                 self.conn.execute(

@@ -10,10 +10,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from mailer.errors import MailerError, NotFoundError
+from mailer.errors import CampaignBusy, MailerError, NotFoundError
 from mailer.models import MailingList, Subscriber, SubscriberStatus, UnsubscribeSource
 from mailer.store.connection import Repository
 from mailer.store.deliveries import CHUNK
+from mailer.store.leases import check_holder
 from mailer.store.suppressions import suppressed_status
 
 
@@ -131,14 +132,20 @@ class Lists(Repository):
         """The campaigns that sent (or will send) to the list, as their first list or to some of its people."""
         rows = self.conn.execute(
             "SELECT id FROM campaigns WHERE list_id = ? UNION "
-            "SELECT DISTINCT campaign_id FROM deliveries WHERE list_id = ? ORDER BY 1",
-            (list_id, list_id),
+            "SELECT DISTINCT campaign_id FROM deliveries WHERE list_id = ? UNION "
+            # a campaign not started yet has no deliveries: its audience key names its lists ("1,2|where")
+            "SELECT id FROM campaigns WHERE ',' || substr(audience_key, 1, instr(audience_key, '|') - 1) || ',' "
+            "LIKE '%,' || ? || ',%' ORDER BY 1",
+            (list_id, list_id, list_id),
         )
         return [campaign_id for (campaign_id,) in rows]
 
-    def delete(self, name: str, *, force: bool = False) -> tuple[int, int]:
-        """Delete a list with its subscribers, segments and approvals; with `force` also its campaigns and their
-        delivery history. Returns (subscribers, campaigns) deleted."""
+    def delete(self, name: str, *, force: bool = False) -> tuple[int, int, list[int]]:
+        """Delete a list with its subscribers, segments and approvals; with `force` also the campaigns that sent to
+        it alone, with their delivery history. A campaign that also went to other lists is kept whole (its history
+        is theirs too: deleting it would mail their people again on the next send), now filed under one of them.
+        Refused while a campaign of the list is scheduled, paused or being sent. Returns (subscribers deleted,
+        campaigns deleted, campaigns kept)."""
         found = self.get(name)
         with self.store.transaction():
             campaigns = self.campaign_ids(found.id)
@@ -147,8 +154,11 @@ class Lists(Repository):
                     f"list {name!r} has {len(campaigns)} campaign(s) ({', '.join(map(str, campaigns[:10]))}): their "
                     "delivery history would go with it; add --force to delete them too"
                 )
-            marks = ", ".join("?" for _ in campaigns)
-            if campaigns:
+            self._refuse_while_active(name, campaigns)
+            kept = self._keep_shared(found.id, campaigns)
+            alone = [campaign_id for campaign_id in campaigns if campaign_id not in kept]
+            marks = ", ".join("?" for _ in alone)
+            if alone:
                 for sql in (
                     "DELETE FROM delivery_events WHERE delivery_id IN "
                     f"(SELECT id FROM deliveries WHERE campaign_id IN ({marks}))",
@@ -156,7 +166,7 @@ class Lists(Repository):
                     f"DELETE FROM returned_mail WHERE campaign_id IN ({marks})",
                     f"DELETE FROM campaigns WHERE id IN ({marks})",
                 ):
-                    self.conn.execute(sql, campaigns)
+                    self.conn.execute(sql, alone)
             for sql in (
                 "DELETE FROM unsubscribes WHERE subscriber_id IN (SELECT id FROM subscribers WHERE list_id = ?)",
                 "DELETE FROM joins WHERE subscriber_id IN (SELECT id FROM subscribers WHERE list_id = ?)",
@@ -167,7 +177,73 @@ class Lists(Repository):
                 self.conn.execute(sql, (found.id,))
             subscribers = self.conn.execute("DELETE FROM subscribers WHERE list_id = ?", (found.id,)).rowcount
             self.conn.execute("DELETE FROM lists WHERE id = ?", (found.id,))
-        return int(subscribers), len(campaigns)
+        return int(subscribers), len(alone), kept
+
+    def _refuse_while_active(self, name: str, campaigns: list[int]) -> None:
+        """A scheduled or paused campaign is still to go out, and a live sender would find its rows gone in the
+        middle of a send: the operator settles those first."""
+        marks = ", ".join("?" for _ in campaigns)
+        rows = self.conn.execute(
+            f"SELECT id, state, lease_owner, lease_until FROM campaigns WHERE id IN ({marks}) "
+            "AND state IN ('scheduled', 'paused', 'sending') ORDER BY id",
+            campaigns,
+        ).fetchall()
+        for campaign_id, state, holder, until in rows:
+            if state != "sending":
+                raise MailerError(
+                    f"list {name!r} has campaign {campaign_id} {state}: cancel it first "
+                    f"(mailer campaigns cancel {campaign_id}), then delete the list"
+                )
+            try:
+                check_holder(campaign_id, holder, until, "", self.store.now())
+            except CampaignBusy as busy:
+                raise MailerError(f"list {name!r} cannot be deleted now: {busy}") from None
+
+    def _keep_shared(self, list_id: int, campaigns: list[int]) -> list[int]:
+        """The campaigns that also went to another list that still exists, each filed under the first such list.
+        The deleted list leaves their audience's lists (a list made later under its name must never join a campaign
+        that resumes) for `deleted` beside them, as history, and their audience key: the same send to the lists
+        left finds the campaign (already complete) instead of mailing their people again."""
+        name = self.by_id(list_id).name
+        kept = []
+        for campaign_id in campaigns:
+            key, audience = self.conn.execute(
+                "SELECT audience_key, audience FROM campaigns WHERE id = ?", (campaign_id,)
+            ).fetchone()
+            named = {int(i) for i in key.partition("|")[0].split(",") if i.isdigit()}
+            named |= {
+                other
+                for (other,) in self.conn.execute(
+                    "SELECT DISTINCT list_id FROM deliveries WHERE campaign_id = ? AND list_id IS NOT NULL",
+                    (campaign_id,),
+                )
+            }
+            others = sorted(
+                other
+                for other in named - {list_id}
+                if self.conn.execute("SELECT 1 FROM lists WHERE id = ?", (other,)).fetchone()
+            )
+            if others:
+                data = json.loads(audience) if audience else {}
+                if name in data.get("lists", []):
+                    data["lists"] = [n for n in data["lists"] if n != name]
+                    data["deleted"] = [*data.get("deleted", []), name]
+                first = others[0] if not data.get("lists") else self.get(data["lists"][0]).id
+                ids, _, where = key.partition("|")
+                left = [i for i in ids.split(",") if i and i != str(list_id)]
+                self.conn.execute(
+                    "UPDATE campaigns SET list_id = CASE WHEN list_id = ? THEN ? ELSE list_id END, audience = ?, "
+                    "audience_key = ? WHERE id = ?",
+                    (
+                        list_id,
+                        first,
+                        json.dumps(data, ensure_ascii=False) if audience else audience,
+                        f"{','.join(left)}|{where}" if left else key,
+                        campaign_id,
+                    ),
+                )
+                kept.append(campaign_id)
+        return kept
 
 
 class Subscribers(Repository):

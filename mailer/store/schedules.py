@@ -69,11 +69,35 @@ class Schedules(Repository):
             return added
 
     def reschedule(self, campaign_id: int, send_at: str) -> None:
+        """Move a scheduled campaign to a new time; one cancelled before it reached anyone is scheduled again."""
         with self.store.transaction():
+            self.revive(campaign_id, send_at)
             state = self.store.campaigns.state(campaign_id)
             if state is not CampaignState.SCHEDULED:
                 raise MailerError(f"campaign {campaign_id} is {state}: only a scheduled one can be rescheduled")
             self.conn.execute("UPDATE campaigns SET send_at = ? WHERE id = ?", (send_at, campaign_id))
+
+    def never_began(self, campaign_id: int) -> bool:
+        """A cancelled campaign that reached nobody: cancelled while scheduled, before its recipients were taken."""
+        row = self.conn.execute(
+            "SELECT 1 FROM campaigns WHERE id = ? AND state = 'cancelled' AND NOT EXISTS "
+            "(SELECT 1 FROM deliveries d WHERE d.campaign_id = campaigns.id)",
+            (campaign_id,),
+        ).fetchone()
+        return row is not None
+
+    def revive(self, campaign_id: int, send_at: str | None = None) -> bool:
+        """Schedule again (at `send_at`, else its old time) a campaign cancelled before it reached anyone: the same
+        content to the same people may go out after all. True when it was one; any other campaign is left as is."""
+        with self.store.transaction():
+            if not self.never_began(campaign_id):
+                return False
+            self.conn.execute(
+                "UPDATE campaigns SET state = 'scheduled', cancelled = NULL, finished = NULL, "
+                "send_at = COALESCE(?, send_at) WHERE id = ?",
+                (send_at, campaign_id),
+            )
+        return True
 
     def due(self, now: str) -> list[Campaign]:
         """Scheduled campaigns whose time has come, earliest first."""

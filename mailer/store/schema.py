@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 13
+from mailer.store.lasting_ids import keep_ids_unique
+
+SCHEMA_VERSION = 14
 
 # Schema 1, as every database began. It stays SQL: sqlite-utils' table.create has no table-level UNIQUE over two
 # columns, and a database made today must have the very tables one made at schema 1 has after its migrations.
@@ -405,6 +407,7 @@ UPDATE signup_requests SET email = lower(email) WHERE email <> lower(email);
     11: _schema_11,
     12: _schema_12,
     13: _script(_OPS_CONSOLE),  # issue 14: the ops console
+    14: keep_ids_unique,  # a deleted list's, subscriber's or campaign's id is never given out again (lasting_ids)
 }
 
 
@@ -416,6 +419,10 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def init(conn: sqlite3.Connection) -> bool:
     """Create or migrate the schema in one write transaction; True when something was created or changed."""
     db = sqlite_utils.Database(conn)
+    # Off for the migrations (a rebuilt table is dropped and made again: lasting_ids); SQLite ignores the pragma
+    # inside a transaction, so it is set before and put back after.
+    (foreign_keys,) = conn.execute("PRAGMA foreign_keys").fetchone()
+    conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = schema_version(conn)  # read under the write lock: two `mailer init` never migrate twice
@@ -431,4 +438,6 @@ def init(conn: sqlite3.Connection) -> bool:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute(f"PRAGMA foreign_keys={int(foreign_keys)}")
     return version < SCHEMA_VERSION

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from mailer.archive import archive_url, edition_html, edition_images, feed, index_page
+from mailer.archive import archive_url, edition_html, edition_images, edition_of, feed, index_page
 from mailer.errors import NotFoundError
 from mailer.models import MailingList
 from mailer.tokens import check_archive_key
@@ -81,7 +81,7 @@ class ArchiveEndpoints:
             self.web.config.secret, mailing_list.id, slug, request.query_params.get("k", "")
         ):
             return None
-        found = await self.web.with_store(lambda store: store.archive.issue(mailing_list.id, slug))
+        found = await self.web.with_store(lambda store: edition_of(store, mailing_list, slug))
         if found is None:
             return None
         issue, html = found
