@@ -222,6 +222,10 @@ def load_config(environ: dict[str, str] | None = None, cwd: Path | None = None, 
     if config.smtp_tls not in TLS_MODES:
         raise ConfigError(f"MAILER_SMTP_TLS must be one of {', '.join(TLS_MODES)}, not {config.smtp_tls!r}")
     config = replace(config, base_url=check_base_url(config.base_url))
+    if env.get("MAILER_OPS_PASSWORD") and not env["MAILER_OPS_PASSWORD"].strip():
+        raise ConfigError("MAILER_OPS_PASSWORD is blank: set a password, or unset it to keep the console off")
+    if env.get("MAILER_OPS_PASSWORD_FILE") and env.get("MAILER_OPS_PASSWORD"):  # else the old one keeps working
+        raise ConfigError("MAILER_OPS_PASSWORD and MAILER_OPS_PASSWORD_FILE are both set: keep one of them")
     if env.get("MAILER_OPS_PASSWORD_FILE"):
         config = replace(config, ops_password_hash=read_ops_password_file(Path(env["MAILER_OPS_PASSWORD_FILE"])))
     if env.get("MAILER_SECRET"):
@@ -401,9 +405,11 @@ def read_ops_password_file(path: Path) -> str:
     """The console's password hash from MAILER_OPS_PASSWORD_FILE, checked now: a typo is one line at start, not a
     console nobody can sign in to."""
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
         stored = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"MAILER_OPS_PASSWORD_FILE {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    _only_owner_reads(f"MAILER_OPS_PASSWORD_FILE {path}", path, mode)  # a hash anyone reads is attacked offline
     try:
         check_hash(stored)
     except PasswordHashError as exc:
@@ -415,11 +421,14 @@ def read_secret_file(path: Path) -> bytes:
     """The signing secret kept beside the database, or b"" when `mailer init` has not made one yet."""
     if not path.exists():
         return b""
-    mode = stat.S_IMODE(path.stat().st_mode)
+    _only_owner_reads(str(path), path, stat.S_IMODE(path.stat().st_mode))
+    return path.read_bytes().strip()
+
+
+def _only_owner_reads(name: str, path: Path, mode: int) -> None:
     if mode & 0o077:
         who = "others" if mode & 0o007 else "its group"
-        raise ConfigError(f"{path} is readable by {who} (mode {mode:o}); run: chmod 600 {path}")
-    return path.read_bytes().strip()
+        raise ConfigError(f"{name} is readable by {who} (mode {mode:o}); run: chmod 600 {path}")
 
 
 def ensure_secret(config: Config) -> Config:

@@ -24,7 +24,7 @@ from mailer.delivery_log import DeliveryLog
 from mailer.errors import MailerError
 from mailer.message import BuiltMessage, MessageTemplate
 from mailer.models import Campaign, CampaignState, DeliveryStatus, Recipient
-from mailer.pacing import Hold, RateLimiter, RelayGrace, pause
+from mailer.pacing import Hold, RateLimiter, RelayGrace, wait_until
 from mailer.policy import RefusalRun, RetryPolicy, in_doubt, mailbox_unknown
 from mailer.smtp import RelayUnreachable, Reply, Session, SessionRefused, SMTPSettings, Stage
 from mailer.store import Outcome, Partition, StoreBusy, StoreWriteError
@@ -198,7 +198,10 @@ class Engine:
                     f"recipient(s) (--max-wait); Ctrl-C stops, and 'mailer retry {self.campaign.id}' "
                     "sends them later"
                 )
-                if await pause(wait, self.interrupt):
+                # Rows of this part queued meanwhile (the console's "Retry deferred now" or "Requeue failed", while
+                # this run holds the campaign and `mailer retry` cannot) end the wait: they are sent now.
+                queued = lambda: next(self.log.queued(self.part), None) is not None  # noqa: E731
+                if await wait_until(wait, self.interrupt, self.options.state_poll, queued):
                     return
             self.log.requeue_due(stamp(self.clock()), self.part)
             await self._drain_queue()

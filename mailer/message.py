@@ -12,6 +12,7 @@ import base64
 import binascii
 import email.quoprimime
 import email.utils
+import functools
 import hashlib
 import html
 import re
@@ -34,18 +35,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Terminal escape sequences (CSI such as ESC [ 2 J, OSC such as ESC ] 0 ; title BEL, and two-character ones) go
 # whole: with only the ESC removed, text read from a bounce or a form would still show as "[31m" debris.
 _ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-~]")
-# Bidi embeddings, overrides and isolates: in a name they can make a mail client show text in another order than
-# it is (the "Trojan Source" trick); a person's name never needs them.
-_BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# Bidi embeddings, overrides, isolates, marks: they show a name or a reply in another order ("Trojan Source").
+_BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+without_bidi = functools.partial(_BIDI_CONTROL.sub, "")  # the text with them removed (a console page, whole)
 _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$")
 _ADDR_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\\\"]")
 _NOT_PLAIN_WIRE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\n\.")  # a bare CR or LF, or a line that needs dot-stuffing
 
 
 def without_controls(value: object) -> str:
-    """The text with terminal escape sequences removed and every other control character (CR, LF, NUL, U+2028 ...)
-    turned into a space; nothing else changes."""
-    return _CONTROL.sub(" ", _ESCAPE_SEQUENCE.sub("", str(value)))
+    """Text without terminal escapes or bidi controls; other control characters (CR, LF, NUL ...) become spaces."""
+    return _CONTROL.sub(" ", _BIDI_CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", str(value))))
 
 
 def clean_header_text(value: object) -> str:

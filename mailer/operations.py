@@ -6,6 +6,9 @@ The metrics are Prometheus families built from the store's totals. Talks to the 
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from collections import defaultdict
 from collections.abc import Callable
 from enum import StrEnum
@@ -31,6 +34,15 @@ class Action(StrEnum):
 
 CAMPAIGN_ACTIONS = (Action.PAUSE, Action.RESUME, Action.CANCEL, Action.RETRY_DEFERRED, Action.REQUEUE_FAILED)
 ADDRESS_ACTIONS = (Action.LIFT_SUPPRESSION, Action.UNSUBSCRIBE)
+
+
+def cli_actor() -> str:
+    """Who an action from the command line is audited as: the system user at this host ("cli (ann@mail1)")."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container): its number still says who
+        user = str(os.getuid())
+    return f"cli ({user}@{socket.gethostname()})"
 
 
 def act_on_campaign(store: Store, actor: str, action: Action, campaign_id: int) -> str:

@@ -1,6 +1,6 @@
-"""The waits of a run: a sleep that a stop ends at once, the rate limit (slots on an injected clock), a relay that
-restarts (tried again for a grace period), and an operator's hold on the campaign (paused or cancelled, read from
-its state) that ends every wait.
+"""The waits of a run: a sleep that a stop ends at once, a retry time's wait that work queued meanwhile ends, the
+rate limit (slots on an injected clock), a relay that restarts (tried again for a grace period), and an operator's
+hold on the campaign (paused or cancelled, read from its state) that ends every wait.
 
 Must not send or write: the engine decides what a wait's end means."""
 
@@ -73,6 +73,18 @@ async def pause(seconds: float, stop: asyncio.Event | None = None) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     return stop.is_set()
+
+
+async def wait_until(seconds: float, stop: asyncio.Event, poll: float, ready: Callable[[], bool]) -> bool:
+    """Sleep `seconds`, less once `ready()` (asked every `poll` seconds) or when `stop` is set; True when stopped."""
+    loop = asyncio.get_running_loop()  # the sleeps' own clock: an injected monotonic clock may stand still
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        if await pause(min(left, poll), stop):
+            return True
+        if ready():
+            return False
+    return False
 
 
 class RateLimiter:

@@ -28,8 +28,16 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
+_MAX_MEMORY = 256 * 1024 * 1024  # what one check may take (OpenSSL refuses a check that needs more)
+
+
+def _memory(log_n: int, r: int, p: int) -> int:
+    """Bytes scrypt needs for these parameters, as OpenSSL counts them (its V array and B blocks)."""
+    return 128 * r * ((1 << log_n) + 2) + 128 * r * p
+
+
 def _scrypt(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2**log_n, r=r, p=p, dklen=32, maxmem=256 * 1024 * 1024)
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2**log_n, r=r, p=p, dklen=32, maxmem=_MAX_MEMORY)
 
 
 def hash_password(password: str, log_n: int = DEFAULT_LOG_N) -> str:
@@ -48,6 +56,11 @@ def check_hash(stored: str) -> None:
     log_n, r, p = (int(match.group(i)) for i in (1, 2, 3))
     if not (10 <= log_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4):
         raise PasswordHashError(f"scrypt parameters ln={log_n}, r={r}, p={p} are outside what mailer accepts")
+    if (need := _memory(log_n, r, p)) > _MAX_MEMORY:  # valid scrypt (another tool's) every sign-in would fail on
+        raise PasswordHashError(
+            f"scrypt parameters ln={log_n}, r={r}, p={p} need {-(-need // 2**20)} MiB a check, more than the "
+            f"{_MAX_MEMORY // 2**20} MiB mailer allows (make one with: mailer ops passwd)"
+        )
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -199,9 +199,11 @@ def test_a_hash_from_ops_passwd_signs_in_and_a_bad_file_is_one_line(
     hashed = made.stdout.strip()
     assert hashed.startswith("$scrypt$ln=15,r=8,p=1$") and "s3cret-pass" not in made.stdout + made.stderr
     (tmp_path / "ops.hash").write_text(hashed + "\n")
+    (tmp_path / "ops.hash").chmod(0o600)
     loaded = load_config({"MAILER_OPS_PASSWORD_FILE": str(tmp_path / "ops.hash")}, cwd=tmp_path)
     assert loaded.ops_password_hash == hashed and "s3cret" not in repr(loaded)
     (tmp_path / "bad.hash").write_text("s3cret-pass\n")
+    (tmp_path / "bad.hash").chmod(0o600)
     with pytest.raises(ConfigError, match="not a mailer password hash"):
         load_config({"MAILER_OPS_PASSWORD_FILE": str(tmp_path / "bad.hash")}, cwd=tmp_path)
     bad = run_cli("doctor", env={"MAILER_OPS_PASSWORD_FILE": str(tmp_path / "bad.hash")})

@@ -76,6 +76,8 @@ def campaigns_cancel(
 
     Example: mailer campaigns cancel 1
     """
+    from mailer.operations import cli_actor
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         try:
@@ -85,6 +87,8 @@ def campaigns_cancel(
                 f"{busy}; or cancel it under that sender: mailer campaigns cancel {found.id} --under-sender"
             ) from None
         sent = store.deliveries.counts(found.id).get(DeliveryStatus.SENT, 0)
+        detail = "its sender stops and skips the rest" if skipped is None else f"{skipped} recipient(s) skipped"
+        store.audit.record(cli_actor(), "cancel", campaign_id=found.id, detail=detail)
     if skipped is None:
         out().print(
             f"campaign {found.id} cancelled: its sender stops within a second and skips whoever it has not reached "
@@ -109,9 +113,12 @@ def campaigns_pause(
 
     Example: mailer campaigns pause 1
     """
+    from mailer.operations import cli_actor
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         store.campaigns.pause(found.id)
+        store.audit.record(cli_actor(), "pause", campaign_id=found.id, detail=f"campaign {found.id} paused")
         counts = store.deliveries.counts(found.id)
     waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
     out().print(
@@ -131,9 +138,12 @@ def campaigns_resume(
 
     Example: mailer campaigns resume 1
     """
+    from mailer.operations import cli_actor
+
     with open_store(ctx) as store:
         found = store.campaigns.get(campaign)
         store.campaigns.resume(found.id)
+        store.audit.record(cli_actor(), "resume", campaign_id=found.id, detail=f"campaign {found.id} resumed")
     out().print(
         f"campaign {found.id} resumed: a sender that waits goes on; with none running, send the rest with: "
         f"mailer retry {found.id}",

@@ -173,10 +173,15 @@ def unsubscribe(ctx: typer.Context, email: Annotated[str, typer.Argument()], lis
 
     Example: mailer unsubscribe wang@example.org --list bulletin
     """
+    from mailer.addresses import normalise_address
+    from mailer.operations import cli_actor
     from mailer.subscriptions import unsubscribe_by_hand
 
     with open_store(ctx) as store:
         changed = unsubscribe_by_hand(store, list_name, email)
+        if changed:
+            detail = f"{normalise_address(email)} unsubscribed from {list_name}"
+            store.audit.record(cli_actor(), "unsubscribe", email=normalise_address(email), detail=detail)
     out().print(f"{email} {'unsubscribed' if changed else 'was already unsubscribed'}")
 
 
@@ -201,7 +206,10 @@ def suppressions_remove(ctx: typer.Context, email: Annotated[str, typer.Argument
     Example: mailer suppressions remove someone@example.org
     """
     from mailer.addresses import normalise_address
+    from mailer.operations import cli_actor
 
     with open_store(ctx) as store:
         store.suppressions.remove(normalise_address(email))
+        detail = f"suppression of {normalise_address(email)} lifted"
+        store.audit.record(cli_actor(), "lift-suppression", email=normalise_address(email), detail=detail)
     out().print(f"{email} may be mailed again", markup=False, highlight=False)

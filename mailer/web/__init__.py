@@ -16,11 +16,13 @@ uvicorn. Must not decide anything about subscribers (subscriptions.py does) or t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,6 +30,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mailer.clock import utcnow
 from mailer.config import Config
@@ -35,6 +38,9 @@ from mailer.errors import MailerError
 from mailer.subscriptions import SignupLimits
 from mailer.web.endpoints import TOKEN_IN_PATH, WebApp
 from mailer.web.ops import OpsConsole
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("mailer.web")
 
@@ -128,16 +134,47 @@ def serve(
 
     sock = listen_socket(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            proxy_headers=True,
-            forwarded_allow_ips=trusted_proxies,
-            access_log=False,  # uvicorn's access log would write unsubscribe tokens; ours redacts them
-            server_header=False,
-            log_level="warning",
-        )
-    )
+    server = uvicorn.Server(server_config(create_app(config), trusted_proxies))
     if ready:
         ready(f"http://{host}:{sock.getsockname()[1]}")
     server.run(sockets=[sock])
+
+
+def server_config(app: ASGIApp, trusted_proxies: str) -> uvicorn.Config:
+    """uvicorn's settings for `mailer serve`: X-Forwarded-For read by ForwardedFor, not by uvicorn alone."""
+    import uvicorn
+
+    return uvicorn.Config(
+        ForwardedFor(app, trusted_proxies),
+        proxy_headers=False,  # ForwardedFor does it, and keeps the peer when the header names no address
+        access_log=False,  # uvicorn's access log would write unsubscribe tokens; ours redacts them
+        server_header=False,
+        log_level="warning",
+    )
+
+
+class ForwardedFor:
+    """The client's address from X-Forwarded-For when the peer is a trusted proxy (uvicorn's own reading of it),
+    kept only when it is an IP address: "admin@corp <b>x</b>" is no client, so the peer it came from stays the
+    client (the audit's "who" and the per-client limits use this address)."""
+
+    def __init__(self, app: ASGIApp, trusted_proxies: str) -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        self.app = app
+        # uvicorn's ASGI types and Starlette's are the same protocol, spelled differently
+        self.proxied: ASGIApp = ProxyHeadersMiddleware(cast(Any, self._checked), trusted_hosts=trusted_proxies)  # type: ignore[assignment]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        return await self.proxied({**scope, "mailer.peer": scope.get("client")}, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if client and client != scope["mailer.peer"]:
+            try:
+                ipaddress.ip_address(client[0])
+            except ValueError:
+                scope["client"] = scope["mailer.peer"]
+        await self.app(scope, receive, send)

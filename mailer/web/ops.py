@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mailer.errors import MailerError
+from mailer.errors import MailerError, NotFoundError
 from mailer.operations import ADDRESS_ACTIONS, CAMPAIGN_ACTIONS, Action, act_on_address, act_on_campaign
 from mailer.web import ops_views
 from mailer.web.forms import FormGuard
@@ -124,14 +124,20 @@ class OpsConsole:
 
         async def endpoint(request: Request) -> Response:
             session = self.auth.session(request)
-            if session is None and not (token and self.auth.metrics_token_ok(request)):
+            if session is None and token and self.auth.bearer(request):  # a scraper: its token is a guess too
                 client = self.client(request)
-                given = self.auth.basic_credentials(request)
                 if self.auth.limited(client):
                     return self.harden(PlainTextResponse("too many failed sign-ins; wait a few minutes\n", 429))
-                if given is None or not await self.auth.check(*given):
-                    if given is not None:
-                        self.auth.failed(client)
+                if not self.auth.metrics_token_ok(request):
+                    self.auth.failed(client)
+                    return self.harden(PlainTextResponse("sign in required\n", 401))
+            elif session is None:
+                client = self.client(request)
+                given = self.auth.basic_credentials(request)
+                ok = False if given is None else await self.auth.attempt(client, *given)
+                if ok is None or (given is None and self.auth.limited(client)):
+                    return self.harden(PlainTextResponse("too many failed sign-ins; wait a few minutes\n", 429))
+                if not ok:
                     challenge = {"www-authenticate": 'Basic realm="mailer ops", charset="UTF-8"'}
                     return self.harden(PlainTextResponse("sign in required\n", 401, headers=challenge))
                 session = Session("", "")  # a script's request: no session, no forms
@@ -161,8 +167,10 @@ class OpsConsole:
         user = str(form.get("user", ""))[:200]
         if not self.guard.check(request, form, "ops-login"):
             return self._login_form(lang, target, status=403, error=words(lang)["expired_form"], user=user)
-        if not await self.auth.check(user, str(form.get("password", ""))[:1000]):
-            self.auth.failed(client)
+        ok = await self.auth.attempt(client, user, str(form.get("password", ""))[:1000])
+        if ok is None:  # the limit again: other sign-ins of this client came in while this one's form was read
+            return self._login_form(lang, target, status=429, error=words(lang)["limited"])
+        if not ok:
             log.warning("ops sign-in refused for a client at %s", client)
             return self._login_form(lang, target, status=401, error=words(lang)["bad_login"], user=user)
         value, max_age = self.auth.new_session()
@@ -223,8 +231,10 @@ class OpsConsole:
         if isinstance(posted, Response):
             return posted
         (session, action), campaign_id, actor = posted, request.path_params["id"], self.actor(request)
-        await self._act(session, lambda store: act_on_campaign(store, actor, action, campaign_id))
-        return self.harden(RedirectResponse(f"/ops/campaigns/{campaign_id}", 303))
+        refused = await self._act(session, lambda store: act_on_campaign(store, actor, action, campaign_id))
+        # No such campaign: back to the list, which shows the note (the campaign's page would be a bare 404).
+        back = "/ops/" if isinstance(refused, NotFoundError) else f"/ops/campaigns/{campaign_id}"
+        return self.harden(RedirectResponse(back, 303))
 
     async def address_action(self, request: Request) -> Response:
         posted = await self._posted_action(request, ADDRESS_ACTIONS)
@@ -235,15 +245,18 @@ class OpsConsole:
         await self._act(session, lambda store: act_on_address(store, actor, action, email, list_name))
         return self.harden(RedirectResponse(f"/ops/people?q={quote(email.strip().lower(), safe='@')}", 303))
 
-    async def _act(self, session: Session, work: Callable[..., str]) -> None:
+    async def _act(self, session: Session, work: Callable[..., str]) -> MailerError | None:
+        """Do the action and keep its sentence for the next page; why it was refused, or None."""
         if len(self.notes) > 1000:  # notes nobody came back to read (a closed tab): the oldest go first
             self.notes.pop(next(iter(self.notes)))
         try:
             said = await self.web.with_store(work)
-            self.notes[session.nonce] = (said, False)
-            log.info("ops action: %s", said)
         except MailerError as exc:
             self.notes[session.nonce] = (str(exc), True)
+            return exc
+        self.notes[session.nonce] = (said, False)
+        log.info("ops action: %s", said)
+        return None
 
 
 def _safe_next(target: str) -> str:

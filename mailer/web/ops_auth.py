@@ -8,8 +8,10 @@ that lives in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -30,6 +32,9 @@ SESSION_SECONDS = 8 * 3600  # a working day; then sign in again
 LOGIN_FAILURES = 5  # failed sign-ins (form or Basic) one client may make per window before it waits
 LOGIN_WINDOW = 15 * 60
 _REMEMBERED = 60.0  # seconds a verified Basic password is not hashed again (scrypt costs ~80 ms a check)
+# scrypt checks at once, process-wide: each takes 32 MiB (up to 128 MiB) and a core, so a burst of guesses from many
+# clients waits its turn instead of taking the host's memory and the public pages' CPU.
+HASH_CHECKS = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class OpsAuth:
         self.failures: dict[str, deque[float]] = {}
         self._memo_key = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
+        self._hashing = asyncio.Semaphore(HASH_CHECKS)
 
     @property
     def enabled(self) -> bool:
@@ -70,10 +76,27 @@ class OpsAuth:
         memo = hmac.new(self._memo_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
         if self._verified.get(memo, 0.0) > self.now():
             return True
-        ok = await run_in_threadpool(verify_password, password, self.password_hash) and user_ok
+        async with self._hashing:
+            ok = await run_in_threadpool(verify_password, password, self.password_hash) and user_ok
         if ok:
             self._verified = {m: t for m, t in self._verified.items() if t > self.now()}
             self._verified[memo] = self.now() + _REMEMBERED
+        return ok
+
+    async def attempt(self, client: str, user: str, password: str) -> bool | None:
+        """A sign-in (form or Basic) of `client`: None when it must wait, else whether the credentials are right.
+
+        The attempt counts as a failure before the check and stops counting only once it succeeded, with no await
+        between the limit's test and the count: concurrent guesses all see the ones still being checked, so a client
+        gets at most LOGIN_FAILURES checks a window however many requests it sends at once."""
+        if self.limited(client):
+            return None
+        self.failed(client)
+        stamp = self.failures[client][-1]
+        ok = await self.check(user, password)
+        if ok:
+            with contextlib.suppress(KeyError, ValueError):
+                self.failures[client].remove(stamp)
         return ok
 
     def limited(self, client: str) -> bool:
@@ -124,8 +147,11 @@ class OpsAuth:
             return None
         return (user, password) if sep else None
 
-    def metrics_token_ok(self, request: Request) -> bool:
+    @staticmethod
+    def bearer(request: Request) -> str | None:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return (
-            bool(self.metrics_token) and scheme.lower() == "bearer" and same_secret(value.strip(), self.metrics_token)
-        )
+        return value.strip() if scheme.lower() == "bearer" else None
+
+    def metrics_token_ok(self, request: Request) -> bool:
+        given = self.bearer(request)
+        return bool(self.metrics_token) and given is not None and same_secret(given, self.metrics_token)

@@ -14,6 +14,7 @@ from typing import Any
 from starlette.responses import HTMLResponse
 
 from mailer.charts import STATUS_COLOURS
+from mailer.message import without_bidi
 from mailer.render import render_console_page
 
 LANGS = ("en", "zh")
@@ -198,5 +199,7 @@ def render(name: str, lang: str, code: int = 200, **context: Any) -> HTMLRespons
         "note": "",
         "error": "",
     }
-    html = render_console_page(LAYOUTS, f"ops_{name}.html.j2", {**base, **context})
+    # Bidi controls go from the whole page: the console's own words never hold one, and in a relay's reply, a
+    # name or an address they would show the text around them in another order than it is.
+    html = without_bidi(render_console_page(LAYOUTS, f"ops_{name}.html.j2", {**base, **context}))
     return HTMLResponse(html, status_code=code)

@@ -94,8 +94,13 @@ def _filters(request: Request) -> tuple[DeliveryStatus | None, str | None, int |
     raw_status = request.query_params.get("status", "")
     status = DeliveryStatus(raw_status) if raw_status in tuple(DeliveryStatus) else None
     domain = request.query_params.get("domain", "").strip().lower()[:253] or None
-    before = request.query_params.get("before", "")
-    return status, domain, int(before) if before.isdigit() and len(before) < 19 else None
+    return status, domain, _count(request.query_params.get("before", ""))
+
+
+def _count(raw: str) -> int | None:
+    """A positive id or limit from the query, else None (ignored): ASCII digits only, as str.isdigit() also takes
+    "²" or "①", which int() refuses, and short enough for SQLite's 64-bit integers."""
+    return int(raw) or None if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
 
 async def campaign(request: Request, session: Session, lang: str) -> Response:
@@ -258,8 +263,7 @@ async def api_deliveries(request: Request, session: Session, lang: str) -> Respo
         return StreamingResponse(
             body, media_type=media, headers={"content-disposition": f'attachment; filename="{name}"'}
         )
-    raw_limit = request.query_params.get("limit", "")
-    limit = min(API_PAGE_MAX, int(raw_limit)) if raw_limit.isdigit() and int(raw_limit or 0) > 0 else 100
+    limit = min(API_PAGE_MAX, _count(request.query_params.get("limit", "")) or 100)
 
     def look(store: Store) -> tuple[list[LogEntry], int]:
         rows = store.reports.page(campaign_id, status=status, domain=domain, before=before, limit=limit + 1)
