@@ -90,17 +90,15 @@ def campaigns_cancel(
         detail = "its sender stops and skips the rest" if skipped is None else f"{skipped} recipient(s) skipped"
         store.audit.record(cli_actor(), "cancel", campaign_id=found.id, detail=detail)
     if skipped is None:
-        out().print(
+        say(
+            out(),
             f"campaign {found.id} cancelled: its sender stops within a second and skips whoever it has not reached "
             f"({sent} had it so far; see: mailer campaigns show {found.id})",
-            markup=False,
-            highlight=False,
         )
         return
-    out().print(
+    say(
+        out(),
         f"campaign {found.id} cancelled: {skipped} recipient(s) not reached are skipped, {sent} had it",
-        markup=False,
-        highlight=False,
     )
 
 
@@ -119,13 +117,11 @@ def campaigns_pause(
         found = store.campaigns.get(campaign)
         store.campaigns.pause(found.id)
         store.audit.record(cli_actor(), "pause", campaign_id=found.id, detail=f"campaign {found.id} paused")
-        counts = store.deliveries.counts(found.id)
-    waiting = sum(counts.get(s, 0) for s in (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED))
-    out().print(
+        counts, waiting = store.deliveries.counts(found.id), store.deliveries.waiting(found.id)
+    say(
+        out(),
         f"campaign {found.id} paused with {counts.get(DeliveryStatus.SENT, 0)} sent and {waiting} waiting; "
         f"go on with: mailer campaigns resume {found.id}",
-        markup=False,
-        highlight=False,
     )
 
 
@@ -144,11 +140,10 @@ def campaigns_resume(
         found = store.campaigns.get(campaign)
         store.campaigns.resume(found.id)
         store.audit.record(cli_actor(), "resume", campaign_id=found.id, detail=f"campaign {found.id} resumed")
-    out().print(
+    say(
+        out(),
         f"campaign {found.id} resumed: a sender that waits goes on; with none running, send the rest with: "
         f"mailer retry {found.id}",
-        markup=False,
-        highlight=False,
     )
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mailer import __version__
-from mailer.cli.shell import environment, err, out
+from mailer.cli.shell import environment, err, out, say
 from mailer.config import Config, load_config
 from mailer.exit_codes import ExitCode
 from mailer.message import clean_header_text
@@ -201,7 +201,7 @@ def _main(
     """
     config = load_config(environ=dict(environment().variables), db_path=db)
     for warning in config.warnings:
-        err().print(f"warning: {warning}", markup=False, highlight=False)
+        say(err(), f"warning: {warning}")
     ctx.obj = {"config": config}
     environment().db_path = config.db_path  # for main(): an SQLite failure names the database it is about
 
@@ -261,8 +261,8 @@ def summary_line(summary: SendSummary) -> str:
 
 def finish_send(summary: SendSummary) -> None:
     for warning in summary.warnings:
-        err().print(f"warning: {warning}", markup=False, highlight=False)
-    out().print(summary_line(summary), markup=False, highlight=False)
+        say(err(), f"warning: {warning}")
+    say(out(), summary_line(summary))
     if summary.interrupted:  # Ctrl-C or SIGTERM: not an error, but say what is left and how it goes on
         line = summary.stopped.replace("interrupted; ", "interrupted: ", 1) or "interrupted"
         err().print(line, markup=False, soft_wrap=True)

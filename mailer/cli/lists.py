@@ -20,7 +20,7 @@ from mailer.cli.common import (
     settings,
     table,
 )
-from mailer.cli.shell import out
+from mailer.cli.shell import out, say
 from mailer.config import ensure_secret
 from mailer.store import Store
 
@@ -115,12 +115,11 @@ def lists_update(
         )
         updated = store.lists.set_flags(name, public=_switch(public), archive=_switch(archive))
     approvals = f"{updated.require_approval} approval(s) before a send" if updated.require_approval else "no approvals"
-    out().print(
+    say(
+        out(),
         f"list {updated.name}: title {updated.title!r}, from {updated.from_addr!r}, lang {updated.lang}, "
         f"{approvals}, time zone {updated.tz or 'of mailer.toml (else UTC)'}, "
         f"archive {'on' if updated.archive else 'off'}, public {'on' if updated.public else 'off'}",
-        markup=False,
-        highlight=False,
     )
 
 
@@ -140,7 +139,7 @@ def lists_delete(
     line = f"deleted list {name}: {subscribers} subscriber(s), {campaigns} campaign(s)"
     if kept:
         line += f"; kept campaign(s) {', '.join(map(str, kept))}: also sent to other lists, with their delivery history"
-    out().print(line, markup=False, highlight=False)
+    say(out(), line)
 
 
 @lists_app.command("ls")

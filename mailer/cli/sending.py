@@ -24,7 +24,7 @@ from mailer.cli.common import (
     run_service,
     settings,
 )
-from mailer.cli.shell import environment, err, out
+from mailer.cli.shell import environment, err, out, say
 from mailer.errors import MailerError, UsageError
 from mailer.exit_codes import ExitCode
 
@@ -79,7 +79,7 @@ def render(
     config = settings(ctx, templates)
 
     def warn(warning: str) -> None:
-        err().print(f"warning: {warning}", markup=False, highlight=False)
+        say(err(), f"warning: {warning}")
 
     with open_store_for(config, list_name) as store:
         try:
@@ -87,7 +87,7 @@ def render(
         except OSError as exc:
             raise MailerError(f"cannot write to {output}: {exc.strerror}") from None
     for path in paths:
-        out().print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False, highlight=False)
+        say(out(), f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 
 @app.command()
@@ -219,12 +219,11 @@ def send(
             progress.stop()
     if send_at is not None:
         for warning in summary.warnings:
-            err().print(f"warning: {warning}", markup=False, highlight=False)
-        out().print(
+            say(err(), f"warning: {warning}")
+        say(
+            out(),
             f"campaign {summary.campaign_id} scheduled for {describe(send_at, zone)}: {summary.total} recipient(s) "
             "match now (who they are is settled when it starts); 'mailer run' sends it",
-            markup=False,
-            highlight=False,
         )
         return
     finish_send(summary)

@@ -20,7 +20,7 @@ from mailer.cli.common import (
     suppressions_app,
     table,
 )
-from mailer.cli.shell import environment, err, out
+from mailer.cli.shell import environment, err, out, say
 from mailer.errors import MailerError
 from mailer.exit_codes import ExitCode
 
@@ -64,19 +64,18 @@ def subs_import(
             *(["GB18030"] if result.encoding == "gb18030" else []),
             *([f"{DELIMITER_NAMES[result.delimiter]}-separated"] if result.delimiter != "," else []),
         ]
-        err().print(f"note: read {file} as {', '.join(how)}", markup=False, highlight=False)
+        say(err(), f"note: read {file} as {', '.join(how)}")
     for problem in result.problems:
-        err().print(f"{file} {problem}", markup=False, highlight=False)
+        say(err(), f"{file} {problem}")
     suppressed = (
         f", {result.suppressed} suppressed (listed, never mailed: see mailer suppressions ls)"
         if result.suppressed
         else ""
     )
-    out().print(
+    say(
+        out(),
         f"imported {file}: {result.added} added, {result.updated} updated, {result.kept} kept as unsubscribed/"
         f"bounced{suppressed}, {len(result.problems)} rejected",
-        markup=False,
-        highlight=False,
     )
     if result.problems:
         raise typer.Exit(ExitCode.ERROR)
@@ -151,7 +150,7 @@ def subs_export(
         finally:
             with contextlib.suppress(OSError):
                 partial.unlink()
-    err().print(f"wrote {output}", markup=False, highlight=False)
+    say(err(), f"wrote {output}")
 
 
 @subs_app.command("remove")
@@ -212,4 +211,4 @@ def suppressions_remove(ctx: typer.Context, email: Annotated[str, typer.Argument
         store.suppressions.remove(normalise_address(email))
         detail = f"suppression of {normalise_address(email)} lifted"
         store.audit.record(cli_actor(), "lift-suppression", email=normalise_address(email), detail=detail)
-    out().print(f"{email} may be mailed again", markup=False, highlight=False)
+    say(out(), f"{email} may be mailed again")

@@ -17,7 +17,7 @@ from mailer.cli.common import (
     summary_line,
     table,
 )
-from mailer.cli.shell import err, out
+from mailer.cli.shell import err, out, say
 from mailer.exit_codes import ExitCode
 from mailer.store import Store
 from mailer.wording import STARTER_TITLE
@@ -39,12 +39,13 @@ def new(
 
     made = create_workspace(folder, lang)
     for path in made.created:
-        out().print(f"created {path}", markup=False, highlight=False)
+        say(out(), f"created {path}")
     for path in made.kept:
-        out().print(f"kept {path} (already there; not overwritten)", markup=False, highlight=False)
+        say(out(), f"kept {path} (already there; not overwritten)")
     title = STARTER_TITLE.get(lang, STARTER_TITLE["en"])
     sender = f"{title} <news@example.org>"
-    out().print(
+    say(
+        out(),
         f"next, in {folder}:\n"
         f"  mailer init\n"
         f'  mailer lists create news --title {title} --from "{sender}" --lang {lang}\n'
@@ -52,8 +53,6 @@ def new(
         f"  mailer render {STARTER_ISSUE} --list news -o out\n"
         f"layouts: {folder / 'templates'}/ (mailer uses ./templates/ when it exists); colours and footer: "
         f"[theme] in {folder / 'mailer.toml'}",
-        markup=False,
-        highlight=False,
     )
 
 
@@ -81,19 +80,18 @@ def demo(
         [[r.email, r.name, r.status, r.smtp_code, r.message_id] for r in rows],
         title=f"delivery log of campaign {campaign_id}",
     )
-    out().print(summary_line(result.summary), markup=False, highlight=False)
+    say(out(), summary_line(result.summary))
     out().print(f"imported {result.imported.added} subscribers; database {result.db_path}", highlight=False)
     if result.messages:
         first = result.messages[0]
-        out().print(
+        say(
+            out(),
             f"{len(result.messages)} messages captured in {result.outbox}/; open one: {first} "
             f"({first.stat().st_size:,} bytes)",
-            markup=False,
-            highlight=False,
         )
     html = next((p for p in result.rendered if p.suffix == ".html"), None)
     if html:
-        out().print(f"rendered HTML: {html}", markup=False, highlight=False)
-    out().print(f"see it again: mailer --db {result.db_path} log {campaign_id}", markup=False, highlight=False)
+        say(out(), f"rendered HTML: {html}")
+    say(out(), f"see it again: mailer --db {result.db_path} log {campaign_id}")
     if result.summary.failed:
         raise typer.Exit(ExitCode.SOME_FAILED)
